@@ -1,0 +1,1 @@
+"""The persona feature catalogue and its computation."""

@@ -1,0 +1,1 @@
+"""smart segments: cross-partner personas and look-alike segments on Ray."""

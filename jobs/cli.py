@@ -1,0 +1,261 @@
+"""The `segments` command line: each command declares its options and calls one function.
+
+Config is resolved once (YAML file, then flags) in `jobs.config.load_config`. A `UserError` anywhere
+below becomes a one-paragraph message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from jobs.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Cross-partner personas and look-alike smart segments on Ray.")
+features_app = typer.Typer(no_args_is_help=False, help="Feature table as of a cut-off date; `features list` shows the catalogue.")
+exports_app = typer.Typer(no_args_is_help=True, help="What partners pull: list exports, presigned URLs, bucket policies.")
+app.add_typer(features_app, name="features")
+app.add_typer(exports_app, name="exports")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML job config; flags override it")]
+RunOpt = Annotated[str, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID (local or s3://)")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")]
+DateOpt = Annotated[Optional[dt.datetime], typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("ray", "botocore", "s3fs", "aiobotocore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call one stage function; user mistakes become exit code 2 with one paragraph, no traceback."""
+    _configure_logging()
+    try:
+        result = fn(*args, **kwargs)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=UserError.exit_code) from None
+    if isinstance(result, str):
+        typer.echo(result)
+    elif result is not None:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _config(config_file: Optional[Path], **overrides: Any):
+    from jobs.config import load_config
+
+    return load_config(config_file, overrides)
+
+
+@app.command()
+def generate(
+    out: Annotated[str, typer.Option("--out", help="folder (local or s3://) for the event files")],
+    persons: Annotated[int, typer.Option(min=1, help="people behind the events")] = 2000,
+    partners: Annotated[int, typer.Option(min=1, max=500, help="partner stores")] = 8,
+    days: Annotated[int, typer.Option(min=1, help="days of events")] = 180,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 7,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Synthetic cross-partner event logs in the input contract, with `true_person_id` ground truth."""
+    from jobs.generate import run_generate
+
+    _invoke(lambda: run_generate(_config(config_file), out=out, persons=persons, partners=partners, days=days, seed=seed))
+
+
+@app.command()
+def resolve(
+    events: Annotated[str, typer.Option("--events", help="events file, folder or glob (local or s3://)")],
+    out: Annotated[str, typer.Option("--out", help="run folder to write: ROOT/runs/RUN_ID")],
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Personas: quarantine/, events_resolved/, identity_map/, identity_audit/, personas/."""
+    from jobs.resolve import run_resolve
+
+    _invoke(lambda: run_resolve(_config(config_file, **{"events": events, "ray.address": address}), run_dir=out))
+
+
+@app.command("evaluate-personas")
+def evaluate_personas(
+    run: RunOpt,
+    truth_column: Annotated[str, typer.Option("--truth-column", help="ground-truth person column")] = "true_person_id",
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Pairwise precision / recall / F1 of the personas against ground truth."""
+    from jobs.evaluate import run_evaluate_personas
+
+    _invoke(lambda: run_evaluate_personas(_config(config_file, **{"ray.address": address}), run_dir=run, truth_column=truth_column))
+
+
+@features_app.callback(invoke_without_command=True)
+def features(
+    ctx: typer.Context,
+    run: Annotated[Optional[str], typer.Option("--run", help="run folder: ROOT/runs/RUN_ID")] = None,
+    as_of: DateOpt = None,
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Feature table of every persona as of a cut-off date (only events before it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from features.compute import run_features
+
+    if run is None:
+        _invoke(_raise, UserError("`segments features` needs --run RUN_DIR (or use `segments features list`)."))
+    config = lambda: _config(config_file, **{"features.as_of": as_of.date() if as_of else None, "ray.address": address})
+    _invoke(lambda: run_features(config(), run_dir=run))
+
+
+@features_app.command("list")
+def features_list(
+    markdown: Annotated[bool, typer.Option("--markdown", help="print FEATURES.md instead of a table")] = False,
+    config_file: ConfigOpt = None,
+) -> None:
+    """The feature catalogue: name, group, window, description."""
+    from features.docs import render_catalog
+
+    _invoke(lambda: render_catalog(_config(config_file).features, markdown=markdown))
+
+
+@app.command()
+def train(
+    run: RunOpt,
+    segment: Annotated[Optional[str], typer.Option("--segment", help="train only this segment")] = None,
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Look-alike models on Ray Train XGBoost, with their quality reports."""
+    from jobs.train import run_train
+
+    _invoke(lambda: run_train(_config(config_file, **{"ray.address": address}), run_dir=run, segment=segment))
+
+
+@app.command()
+def score(run: RunOpt, config_file: ConfigOpt = None, address: AddressOpt = None) -> None:
+    """Scores, percentiles and segment membership for every eligible persona."""
+    from jobs.score import run_score
+
+    _invoke(lambda: run_score(_config(config_file, **{"ray.address": address}), run_dir=run))
+
+
+@app.command()
+def export(
+    run: RunOpt,
+    to: Annotated[str, typer.Option("--to", help="exports ROOT (local or s3://bucket/prefix)")],
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Per-partner segment exports with manifests."""
+    from jobs.export import run_export
+
+    _invoke(lambda: run_export(_config(config_file, **{"export.root": to, "ray.address": address}), run_dir=run))
+
+
+@exports_app.command("list")
+def exports_list(
+    partner: Annotated[str, typer.Option("--partner", help="partner id")],
+    root: Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")] = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """The partner's published exports (segment, run date, rows)."""
+    from jobs.export import list_exports
+
+    _invoke(lambda: list_exports(_config(config_file, **{"export.root": root}), partner=partner))
+
+
+@exports_app.command("url")
+def exports_url(
+    partner: Annotated[str, typer.Option("--partner", help="partner id")],
+    segment: Annotated[str, typer.Option("--segment", help="segment name")],
+    root: Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")] = None,
+    expires: Annotated[Optional[int], typer.Option("--expires", help="seconds the URLs stay valid")] = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Presigned URLs for the partner's latest export of a segment."""
+    from jobs.export import presigned_urls
+
+    _invoke(lambda: presigned_urls(_config(config_file, **{"export.root": root, "export.url_expires_seconds": expires}), partner=partner, segment=segment))
+
+
+@exports_app.command("policy")
+def exports_policy(
+    partner: Annotated[str, typer.Option("--partner", help="partner id")],
+    principal: Annotated[str, typer.Option("--principal", help="the partner's AWS principal ARN")],
+    root: Annotated[Optional[str], typer.Option("--root", help="exports ROOT (s3://bucket/prefix)")] = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """The partner's S3 bucket policy as JSON: read-only on its own prefix."""
+    from jobs.export import bucket_policy
+
+    _invoke(lambda: bucket_policy(_config(config_file, **{"export.root": root}), partner=partner, principal=principal))
+
+
+@app.command("run")
+def run_command(
+    config_file: Annotated[Path, typer.Option("--config", help="YAML job config")],
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="run id (default: from config or today's date)")] = None,
+    address: AddressOpt = None,
+) -> None:
+    """The whole pipeline, stage by stage, resuming finished stages."""
+    from jobs.pipeline import run_pipeline
+
+    _invoke(lambda: run_pipeline(_config(config_file, **{"run_id": run_id, "ray.address": address})))
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option("--out", help="where the demo writes (local folder)")] = "demo-out",
+    persons: Annotated[int, typer.Option(min=200, help="people in the sample")] = 3000,
+) -> None:
+    """Generate a sample, run the whole pipeline on a local Ray, print where everything landed."""
+    from jobs.pipeline import run_demo
+
+    _invoke(lambda: run_demo(out=out, persons=persons))
+
+
+@app.command()
+def submit(
+    address: Annotated[str, typer.Option("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")],
+    config_file: Annotated[Path, typer.Option("--config", help="YAML job config")],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the logs until the job ends")] = False,
+) -> None:
+    """Submit the whole pipeline to a Ray cluster as a Ray Job."""
+    from jobs.submit import submit_job
+
+    _invoke(lambda: submit_job(address=address, config_file=config_file, wait=wait))
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="Ray job id")],
+    address: Annotated[str, typer.Option("--address", help="Ray dashboard address")] = "http://127.0.0.1:8265",
+) -> None:
+    """Status of a submitted job."""
+    from jobs.submit import job_status
+
+    _invoke(lambda: job_status(address=address, job_id=job_id))
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Ray job id")],
+    address: Annotated[str, typer.Option("--address", help="Ray dashboard address")] = "http://127.0.0.1:8265",
+) -> None:
+    """Logs of a submitted job."""
+    from jobs.submit import job_logs
+
+    _invoke(lambda: job_logs(address=address, job_id=job_id))
+
+
+def _raise(exc: Exception) -> None:
+    raise exc

@@ -1,0 +1,216 @@
+"""The one job configuration: resolved once from a YAML file, then command-line flags, then frozen.
+
+Every stage receives a `JobConfig` (or one of its sections); nothing reads the environment or files for
+settings on its own. Credentials are never part of it: S3 access goes through the standard AWS chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Section):
+    """Object storage access. Credentials come only from the AWS chain (env, profile, instance role)."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS"
+    )
+    region: str | None = Field(None, description="S3 region; default: the AWS chain's")
+    retries: int = Field(5, ge=0, description="attempts for transient S3 errors, with exponential backoff")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray started for the run")
+    object_store_memory_mb: int | None = Field(None, ge=100, description="object store of a local Ray")
+    num_partitions: int = Field(
+        8, ge=1, le=4096, description="hash partitions for shuffles (identity, features); scale with data"
+    )
+    task_retries: int = Field(3, ge=0, description="Ray task retries on worker failure")
+
+
+class InputConfig(Section):
+    max_quarantine_share: float = Field(
+        0.01, ge=0, le=1, description="the run fails when more than this share of rows is quarantined"
+    )
+
+
+class IdentityConfig(Section):
+    session_gap_minutes: int = Field(30, ge=1, description="inactivity gap that cuts a session")
+    blocklist_emails: list[str] = Field(
+        default_factory=lambda: [
+            "test@test.com",
+            "test@example.com",
+            "no@email.com",
+            "noemail@gmail.com",
+            "none@none.com",
+            "a@a.com",
+            "asd@asd.com",
+            "email@email.com",
+        ],
+        description="normalised emails never used for linking",
+    )
+    blocklist_phones: list[str] = Field(
+        default_factory=lambda: ["0000000000", "1111111111", "1234567890", "0123456789", "9999999999"],
+        description="phones (digits as typed) never used for linking",
+    )
+    max_people_per_email: int = Field(
+        0, ge=0, description="fan-out cap for an email/phone (distinct devices); 0 = learned from the data"
+    )
+    max_people_per_device: int = Field(
+        0, ge=0, description="fan-out cap for a device (distinct emails/phones); 0 = learned from the data"
+    )
+    max_customers_per_device_partner: int = Field(
+        2, ge=1, description="a device seeing at least this many customer records at one partner is shared"
+    )
+    max_persona_identifiers: int = Field(
+        500, ge=10, description="size cap: a component with more identifiers is audited and split"
+    )
+
+
+class FeaturesConfig(Section):
+    as_of: dt.date | None = Field(None, description="cut-off date: features see only events before it")
+    windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 180, 365])
+    top_categories: int = Field(10, ge=1, le=50, description="categories with their own features")
+
+
+class SegmentConfig(Section):
+    name: str = Field(..., pattern=r"^[a-z0-9_]{1,64}$")
+    kind: Literal["ecommerce_buyers", "high_interest", "price_hunters", "category_virgins", "category_lovers"]
+    category: str | None = Field(None, description="target category (prefix of the category path)")
+    brand: str | None = None
+    partner_id: str | None = Field(None, description="restrict the label to one partner")
+    horizon_days: int = Field(30, ge=1, description="label window after the cut-off")
+    min_orders: int = Field(1, ge=1, description="orders in the label window that make a positive")
+
+
+def default_segments() -> list[SegmentConfig]:
+    return [
+        SegmentConfig(name="ecommerce_buyers", kind="ecommerce_buyers"),
+        SegmentConfig(name="high_interest_electronics", kind="high_interest", category="electronics"),
+        SegmentConfig(name="price_hunters", kind="price_hunters"),
+        SegmentConfig(name="category_virgins_home", kind="category_virgins", category="home"),
+        SegmentConfig(name="category_lovers_fashion", kind="category_lovers", category="fashion"),
+    ]
+
+
+class TrainingConfig(Section):
+    train_as_of: dt.date | None = Field(None, description="cut-off of the training snapshot")
+    eval_as_of: dt.date | None = Field(None, description="later cut-off for out-of-time evaluation")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers; raise on a cluster")
+    cpus_per_worker: float = Field(0.5, gt=0, description="fractional so Ray Data can feed the workers")
+    use_gpu: bool = False
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    report_every: int = Field(25, ge=1, description="rounds between Ray Train reports")
+    validation_share: float = Field(0.2, gt=0, lt=1)
+    min_positives: int = Field(100, ge=1)
+    min_negatives: int = Field(100, ge=1)
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "objective": "binary:logistic",
+            "eval_metric": ["logloss", "auc"],
+            "tree_method": "hist",
+            "max_depth": 6,
+            "eta": 0.1,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 1,
+        }
+    )
+    max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig.max_failures")
+
+
+class ScoringConfig(Section):
+    membership: Literal["top_percent", "threshold"] = "top_percent"
+    top_percent: float = Field(10.0, gt=0, le=100)
+    threshold: float = Field(0.5, ge=0, le=1)
+    actors: int = Field(1, ge=1, description="scoring actors (each loads every model once)")
+    batch_size: int = Field(8192, ge=1)
+
+
+class ExportConfig(Section):
+    root: str | None = Field(None, description="ROOT of exports: local folder or s3://bucket/prefix")
+    url_expires_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+
+
+class JobConfig(Section):
+    events: str | None = Field(None, description="input events: file, folder or glob; local or s3://")
+    root: str = Field("out", description="ROOT of runs: local folder or s3://bucket/prefix")
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    input: InputConfig = InputConfig()
+    identity: IdentityConfig = IdentityConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    segments: list[SegmentConfig] = Field(default_factory=default_segments)
+    training: TrainingConfig = TrainingConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    export: ExportConfig = ExportConfig()
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_segment_names(cls, segments: list[SegmentConfig]) -> list[SegmentConfig]:
+        names = [s.name for s in segments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"segment names must be unique, repeated: {', '.join(duplicates)}")
+        return segments
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections, so a stage reruns only when what it reads changed."""
+        payload = {name: _jsonable(getattr(self, name)) for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Resolve the config: YAML file first, then flags (dotted keys, `None` = not given); validate once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist.")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping at the top level, not {type(loaded).__name__}.")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        source = f"config file {path}" if path else "the configuration"
+        raise UserError(f"{source} is invalid: {problems}.") from None

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# One command from a fresh machine: install everything into .venv, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export RAY_AUTH_MODE=disabled RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 SEGMENTS_PROGRESS=0
+exec .venv/bin/python -m pytest "$@"

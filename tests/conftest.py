@@ -1,0 +1,73 @@
+"""Shared test fixtures: one real local Ray for the whole session and a moto S3 server on 127.0.0.1.
+
+Nothing here mocks Ray or S3: stages run as they do in production, over real Parquet files, and S3
+traffic goes over HTTP to a moto server on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+# Before Ray starts, so its workers inherit them: no auth on the local test cluster, quick Train
+# reports, no progress bars in test logs, and dummy AWS credentials that only moto accepts.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ["SEGMENTS_PROGRESS"] = "0"
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray (2 CPUs, small object store) shared by every test that needs it."""
+    import ray
+
+    from jobs.raysession import configure_data_context
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=600 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    configure_data_context()
+    yield ray
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1, reached over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def storage(s3_endpoint):
+    from jobs.config import StorageConfig
+
+    return StorageConfig(endpoint_url=s3_endpoint, region="us-east-1", retries=2)
+
+
+@pytest.fixture()
+def s3_bucket(storage):
+    """A fresh, empty bucket per test; yields its s3:// URL."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=storage.endpoint_url, region_name="us-east-1").create_bucket(Bucket=name)
+    yield f"s3://{name}"
