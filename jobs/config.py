@@ -147,10 +147,23 @@ class ExportConfig(Section):
     url_expires_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
 
+PIPELINE_STAGES = ("resolve", "features", "train", "score", "export")
+StageName = Literal["resolve", "features", "train", "score", "export"]
+
+
 class JobConfig(Section):
     events: str | None = Field(None, description="input events: file, folder or glob; local or s3://")
     root: str = Field("out", description="ROOT of runs: local folder or s3://bucket/prefix")
-    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    run_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="run folder name; default: the run date"
+    )
+    run_date: dt.date | None = Field(
+        None, description="the schedule date of the run (exports' RUN_DATE); default: the date the run was first started (UTC)"
+    )
+    stages: list[StageName] = Field(
+        default_factory=lambda: list(PIPELINE_STAGES),
+        description="stages `segments run` runs (always in pipeline order); e.g. [resolve] for identity only",
+    )
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     input: InputConfig = InputConfig()
@@ -160,6 +173,13 @@ class JobConfig(Section):
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     export: ExportConfig = ExportConfig()
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_in_order(cls, stages: list[str]) -> list[str]:
+        if not stages:
+            raise ValueError("list at least one stage")
+        return [name for name in PIPELINE_STAGES if name in stages]
 
     @field_validator("segments")
     @classmethod

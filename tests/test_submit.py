@@ -1,0 +1,172 @@
+"""`segments submit / status / logs` against a real Ray head started here with `ray start --head`.
+
+That head is a cluster of its own (own ports, own temp dir), separate from the test session's Ray; it
+is stopped by killing exactly the processes it started (never `ray stop`, which stops every Ray on the
+machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from jobs.errors import UserError
+from jobs.submit import job_config_for_submission, job_logs, job_status, submit_job
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_tree(proc: subprocess.Popen, marker: str) -> None:
+    """SIGTERM then SIGKILL `proc`, its descendants, and any process whose command line names `marker`."""
+    victims: dict[int, psutil.Process] = {}
+    try:
+        root = psutil.Process(proc.pid)
+        victims[root.pid] = root
+        victims.update({p.pid: p for p in root.children(recursive=True)})
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                victims[p.pid] = p
+                victims.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.Error:
+            pass
+    for p in victims.values():
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` on 127.0.0.1 with free ports; yields the dashboard URL."""
+    temp_dir = tempfile.mkdtemp(prefix="rsub-", dir="/tmp")  # short: Ray's socket paths have a length cap
+    dashboard = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(Path(temp_dir) / "ray-start.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", "--object-store-memory=300000000", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
+    )
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray start --head did not come up:\n{(Path(temp_dir) / 'ray-start.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        _stop_tree(proc, temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _segments(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_job_config_fixes_run_id_from_the_date_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text("events: data/events\nroot: out\nrun_date: 2026-04-02\nexport:\n  root: s3://bucket/exports\n")
+    raw, run_id = job_config_for_submission(path)
+    assert run_id == "2026-04-02" and raw["run_id"] == "2026-04-02"
+    assert raw["events"] == str(tmp_path / "data" / "events") and raw["root"] == str(tmp_path / "out")
+    assert raw["export"]["root"] == "s3://bucket/exports"
+    path.write_text("events: s3://in/events\nroot: s3://runs\nrun_id: manual-1\n")
+    raw, run_id = job_config_for_submission(path)
+    assert run_id == "manual-1" and "run_date" not in raw and raw["events"] == "s3://in/events"
+
+
+def test_unreachable_cluster_is_a_user_error(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("events: /nowhere\n")
+    with pytest.raises(UserError, match="cannot reach the Ray dashboard"):
+        submit_job(f"http://127.0.0.1:{_free_port()}", path)
+
+
+def test_failed_job_makes_submit_wait_exit_non_zero(ray_head, tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"events": str(tmp_path / "no-such-events"), "root": str(tmp_path / "root"),
+                                    "run_id": "failing", "stages": ["resolve"]}))
+    done = _segments("submit", "--address", ray_head, "--config", str(path), "--wait")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED" in done.stderr
+    job_id = done.stderr.split("submitted job ", 1)[1].split()[0]
+    status = job_status(ray_head, job_id)
+    assert status["status"] == "FAILED" and status["run_id"] == "failing"
+    assert "error:" in job_logs(ray_head, job_id)  # the job's own one-paragraph error
+    with pytest.raises(UserError, match="knows no job"):
+        job_status(ray_head, "raysubmit_doesnotexist")
+
+
+def test_submitted_run_succeeds_and_writes_its_outputs(ray_head, tmp_path):
+    pytest.importorskip("jobs.resolve")
+    generate = pytest.importorskip("jobs.generate")
+    import pyarrow.parquet as pq
+
+    events = tmp_path / "events"
+    events.mkdir()
+    pq.write_table(generate.generate_events(persons=60, partners=3, days=20, seed=3), events / "events-all-0000.parquet")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"events": str(events), "root": str(tmp_path / "root"), "run_date": "2026-02-01",
+                                    "stages": ["resolve"], "ray": {"num_partitions": 2}}))
+    job_id = submit_job(ray_head, path, wait=False)
+    assert job_id.startswith("segments-2026-02-01-")
+    done = _segments("status", job_id, "--address", ray_head)
+    assert done.returncode == 0 and json.loads(done.stdout)["run_id"] == "2026-02-01"
+    deadline = time.time() + 300
+    while (status := job_status(ray_head, job_id)["status"]) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        assert time.time() < deadline, "job did not finish in time"
+        time.sleep(2)
+    logs = _segments("logs", job_id, "--address", ray_head).stdout
+    assert status == "SUCCEEDED", logs[-3000:]
+    run = tmp_path / "root" / "runs" / "2026-02-01"
+    assert (run / "events_resolved" / "_SUCCESS").is_file() and (run / "_stages" / "resolve.json").is_file()
+    assert json.loads((run / "summary.json").read_text())["stages"]["resolve"]["status"] == "ran"
+    assert "[1/1] resolve: done" in logs
