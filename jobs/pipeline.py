@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from jobs import io
-from jobs.config import PIPELINE_STAGES, ExportConfig, JobConfig
+from jobs.config import PIPELINE_STAGES, JobConfig
 from jobs.errors import UserError
 from jobs.raysession import ray_session
 
@@ -304,7 +304,10 @@ def run_pipeline(config: JobConfig, stages: Sequence[Stage] = STAGES) -> dict[st
         raise UserError("the resolve stage needs `events:` in the config: a file, folder or glob of event files.")
     io.check_bucket(config.root, config.storage)
     run_id, run_date = resolve_run(config)
-    config = config.model_copy(update={"run_id": run_id, "run_date": run_date})
+    update: dict[str, Any] = {"run_id": run_id, "run_date": run_date}
+    if config.export.root is None:  # ROOT/runs/... and ROOT/exports/... share ROOT unless told otherwise
+        update["export"] = config.export.model_copy(update={"root": config.root})
+    config = config.model_copy(update=update)
     layout = io.RunLayout.for_run(config.root, run_id)
     io.write_json(layout.path(STAGE_MARKERS, "run.json"), {"run_id": run_id, "run_date": run_date.isoformat()},
                   config.storage)
@@ -409,7 +412,7 @@ def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
 
     out = os.path.abspath(out)
     events = io.join(out, "events")
-    config = JobConfig(events=events, root=out, run_id="demo", export=ExportConfig(root=io.join(out, "exports")))
+    config = JobConfig(events=events, root=out, run_id="demo")
     params = {"persons": persons, "partners": DEMO_PARTNERS, "days": DEMO_DAYS, "seed": DEMO_SEED}
     stamp = io.join(events, "_demo.json")
     if io.exists(stamp, config.storage) and io.read_json(stamp, config.storage) == params and io.list_files(events, config.storage):
@@ -421,7 +424,7 @@ def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
         io.write_json(stamp, params, config.storage)
     summary = run_pipeline(config)
     layout = io.RunLayout(summary["run_dir"])
-    export_root = config.export.root
+    export_root = io.join(out, "exports")
     partners = sorted({posixpath.basename(posixpath.dirname(posixpath.dirname(posixpath.dirname(f))))
                        for f in io.list_files(export_root, config.storage) if f.endswith(".parquet")}) \
         if io.exists(export_root, config.storage) else []
