@@ -95,6 +95,11 @@ class SegmentConfig(Section):
     partner_id: str | None = Field(None, description="restrict the label to one partner")
     horizon_days: int = Field(30, ge=1, description="label window after the cut-off")
     min_orders: int = Field(1, ge=1, description="orders in the label window that make a positive")
+    label_event_types: list[str] | None = Field(
+        None, description="event types that count towards a positive; default per kind (jobs.segments)"
+    )
+    comparison_days: int = Field(7, ge=1, le=90, description="price_hunters: views this many days before a purchase")
+    min_partners: int = Field(2, ge=2, description="price_hunters: distinct partners where the product was viewed")
 
 
 def default_segments() -> list[SegmentConfig]:
@@ -132,6 +137,19 @@ class TrainingConfig(Section):
         }
     )
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig.max_failures")
+    nthread: int | None = Field(
+        None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
+    )
+    seed: int = Field(7, description="seed of the validation split, subsampling and the shuffled-label run")
+    rfm_features: list[str] | None = Field(
+        None, description="columns of the RFM baseline (recency, frequency, monetary); default from the catalogue"
+    )
+    max_metric_rows: int = Field(
+        2_000_000, ge=1000, description="evaluation rows (hash sample) pulled to the driver for metrics"
+    )
+    leakage_sample_rows: int = Field(
+        100_000, ge=100, description="evaluation rows (hash sample) for the single-feature leakage check"
+    )
 
 
 class ScoringConfig(Section):
