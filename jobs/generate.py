@@ -360,6 +360,7 @@ class _World:
 
         # partner slots: 1-5 distinct partners by popularity (Gumbel top-k), hunters use one more
         n_slots = rng.choice(5, size=P, p=[0.3, 0.3, 0.2, 0.12, 0.08]) + 1 + self.hunter
+        n_slots = np.where(self.hunter, np.maximum(n_slots, 3), n_slots)  # hunters know several stores
         n_slots = np.minimum(n_slots, min(MAX_SLOTS, K))
         slots = np.full((P, MAX_SLOTS), -1, dtype=np.int64)
         logw = np.log(self.popularity)
@@ -870,6 +871,9 @@ def _purchases(w: _World, ev: _Events) -> None:
     phone = np.where((~logged | (rng.random(n) < 0.3)) & (rng.random(n) < 0.65), ph, -1)
     junk_p = rng.random(n) < 0.01
     phone_c = w.phone_code(phone, junk=junk_p)
+    # the valid-looking junk number is a Bulgarian habit; elsewhere people type zeros
+    fake = w.n_phones * N_PHONE_VARIANTS + JUNK_PHONES.index("0888888888")
+    phone_c = np.where((phone_c == fake) & (w.country[person] != 0), w.n_phones * N_PHONE_VARIANTS, phone_c)
     pay = np.where(rng.random(n) < 0.8, w.pay_pref[person], rng.choice(len(PAYMENTS), size=n, p=PAYMENT_W))
     ev.add(ts=end[o] - 60.0 + k * 0.5, etype=PURCHASE, person=person[o], partner=buy_partner[o], session=sess[o],
            device=device[o], product=line_prod, price=w.price[line_prod, buy_partner[o]], qty=qty,
