@@ -30,12 +30,12 @@ Behaviour (what look-alike segments can learn; persistent traits, not only recen
     category, at partner-specific prices (+-15% around the base price);
   * per person: Dirichlet category affinities with some categories never touched, brand loyalty, a purchase
     cadence class (none / rare / occasional / regular / frequent), an engagement level for campaigns;
-  * intent bursts: 1-4 sessions in the 3 weeks before each purchase, denser and with more carts near it;
+  * intent bursts: 1-4 sessions in the 3-4 weeks before each purchase, denser and with more carts near it;
   * price hunters (~15%): view the product at 2-3 partners within a few days before buying and buy at the
     cheapest in ~85% of cases (others compare in ~4% of purchases);
   * category lovers (~20% of buyers): buy in their favourite category most months;
-  * life events (~12% of people who never touch home/toys/sports): from a date on they browse that category,
-    then most of them make a first purchase in it 1-5 weeks later ("category virgins").
+  * life events (~20% of people who never touch home/toys/sports): from a date on they browse that category,
+    and 75% of them make a first purchase in it 10-50 days later ("category virgins").
 """
 
 from __future__ import annotations
@@ -347,12 +347,12 @@ class _World:
         # purchase cadence class: none, rare, occasional, regular, frequent (mean days between orders)
         klass = rng.choice(5, size=P, p=[0.28, 0.27, 0.25, 0.14, 0.06])
         klass[self.anon] = 0
-        self.cadence = np.array([np.inf, 200.0, 100.0, 50.0, 24.0])[klass] * rng.lognormal(0, 0.2, P)
+        self.cadence = np.array([np.inf, 240.0, 120.0, 60.0, 28.0])[klass] * rng.lognormal(0, 0.2, P)
         self.buyer = klass > 0
         self.lover = self.buyer & (klass >= 2) & (rng.random(P) < 0.25)
-        self.cadence[self.lover] = np.minimum(self.cadence[self.lover], 30.0)
+        self.cadence[self.lover] = np.minimum(self.cadence[self.lover], 32.0)
         self.engagement = np.clip(rng.beta(1.3, 6.0, P) * (1.0 + 8.0 / np.where(self.buyer, self.cadence, 200.0)), 0, 0.9)
-        self.browse_rate = rng.lognormal(np.log(0.012), 0.6, P) * (1.0 + 12.0 / np.where(self.buyer, self.cadence, 60.0))
+        self.browse_rate = rng.lognormal(np.log(0.010), 0.6, P) * (1.0 + 12.0 / np.where(self.buyer, self.cadence, 60.0))
         self.loyalty = rng.beta(2.0, 2.0, P)
         self.fav_brand = rng.integers(0, 1 << 30, size=(P, n_top)) % self.top_brand_count[None, :]
         self.pay_pref = rng.choice(len(PAYMENTS), size=P, p=PAYMENT_W)
@@ -392,11 +392,14 @@ class _World:
         self.life_cat = np.full(P, -1)
         self.life_day = np.full(P, np.inf)
         cand = (aff[:, LIFE_EVENT_TOPS] == 0) & carried[:, LIFE_EVENT_TOPS]
-        has = cand.any(axis=1) & ~self.anon & (rng.random(P) < 0.12 * 1.7)
+        has = cand.any(axis=1) & ~self.anon & (rng.random(P) < 0.2)
         who = np.flatnonzero(has)
         pick = _pick(rng, cand[who] * LIFE_EVENT_W[None, :])
         self.life_cat[who] = LIFE_EVENT_TOPS[pick]
-        self.life_day[who] = rng.uniform(-15, self.days, size=len(who))
+        self.life_day[who] = rng.uniform(-20, self.days, size=len(who))
+        # most make a first purchase in it 10-50 days later, after weeks of browsing it
+        self.life_first = self.life_day + rng.uniform(10, 50, size=P)
+        self.life_buys = (self.life_cat >= 0) & (rng.random(P) < 0.75)
 
     def _carried(self) -> np.ndarray:
         s = np.where(self.slots >= 0, self.slots, 0)
@@ -731,14 +734,15 @@ def _browsing(w: _World, ev: _Events) -> None:
     top = np.where(explore, rng.integers(0, len(TOPS), len(person)), top)
     # life events: after the day, a good share of browsing goes to the new category
     life = w.life_cat[person] >= 0
-    after = life & (start >= w.life_day[person] * DAY) & (rng.random(len(person)) < 0.35)
+    after = life & (start >= w.life_day[person] * DAY) & (rng.random(len(person)) < 0.4)
     top = np.where(after, w.life_cat[person], top)
     # extra "getting ready" sessions: rising towards the first purchase in the new category
     lp = np.flatnonzero(w.life_cat >= 0)
-    k = rng.poisson(4.0, len(lp))
+    k = rng.poisson(6.0, len(lp))
     lpp, _ = _explode(k)
     who = lp[lpp]
-    span = 40.0 * rng.random(len(who)) ** 0.6
+    lead = np.where(w.life_buys[who], w.life_first[who] - w.life_day[who], 40.0)
+    span = lead * rng.random(len(who)) ** 0.5
     extra_start = (w.life_day[who] + span) * DAY + _time_of_day(rng, len(who))
     person = np.concatenate([person, who])
     start = np.concatenate([start, extra_start])
@@ -792,12 +796,12 @@ def _purchases(w: _World, ev: _Events) -> None:
     top = w.pick_top(person)
     lov = w.lover[person] & (rng.random(len(person)) < 0.85)
     top = np.where(lov, w.fav[person], top)
-    life = (w.life_cat[person] >= 0) & (tday > w.life_day[person] + 20) & (rng.random(len(person)) < 0.25)
+    life = w.life_buys[person] & (tday > w.life_first[person]) & (rng.random(len(person)) < 0.25)
     top = np.where(life, w.life_cat[person], top)
     # the first order in a life-event category, 1-5 weeks after the event (75% of them)
-    lp = np.flatnonzero((w.life_cat >= 0) & (rng.random(P) < 0.75))
+    lp = np.flatnonzero(w.life_buys)
     person = np.concatenate([person, lp])
-    tday = np.concatenate([tday, w.life_day[lp] + rng.uniform(7, 35, len(lp))])
+    tday = np.concatenate([tday, w.life_first[lp]])
     top = np.concatenate([top, w.life_cat[lp]])
     keep = (tday >= -21) & (tday < days + 30)
     person, tday, top = person[keep], tday[keep], top[keep]
@@ -826,10 +830,10 @@ def _purchases(w: _World, ev: _Events) -> None:
     buy_partner = w.slots[person, buy_slot]
 
     # intent burst: 1-4 sessions in the 3 weeks before, denser and with more carts near the order
-    n_pre = np.minimum(1 + rng.poisson(0.6 * w.intent[person]), 3)
+    n_pre = np.minimum(1 + rng.poisson(0.8 * w.intent[person]), 4)
     n_pre = np.maximum(n_pre, n_cmp)
     o, k = _explode(n_pre)
-    delta = 21.0 * rng.random(len(o)) ** 2 * DAY + 600.0
+    delta = 24.0 * rng.random(len(o)) ** 2 * DAY + 600.0
     cmp_k = k < n_cmp[o]
     delta = np.where(cmp_k, rng.uniform(0.02, 4.0, len(o)) * DAY + 600.0, delta)
     pre_slot = np.where(cmp_k, cmp_slots[o, np.minimum(k, MAX_SLOTS - 1)],
@@ -837,7 +841,7 @@ def _purchases(w: _World, ev: _Events) -> None:
     pre_partner = w.slots[person[o], pre_slot]
     pre_start = t_buy[o] - delta
     pp = person[o]
-    near = 1.0 - np.minimum(delta / (21 * DAY), 1.0)
+    near = 1.0 - np.minimum(delta / (24 * DAY), 1.0)
     logged = w.cust[pp, pre_slot] & (rng.random(len(o)) < 0.3)
     ev.web(person=pp, slot=pre_slot, partner=pre_partner, device=w.pick_device(pp), start=pre_start,
            n_views=1 + rng.poisson(0.4 + 1.6 * near), leaf=leaf[o], focus=product[o], focus_p=0.3 + 0.4 * near,
@@ -909,7 +913,7 @@ def _subscriptions_and_campaigns(w: _World, ev: _Events) -> None:
     s, k = _explode(sub_n)
     camp = camp_start[partner[s]] + k
     send_t = camp_t[camp] + rng.uniform(0, 1800, len(s))
-    take = (rng.random(len(s)) < 0.35) & (send_t > t_sub[s] + 3600)
+    take = (rng.random(len(s)) < 0.28) & (send_t > t_sub[s] + 3600)
     s, send_t = s[take], send_t[take]
     n = len(s)
     tokens = ev.n_tokens + np.arange(n)
@@ -986,14 +990,15 @@ def _shared_devices(w: _World, ev: _Events) -> None:
 
 
 def _assemble(w: _World, ev: _Events) -> pa.Table:
-    cols = {name: np.concatenate([b[name] for b in ev.blocks]) for name in ev.blocks[0]}
-    ts = cols["ts"]
-    keep = (ts >= 0) & (ts < w.days * DAY)
-    cols = {k: v[keep] for k, v in cols.items()}
-    ts_us = START_US + np.round(cols["ts"] * 1000.0).astype(np.int64) * 1000
-    order = np.lexsort((ts_us, cols["partner"]))
-    cols = {k: v[order] for k, v in cols.items()}
-    ts_us = ts_us[order]
+    ts = np.concatenate([b["ts"] for b in ev.blocks])
+    keep = np.flatnonzero((ts >= 0) & (ts < w.days * DAY))
+    ts_ms = np.round(ts[keep] * 1000.0).astype(np.int64)
+    partner_all = np.concatenate([b["partner"] for b in ev.blocks])
+    order = keep[np.lexsort((ts_ms, partner_all[keep]))]
+    ts_us = START_US + np.round(ts[order] * 1000.0).astype(np.int64) * 1000
+    del ts, ts_ms, partner_all
+    cols = {name: np.concatenate([b[name] for b in ev.blocks])[order] for name in ev.blocks[0] if name != "ts"}
+    ev.blocks.clear()
     partner = cols["partner"]
     n = len(ts_us)
     rng = w.rng
