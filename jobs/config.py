@@ -79,6 +79,19 @@ class IdentityConfig(Section):
     max_persona_identifiers: int = Field(
         500, ge=10, description="size cap: a component with more identifiers is audited and split"
     )
+    max_devices_per_click_token: int = Field(
+        0, ge=0, description="a click token clicked on more devices is forwarded; 0 = learned (floor 1)"
+    )
+    min_fanout_devices: int = Field(
+        4, ge=1, description="floor of the learned email/phone/customer fan-out threshold (devices one person may own)"
+    )
+    min_people_per_shared_device: int = Field(
+        3, ge=2, description="floor of the learned shared-device rule: a device never counts as shared below this"
+    )
+    fence_iqr_multiplier: float = Field(
+        3.0, gt=0, description="learned thresholds are Tukey fences Q3 + k * IQR of each figure's distribution"
+    )
+    size_cap_rounds: int = Field(3, ge=0, description="rounds that remove hubs from components above the size cap")
 
 
 class FeaturesConfig(Section):

@@ -1,0 +1,1 @@
+"""Identity resolution: normalise identifiers, build the identifier graph, keep junk out, connect personas."""

@@ -1,0 +1,363 @@
+"""The identifier graph: slim identity rows, sessions, anchors, occurrences, co-occurrence pairs, edges.
+
+Every event belongs to one *anchor*: its session (the partner's `session_id`, or the cut session of
+partner + device at `session_gap_minutes` of inactivity), or the event itself when it has neither. Every
+identifier that co-occurs in one anchor links: the graph is bipartite, anchors on one side, identifiers on
+the other, and a persona is a connected component that holds at least one identifier. On a device found to
+be shared the session stops being evidence, so its events fall back to one anchor each (an anonymous event
+there then links to nobody and gets persona_id null).
+
+Node ids are 64-bit hashes (`jobs.shuffle.hash_columns`) of (kind, scope partner, value). A collision would
+merge two identifiers; for n identifiers its probability is about n^2 / 2^65 (3e-8 for a million
+identifiers, 3e-4 for a hundred million). It is not left silent: the node aggregation groups by the hash
+and counts the distinct (type, identifier, partner) behind each one, and the run summary reports
+`hash_collisions` (expected 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.identity.normalise import normalise_emails, normalise_phones, phone_digits
+from jobs.shuffle import hash_columns
+
+DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK = "device", "email", "phone", "customer", "subscriber", "click_token"
+IDENTIFIER_TYPES = (DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK)
+SCOPED = (CUSTOMER, SUBSCRIBER, CLICK)
+TYPE_RANK = {t: i for i, t in enumerate((EMAIL, PHONE, CUSTOMER, SUBSCRIBER, DEVICE, CLICK))}
+_SOURCE_COLUMN = {DEVICE: "device_id", EMAIL: "email_n", PHONE: "phone_n", CUSTOMER: "customer_id",
+                  SUBSCRIBER: "subscriber_id", CLICK: "click_token"}
+_FLAG_COLUMN = {EMAIL: "email_flag", PHONE: "phone_flag"}
+TRUTH = "_truth"
+
+SLIM_SCHEMA = pa.schema([
+    ("partner_id", pa.string()), ("event_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+    ("session_id", pa.string()), ("device_id", pa.string()), ("customer_id", pa.string()),
+    ("subscriber_id", pa.string()), ("click_token", pa.string()), ("email_n", pa.string()),
+    ("email_flag", pa.string()), ("phone_n", pa.string()), ("phone_flag", pa.string()),
+])
+
+OCC_SCHEMA = pa.schema([
+    ("anchor", pa.uint64()), ("node", pa.uint64()), ("identifier_type", pa.string()), ("identifier", pa.string()),
+    ("scope", pa.string()), ("partner_id", pa.string()), ("flag", pa.string()),
+    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")), ("n_events", pa.int64()),
+])
+PAIR_SCHEMA = pa.schema([("node", pa.uint64()), ("other", pa.uint64()), ("other_type", pa.string()),
+                         ("other_scope", pa.string())])
+EDGE_SCHEMA = pa.schema([("src", pa.uint64()), ("dst", pa.uint64())])
+
+
+def _clean(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    col = pc.utf8_trim_whitespace(pc.cast(col, pa.string()))
+    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+
+def slim_events(events: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str],
+                truth_column: str | None = None) -> pa.Table:
+    """Only what identity needs, identifiers normalised and flagged (`invalid_*` / `blocklist`)."""
+    email_n, email_ok = normalise_emails(events.column("email"))
+    phone_n, phone_ok = normalise_phones(events.column("phone"), events.column("country"))
+    email_flag = pc.if_else(pc.is_in(email_n, pa.array(blocklist_emails, pa.string())), pa.scalar("blocklist"),
+                            pc.if_else(email_ok, pa.scalar(None, pa.string()), pa.scalar("invalid_email")))
+    email_flag = pc.if_else(pc.is_null(email_n), pa.scalar(None, pa.string()), email_flag)
+    digits = phone_digits(events.column("phone"))
+    e164_digits = pc.replace_substring_regex(phone_n, r"\D+", "")
+    blocked_phone = pc.or_(pc.fill_null(pc.is_in(digits, pa.array(blocklist_phones, pa.string())), False),
+                           pc.fill_null(_national_digits_blocked(phone_n, e164_digits, blocklist_phones), False))
+    phone_flag = pc.if_else(blocked_phone, pa.scalar("blocklist"),
+                            pc.if_else(phone_ok, pa.scalar(None, pa.string()), pa.scalar("invalid_phone")))
+    phone_flag = pc.if_else(pc.is_null(phone_n), pa.scalar(None, pa.string()), phone_flag)
+    arrays = [
+        events.column("partner_id").combine_chunks(), events.column("event_id").combine_chunks(),
+        events.column("ts").combine_chunks(), _clean(events.column("session_id")), _clean(events.column("device_id")),
+        _clean(events.column("customer_id")), _clean(events.column("subscriber_id")),
+        _clean(events.column("click_token")), email_n, email_flag, phone_n, phone_flag,
+    ]
+    out = pa.table(arrays, schema=SLIM_SCHEMA)
+    if truth_column:
+        out = out.append_column(TRUTH, pc.cast(events.column(truth_column), pa.string()))
+    return out
+
+
+def _national_digits_blocked(phone_n: pa.Array, e164_digits: pa.Array, blocklist: list[str]) -> pa.Array:
+    """A blocklisted national number written in any format (+CC 000..., 00CC 000...) is blocked too."""
+    if not blocklist:
+        return pa.array([False] * len(phone_n))
+    pattern = "(" + "|".join(b.lstrip("0") or "0" for b in blocklist) + ")$"
+    long_enough = pc.greater_equal(pc.utf8_length(e164_digits), 8)
+    return pc.and_(long_enough, pc.match_substring_regex(e164_digits, "^[0-9]{1,3}0*" + pattern))
+
+
+def session_partition_key(slim: pa.Table) -> pa.Table:
+    """Adds `_skey`: rows of one session (and of one partner + device without session_id) share it."""
+    sid = slim.column("session_id")
+    dev = slim.column("device_id")
+    key = pc.if_else(pc.is_valid(sid), pc.binary_join_element_wise(pa.scalar("s:"), sid, ""),
+                     pc.if_else(pc.is_valid(dev), pc.binary_join_element_wise(pa.scalar("d:"), dev, ""),
+                                pc.binary_join_element_wise(pa.scalar("e:"), slim.column("event_id"), "")))
+    return slim.append_column("_skey", key)
+
+
+def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
+    """Adds `session_key`: the partner's session_id, else partner + device cut at `gap_minutes`, else null.
+
+    Needs every row of a partner + device (without session_id) in this table (the `_skey` partitioning).
+    """
+    n = slim.num_rows
+    key = np.full(n, None, dtype=object)
+    sid = slim.column("session_id").combine_chunks()
+    has_sid = pc.is_valid(sid).to_numpy(zero_copy_only=False)
+    key[has_sid] = sid.filter(pc.is_valid(sid)).to_numpy(zero_copy_only=False)
+    dev = slim.column("device_id").combine_chunks()
+    cut = ~has_sid & pc.is_valid(dev).to_numpy(zero_copy_only=False)
+    idx = np.flatnonzero(cut)
+    if len(idx):
+        sub = slim.take(pa.array(idx))
+        group = pc.binary_join_element_wise(sub.column("partner_id"), sub.column("device_id"), "\x1f")
+        gid = pc.dictionary_encode(group.combine_chunks()).indices.to_numpy(zero_copy_only=False)
+        ts = sub.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        order = np.lexsort((ts, gid))
+        g, t = gid[order], ts[order]
+        gap = np.int64(gap_minutes) * 60_000_000
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (g[1:] != g[:-1]) | ((t[1:] - t[:-1]) > gap)
+        start = t[np.flatnonzero(new)][np.cumsum(new) - 1]
+        devs = sub.column("device_id").combine_chunks().take(pa.array(order))
+        keys = pc.binary_join_element_wise(devs, pa.array(start.astype(str)), "@").to_numpy(zero_copy_only=False)
+        key[idx[order]] = keys
+    return slim.append_column("session_key", pa.array(key, pa.string()))
+
+
+_HASH_KEY = "segments-ids-v01"
+_NULL = "\x00"
+
+
+def hash_strings(*columns: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit id per row of the given string columns (null is its own value). Per column only the
+    distinct values are hashed (dictionary encoding); columns are combined numerically."""
+    import pandas as pd
+
+    combined = None
+    for c in columns:
+        c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+        enc = pc.dictionary_encode(pc.cast(c, pa.string()))
+        uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
+        hashed_uniq = pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False) if len(uniq) else np.zeros(0, np.uint64)
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        valid = pc.is_valid(enc.indices).to_numpy(zero_copy_only=False)
+        hashed = np.full(len(c), np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+        if len(uniq):
+            hashed[valid] = hashed_uniq[codes[valid].astype(np.int64)]
+        combined = hashed if combined is None else pd.util.hash_array(combined * np.uint64(1_000_003) ^ hashed,
+                                                                     hash_key=_HASH_KEY)
+    return combined if combined is not None else np.zeros(0, np.uint64)
+
+
+def with_ids(sess: pa.Table) -> pa.Table:
+    """Adds the node id of every identifier column and both anchor ids (session, event) once, so the
+    later rounds never hash strings again."""
+    n = sess.num_rows
+    partner = sess.column("partner_id").combine_chunks()
+    out = sess
+    for t in IDENTIFIER_TYPES:
+        col = sess.column(_SOURCE_COLUMN[t]).combine_chunks()
+        scope = partner if t in SCOPED else pa.nulls(n, pa.string())
+        ids = node_ids(pa.array([t] * n, pa.string()) if n else pa.array([], pa.string()), scope, col)
+        out = out.append_column(f"_n_{t}", pa.array(ids, pa.uint64()))
+    skey = sess.column("session_key").combine_chunks()
+    out = out.append_column("_a_session", pa.array(hash_strings(pa.array(["s"] * n, pa.string()), partner, skey), pa.uint64()))
+    out = out.append_column("_a_event", pa.array(hash_strings(pa.array(["e"] * n, pa.string()), partner,
+                                                              sess.column("event_id")), pa.uint64()))
+    return out
+
+
+def anchor_ids(slim: pa.Table, per_event: np.ndarray | None = None) -> np.ndarray:
+    """Anchor node per row: hash of the partner's session, or of the event where there is no session
+    (or `per_event` is True for the row: a session on a shared device)."""
+    if "_a_session" in slim.column_names:
+        use_event = pc.is_null(slim.column("session_key")).to_numpy(zero_copy_only=False)
+        if per_event is not None:
+            use_event = use_event | per_event
+        return np.where(use_event, slim.column("_a_event").to_numpy(), slim.column("_a_session").to_numpy())
+    skey = slim.column("session_key").combine_chunks()
+    use_event = pc.is_null(skey)
+    if per_event is not None:
+        use_event = pc.or_(use_event, pa.array(per_event))
+    value = pc.if_else(use_event, slim.column("event_id").combine_chunks(), skey)
+    kind = pc.if_else(use_event, pa.scalar("e"), pa.scalar("s"))
+    return hash_strings(kind, slim.column("partner_id"), value)
+
+
+def node_ids(identifier_type: pa.Array, scope: pa.Array, identifier: pa.Array) -> np.ndarray:
+    return hash_strings(identifier_type, scope, identifier)
+
+
+def _runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): rows sorted by the keys (last key primary) and where each run of equal keys starts."""
+    order = np.lexsort(keys)
+    change = np.zeros(len(order), dtype=bool)
+    if len(order):
+        change[0] = True
+        for k in keys:
+            sk = k[order]
+            change[1:] |= sk[1:] != sk[:-1]
+    return order, np.flatnonzero(change)
+
+
+def _codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary codes (null -> -1) and the dictionary of a string column."""
+    c = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    enc = pc.dictionary_encode(c)
+    return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
+
+
+def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -> pa.Table:
+    """One row per (anchor, identifier): first/last seen, events, flag (`OCC_SCHEMA`, + `_truth` for the
+    oracle). Identifiers whose value is flagged (blocklist, invalid) are kept here so they can be audited."""
+    parts = []
+    anchor_arr = pa.array(anchors, pa.uint64())
+    for t in IDENTIFIER_TYPES:
+        col = slim.column(_SOURCE_COLUMN[t]).combine_chunks()
+        mask = pc.is_valid(col)
+        if not pc.any(mask).as_py():
+            continue
+        sub_ident = col.filter(mask)
+        partner = slim.column("partner_id").combine_chunks().filter(mask)
+        scope = partner if t in SCOPED else pa.nulls(len(sub_ident), pa.string())
+        flag = (slim.column(_FLAG_COLUMN[t]).combine_chunks().filter(mask) if t in _FLAG_COLUMN
+                else pa.nulls(len(sub_ident), pa.string()))
+        cols = {
+            "anchor": anchor_arr.filter(mask),
+            "identifier_type": pa.array([t] * len(sub_ident), pa.string()),
+            "identifier": sub_ident, "scope": scope, "partner_id": partner, "flag": flag,
+            "ts": slim.column("ts").combine_chunks().filter(mask),
+        }
+        if keep_truth:
+            cols[TRUTH] = slim.column(TRUTH).combine_chunks().filter(mask)
+        if f"_n_{t}" in slim.column_names:
+            cols["_node"] = slim.column(f"_n_{t}").combine_chunks().filter(mask)
+        parts.append(pa.table(cols))
+    if not parts:
+        return OCC_SCHEMA.empty_table()
+    long = pa.concat_tables(parts)
+    if "_node" in long.column_names:
+        node = long.column("_node").to_numpy()
+    else:
+        node = node_ids(long["identifier_type"], long["scope"], long["identifier"])
+    anchor = long.column("anchor").to_numpy()
+    keys = [node, anchor]
+    if keep_truth:
+        keys.insert(0, _codes(long.column(TRUTH))[0])
+    order, starts = _runs(*keys)
+    ts = long.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
+    flag_codes, flag_dict = _codes(long.column("flag"))
+    first = order[starts]
+    out = long.select(["identifier_type", "identifier", "scope", "partner_id"] + ([TRUTH] if keep_truth else [])).take(pa.array(first))
+    flag_max = np.maximum.reduceat(flag_codes[order], starts) if len(starts) else np.zeros(0, np.int64)
+    flag = flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict) else pa.nulls(len(starts), pa.string())
+    flag = pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string())) if len(starts) else pa.nulls(0, pa.string())
+    ts_type = pa.timestamp("us", tz="UTC")
+    cols = {
+        "anchor": pa.array(anchor[first], pa.uint64()), "node": pa.array(node[first], pa.uint64()),
+        "identifier_type": out.column("identifier_type"), "identifier": out.column("identifier"),
+        "scope": out.column("scope"), "partner_id": out.column("partner_id"), "flag": flag,
+        "first_seen": pa.array(np.minimum.reduceat(ts, starts) if len(starts) else ts[:0], pa.int64()).cast(ts_type),
+        "last_seen": pa.array(np.maximum.reduceat(ts, starts) if len(starts) else ts[:0], pa.int64()).cast(ts_type),
+        "n_events": pa.array(np.diff(np.r_[starts, len(order)]).astype(np.int64)),
+    }
+    if keep_truth:
+        cols[TRUTH] = out.column(TRUTH)
+    schema = pa.schema(list(OCC_SCHEMA) + ([pa.field(TRUTH, pa.string())] if keep_truth else []))
+    return pa.table(cols, schema=schema)
+
+
+def cooccurrence_pairs(occ: pa.Table) -> pa.Table:
+    """Distinct (identifier, other identifier) pairs that share an anchor, for the fan-out figures:
+    email/phone/customer/subscriber/click token -> devices, and device -> emails/phones/customers."""
+    clean = occ.filter(pc.is_null(occ.column("flag")))
+    types = clean.column("identifier_type").combine_chunks() if clean.num_rows else pa.array([], pa.string())
+    is_dev = pc.equal(types, DEVICE)
+    dev = clean.filter(is_dev)
+    if dev.num_rows == 0:
+        return PAIR_SCHEMA.empty_table()
+    others = clean.filter(pc.is_in(types, pa.array([EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK])))
+    d_anchor = dev.column("anchor").to_numpy()
+    d_order = np.argsort(d_anchor, kind="stable")
+    d_sorted = d_anchor[d_order]
+    o_anchor = others.column("anchor").to_numpy()
+    lo = np.searchsorted(d_sorted, o_anchor, side="left")
+    hi = np.searchsorted(d_sorted, o_anchor, side="right")
+    n = hi - lo
+    o_idx = np.repeat(np.arange(len(o_anchor)), n)
+    within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    d_idx = d_order[np.repeat(lo, n) + within]
+    o_node = others.column("node").to_numpy()[o_idx]
+    d_node = dev.column("node").to_numpy()[d_idx]
+    o_type = others.column("identifier_type").take(pa.array(o_idx))
+    o_scope = others.column("scope").take(pa.array(o_idx))
+    to_dev = pa.table({"node": pa.array(o_node, pa.uint64()), "other": pa.array(d_node, pa.uint64()),
+                       "other_type": pa.array([DEVICE] * len(o_idx), pa.string()),
+                       "other_scope": pa.nulls(len(o_idx), pa.string())})
+    from_dev = pa.table({"node": pa.array(d_node, pa.uint64()), "other": pa.array(o_node, pa.uint64()),
+                         "other_type": o_type, "other_scope": o_scope})
+    pairs = pa.concat_tables([to_dev, from_dev]).cast(PAIR_SCHEMA)
+    _, starts = _runs(pairs.column("other").to_numpy(), pairs.column("node").to_numpy())
+    order = np.lexsort((pairs.column("other").to_numpy(), pairs.column("node").to_numpy()))
+    return pairs.take(pa.array(order[starts]))
+
+
+def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(strong edges, weak edges, event map) without junk identifiers.
+
+    Edges are anchor -> identifier (`src`, `dst`). Click tokens are *weak*: a token may attach anonymous
+    activity to a person but must never merge two identified people (a forwarded campaign link), so their
+    edges come separately and join the graph only after `weak_link_decisions`. The event map is
+    partner_id/event_id/anchor/session_key. Sessions on a junk device fall back to one anchor per event.
+    """
+    junk = np.unique(junk_nodes.astype(np.uint64)) if len(junk_nodes) else np.zeros(0, np.uint64)
+    dev = slim.column("device_id").combine_chunks()
+    has_dev = pc.is_valid(dev).to_numpy(zero_copy_only=False)
+    per_event = np.zeros(slim.num_rows, dtype=bool)
+    if has_dev.any() and len(junk):
+        idx = np.flatnonzero(has_dev)
+        if f"_n_{DEVICE}" in slim.column_names:
+            dn = slim.column(f"_n_{DEVICE}").to_numpy()[idx]
+        else:
+            dn = node_ids(pa.array([DEVICE] * len(idx), pa.string()), pa.nulls(len(idx), pa.string()),
+                          dev.take(pa.array(idx)))
+        per_event[idx] = np.isin(dn, junk)
+    anchors = anchor_ids(slim, per_event)
+    event_map = pa.table({"partner_id": slim.column("partner_id"), "event_id": slim.column("event_id"),
+                          "anchor": pa.array(anchors, pa.uint64()), "session_key": slim.column("session_key")})
+    occ = occurrences(slim, anchors)
+    ok = pc.is_null(occ.column("flag")).to_numpy(zero_copy_only=False)
+    nodes = occ.column("node").to_numpy()
+    if len(junk):
+        ok &= ~np.isin(nodes, junk)
+    weak = (occ.column("identifier_type").to_numpy(zero_copy_only=False) == CLICK)
+    src = occ.column("anchor").to_numpy()
+    strong_edges = pa.table({"src": pa.array(src[ok & ~weak], pa.uint64()), "dst": pa.array(nodes[ok & ~weak], pa.uint64())})
+    weak_edges = pa.table({"src": pa.array(src[ok & weak], pa.uint64()), "dst": pa.array(nodes[ok & weak], pa.uint64())})
+    return strong_edges, weak_edges, event_map
+
+
+WEAK_SCHEMA = pa.schema([("node", pa.uint64()), ("persona_id", pa.string()), ("identified", pa.bool_())])
+
+
+def weak_with_personas(weak_edges: pa.Table, anchor_persona: pa.Table) -> pa.Table:
+    """Co-partitioned by anchor: (token node, persona of the anchor, whether that persona is identified)."""
+    if weak_edges.num_rows == 0:
+        return WEAK_SCHEMA.empty_table()
+    a_keys = anchor_persona.column("anchor").to_numpy()
+    order = np.argsort(a_keys, kind="stable")
+    src = weak_edges.column("src").to_numpy()
+    pos = np.minimum(np.searchsorted(a_keys[order], src), max(len(order) - 1, 0))
+    hit = (a_keys[order][pos] == src) if len(order) else np.zeros(len(src), bool)
+    rows = order[pos]
+    pid = anchor_persona.column("persona_id").take(pa.array(rows)) if len(order) else pa.nulls(len(src), pa.string())
+    ident = anchor_persona.column("identified").take(pa.array(rows)) if len(order) else pa.nulls(len(src), pa.bool_())
+    out = pa.table({"node": weak_edges.column("dst"), "persona_id": pid, "identified": ident}, schema=WEAK_SCHEMA)
+    return out.filter(pa.array(hit))

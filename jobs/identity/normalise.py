@@ -1,0 +1,123 @@
+"""Normalising emails and phones, vectorised over Arrow columns.
+
+Emails: trim, drop inner whitespace, lowercase, drop a `+tag`, `googlemail.com` -> `gmail.com`, gmail
+dots removed. Phones: `phonenumbers` E.164 with the event's country as the default region (`00CC` and
+`+CC` prefixes are international). Only the distinct values of a batch go through Python, and results are
+cached per process, so the cost grows with distinct phones, not with events.
+
+A value that cannot be an identifier (no `@`, too few digits, not a possible number) is kept as a
+*flagged* value: it never links anyone, and the audit table lists it with the rule `invalid_email` /
+`invalid_phone`. Blocklisted values are flagged `blocklist` the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_EMAIL_RE = r"^(?P<local>[^@\s]+)@(?P<domain>[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,})$"
+_NON_DIGITS = re.compile(r"\D+")
+
+
+def normalise_email_value(raw: str | None) -> str | None:
+    """One email the way `normalise_emails` does it (for tests and blocklists)."""
+    out = normalise_emails(pa.array([raw], pa.string()))[0]
+    return out[0].as_py()
+
+
+def normalise_emails(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(normalised, valid) for a string column; nulls and empty strings stay null, valid is False there."""
+    col = pc.cast(column, pa.string())
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    e = pc.utf8_lower(pc.replace_substring_regex(col, r"\s+", ""))
+    e = pc.if_else(pc.equal(e, ""), pa.scalar(None, pa.string()), e)
+    parts = pc.extract_regex(e, _EMAIL_RE)
+    valid = pc.fill_null(pc.is_valid(parts), False)
+    local = pc.struct_field(parts, [0])
+    domain = pc.struct_field(parts, [1])
+    local = pc.replace_substring_regex(local, r"\+.*$", "")
+    domain = pc.if_else(pc.equal(domain, "googlemail.com"), pa.scalar("gmail.com"), domain)
+    local = pc.if_else(pc.equal(domain, "gmail.com"), pc.replace_substring(local, ".", ""), local)
+    valid = pc.and_(valid, pc.fill_null(pc.greater(pc.utf8_length(local), 0), False))
+    joined = pc.binary_join_element_wise(local, domain, "@")
+    out = pc.if_else(valid, joined, e)
+    return out, valid
+
+
+def phone_digits(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Digits of a phone as typed (blocklist comparisons)."""
+    col = pc.cast(column, pa.string())
+    return pc.replace_substring_regex(col, r"\D+", "")
+
+
+@lru_cache(maxsize=1_000_000)
+def normalise_phone_value(raw: str | None, country: str | None) -> tuple[str | None, bool]:
+    """(E.164, True) for a possible number; (digits, False) for something that is not a phone."""
+    import phonenumbers
+
+    if raw is None:
+        return None, False
+    text = raw.strip()
+    digits = _NON_DIGITS.sub("", text)
+    if not digits:
+        return (None, False)
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    elif text.startswith("+"):
+        pass
+    elif not country and len(digits) > 10:
+        text = "+" + digits
+    region = (country or "").upper() or None
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return digits, False
+    if not phonenumbers.is_possible_number(number):
+        return digits, False
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), True
+
+
+def normalise_phones(column: pa.Array | pa.ChunkedArray, country: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(normalised, valid): E.164 where possible, else the digits typed (flagged invalid); nulls stay null."""
+    phones = pc.cast(column, pa.string())
+    countries = pc.cast(country, pa.string())
+    if isinstance(phones, pa.ChunkedArray):
+        phones = phones.combine_chunks()
+    if isinstance(countries, pa.ChunkedArray):
+        countries = countries.combine_chunks()
+    n = len(phones)
+    present = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(phones)), 0), False)
+    idx = np.flatnonzero(present.to_numpy(zero_copy_only=False))
+    out = np.full(n, None, dtype=object)
+    ok = np.zeros(n, dtype=bool)
+    if len(idx):
+        pairs = pa.table({"p": phones.take(pa.array(idx)), "c": countries.take(pa.array(idx))})
+        keyed = pc.binary_join_element_wise(pairs["p"], pc.fill_null(pairs["c"], ""), "\x1f")
+        uniq, inverse = np.unique(keyed.to_numpy(zero_copy_only=False).astype(object), return_inverse=True)
+        results = [normalise_phone_value(*_split_key(k)) for k in uniq]
+        values = np.array([r[0] for r in results], dtype=object)
+        valids = np.array([r[1] for r in results], dtype=bool)
+        out[idx] = values[inverse]
+        ok[idx] = valids[inverse]
+    return pa.array(out, pa.string()), pa.array(ok)
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    phone, _, country = key.rpartition("\x1f")
+    return phone, (country or None)
+
+
+def normalised_email_blocklist(values: Iterable[str]) -> list[str]:
+    """The configured email blocklist in normalised form."""
+    arr, _ = normalise_emails(pa.array(list(values), pa.string()))
+    return sorted({v for v in arr.to_pylist() if v})
+
+
+def phone_blocklist_digits(values: Iterable[str]) -> list[str]:
+    return sorted({_NON_DIGITS.sub("", v) for v in values if _NON_DIGITS.sub("", v)})
