@@ -35,7 +35,7 @@ Behaviour (what look-alike segments can learn; persistent traits, not only recen
     cheapest in ~85% of cases (others compare in ~4% of purchases);
   * category lovers (~20% of buyers): buy in their favourite category most months;
   * life events (~20% of people who never touch home/toys/sports): from a date on they browse that category,
-    and 75% of them make a first purchase in it 10-50 days later ("category virgins").
+    and 75% of them make a first purchase in it 2-8 weeks later ("category virgins").
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ class _World:
         self.buyer = klass > 0
         self.lover = self.buyer & (klass >= 2) & (rng.random(P) < 0.25)
         self.cadence[self.lover] = np.minimum(self.cadence[self.lover], 32.0)
-        self.engagement = np.clip(rng.beta(1.3, 6.0, P) * (1.0 + 8.0 / np.where(self.buyer, self.cadence, 200.0)), 0, 0.9)
+        self.engagement = np.clip(rng.beta(0.8, 4.0, P) * (1.0 + 15.0 / np.where(self.buyer, self.cadence, 200.0)), 0, 0.9)
         self.browse_rate = rng.lognormal(np.log(0.010), 0.6, P) * (1.0 + 12.0 / np.where(self.buyer, self.cadence, 60.0))
         self.loyalty = rng.beta(2.0, 2.0, P)
         self.fav_brand = rng.integers(0, 1 << 30, size=(P, n_top)) % self.top_brand_count[None, :]
@@ -397,8 +397,8 @@ class _World:
         pick = _pick(rng, cand[who] * LIFE_EVENT_W[None, :])
         self.life_cat[who] = LIFE_EVENT_TOPS[pick]
         self.life_day[who] = rng.uniform(-20, self.days, size=len(who))
-        # most make a first purchase in it 10-50 days later, after weeks of browsing it
-        self.life_first = self.life_day + rng.uniform(10, 50, size=P)
+        # most make a first purchase in it 2-8 weeks later, after weeks of browsing it
+        self.life_first = self.life_day + rng.uniform(14, 56, size=P)
         self.life_buys = (self.life_cat >= 0) & (rng.random(P) < 0.75)
 
     def _carried(self) -> np.ndarray:
@@ -700,6 +700,8 @@ class _Events:
         if login is not None:
             k = np.flatnonzero(login & (cust >= 0))
             em = w.pick_email(person[k]) if login_email is None else login_email[k]
+            if login_email is None:  # a remembered account: customer id only
+                em = np.where(rng.random(k.size) < 0.2, -1, em)
             self.add(ts=start[k] + rng.uniform(1, 15, k.size), etype=LOGIN, person=person[k], partner=partner[k],
                      session=sess[k], device=device[k], customer=cust[k], traffic=traffic[k], email=w.email_code(em))
         return sess, start + duration
@@ -738,12 +740,13 @@ def _browsing(w: _World, ev: _Events) -> None:
     top = np.where(after, w.life_cat[person], top)
     # extra "getting ready" sessions: rising towards the first purchase in the new category
     lp = np.flatnonzero(w.life_cat >= 0)
-    k = rng.poisson(6.0, len(lp))
+    k = rng.poisson(7.0, len(lp))
     lpp, _ = _explode(k)
     who = lp[lpp]
     lead = np.where(w.life_buys[who], w.life_first[who] - w.life_day[who], 40.0)
     span = lead * rng.random(len(who)) ** 0.5
     extra_start = (w.life_day[who] + span) * DAY + _time_of_day(rng, len(who))
+    getting_ready = np.r_[np.zeros(len(person), bool), np.ones(len(who), bool)]
     person = np.concatenate([person, who])
     start = np.concatenate([start, extra_start])
     top = np.concatenate([top, w.life_cat[who]])
@@ -753,13 +756,14 @@ def _browsing(w: _World, ev: _Events) -> None:
     carried = w.carry[np.maximum(partner, 0), top]
     top = np.where(carried, top, w.fav[person])
     person, start, top, slot, partner = person[ok], start[ok], top[ok], slot[ok], partner[ok]
+    getting_ready = getting_ready[ok]
     leaf = w.pick_leaf(top)
     anon = w.anon[person]
     logged = ~anon & w.cust[person, slot] & (rng.random(len(person)) < 0.35)
     login = logged & (rng.random(len(person)) < 0.3)
     n_views = np.minimum(rng.geometric(0.4, len(person)), 12)
     ev.web(person=person, slot=slot, partner=partner, device=w.pick_device(person), start=start, n_views=n_views,
-           leaf=leaf, cart_p=0.05, logged=logged, login=login)
+           leaf=leaf, cart_p=np.where(getting_ready, 0.12, 0.05), logged=logged, login=login)
 
 
 def _backbone_logins(w: _World, ev: _Events) -> None:

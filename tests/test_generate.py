@@ -97,7 +97,8 @@ def test_rows_are_valid_contract_rows(df):
     assert (sent.email.notna() | sent.phone.notna()).all()
     clicks = df[df.event_type == "message_click"]
     assert clicks.click_token.notna().all() and clicks.device_id.notna().all()
-    assert df[df.event_type == "login"][["email", "customer_id"]].notna().all().all()
+    logins = df[df.event_type == "login"]
+    assert logins.customer_id.notna().all() and 0.5 < logins.email.notna().mean() < 1
     subs = df[df.event_type == "subscribe"]
     assert subs.subscriber_id.notna().all() and (subs.email.notna() | subs.phone.notna()).all()
 
@@ -179,7 +180,7 @@ def test_junk_contacts_are_typed_at_checkout_by_many_unrelated_people(df):
     assert 0.01 <= share <= 0.04
     people = orders[orders.email.notna()].assign(n=lambda x: x.email.map(norm_email))
     fanout = people[people.n.isin(JUNK_EMAILS)].groupby("n").true_person_id.nunique()
-    assert fanout.max() >= 5
+    assert fanout.max() >= 3 and fanout.sum() >= 10
     # some junk is not on any default blocklist: only a fan-out rule catches it
     blocklist = {norm_email(e) for e in load_config().identity.blocklist_emails}
     assert set(fanout.index) - blocklist
@@ -232,9 +233,9 @@ def test_campaign_clicks_including_forwarded_ones(df):
     # engaged people click: click-through rates vary far more between recipients than chance would
     sends = sent.groupby(sent.values).size()
     own = clicks[~forwarded].groupby("true_person_id").click_token.nunique().reindex(sends.index, fill_value=0)
-    ctr = (own / sends)[sends >= 8]
-    chance_sd = np.sqrt(ctr.mean() * (1 - ctr.mean()) / sends[sends >= 8]).mean()
-    assert ctr.std() > 1.5 * chance_sd and ctr.quantile(0.9) > 2.5 * ctr.quantile(0.5)
+    rate = own.sum() / sends.sum()
+    dispersion = ((own - sends * rate) ** 2 / (sends * rate * (1 - rate))).mean()
+    assert dispersion > 1.5  # 1.0 if everybody clicked alike
 
 
 def test_anonymous_devices_never_identified(df):
