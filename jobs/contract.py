@@ -10,8 +10,6 @@ Duplicates of `(partner_id, event_id)` are found after a hash shuffle on that ke
 
 from __future__ import annotations
 
-import gzip
-import io as _io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -170,11 +168,10 @@ def _check_file(path: str, fs) -> InputFile:
 
 def _sample_json(path: str, fs, p: str, max_bytes: int = 256 * 1024, max_lines: int = 500) -> list[dict]:
     try:
-        with fs.open_input_stream(p) as handle:
+        # compression is detected from the extension (.gz): only the first bytes are inflated
+        with fs.open_input_stream(p, compression="detect") as handle:
             raw = handle.read(max_bytes)
-        if path.lower().endswith(".gz"):
-            raw = gzip.GzipFile(fileobj=_io.BytesIO(raw)).read1(4 * max_bytes) if raw else b""
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, pa.ArrowInvalid) as exc:
         raise UserError(f"input file {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}).") from None
     lines = raw.split(b"\n")
     if len(raw) >= max_bytes and len(lines) > 1:
@@ -206,7 +203,9 @@ def read_events(plan: InputPlan, storage: StorageConfig):
         if kind == "parquet":
             ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, file_extensions=None)
         else:
-            ds = ray.data.read_json(paths, lines=True, filesystem=fs, include_paths=True, file_extensions=None)
+            # pyarrow's JSON reader (Ray's default) reads newline-delimited JSON; `lines=True` would switch
+            # to pandas, which takes no filesystem (our S3 endpoint/credentials chain)
+            ds = ray.data.read_json(paths, filesystem=fs, include_paths=True, file_extensions=None)
         scheme = "s3://" if io.is_s3(plan.files[0].path) else ""
         datasets.append(ds.map_batches(normalise_batch, batch_format="pyarrow", batch_size=None,
                                        fn_kwargs={"extra_columns": plan.extra_columns, "scheme": scheme}))

@@ -1,0 +1,50 @@
+import pyarrow as pa
+import pytest
+
+from jobs.identity.normalise import (
+    normalise_email_value, normalise_emails, normalise_phone_value, normalise_phones, normalised_email_blocklist,
+    phone_blocklist_digits,
+)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("John.Smith@Example.com", "john.smith@example.com"),
+    ("  john.smith@example.com ", "john.smith@example.com"),
+    ("john.smith+shop@example.com", "john.smith@example.com"),
+    ("J.o.h.n.Smith+promo@gmail.com", "johnsmith@gmail.com"),
+    ("john.smith@googlemail.com", "johnsmith@gmail.com"),
+    ("john smith@abv.bg", "johnsmith@abv.bg"),
+])
+def test_email_variants_normalise_to_one(raw, expected):
+    assert normalise_email_value(raw) == expected
+
+
+def test_email_invalid_and_missing():
+    values, valid = normalise_emails(pa.array(["not-an-email", "", None, "a@b.co"]))
+    assert values.to_pylist() == ["not-an-email", None, None, "a@b.co"]
+    assert valid.to_pylist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("raw, country", [
+    ("+359 88 123 4567", "BG"), ("00359881234567", "BG"), ("0881234567", "BG"), ("(088) 123-4567", "BG"),
+    ("088-123-45-67", "BG"), ("+359881234567", "DE"), ("00359 88 123 4567", None),
+])
+def test_phone_formats_give_one_e164(raw, country):
+    assert normalise_phone_value(raw, country) == ("+359881234567", True)
+
+
+def test_phone_national_number_uses_the_event_country():
+    assert normalise_phone_value("030 1234567", "DE") == ("+49301234567", True)
+    assert normalise_phone_value("0712345678", "RO")[0].startswith("+40")
+
+
+def test_phone_invalid_kept_as_digits_and_flagged():
+    assert normalise_phone_value("12", "BG") == ("12", False)
+    values, valid = normalise_phones(pa.array(["12", None, " ", "0881234567"]), pa.array(["BG", "BG", "BG", "BG"]))
+    assert values.to_pylist() == ["12", None, None, "+359881234567"]
+    assert valid.to_pylist() == [False, False, False, True]
+
+
+def test_blocklists_are_normalised():
+    assert normalised_email_blocklist(["Test@Test.com ", "no.email+x@gmail.com"]) == ["noemail@gmail.com", "test@test.com"]
+    assert phone_blocklist_digits(["000-000-0000", "12 34"]) == ["0000000000", "1234"]
