@@ -15,7 +15,7 @@ Identity traps
   * junk contact values typed at checkout by many unrelated people (~1.5% of orders get a junk email, ~1%
     a junk phone), mostly the usual blocklist values plus a few that only a fan-out rule catches;
   * shared public devices (office / internet cafe, about one per 400 people): anonymous browsing by many
-    people of that city, ~12% of those sessions with a login by the person at the keyboard;
+    people of that city, ~15% of those sessions with a login by the person at the keyboard;
   * family devices (about one household per 200 people): two people of one household share a tablet, each
     always logged in with their own customer record at a partner they both use;
   * campaigns: `message_sent` carries click_token + subscriber_id + email or phone; `message_click` carries the
@@ -973,7 +973,7 @@ def _shared_devices(w: _World, ev: _Events) -> None:
     hi = np.searchsorted(city_sorted, city, side="right")
     person = by_city[lo + (rng.random(len(d)) * (hi - lo)).astype(np.int64)]
     slot = w.pick_slot(person)
-    logged = ~w.anon[person] & w.cust[person, slot] & (rng.random(len(d)) < 0.12)
+    logged = ~w.anon[person] & w.cust[person, slot] & (rng.random(len(d)) < 0.22)
     ev.web(person=person, slot=slot, partner=w.slots[person, slot], device=w.public_dev[d],
            start=_times(rng, len(d), 0, days), n_views=rng.integers(1, 7, len(d)),
            leaf=w.pick_leaf(w.pick_top(person)), logged=logged, login=logged, space=True)
