@@ -16,6 +16,7 @@ run that is retried lands in the same run folder and only does what is left.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib
@@ -77,34 +78,14 @@ STAGES: tuple[Stage, ...] = (
         inputs=(EVENTS,),
         outputs=("quarantine", "events_resolved", "identity_map", "identity_audit", "personas"),
     ),
-    Stage(
-        "features",
-        "features.compute:run_features",
-        sections=("features",),
-        inputs=("events_resolved", "personas"),
-        outputs=("features",),
-    ),
-    Stage(
-        "train",
-        "jobs.train:run_train",
-        sections=("features", "segments", "training"),
-        inputs=("events_resolved", "personas", "features"),
-        outputs=("models",),
-    ),
-    Stage(
-        "score",
-        "jobs.score:run_score",
-        sections=("features", "segments", "scoring"),
-        inputs=("events_resolved", "personas", "features", "models"),
-        outputs=("scores",),
-    ),
-    Stage(
-        "export",
-        "jobs.export:run_export",
-        sections=("segments", "scoring", "export", "run_date"),
-        inputs=("scores", "identity_map", "personas"),
-        outputs=(),
-    ),
+    Stage("features", "features.compute:run_features", sections=("features",), inputs=("events_resolved",),
+          outputs=("features",)),
+    Stage("train", "jobs.train:run_train", sections=("features", "segments", "training"),
+          inputs=("events_resolved", "features"), outputs=("models",)),
+    Stage("score", "jobs.score:run_score", sections=("segments", "scoring"), inputs=("features", "models"),
+          outputs=("scores",)),
+    Stage("export", "jobs.export:run_export", sections=("segments", "export", "run_date"),
+          inputs=("scores", "identity_map"), outputs=()),
 )
 assert tuple(s.name for s in STAGES) == PIPELINE_STAGES
 
@@ -267,7 +248,7 @@ def _stage_summary(stage: Stage, layout: io.RunLayout, config: JobConfig, result
     outputs = {name: _table_rows(layout, name, config) for name in stage.outputs}
     input_rows = [_table_rows(layout, name, config) for name in stage.inputs]
     known_inputs = [r for r in input_rows if r is not None]
-    quarantined = result.get("quarantined", outputs.get("quarantine"))
+    quarantined = result.get("quarantined", result.get("rows_quarantined", outputs.get("quarantine")))
     rows_out = result.get("rows_out")
     if rows_out is None:
         # the stage's main table: the first it publishes that is not the quarantine
@@ -322,7 +303,8 @@ def run_pipeline(config: JobConfig, stages: Sequence[Stage] = STAGES) -> dict[st
         "stages": {},
     }
     log.info("run %s (run date %s) in %s: stages %s", run_id, run_date, layout.run_dir, " -> ".join(s.name for s in selected))
-    with ray_session(config.ray):
+    ray_up = False
+    with contextlib.ExitStack() as ray_started:  # Ray starts with the first stage that has work to do
         for index, stage in enumerate(selected, 1):
             tag = f"[{index}/{len(selected)}] {stage.name}"
             fingerprint, read = stage_fingerprint(stage, config, layout)
@@ -332,6 +314,9 @@ def run_pipeline(config: JobConfig, stages: Sequence[Stage] = STAGES) -> dict[st
                 log.info("%s: done already (inputs and config unchanged), skipped", tag)
                 continue
             _invalidate(layout, config, stage, stages)
+            if not ray_up:
+                ray_started.enter_context(ray_session(config.ray))
+                ray_up = True
             log.info("%s: started", tag)
             stage_started = time.monotonic()
             try:

@@ -7,9 +7,11 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -182,3 +184,172 @@ def test_stage_table_is_consistent_with_the_agreed_layout():
         assert set(stage.inputs) <= produced, f"{stage.name} reads a table no earlier stage writes"
         produced |= set(stage.outputs)
         JobConfig().section_hash(*stage.sections)  # every section exists
+
+
+# --- with the real stages: resume after SIGKILL, a Ray worker killed mid-stage -----------------------
+
+VOLATILE = {"created_at", "write_id", "written_at", "generated_at", "seconds"}
+
+
+def _stage_modules(names) -> None:
+    for stage in STAGES:
+        if stage.name in names:
+            pytest.importorskip(stage.entry.split(":")[0])
+
+
+def _rows(table: pa.Table) -> list[str]:
+    keep = [c for c in table.column_names if c not in VOLATILE]
+    return sorted(json.dumps(row, sort_keys=True, default=str) for row in table.select(keep).to_pylist())
+
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def run_contents(root: Path, run_id: str) -> dict[str, object]:
+    """Every published table of a run (rows, order-free), model cards and exports, minus write ids/times."""
+    storage = StorageConfig()
+    contents: dict[str, object] = {}
+    run = root / "runs" / run_id
+    for marker in sorted(run.rglob(io.MARKER)):
+        table = marker.parent
+        contents[str(table.relative_to(run))] = _rows(io.read_arrow(str(table), storage))
+    for card in sorted(run.rglob("model_card.json")):
+        contents[str(card.relative_to(run))] = _strip(json.loads(card.read_text()))
+    exports = root / "exports"
+    for manifest in sorted(exports.rglob("manifest.json")) if exports.exists() else []:
+        folder = manifest.parent
+        parts = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))]
+        contents[str(folder.relative_to(root))] = _rows(pa.concat_tables(parts)) if parts else []
+        contents[str(manifest.relative_to(root))] = _strip({k: v for k, v in json.loads(manifest.read_text()).items()
+                                                            if k not in {"parts", "run_id"}})
+    return contents
+
+
+SAMPLE = dict(persons=300, partners=3, days=75, seed=11)
+STAGE_NAMES = list(JobConfig().stages)
+
+
+def small_job(events: Path, root: Path, **extra) -> dict:
+    return {"events": str(events), "root": str(root), "run_id": "r", "run_date": "2026-03-20", "stages": STAGE_NAMES,
+            "ray": {"num_partitions": 2},
+            "segments": [{"name": "ecommerce_buyers", "kind": "ecommerce_buyers"}],  # one model keeps it quick
+            "training": {"min_positives": 5, "min_negatives": 5, "num_boost_round": 10, "early_stopping_rounds": 5,
+                         "report_every": 5},
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_cluster):
+    """A small generated sample and one uninterrupted run of every stage on the test session's Ray."""
+    _stage_modules(STAGE_NAMES)
+    from jobs.generate import run_generate
+
+    base = tmp_path_factory.mktemp("pipeline")
+    events = base / "events"
+    run_generate(JobConfig(), out=str(events), **SAMPLE)
+    started = time.monotonic()
+    summary = run_pipeline(load_config(None, small_job(events, base / "reference")))
+    assert summary["status"] == "succeeded"
+    return {"base": base, "events": events, "summary": summary, "seconds": time.monotonic() - started,
+            "contents": run_contents(base / "reference", "r")}
+
+
+@pytest.fixture()
+def cli_env():
+    """Environment for `segments run` subprocesses: their own local Ray, never the test session's nor a
+    `ray start` cluster (RAY_TMPDIR, short because Ray's sockets live under it)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
+    yield env
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def _kill_tree(pids: set[int]) -> None:
+    import psutil
+
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_outputs(reference, cli_env):
+    import psutil
+    import yaml
+
+    base = reference["base"]
+    config_file = base / "resume.yaml"
+    config_file.write_text(yaml.safe_dump(small_job(reference["events"], base / "resumed")))
+    run = base / "resumed" / "runs" / "r"
+    command = [sys.executable, "-m", "jobs", "run", "--config", str(config_file)]
+    log = open(base / "killed.log", "w")
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (run / "_stages" / "resolve.json").exists():
+        assert proc.poll() is None, (base / "killed.log").read_text()[-3000:]
+        assert time.time() < deadline, "the first stage did not finish in time"
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second stage
+    assert proc.poll() is None, "the run ended before it could be killed"
+    family = {proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_tree(family - {proc.pid})  # its local Ray, had it outlived the driver
+    log.close()
+    assert not (run / "_stages" / f"{STAGE_NAMES[-1]}.json").exists()
+
+    done = subprocess.run(command, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout)
+    assert summary["stages"]["resolve"]["status"] == "skipped"
+    assert summary["stages"][STAGE_NAMES[-1]]["status"] == "ran"
+    resumed = run_contents(base / "resumed", "r")
+    assert resumed.keys() == reference["contents"].keys()
+    for key, rows in reference["contents"].items():
+        assert resumed[key] == rows, f"{key} differs from the uninterrupted run"
+
+
+def test_stage_survives_a_killed_ray_worker(reference, ray_cluster):
+    import psutil
+
+    raylets = [p for p in psutil.Process().children(recursive=True) if p.name() == "raylet"]
+    assert raylets, "the test session's Ray has no raylet under this process"
+    idle = ("ray::IDLE",)
+    internal = ("Actor", "Coordinator", "Requester", "Agent", "Manager")
+    killed: list[str] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            for worker in raylets[0].children():
+                try:
+                    title = (worker.cmdline() or [""])[0]
+                except psutil.Error:
+                    continue
+                if title.startswith("ray::") and not title.startswith(idle) and not any(w in title for w in internal):
+                    worker.kill()
+                    killed.append(title)
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    root = reference["base"] / "worker-killed"
+    try:
+        summary = run_pipeline(load_config(None, small_job(reference["events"], root, stages=["resolve"])))
+    finally:
+        stop.set()
+        thread.join(5)
+    assert killed, "no busy Ray worker was seen to kill"
+    print(f"killed Ray worker running {killed[0]!r} mid-stage")
+    assert summary["stages"]["resolve"]["status"] == "ran"
+    contents = run_contents(root, "r")
+    for table in ("events_resolved", "personas", "identity_map", "quarantine"):
+        assert contents[table] == reference["contents"][table], f"{table} differs after a worker was killed ({killed[0]})"
