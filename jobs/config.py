@@ -153,7 +153,10 @@ class TrainingConfig(Section):
     nthread: int | None = Field(
         None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
     )
-    seed: int = Field(7, description="seed of the validation split, subsampling and the shuffled-label run")
+    seed: int = Field(7, description="seed of the validation split, subsampling and the shuffled-label runs")
+    shuffled_label_runs: int = Field(
+        3, ge=0, le=20, description="alarm: models trained on permuted labels; their mean out-of-time AUC must be ~0.5"
+    )
     rfm_features: list[str] | None = Field(
         None, description="columns of the RFM baseline (recency, frequency, monetary); default from the catalogue"
     )

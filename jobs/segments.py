@@ -176,14 +176,14 @@ def eligible_mask(
 # Labels: from events in the label window only
 
 
-def _label_scan_bounds(segment: SegmentConfig, as_of: dt.date) -> tuple[dt.datetime, dt.datetime]:
+def label_scan_bounds(segment: SegmentConfig, as_of: dt.date) -> tuple[dt.datetime, dt.datetime]:
     start, end = window_bounds(as_of, segment.horizon_days)
     if segment.kind == "price_hunters":
         start = start - dt.timedelta(days=segment.comparison_days)
     return start, end
 
 
-def _event_types_needed(segment: SegmentConfig) -> tuple[str, ...]:
+def event_types_needed(segment: SegmentConfig) -> tuple[str, ...]:
     types = set(label_event_types(segment))
     if segment.kind == "price_hunters":
         types.add("product_view")
@@ -205,7 +205,12 @@ def _matches_target(df: pd.DataFrame, segment: SegmentConfig, *, partner: bool =
 
 def select_label_events(batch: pa.Table, segment: SegmentConfig, as_of: dt.date) -> pa.Table:
     """Map side: the rows (and columns) that can matter for the segment's labels at `as_of`."""
-    start, end = _label_scan_bounds(segment, as_of)
+    start, end = label_scan_bounds(segment, as_of)
+    return select_window(batch, start, end, event_types_needed(segment))
+
+
+def select_window(batch: pa.Table, start: dt.datetime, end: dt.datetime, event_types: Sequence[str]) -> pa.Table:
+    """Rows with a persona, `start <= ts < end` and one of `event_types`, in the label columns."""
     columns = [c for c in EVENT_COLUMNS if c in batch.column_names]
     batch = batch.select(columns)
     ts = batch.column("ts")
@@ -214,7 +219,7 @@ def select_label_events(batch: pa.Table, segment: SegmentConfig, as_of: dt.date)
     ts_type = ts.type
     mask = pc.and_(
         pc.and_(pc.greater_equal(ts, pa.scalar(start, type=ts_type)), pc.less(ts, pa.scalar(end, type=ts_type))),
-        pc.and_(pc.is_valid(batch.column("persona_id")), pc.is_in(batch.column("event_type"), pa.array(_event_types_needed(segment)))),
+        pc.and_(pc.is_valid(batch.column("persona_id")), pc.is_in(batch.column("event_type"), pa.array(list(event_types), pa.string()))),
     )
     out = batch.filter(mask)
     for name in EVENT_COLUMNS:  # a stable schema for the shuffle, whatever the input carried
