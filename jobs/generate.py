@@ -34,7 +34,7 @@ Identity traps
     apart, so cutting per partner + device at 30 minutes never mixes people.
 
 Behaviour (what look-alike segments can learn: persistent traits, not only recency/frequency/money)
-  * a category tree (7 top categories, 33 leaves) with brands per top category; a product is sold at every
+  * a category tree (7 top categories, 31 leaves) with brands per top category; a product is sold at every
     partner carrying its top category (general stores carry all), at partner prices +-15% around its base;
   * per person: Dirichlet category affinities with ~35% of categories never touched, brand loyalty, a
     purchase cadence class (none 28% / rare / occasional / regular / frequent: gamma-spaced orders), a
@@ -261,7 +261,7 @@ def _times(rng: np.random.Generator, n: int, lo_day: np.ndarray | float, hi_day:
 
 class _World:
     def __init__(self, persons: int, partners: int, days: int, seed: int):
-        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5E6E]))
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x5E6E]))
         self.P, self.K, self.days = int(persons), int(partners), int(days)
         self._catalogue()
         self._partners()
@@ -1077,6 +1077,7 @@ def run_generate(config, out: str, persons: int = 2000, partners: int = 8, days:
     """Generate and write `OUT/events-<partner_id>-<chunk:04d>.parquet` (about 50k rows a file)."""
     from jobs import io
 
+    io.check_bucket(out, config.storage)  # a missing bucket is a one-line user error, before the work
     started = time.perf_counter()
     table = generate_events(persons, partners, days, seed)
     generated = time.perf_counter() - started

@@ -336,6 +336,21 @@ def test_cli_writes_partner_files(tmp_path, monkeypatch):
     assert f'"rows": {total}' in result.output and f'"files": {len(files)}' in result.output
 
 
+def test_tiny_and_wide_worlds_work():
+    for persons, partners, days in [(1, 1, 1), (10, 2, 3), (60, 500, 5)]:
+        t = gen.generate_events(persons, partners, days, 1)
+        assert t.num_rows > 0 and t.schema == gen.SCHEMA
+
+
+def test_cli_missing_bucket_is_a_user_error(tmp_path, storage):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"storage:\n  endpoint_url: {storage.endpoint_url}\n  region: us-east-1\n  retries: 1\n")
+    result = CliRunner().invoke(app, ["generate", "--out", "s3://no-such-bucket-gen/x", "--persons", "5",
+                                      "--config", str(config)])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_cli_writes_to_s3(tmp_path, storage, s3_bucket):
     from jobs import io
 
