@@ -144,9 +144,12 @@ def oracle_distributed(blocks: list, config: JobConfig, truth_column: str) -> di
     from jobs.resolve import _t_slim_truth, blocklists, resolve_identity
     from jobs.shuffle import hash_partition
 
+    from jobs.identity.exchange import map_exchange
+
     P = config.ray.num_partitions
     bl_e, bl_p = blocklists(config.identity)
-    slim = [ray.remote(_t_slim_truth).remote(b, bl_e, bl_p, truth_column) for b in blocks]
+    (slim,) = map_exchange(_t_slim_truth, [(b, bl_e, bl_p, truth_column) for b in blocks],
+                           [["partner_id", "_skey"]], P)
     refs = resolve_identity(slim, config, P, truth=True, oracle=True)
     truth = hash_partition([ray.remote(_truth_rows).remote(b, truth_column) for b in blocks], ["partner_id", "event_id"], P)
     joined = [ray.remote(_join_truth).remote(e, t) for e, t in zip(refs.event_personas, truth)]

@@ -171,7 +171,7 @@ def _remote(fn, num_returns: int = 1):
 
 def _t_input(part, bl_e, bl_p):
     kept, bad, slim = input_step(part, bl_e, bl_p)
-    return kept, bad, slim, {"kept": kept.num_rows, "reasons": contract.reason_counts(bad)}
+    return kept, slim, bad, {"kept": kept.num_rows, "reasons": contract.reason_counts(bad)}
 
 
 def _t_slim_truth(block, bl_e, bl_p, truth_column):
@@ -184,12 +184,14 @@ def _t_stats(occ, pairs, with_truth):
 
 
 def _t_junk(stats, thresholds, oracle):
-    return junk_step(stats, thresholds, oracle)
+    audit, ids, linked = junk_step(stats, thresholds, oracle)
+    return audit, linked, ids
 
 
 def _t_edges(sess, *junk_parts):
     ids = np.concatenate([np.asarray(j, dtype=np.uint64) for j in junk_parts]) if junk_parts else np.zeros(0, np.uint64)
-    return graph.linking_edges(sess.drop_columns(["_skey"]) if "_skey" in sess.column_names else sess, ids)
+    strong, weak, event_map = graph.linking_edges(sess, ids)
+    return strong, weak, event_map
 
 
 def _t_join(stats, labels, *extra):
@@ -201,20 +203,19 @@ def _t_personas(idents, anchors, cap):
     out = personas.build_personas(idents, anchors, cap)
     hubs = out["hubs"]
     return (out["personas"], out["identity_map"], out["anchor_persona"], hubs,
-            {"personas": out["personas"].num_rows, "hubs": hubs.num_rows,
-             "null_anchors": int(pc.sum(pc.is_null(out["anchor_persona"].column("persona_id"))).as_py() or 0)})
+            hubs.column("node").to_numpy().astype(np.uint64),
+            {"personas": out["personas"].num_rows, "hubs": hubs.num_rows})
 
 
-def _t_hub_ids(hubs):
-    return hubs.column("node").to_numpy().astype(np.uint64)
-
-
-def _t_size_audit(hubs, cap):
-    return with_size_cap_audit(hubs, cap)
+def _t_weak_decide(weak_with_persona, stats):
+    audit, ids = junk.weak_link_decisions(weak_with_persona, stats)
+    return audit, ids
 
 
 def _t_attach(kept, ep):
-    return attach(kept, ep)
+    resolved = attach(kept, ep)
+    return resolved, {"rows": resolved.num_rows,
+                      "with_persona": int(pc.sum(pc.is_valid(resolved.column("persona_id"))).as_py() or 0)}
 
 
 def _t_rows(table):
@@ -232,67 +233,53 @@ class IdentityRefs:
     figures: dict
 
 
-def resolve_identity(slim_blocks: list, config: JobConfig, num_partitions: int, truth: bool = False,
+def resolve_identity(slim_parts: list, config: JobConfig, num_partitions: int, truth: bool = False,
                      oracle: bool = False) -> IdentityRefs:
-    """Slim identity rows (with `_skey`) -> personas, identity_map, audit and event->persona refs."""
+    """Slim identity rows partitioned by (partner_id, _skey) -> personas, identity_map, audit and
+    event->persona refs. Every step is one wave of tasks that also hash-split its outputs."""
     import ray
 
-    from jobs.shuffle import hash_partition
+    from jobs.identity.exchange import map_exchange
 
     ident, P = config.identity, num_partitions
-    session_t = _remote(session_step, 3)
-    stats_t, junk_t = _remote(_t_stats, 2), _remote(_t_junk, 3)
-    edges_t, join_t = _remote(_t_edges, 3), _remote(_t_join, 2)
-    personas_t = _remote(_t_personas, 5)
-    ep_t, hub_ids_t, size_audit_t = _remote(event_personas), _remote(_t_hub_ids), _remote(_t_size_audit)
-
-    parts = hash_partition(slim_blocks, ["partner_id", "_skey"], P)
-    sess_out = [session_t.remote(p, ident.session_gap_minutes, truth) for p in parts]
-    sess = [s[0] for s in sess_out]
-    occ = hash_partition([s[1] for s in sess_out], ["node"], P)
-    pairs = hash_partition([s[2] for s in sess_out], ["node"], P)
-    stats_out = [stats_t.remote(o, q, truth) for o, q in zip(occ, pairs)]
-    hists = ray.get([s[1] for s in stats_out])
-    merged = junk.merge_histograms(hists)
+    size_audit_t = _remote(with_size_cap_audit)
+    sess, occ, pairs = map_exchange(session_step, [(p, ident.session_gap_minutes, truth) for p in slim_parts],
+                                    [None, ["node"], ["node"]], P)
+    stats, hists = map_exchange(_t_stats, [(o, q, truth) for o, q in zip(occ, pairs)], [None], P, scalar_outputs=1)
+    merged = junk.merge_histograms(ray.get(hists))
     thresholds = junk.learn_thresholds(merged, ident)
-    junk_out = [junk_t.remote(s[0], thresholds, oracle) for s in stats_out]
-    audits = [j[0] for j in junk_out]
-    junk_ids = [j[1] for j in junk_out]
-    linked = [j[2] for j in junk_out]
+    audits, linked, junk_ids = map_exchange(_t_junk, [(s, thresholds, oracle) for s in stats], [None, None], P,
+                                            scalar_outputs=1)
+    del stats
     extra: list = []
     rounds_info = []
     last = ident.size_cap_rounds + 1
-    weak_t, weak_decide_t = _remote(graph.weak_with_personas), _remote(junk.weak_link_decisions, 2)
     for round_ in range(last + 1):
-        edge_out = [edges_t.remote(s, *junk_ids, *extra) for s in sess]
-        strong = [e[0] for e in edge_out]
-        weak = [e[1] for e in edge_out]
-        event_map = [e[2] for e in edge_out]
+        strong, weak, event_map = map_exchange(_t_edges, [(s, *junk_ids, *extra) for s in sess],
+                                               [None, ["src"], ["anchor"]], P)
         labels, info = components.connected_components(strong if round_ == 0 else strong + weak, P)
         rounds_info.append(info["rounds"])
-        join_out = [join_t.remote(s, lab, *extra) for s, lab in zip(linked, labels)]
-        idents = hash_partition([j[0] for j in join_out], ["label"], P)
-        anchors = hash_partition([j[1] for j in join_out], ["label"], P)
-        p_out = [personas_t.remote(i, a, ident.max_persona_identifiers) for i, a in zip(idents, anchors)]
+        idents, anchors = map_exchange(_t_join, [(s, lab, *extra) for s, lab in zip(linked, labels)],
+                                       [["label"], ["label"]], P)
+        p_personas, p_map, p_anchor, p_hubs, p_hub_ids, p_counts = map_exchange(
+            _t_personas, [(i, a, ident.max_persona_identifiers) for i, a in zip(idents, anchors)],
+            [None, None, ["anchor"], None], P, scalar_outputs=2)
         if round_ == 0:
             # click tokens are weak links: those touching two identified personas are kept out
-            ap = hash_partition([p[2] for p in p_out], ["anchor"], P)
-            wk = hash_partition(weak, ["src"], P)
-            wp = hash_partition([weak_t.remote(w, a) for w, a in zip(wk, ap)], ["node"], P)
-            decided = [weak_decide_t.remote(w, s) for w, s in zip(wp, linked)]
-            audits += [d[0] for d in decided]
-            extra += [d[1] for d in decided]
+            (wp,) = map_exchange(graph.weak_with_personas, [(w, a) for w, a in zip(weak, p_anchor)], [["node"]], P)
+            w_audit, w_ids = map_exchange(_t_weak_decide, [(w, s) for w, s in zip(wp, linked)], [None], P,
+                                          scalar_outputs=1)
+            audits += w_audit
+            extra += w_ids
             continue
-        counts = ray.get([p[4] for p in p_out])
+        counts = ray.get(p_counts)
         n_hubs = sum(c["hubs"] for c in counts)
         if n_hubs == 0 or round_ == last:
             break
         log.info("size cap: %d hub identifiers removed from oversized components (round %d)", n_hubs, round_)
-        audits += [size_audit_t.remote(p[3], ident.max_persona_identifiers) for p in p_out]
-        extra += [hub_ids_t.remote(p[3]) for p in p_out]
-    anchor_persona = hash_partition([p[2] for p in p_out], ["anchor"], P)
-    em = hash_partition(event_map, ["anchor"], P)
-    ep = hash_partition([ep_t.remote(e, a) for e, a in zip(em, anchor_persona)], ["partner_id", "event_id"], P)
+        audits += [size_audit_t.remote(h, ident.max_persona_identifiers) for h in p_hubs]
+        extra += p_hub_ids
+    (ep,) = map_exchange(event_personas, [(e, a) for e, a in zip(event_map, p_anchor)], [["partner_id", "event_id"]], P)
     figures = {
         "personas": sum(c["personas"] for c in counts),
         "cc_rounds": rounds_info,
@@ -300,17 +287,20 @@ def resolve_identity(slim_blocks: list, config: JobConfig, num_partitions: int, 
         "hash_collisions": int(merged["hash_collisions"].sum()),
         "thresholds": thresholds.learned,
     }
-    return IdentityRefs([p[0] for p in p_out], [p[1] for p in p_out], audits, ep, figures)
+    return IdentityRefs(p_personas, p_map, audits, ep, figures)
 
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _publish(refs: list, table: str, schema: pa.Schema, layout: io.RunLayout, config: JobConfig) -> dict:
+def _publish(refs: list, table: str, schema: pa.Schema, layout: io.RunLayout, config: JobConfig,
+             rows: int | None = None) -> dict:
+    import ray
     import ray.data
 
-    rows = sum(__import__("ray").get([_remote(_t_rows).remote(r) for r in refs])) if refs else 0
+    if rows is None:
+        rows = sum(ray.get([_remote(_t_rows).remote(r) for r in refs])) if refs else 0
     if rows == 0:
         return io.write_arrow(schema.empty_table(), layout.table(table), config.storage)
     return io.write_dataset(ray.data.from_arrow_refs(refs), layout.table(table), config.storage)
@@ -319,21 +309,20 @@ def _publish(refs: list, table: str, schema: pa.Schema, layout: io.RunLayout, co
 def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.RunLayout) -> dict[str, Any]:
     import ray
 
-    from jobs.shuffle import hash_partition
+    from jobs.identity.exchange import map_exchange
 
     P = config.ray.num_partitions
     started = time.perf_counter()
     bl_e, bl_p = blocklists(config.identity)
     ds = contract.read_events(plan, config.storage)
-    blocks = ds.to_arrow_refs()
-    rows_in = sum(ray.get([_remote(_t_rows).remote(b) for b in blocks]))
-    parts = hash_partition(blocks, ["partner_id", "event_id"], P)
-    del blocks
-    input_t = _remote(_t_input, 4)
-    in_out = [input_t.remote(p, bl_e, bl_p) for p in parts]
+    (parts, rows) = map_exchange(lambda t: (t, t.num_rows), [(b,) for b in ds.to_arrow_refs()],
+                                 [["partner_id", "event_id"]], P, scalar_outputs=1)
+    rows_in = sum(ray.get(rows))
+    stages = {"read": time.perf_counter() - started}
+    kept, slim, bad, counts = map_exchange(_t_input, [(p, bl_e, bl_p) for p in parts],
+                                           [None, ["partner_id", "_skey"], None], P, scalar_outputs=1)
     del parts
-    counts = ray.get([o[3] for o in in_out])
-    kept = [o[0] for o in in_out]
+    counts = ray.get(counts)
     rows_kept = sum(c["kept"] for c in counts)
     reasons: dict[str, int] = {}
     for c in counts:
@@ -343,9 +332,11 @@ def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.
     if rows_kept + rows_quarantined != rows_in:
         raise AssertionError(f"rows in {rows_in} != kept {rows_kept} + quarantined {rows_quarantined}")
     to_q = _remote(contract.to_quarantine)
-    q_refs = [to_q.remote(o[1], plan.extra_columns) for o in in_out]
-    q_marker = _publish(q_refs, "quarantine", contract.quarantine_schema(plan.extra_columns), layout, config)
+    q_refs = [to_q.remote(b, plan.extra_columns) for b in bad]
+    q_marker = _publish(q_refs, "quarantine", contract.quarantine_schema(plan.extra_columns), layout, config,
+                        rows=rows_quarantined)
     read_seconds = time.perf_counter() - started
+    stages["validate+quarantine"] = read_seconds - stages["read"]
     share = rows_quarantined / rows_in if rows_in else 0.0
     log.info("read %d rows: %d valid, %d quarantined (%.3f%%)", rows_in, rows_kept, rows_quarantined, 100 * share)
     if rows_in == 0:
@@ -355,35 +346,34 @@ def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.
             f"{rows_quarantined} of {rows_in} input rows ({share:.2%}) broke the input contract, more than "
             f"input.max_quarantine_share={config.input.max_quarantine_share:.2%} ({_reasons_text(reasons)}); "
             f"the rows and their reasons are in {layout.table('quarantine')}.")
-    ident = resolve_identity([o[2] for o in in_out], config, P)
-    attach_t = _remote(_t_attach)
-    resolved = [attach_t.remote(k, e) for k, e in zip(kept, ident.event_personas)]
+    ident = resolve_identity(slim, config, P)
+    mark = time.perf_counter()
+    resolved, attach_counts = map_exchange(_t_attach, [(k, e) for k, e in zip(kept, ident.event_personas)], [None],
+                                           P, scalar_outputs=1)
+    attach_counts = ray.get(attach_counts)
+    rows_resolved = sum(c["rows"] for c in attach_counts)
+    stages["identity+attach"] = mark - started - read_seconds + (time.perf_counter() - mark)
+    mark = time.perf_counter()
     markers = {"quarantine": q_marker}
-    markers["events_resolved"] = _publish(resolved, "events_resolved", pa.schema([]), layout, config)
+    markers["events_resolved"] = _publish(resolved, "events_resolved", pa.schema([]), layout, config, rows=rows_resolved)
     markers["identity_map"] = _publish(ident.identity_map, "identity_map", personas.IDENTITY_MAP_SCHEMA, layout, config)
     markers["identity_audit"] = _publish(ident.audit, "identity_audit", junk.AUDIT_SCHEMA, layout, config)
-    markers["personas"] = _publish(ident.personas, "personas", personas.PERSONA_SCHEMA, layout, config)
-    rows_resolved = markers["events_resolved"]["rows"]
-    if rows_resolved + rows_quarantined != rows_in:
+    markers["personas"] = _publish(ident.personas, "personas", personas.PERSONA_SCHEMA, layout, config,
+                                   rows=ident.figures["personas"])
+    if markers["events_resolved"]["rows"] + rows_quarantined != rows_in:
         raise AssertionError(f"rows in {rows_in} != resolved {rows_resolved} + quarantined {rows_quarantined}")
     audit_rules = _audit_rules(layout, config)
-    attributed = _attributed(resolved)
+    stages["write"] = time.perf_counter() - mark
     return {
         "rows_in": rows_in, "rows_resolved": rows_resolved, "rows_quarantined": rows_quarantined,
         "quarantined_by_reason": dict(sorted(reasons.items())), "quarantined_share": round(share, 6),
-        "rows_with_persona": attributed, "personas": markers["personas"]["rows"],
+        "rows_with_persona": sum(c["with_persona"] for c in attach_counts), "personas": markers["personas"]["rows"],
         "identifiers_linked": markers["identity_map"]["rows"], "identifiers_audited": markers["identity_audit"]["rows"],
         "audited_by_rule": audit_rules, "files": len(plan.files), "partitions": P,
         "read_seconds": round(read_seconds, 2), **{k: v for k, v in ident.figures.items()},
         "tables": {k: layout.table(k) for k in markers}, "driver_peak_rss_mb": _peak_rss_mb(),
+        "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
     }
-
-
-def _attributed(resolved_refs: list) -> int:
-    import ray
-
-    count = _remote(lambda t: int(pc.sum(pc.is_valid(t.column("persona_id"))).as_py() or 0))
-    return sum(ray.get([count.remote(r) for r in resolved_refs]))
 
 
 def _audit_rules(layout: io.RunLayout, config: JobConfig) -> dict[str, int]:

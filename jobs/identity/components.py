@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from jobs.shuffle import hash_partition
 
 log = logging.getLogger(__name__)
 
@@ -120,24 +119,9 @@ def small_star(part: pa.Table) -> pa.Table:
     return _uv(np.concatenate([a, b]), np.concatenate([b, a]))
 
 
-@ray.remote
-def _prepare(block: pa.Table, a: str, b: str) -> pa.Table:
-    return both_directions(block, a, b)
-
-
-@ray.remote
-def _contract(part: pa.Table) -> pa.Table:
-    return local_contract(part)
-
-
-@ray.remote(num_returns=3)
-def _large(part: pa.Table):
-    return large_star(part)
-
-
-@ray.remote
-def _small(part: pa.Table) -> pa.Table:
-    return small_star(part)
+def _large_star_task(part: pa.Table):
+    edges, unstable, labels = large_star(part)
+    return edges, labels, unstable
 
 
 def connected_components(edge_blocks: list, num_partitions: int, src: str = "src", dst: str = "dst",
@@ -145,20 +129,19 @@ def connected_components(edge_blocks: list, num_partitions: int, src: str = "src
     """Labels (node, label=min node of the component) as `num_partitions` refs partitioned by node hash.
 
     `edge_blocks` are refs of tables with uint64 columns `src`, `dst`. Nodes without an edge do not appear.
-    Returns (label refs, {"rounds": r}).
+    Every step's task splits its output by hash itself (`map_exchange`). Returns (label refs, {"rounds": r}).
     """
-    prepared = [_prepare.remote(b, src, dst) for b in edge_blocks]
-    parts = hash_partition(prepared, ["u"], num_partitions)
-    parts = hash_partition([_contract.remote(p) for p in parts], ["u"], num_partitions)
+    from jobs.identity.exchange import map_exchange
+
+    P = num_partitions
+    (parts,) = map_exchange(both_directions, [(b, src, dst) for b in edge_blocks], [["u"]], P)
+    (parts,) = map_exchange(local_contract, [(p,) for p in parts], [["u"]], P)
     for rounds in range(1, max_rounds + 1):
-        results = [_large.remote(p) for p in parts]
-        edges = [r[0] for r in results]
-        unstable = sum(ray.get([r[1] for r in results]))
-        if unstable == 0:
-            del edges, parts
-            return [r[2] for r in results], {"rounds": rounds}
-        keyed = hash_partition(edges, ["u"], num_partitions)
-        parts = hash_partition([_small.remote(p) for p in keyed], ["u"], num_partitions)
+        edges, labels, unstable = map_exchange(_large_star_task, [(p,) for p in parts], [["u"], None], P,
+                                               scalar_outputs=1)
+        if sum(ray.get(unstable)) == 0:
+            return labels, {"rounds": rounds}
+        (parts,) = map_exchange(small_star, [(e,) for e in edges], [["u"]], P)
     raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
 
 
