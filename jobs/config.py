@@ -98,6 +98,16 @@ class FeaturesConfig(Section):
     as_of: dt.date | None = Field(None, description="cut-off date: features see only events before it")
     windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 180, 365])
     top_categories: int = Field(10, ge=1, le=50, description="categories with their own features")
+    categories: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=50,
+        description="pin the feature categories (top-level names, in slot order); default: the segments' "
+        "categories plus the largest by events before the cut-off, up to top_categories, sorted by name",
+    )
+    comparison_days: int = Field(
+        7, ge=1, le=90, description="a product viewed at 2+ partners within this many days before buying it is compared"
+    )
 
 
 class SegmentConfig(Section):

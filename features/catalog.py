@@ -1,0 +1,380 @@
+"""The feature catalogue: every column of `features/` declared as data (Feast-style feature objects).
+
+A `Feature` names its column, group, dtype, window and meaning, and says how it is computed: `stat`
+names a vectorised computation in `features.compute` and `params` are its arguments. The catalogue
+depends only on `FeaturesConfig` (windows, number of category slots), never on data, so
+`feature_names` / `xgboost_feature_types` are known before anything runs and FEATURES.md is generated
+from it (`features.docs`).
+
+Conventions every feature keeps:
+- Only events with `ts < as_of` count; a window of `w` days means `as_of - w days <= ts < as_of`;
+  window `None` means all history before the cut-off. Rows with a null `persona_id` are ignored.
+- Counts (int64) and sums such as revenue are 0 when nothing happened; everything else is float64 and
+  NaN where the value does not exist (a rate with nothing to divide, days since something that never
+  happened), never 0. `Feature.missing` says which.
+- Categorical features ('c' in `xgboost_feature_types`) hold integer codes as float64 (NaN = missing)
+  from fixed vocabularies declared here, so a code means the same thing in every run: XGBoost reads
+  them directly with `enable_categorical` / `feature_types`.
+- Category slots `catNN_*`: slot NN is the NN-th of the run's feature categories (top-level category
+  names) in `config.features.categories` order when pinned, else sorted by name; the run's list is
+  recorded in the `features/` marker (`categories`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from jobs.config import FeaturesConfig
+
+INT = "int64"
+FLOAT = "float64"
+
+GROUPS: dict[str, str] = {
+    "rfm": "Recency, frequency, monetary",
+    "engagement": "Engagement and funnel",
+    "categories": "Categories and brands",
+    "cross_partner": "Cross-partner behaviour",
+    "identity": "Identity and devices",
+    "time": "Time habits",
+    "geo_payment": "Geography and payment",
+    "purchasing_power": "Purchasing power",
+    "social": "Social influence",
+}
+
+# Fixed vocabularies: a categorical code is the index in its tuple; anything else is "other" (= len).
+EVENT_TYPES = (
+    "page_view", "product_view", "add_to_cart", "purchase", "login", "subscribe", "message_sent", "message_click",
+)
+DEVICE_TYPES = ("desktop", "mobile", "tablet")
+PAYMENT_METHODS = ("card", "cash_on_delivery", "bank_transfer", "installments", "wallet")
+TRAFFIC_SOURCES = ("direct", "search", "social", "ads", "email", "sms", "viber", "referral")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYPARTS = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("evening", 18, 24))
+COUNTRY_OTHER = 26 * 26  # code of a country value that is not two ASCII letters
+
+VOCABULARIES: dict[str, tuple[str, ...]] = {
+    "device_type": DEVICE_TYPES,
+    "payment_method": PAYMENT_METHODS,
+    "traffic_source": TRAFFIC_SOURCES,
+    "weekday": WEEKDAYS,
+}
+
+VIEW = ("product_view",)
+CART = ("add_to_cart",)
+PURCHASE = ("purchase",)
+SENT = ("message_sent",)
+CLICK = ("message_click",)
+SHOPPING = ("product_view", "add_to_cart", "purchase")
+
+
+def country_code(country: str | None) -> int | None:
+    """Stable code of an ISO 3166-1 alpha-2 country: (A..Z) * 26 + (A..Z), e.g. BG = 32; other = 676."""
+    if country is None:
+        return None
+    value = country.strip().upper()
+    if len(value) == 2 and value.isascii() and value.isalpha():
+        return (ord(value[0]) - 65) * 26 + (ord(value[1]) - 65)
+    return COUNTRY_OTHER
+
+
+@dataclass(frozen=True, eq=False)
+class Feature:
+    """One column of the feature table: what it means and how `features.compute` computes it."""
+
+    name: str
+    group: str
+    dtype: Literal["int64", "float64"]
+    window: int | None
+    description: str
+    stat: str
+    params: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["q", "c"] = "q"
+    missing: str = "0"  # the value when the persona has nothing to measure: "0" or "NaN (why)"
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"feature {self.name}: unknown group {self.group!r}")
+        if self.kind == "c" and self.dtype != FLOAT:
+            raise ValueError(f"feature {self.name}: categorical codes are float64 so that NaN means missing")
+
+
+def windows(config: FeaturesConfig) -> list[int]:
+    return sorted(set(config.windows_days))
+
+
+def long_windows(config: FeaturesConfig) -> list[int]:
+    """The windows of 30 days or more: rates and shares need enough events to mean anything."""
+    return [w for w in windows(config) if w >= 30] or windows(config)
+
+
+def category_slots(config: FeaturesConfig) -> int:
+    return len(config.categories) if config.categories else config.top_categories
+
+
+def _window_text(w: int | None) -> str:
+    return "all history before the cut-off" if w is None else f"the last {w} days"
+
+
+def catalog(config: FeaturesConfig) -> list[Feature]:
+    """Every feature, in table column order, for this features config."""
+    out: list[Feature] = []
+
+    def add(name, group, dtype, window, description, stat, kind="q", missing="0", **params):
+        out.append(Feature(name, group, dtype, window, description, stat, params, kind, missing))
+
+    W, WL = windows(config), long_windows(config)
+    nan_no_orders = "NaN (no orders)"
+
+    # --- Recency, frequency, monetary -----------------------------------------------------------
+    for w in W:
+        add(f"orders_{w}d", "rfm", INT, w, f"distinct orders (partner + order_id) in {_window_text(w)}", "orders")
+    for w in W:
+        add(f"items_{w}d", "rfm", INT, w, f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}", "items")
+    for w in W:
+        add(f"revenue_{w}d", "rfm", FLOAT, w, f"spend (sum of price x quantity of purchases) in {_window_text(w)}", "revenue")
+    for w in W:
+        add(f"aov_{w}d", "rfm", FLOAT, w, f"average order value in {_window_text(w)}", "aov", missing=nan_no_orders)
+    for label, types in (("event", None), ("view", VIEW), ("cart", CART), ("purchase", PURCHASE), ("click", CLICK)):
+        what = "any event" if types is None else f"the last {'/'.join(types)}"
+        add(f"days_since_last_{label}", "rfm", FLOAT, None, f"days from {what} to the cut-off (fractional)",
+            "days_since", missing=f"NaN (no {label} ever)", types=types, which="last")
+    add("days_since_first_event", "rfm", FLOAT, None, "tenure: days from the first event to the cut-off",
+        "days_since", missing="NaN (no events)", types=None, which="first")
+    add("interpurchase_days_mean_365d", "rfm", FLOAT, 365, "mean days between consecutive orders in the last 365 days",
+        "interpurchase", missing="NaN (fewer than 2 orders)", how="mean")
+    add("interpurchase_days_std_365d", "rfm", FLOAT, 365,
+        "population standard deviation of the days between consecutive orders in the last 365 days",
+        "interpurchase", missing="NaN (fewer than 3 orders)", how="std")
+    for measure in ("orders", "revenue", "views"):
+        add(f"{measure}_trend_30d_vs_90d", "rfm", FLOAT, 90,
+            f"(r - e) / (r + e) with r = {measure} per day in the last 30 days and e = {measure} per day in the "
+            "30 to 90 days before the cut-off: +1 only recent, -1 only earlier",
+            "trend", missing=f"NaN (no {measure} in 90 days)", measure=measure, recent=30)
+
+    # --- Engagement and funnel --------------------------------------------------------------------
+    for w in W:
+        add(f"events_{w}d", "engagement", INT, w, f"events of any type in {_window_text(w)}", "count", types=None)
+    for w in W:
+        add(f"sessions_{w}d", "engagement", INT, w, f"distinct sessions (session_key) in {_window_text(w)}",
+            "distinct", key="session", types=None)
+    for w in W:
+        add(f"product_views_{w}d", "engagement", INT, w, f"product_view events in {_window_text(w)}", "count", types=VIEW)
+    for w in W:
+        add(f"carts_{w}d", "engagement", INT, w, f"add_to_cart events in {_window_text(w)}", "count", types=CART)
+    for w in W:
+        add(f"active_days_{w}d", "engagement", INT, w, f"distinct UTC days with an event in {_window_text(w)}",
+            "distinct", key="day", types=None)
+    for w in WL:
+        add(f"view_to_cart_rate_{w}d", "engagement", FLOAT, w, f"add_to_cart / product_view events in {_window_text(w)}",
+            "ratio", missing="NaN (no product views)", num=CART, den=VIEW)
+    for w in WL:
+        add(f"cart_to_purchase_rate_{w}d", "engagement", FLOAT, w, f"purchase lines / add_to_cart events in {_window_text(w)}",
+            "ratio", missing="NaN (no carts)", num=PURCHASE, den=CART)
+    for w in WL:
+        add(f"view_to_purchase_rate_{w}d", "engagement", FLOAT, w,
+            f"purchase lines / product_view events in {_window_text(w)}", "ratio", missing="NaN (no product views)",
+            num=PURCHASE, den=VIEW)
+    add("session_minutes_mean_90d", "engagement", FLOAT, 90,
+        "mean session length (first to last event of a session_key, minutes) over sessions in the last 90 days",
+        "session_minutes", missing="NaN (no sessions)")
+    add("events_per_session_90d", "engagement", FLOAT, 90, "events with a session_key per distinct session, last 90 days",
+        "events_per_session", missing="NaN (no sessions)")
+    add("products_viewed_90d", "engagement", INT, 90, "distinct products viewed in the last 90 days",
+        "distinct", key="product", types=VIEW)
+    for source in TRAFFIC_SOURCES:
+        add(f"traffic_{source}_share_365d", "engagement", FLOAT, 365,
+            f"share of events with a traffic_source that came from {source!r}, last 365 days", "share",
+            missing="NaN (no traffic_source)", key="traffic_source", values=(source,))
+    add("main_traffic_source", "engagement", FLOAT, 365,
+        f"most frequent traffic_source in the last 365 days; codes {_codes_text(TRAFFIC_SOURCES)}", "mode",
+        kind="c", missing="NaN (no traffic_source)", key="traffic_source", types=None)
+
+    # --- Categories and brands --------------------------------------------------------------------
+    for slot in range(category_slots(config)):
+        c = f"cat{slot:02d}"
+        add(f"{c}_views_90d", "categories", INT, 90, f"product views in feature category {slot}, last 90 days",
+            "cat_count", slot=slot, types=VIEW)
+        add(f"{c}_purchases_365d", "categories", INT, 365, f"purchase lines in feature category {slot}, last 365 days",
+            "cat_count", slot=slot, types=PURCHASE)
+        add(f"{c}_spend_share_365d", "categories", FLOAT, 365, f"share of the 365-day spend in feature category {slot}",
+            "cat_spend_share", missing="NaN (no spend)", slot=slot)
+        add(f"{c}_months_bought_6m", "categories", INT, 180,
+            f"of the six 30-day blocks before the cut-off, those with a purchase in feature category {slot}",
+            "cat_months", slot=slot, months=6)
+    add("favourite_category", "categories", FLOAT, 365,
+        "feature category with the most view/cart/purchase events in the last 365 days: its slot number, "
+        f"{category_slots(config)} = another category", "favourite_category", kind="c",
+        missing="NaN (no categorised events)")
+    add("categories_viewed_90d", "categories", INT, 90, "distinct top-level categories viewed in the last 90 days",
+        "distinct", key="category", types=VIEW)
+    add("categories_bought_365d", "categories", INT, 365, "distinct top-level categories bought in the last 365 days",
+        "distinct", key="category", types=PURCHASE)
+    add("category_view_hhi_90d", "categories", FLOAT, 90,
+        "concentration of product views over top-level categories (sum of squared shares), last 90 days",
+        "hhi", missing="NaN (no categorised views)", key="category", types=VIEW, weight="count")
+    add("new_categories_bought_90d", "categories", INT, 90,
+        "top-level categories bought in the last 90 days and never bought before that window", "new_categories")
+    add("brands_viewed_90d", "categories", INT, 90, "distinct brands viewed in the last 90 days",
+        "distinct", key="brand", types=VIEW)
+    add("brands_bought_365d", "categories", INT, 365, "distinct brands bought in the last 365 days",
+        "distinct", key="brand", types=PURCHASE)
+    add("brand_view_hhi_90d", "categories", FLOAT, 90,
+        "concentration of product views over brands (sum of squared shares), last 90 days",
+        "hhi", missing="NaN (no branded views)", key="brand", types=VIEW, weight="count")
+    add("brand_spend_hhi_365d", "categories", FLOAT, 365,
+        "concentration of spend over brands (sum of squared shares), last 365 days",
+        "hhi", missing="NaN (no branded spend)", key="brand", types=PURCHASE, weight="revenue")
+    add("top_brand_spend_share_365d", "categories", FLOAT, 365, "share of the branded 365-day spend on the top brand",
+        "top_share", missing="NaN (no branded spend)", key="brand", types=PURCHASE, weight="revenue")
+
+    # --- Cross-partner behaviour ------------------------------------------------------------------
+    for w in WL:
+        add(f"partners_visited_{w}d", "cross_partner", INT, w, f"distinct partners with any event in {_window_text(w)}",
+            "distinct", key="partner", types=None)
+    for w in (90, 365):
+        add(f"partners_bought_{w}d", "cross_partner", INT, w, f"distinct partners bought from in {_window_text(w)}",
+            "distinct", key="partner", types=PURCHASE)
+    add("partner_event_hhi_365d", "cross_partner", FLOAT, 365,
+        "concentration of events over partners (sum of squared shares), last 365 days", "hhi",
+        missing="NaN (no events)", key="partner", types=None, weight="count")
+    add("multi_partner_products_90d", "cross_partner", INT, 90, "distinct products viewed at 2+ partners, last 90 days",
+        "multi_partner_products")
+    add("price_spread_seen_90d", "cross_partner", FLOAT, 90,
+        "mean over products viewed at 2+ partners in the last 90 days of (max - min) / min viewed price",
+        "price_spread", missing="NaN (no product viewed at 2+ partners)")
+    days = config.comparison_days
+    add("compared_purchases_365d", "cross_partner", INT, 365,
+        f"purchase lines whose product was viewed at 2+ partners within {days} days before (last 365 days)",
+        "compared_purchases")
+    add("compared_purchase_share_365d", "cross_partner", FLOAT, 365,
+        "share of the 365-day purchase lines bought after such a comparison (the price-hunter signal)",
+        "compared_share", missing="NaN (no purchases)")
+    add("bought_cheapest_share_365d", "cross_partner", FLOAT, 365,
+        "of the compared purchase lines (last 365 days), the share bought at or below the lowest price viewed "
+        "in the comparison", "cheapest_share", missing="NaN (no compared purchases)")
+
+    # --- Identity and devices ---------------------------------------------------------------------
+    for key, text in (
+        ("device", "distinct device_id"),
+        ("email", "distinct emails (trimmed, lowercased, +tag and gmail dots removed)"),
+        ("phone", "distinct phones (last 9 digits)"),
+        ("customer", "distinct partner customer records (partner + customer_id)"),
+        ("subscriber", "distinct partner subscriber records (partner + subscriber_id)"),
+    ):
+        add(f"{key}s", "identity", INT, None, f"{text} seen, all history before the cut-off", "distinct", key=key, types=None)
+    add("subscribe_events", "identity", INT, None, "subscribe events, all history before the cut-off",
+        "count", types=("subscribe",))
+    add("logins_90d", "identity", INT, 90, "login events in the last 90 days", "count", types=("login",))
+    for device in DEVICE_TYPES:
+        add(f"{device}_share_365d", "identity", FLOAT, 365,
+            f"share of events with a device_type that came from a {device}, last 365 days", "share",
+            missing="NaN (no device_type)", key="device_type", values=(device,))
+    add("main_device_type", "identity", FLOAT, 365,
+        f"most frequent device_type in the last 365 days; codes {_codes_text(DEVICE_TYPES)}", "mode", kind="c",
+        missing="NaN (no device_type)", key="device_type", types=None)
+    for w in (90, 365):
+        add(f"messages_received_{w}d", "identity", INT, w, f"campaign messages sent to the persona in {_window_text(w)}",
+            "count", types=SENT)
+    for w in (90, 365):
+        add(f"campaign_clicks_{w}d", "identity", INT, w, f"campaign message clicks in {_window_text(w)}", "count", types=CLICK)
+    for w in (90, 365):
+        add(f"campaign_click_rate_{w}d", "identity", FLOAT, w, f"message_click / message_sent events in {_window_text(w)}",
+            "ratio", missing="NaN (no messages received)", num=CLICK, den=SENT)
+
+    # --- Time habits (UTC: the contract carries no time zone) -------------------------------------
+    for name, lo, hi in DAYPARTS:
+        add(f"{name}_share_365d", "time", FLOAT, 365, f"share of events between {lo:02d}:00 and {hi:02d}:00 UTC, last 365 days",
+            "hour_share", missing="NaN (no events)", lo=lo, hi=hi)
+    for day_index, day in enumerate(WEEKDAYS):
+        add(f"{day}_share_365d", "time", FLOAT, 365, f"share of events on {day.capitalize()} (UTC), last 365 days",
+            "weekday_share", missing="NaN (no events)", days=(day_index,))
+    add("weekend_share_365d", "time", FLOAT, 365, "share of events on Saturday or Sunday (UTC), last 365 days",
+        "weekday_share", missing="NaN (no events)", days=(5, 6))
+    add("peak_hour_365d", "time", FLOAT, 365, "UTC hour (0-23) with the most events in the last 365 days (lowest on ties)",
+        "peak", missing="NaN (no events)", key="hour")
+    add("peak_weekday_365d", "time", FLOAT, 365,
+        "weekday with the most events in the last 365 days (lowest on ties); codes 0 = mon ... 6 = sun",
+        "peak", kind="c", missing="NaN (no events)", key="weekday")
+
+    # --- Geography and payment --------------------------------------------------------------------
+    add("country", "geo_payment", FLOAT, 365,
+        "most frequent country in the last 365 days; code (A..Z) * 26 + (A..Z) of the alpha-2 code (BG = 32), "
+        f"{COUNTRY_OTHER} = not two letters", "mode", kind="c", missing="NaN (no country)", key="country", types=None)
+    add("countries_365d", "geo_payment", INT, 365, "distinct countries in the last 365 days", "distinct", key="country", types=None)
+    add("cities_365d", "geo_payment", INT, 365, "distinct cities (country + city) in the last 365 days",
+        "distinct", key="city", types=None)
+    for method in PAYMENT_METHODS + ("other",):
+        what = f"paid with {method!r}" if method != "other" else "paid with a method outside the vocabulary"
+        add(f"pay_{method}_share_365d", "geo_payment", FLOAT, 365,
+            f"share of the 365-day orders with a payment_method {what}", "payment_share",
+            missing="NaN (no orders with a payment_method)", method=method)
+    add("installment_orders_365d", "geo_payment", INT, 365, "orders paid in installments in the last 365 days",
+        "orders", payment="installments")
+    add("main_payment_method", "geo_payment", FLOAT, 365,
+        f"most frequent payment_method of purchase lines in the last 365 days; codes {_codes_text(PAYMENT_METHODS)}",
+        "mode", kind="c", missing="NaN (no purchases with a payment_method)", key="payment_method", types=PURCHASE)
+
+    # --- Purchasing power -------------------------------------------------------------------------
+    add("viewed_price_rel_median_90d", "purchasing_power", FLOAT, 90,
+        "mean over product views (last 90 days) of price / the median offer price of the view's category",
+        "price_rel_median", missing="NaN (no priced views)", types=VIEW)
+    add("bought_price_rel_median_365d", "purchasing_power", FLOAT, 365,
+        "mean over purchase lines (last 365 days) of price / the median offer price of the line's category",
+        "price_rel_median", missing="NaN (no priced purchases)", types=PURCHASE)
+    add("premium_purchase_share_365d", "purchasing_power", FLOAT, 365,
+        "share of priced purchase lines (last 365 days) above 1.5 x their category's median offer price",
+        "premium_share", missing="NaN (no priced purchases)", factor=1.5)
+    add("max_order_value_365d", "purchasing_power", FLOAT, 365, "largest order value in the last 365 days",
+        "max_order_value", missing=nan_no_orders)
+    add("max_item_price_365d", "purchasing_power", FLOAT, 365, "highest unit price bought in the last 365 days",
+        "price_stat", missing="NaN (no priced purchases)", how="max", types=PURCHASE)
+    add("mean_item_price_365d", "purchasing_power", FLOAT, 365, "mean unit price of purchase lines in the last 365 days",
+        "price_stat", missing="NaN (no priced purchases)", how="mean", types=PURCHASE)
+
+    # --- Social influence (a message_sent's click_token clicked by another persona) ---------------
+    add("forwarded_clicks_365d", "social", INT, 365,
+        "clicks by other personas on campaign messages sent to this persona (forwarded links), last 365 days",
+        "social", role="sender", measure="clicks")
+    add("forwarded_clickers_365d", "social", INT, 365,
+        "distinct other personas who clicked this persona's campaign messages, last 365 days",
+        "social", role="sender", measure="others")
+    add("messages_forwarded_365d", "social", INT, 365,
+        "distinct campaign messages of this persona clicked by another persona, last 365 days",
+        "social", role="sender", measure="messages")
+    add("forward_rate_365d", "social", FLOAT, 365,
+        "messages_forwarded_365d / messages_received_365d", "forward_rate", missing="NaN (no messages received)")
+    add("clicks_on_others_messages_365d", "social", INT, 365,
+        "this persona's clicks on campaign messages that were sent to another persona, last 365 days",
+        "social", role="clicker", measure="clicks")
+
+    names = [f.name for f in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate feature names: {duplicates}")
+    return out
+
+
+def _codes_text(vocabulary: tuple[str, ...]) -> str:
+    return ", ".join(f"{i} = {v}" for i, v in enumerate(vocabulary)) + f", {len(vocabulary)} = other"
+
+
+def feature_names(config: FeaturesConfig) -> list[str]:
+    """Feature columns in table order (after `persona_id`, `as_of`)."""
+    return [f.name for f in catalog(config)]
+
+
+def xgboost_feature_types(config: FeaturesConfig) -> list[str]:
+    """'q' (numeric) or 'c' (categorical integer codes) per feature column, in table order."""
+    return [f.kind for f in catalog(config)]
+
+
+def feature_schema(config: FeaturesConfig):
+    """The Arrow schema of the `features/` table."""
+    import pyarrow as pa
+
+    types = {INT: pa.int64(), FLOAT: pa.float64()}
+    return pa.schema(
+        [pa.field("persona_id", pa.string()), pa.field("as_of", pa.date32())]
+        + [pa.field(f.name, types[f.dtype]) for f in catalog(config)]
+    )
