@@ -351,9 +351,11 @@ def run_pipeline(config: JobConfig, stages: Sequence[Stage] = STAGES) -> dict[st
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     _write_summary(layout, config, summary)
-    summary["summary_path"] = layout.path("summary.json")
     log.info("run %s finished in %.1fs\n%s", run_id, summary["seconds"], format_summary(summary))
-    return summary
+    # what the CLI prints: the figures of the table; the stages' own details stay in summary.json
+    brief = ("status", "seconds", "rows_in", "rows_out", "quarantined", "peak_driver_rss_mb", "peak_object_store_mb")
+    return {**{k: v for k, v in summary.items() if k != "stages"}, "summary_path": layout.path("summary.json"),
+            "stages": {name: {k: s[k] for k in brief if k in s} for name, s in summary["stages"].items()}}
 
 
 def _invalidate(layout: io.RunLayout, config: JobConfig, stage: Stage, stages: Sequence[Stage]) -> None:

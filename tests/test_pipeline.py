@@ -99,7 +99,9 @@ def test_rerun_skips_finished_stages_and_config_change_reruns_downstream(toy):
     assert summary["status"] == "succeeded"
     assert summary["stages"]["resolve"]["rows_in"] == 3 and summary["stages"]["resolve"]["rows_out"] == 3
     assert summary["stages"]["resolve"]["peak_driver_rss_mb"] > 10
-    assert "seconds" in summary["stages"]["export"]
+    assert "seconds" in summary["stages"]["export"] and summary["stages"]["resolve"]["tables"] == {"t_resolve": 3}
+    assert summary["stages"]["resolve"]["result"] == {"rows_in": 3, "rows_out": 3}
+    assert "result" not in first["stages"]["resolve"], "the printed summary stays brief; details in summary.json"
 
     second = run_pipeline(config, stages)
     assert ran(second) == [] and all(s["status"] == "skipped" for s in second["stages"].values())
