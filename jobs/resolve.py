@@ -13,6 +13,12 @@ Partitions (P = config.ray.num_partitions):
   sessions + junk ids -> linking edges, event->anchor map -> connected components -(node)-> labels
   labels + node stats -(label)-> personas, identity_map, anchor->persona (+ size-cap hubs: repeat)
   event map + anchor->persona -(anchor)-> event->persona -(partner_id, event_id)-> events_resolved
+
+Click tokens are weak links: a first components pass runs without them, tokens that touch two identified
+personas are audited (`forwarded_click`), then the final pass includes the rest. The ids of audited
+identifiers (a small set: junk, not the edges) are handed to the session partitions as task arguments.
+Every exchange is one wave of map tasks that hash-split their own outputs plus one concat wave
+(`jobs.identity.exchange`); the largest object on a worker is one partition.
 """
 
 from __future__ import annotations

@@ -67,7 +67,10 @@ def test_cli_resolve_and_evaluate(ray_cluster, sample, tmp_path):
     assert personas.num_rows == summary["personas"]
     assert set(imap.column("persona_id").to_pylist()) == set(personas.column("persona_id").to_pylist())
     audit = io.read_arrow(str(run_dir / "identity_audit"), storage)
-    assert {"blocklist"} <= set(audit.column("rule").to_pylist())
+    known = {"blocklist", "invalid_email", "invalid_phone", "email_fanout", "phone_fanout", "customer_fanout",
+             "subscriber_fanout", "shared_device", "shared_device_customers", "forwarded_click", "size_cap"}
+    assert audit.num_rows > 0 and set(audit.column("rule").to_pylist()) <= known
+    assert summary["audited_by_rule"] == dict(zip(*[c.to_pylist() for c in pc.value_counts(audit.column("rule")).flatten()]))
 
     result = runner.invoke(app, ["evaluate-personas", "--run", str(run_dir), "--config", str(tmp_path / "job.yaml")])
     assert result.exit_code == 0, result.output
