@@ -61,7 +61,7 @@ REQUIRED = ("event_id", "ts", "partner_id", "event_type")
 EVENT_TYPES = (
     "page_view", "product_view", "add_to_cart", "purchase", "login", "subscribe", "message_sent", "message_click",
 )
-SUFFIXES = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet.gz")
+SUFFIXES = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz")
 # Internal columns added while reading; dropped before events_resolved is written.
 SOURCE = "_source_file"
 REASON = "_reason"

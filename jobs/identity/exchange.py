@@ -47,7 +47,10 @@ def map_exchange(fn: Callable, calls: Sequence[tuple], specs: Sequence[Keys], nu
     all_specs = list(specs) + [None] * scalar_outputs
 
     def task(*args):
-        return _flatten(fn(*args), all_specs, P) if len(all_specs) > 1 or specs[0] is not None else fn(*args)
+        if len(all_specs) == 1 and specs[0] is None:
+            return fn(*args)
+        out = _flatten(fn(*args), all_specs, P)
+        return out[0] if len(out) == 1 else out
 
     task.__name__ = getattr(fn, "__name__", "map_exchange")
     task.__qualname__ = task.__name__

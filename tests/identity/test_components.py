@@ -29,7 +29,7 @@ def as_dict(labels: pa.Table) -> dict:
 
 
 @pytest.mark.parametrize("seed, n, m, partitions", [
-    (0, 50, 30, 3), (1, 500, 400, 4), (2, 2000, 1500, 5), (3, 300, 1200, 2), (4, 1000, 990, 7), (5, 10, 0, 3),
+    (0, 50, 30, 3), (7, 60, 50, 1), (1, 500, 400, 4), (2, 2000, 1500, 5), (3, 300, 1200, 2), (4, 1000, 990, 7), (5, 10, 0, 3),
     (6, 3000, 2990, 8),
 ])
 def test_distributed_components_match_networkx(ray_cluster, seed, n, m, partitions):
