@@ -132,6 +132,19 @@ def test_changed_events_or_republished_table_rerun_from_there(toy, tmp_path):
     assert ran(run_pipeline(config, stages)) == ["train", "score", "export"]
 
 
+def test_markers_and_summary_on_s3(toy, s3_bucket, storage):
+    config, calls, stages = toy
+    config = config.model_copy(update={"root": s3_bucket + "/segments", "storage": storage})
+    assert ran(run_pipeline(config, stages)) == ["resolve", "features", "train", "score", "export"]
+    changed = config.model_copy(update={"scoring": config.scoring.model_copy(update={"top_percent": 5.0})})
+    summary = run_pipeline(changed, stages)
+    assert ran(summary) == ["score", "export"]
+    layout = io.RunLayout.for_run(config.root, "r1")
+    assert io.read_json(layout.path("summary.json"), storage)["stages"]["resolve"]["status"] == "skipped"
+    assert io.read_json(layout.path("_stages", "export.json"), storage)["inputs"]["t_score"] == \
+        io.read_marker(layout.table("t_score"), storage)["write_id"]
+
+
 def test_failed_stage_resumes_where_it_stopped(toy):
     config, calls, stages = toy
     calls.fail.add("train")
