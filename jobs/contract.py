@@ -196,11 +196,6 @@ def read_events(plan: InputPlan, storage: StorageConfig):
     """One Ray Dataset of canonical batches for all files (a union of one read per file group)."""
     import ray.data
 
-    # Ray 2.60's DataSource V2 readers run file listing as a separate task (tens of seconds on a busy
-    # 2-core machine, one block per file); the V1 readers plan on the driver from our explicit file list.
-    ctx = ray.data.DataContext.get_current()
-    if hasattr(ctx, "use_datasource_v2"):
-        ctx.use_datasource_v2 = False
     fs, _ = io.filesystem_for(plan.files[0].path, storage)
     datasets = []
     for (kind, _key), files in sorted(plan.groups().items()):
