@@ -300,6 +300,12 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _rss_mb() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
 def _publish(refs: list, table: str, schema: pa.Schema, layout: io.RunLayout, config: JobConfig,
              rows: int | None = None) -> dict:
     import ray
@@ -325,6 +331,7 @@ def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.
                                  [["partner_id", "event_id"]], P, scalar_outputs=1)
     rows_in = sum(ray.get(rows))
     stages = {"read": time.perf_counter() - started}
+    rss = {"read": _rss_mb()}
     kept, slim, bad, counts = map_exchange(_t_input, [(p, bl_e, bl_p) for p in parts],
                                            [None, ["partner_id", "_skey"], None], P, scalar_outputs=1)
     del parts
@@ -352,7 +359,9 @@ def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.
             f"{rows_quarantined} of {rows_in} input rows ({share:.2%}) broke the input contract, more than "
             f"input.max_quarantine_share={config.input.max_quarantine_share:.2%} ({_reasons_text(reasons)}); "
             f"the rows and their reasons are in {layout.table('quarantine')}.")
+    rss["validate"] = _rss_mb()
     ident = resolve_identity(slim, config, P)
+    rss["identity"] = _rss_mb()
     mark = time.perf_counter()
     resolved, attach_counts = map_exchange(_t_attach, [(k, e) for k, e in zip(kept, ident.event_personas)], [None],
                                            P, scalar_outputs=1)
@@ -370,6 +379,7 @@ def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.
         raise AssertionError(f"rows in {rows_in} != resolved {rows_resolved} + quarantined {rows_quarantined}")
     audit_rules = _audit_rules(layout, config)
     stages["write"] = time.perf_counter() - mark
+    rss["write"] = _rss_mb()
     return {
         "rows_in": rows_in, "rows_resolved": rows_resolved, "rows_quarantined": rows_quarantined,
         "quarantined_by_reason": dict(sorted(reasons.items())), "quarantined_share": round(share, 6),
@@ -378,7 +388,7 @@ def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.
         "audited_by_rule": audit_rules, "files": len(plan.files), "partitions": P,
         "read_seconds": round(read_seconds, 2), **{k: v for k, v in ident.figures.items()},
         "tables": {k: layout.table(k) for k in markers}, "driver_peak_rss_mb": _peak_rss_mb(),
-        "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
+        "stage_seconds": {k: round(v, 2) for k, v in stages.items()}, "driver_rss_mb_after": rss,
     }
 
 

@@ -69,7 +69,7 @@ def child_ray(events: str, out: str, partitions: int) -> dict:
     config = JobConfig(events=events, ray={"num_partitions": partitions})
     summary = run_resolve(config, out)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "ray_start_seconds": ray_start, "rows": summary["rows_in"],
+    return {"seconds": seconds, "ray_start_seconds": ray_start, "rows": summary["rows_in"], "stage_seconds": summary["stage_seconds"], "rss_after": summary["driver_rss_mb_after"],
             "personas": summary["personas"], "cc_rounds": summary["cc_rounds"], "peak_rss_mb": _rss_mb(),
             "cpus": int(ray.cluster_resources().get("CPU", 0))}
 
@@ -124,7 +124,7 @@ def main() -> None:
             "ratio_incl_start": round(dist["seconds"] / local["seconds"], 2),
             "ratio_excl_start": round(work_s / local["seconds"], 2),
             "driver_peak_rss_mb": dist["peak_rss_mb"], "single_peak_rss_mb": local["peak_rss_mb"],
-            "cc_rounds": dist["cc_rounds"],
+            "cc_rounds": dist["cc_rounds"], "ray_stage_seconds": dist["stage_seconds"], "driver_rss_mb_after": dist["rss_after"],
         })
     header = ["events", "single_s", "single_events_per_s", "ray_s", "ray_events_per_s", "ray_start_s",
               "ratio_incl_start", "ratio_excl_start", "driver_peak_rss_mb", "single_peak_rss_mb"]
