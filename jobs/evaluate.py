@@ -154,14 +154,12 @@ def oracle_distributed(blocks: list, config: JobConfig, truth_column: str) -> di
     truth = hash_partition([ray.remote(_truth_rows).remote(b, truth_column) for b in blocks], ["partner_id", "event_id"], P)
     joined = [ray.remote(_join_truth).remote(e, t) for e, t in zip(refs.event_personas, truth)]
     out = metrics_distributed(joined, None, P)
-    out["junk_identifiers"] = None
+    out["identifiers_audited"] = sum(ray.get([ray.remote(lambda t: t.num_rows).remote(a) for a in refs.audit]))
     return out
 
 
 def run_evaluate_personas(config: JobConfig, run_dir: str, truth_column: str = "true_person_id") -> dict[str, Any]:
     """The `segments evaluate-personas` command: metrics of the run's personas and of the oracle."""
-    import ray
-
     from jobs.raysession import ray_session
 
     started = time.perf_counter()
@@ -185,8 +183,8 @@ def run_evaluate_personas(config: JobConfig, run_dir: str, truth_column: str = "
         result = metrics_distributed(blocks, truth_column, config.ray.num_partitions)
         result["oracle"] = oracle_distributed(blocks, config, truth_column)
         del blocks
-    result["oracle"].pop("junk_identifiers", None)
     result["rows"] = marker.get("rows")
+    result["identifiers_audited"] = io.read_marker(layout.table("identity_audit"), config.storage).get("rows")
     result["truth_column"] = truth_column
     result["seconds"] = round(time.perf_counter() - started, 2)
     io.write_json(layout.path("evaluation", "personas.json"), result, config.storage)

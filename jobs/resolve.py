@@ -200,6 +200,15 @@ def _t_edges(sess, *junk_parts):
     return strong, weak, event_map
 
 
+def _t_drop_dst(edges, *junk_parts):
+    ids = np.concatenate([np.asarray(j, dtype=np.uint64) for j in junk_parts]) if junk_parts else np.zeros(0, np.uint64)
+    return edges.filter(pa.array(~np.isin(edges.column("dst").to_numpy(), ids)))
+
+
+def _t_labels_as_edges(labels):
+    return pa.table({"src": labels.column("node"), "dst": labels.column("label")})
+
+
 def _t_join(stats, labels, *extra):
     ids = np.concatenate([np.asarray(j, dtype=np.uint64) for j in extra]) if extra else None
     return join_labels(stats, labels, ids)
@@ -260,10 +269,17 @@ def resolve_identity(slim_parts: list, config: JobConfig, num_partitions: int, t
     extra: list = []
     rounds_info = []
     last = ident.size_cap_rounds + 1
+    filter_t, as_edges_t = _remote(_t_drop_dst), _remote(_t_labels_as_edges)
     for round_ in range(last + 1):
-        strong, weak, event_map = map_exchange(_t_edges, [(s, *junk_ids, *extra) for s in sess],
-                                               [None, ["src"], ["anchor"]], P)
-        labels, info = components.connected_components(strong if round_ == 0 else strong + weak, P)
+        if round_ == 1:
+            # warm start: the first pass's stars (node -> label) connect exactly what the strong edges do,
+            # so only the kept weak edges are added to them
+            kept_weak = [filter_t.remote(w, *extra) for w in weak]
+            labels, info = components.connected_components([as_edges_t.remote(lab) for lab in labels] + kept_weak, P)
+        else:
+            strong, weak, event_map = map_exchange(_t_edges, [(s, *junk_ids, *extra) for s in sess],
+                                                   [None, ["src"], ["anchor"]], P)
+            labels, info = components.connected_components(strong if round_ == 0 else strong + weak, P)
         rounds_info.append(info["rounds"])
         idents, anchors = map_exchange(_t_join, [(s, lab, *extra) for s, lab in zip(linked, labels)],
                                        [["label"], ["label"]], P)

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.identity.normalise import normalise_emails, normalise_phones, phone_digits
-from jobs.shuffle import hash_columns
 
 DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK = "device", "email", "phone", "customer", "subscriber", "click_token"
 IDENTIFIER_TYPES = (DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK)

@@ -69,7 +69,6 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     order, starts = _runs(node)
     first = order[starts]
     nodes = node[first]
-    sn = node[order]
     fs = occ.column("first_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ls = occ.column("last_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ne = occ.column("n_events").to_numpy()[order]
