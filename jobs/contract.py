@@ -6,6 +6,9 @@ a missing path or bucket, an empty file, a corrupt Parquet file or a file withou
 schema, explicit file lists) and every batch is normalised to one canonical schema: contract columns
 typed, extra columns carried through as strings, plus `_source_file` and `_reason` (null for a valid row).
 Duplicates of `(partner_id, event_id)` are found after a hash shuffle on that key (`dedupe`).
+
+The set of extra columns is fixed up front: Parquet footers give it exactly; for JSON Lines it is the keys
+of each file's first records (256 KiB / 500 lines), so a key that first appears later in a file is dropped.
 """
 
 from __future__ import annotations
