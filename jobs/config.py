@@ -142,7 +142,7 @@ class TrainingConfig(Section):
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional so Ray Data can feed the workers")
     use_gpu: bool = False
     num_boost_round: int = Field(300, ge=1)
-    early_stopping_rounds: int = Field(20, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
     report_every: int = Field(25, ge=1, description="rounds between Ray Train reports")
     validation_share: float = Field(0.2, gt=0, lt=1)
     min_positives: int = Field(100, ge=1)
@@ -152,11 +152,12 @@ class TrainingConfig(Section):
             "objective": "binary:logistic",
             "eval_metric": ["logloss", "auc"],
             "tree_method": "hist",
-            "max_depth": 6,
-            "eta": 0.1,
+            "max_depth": 4,
+            "eta": 0.05,
             "subsample": 0.8,
             "colsample_bytree": 0.8,
-            "min_child_weight": 1,
+            "min_child_weight": 10,
+            "reg_lambda": 5,
         }
     )
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig.max_failures")

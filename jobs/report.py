@@ -213,6 +213,7 @@ def _svg_chart(
     width: int = 360,
     height: int = 270,
     points: Sequence[dict[str, Any]] = (),
+    legend: str = "br",
 ) -> str:
     """A line chart: series = [{name, x, y, color, dash?}], optional scatter points [{x, y, r, color}]."""
     left, right, top, bottom = 46, 12, 26, 40
@@ -245,9 +246,10 @@ def _svg_chart(
             continue
         dash = ' stroke-dasharray="5,4"' if s.get("dash") else ""
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{s["color"]}" stroke-width="2"{dash}/>')
-        ly = top + 12 + 14 * k
-        parts.append(f'<line x1="{left + 8}" y1="{ly - 4}" x2="{left + 24}" y2="{ly - 4}" stroke="{s["color"]}" stroke-width="2"{dash}/>')
-        parts.append(f'<text x="{left + 28}" y="{ly}">{html.escape(s["name"])}</text>')
+        ly = top + 12 + 14 * k if legend[0] == "t" else top + ph - 8 - 14 * (len(series) - 1 - k)
+        lx = left + 8 if legend[1] == "l" else left + pw - 110
+        parts.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 16}" y2="{ly - 4}" stroke="{s["color"]}" stroke-width="2"{dash}/>')
+        parts.append(f'<text x="{lx + 20}" y="{ly}">{html.escape(s["name"])}</text>')
     for p in points:
         parts.append(f'<circle cx="{sx(p["x"]):.1f}" cy="{sy(p["y"]):.1f}" r="{p.get("r", 3):.1f}" '
                      f'fill="{p.get("color", _COLORS["model"])}" fill-opacity="0.8"/>')
@@ -341,7 +343,7 @@ def segment_section(metrics: Mapping[str, Any]) -> str:
         {"name": "model", "x": lx, "y": ly, "color": _COLORS["model"]},
         {"name": "RFM baseline", "x": rx, "y": ry, "color": _COLORS["rfm"]},
         {"name": "random", "x": [0, 1], "y": [1, 1], "color": _COLORS["random"], "dash": True},
-    ], x_label="share of population targeted", y_label="lift", y_max=math.ceil(lift_max))
+    ], x_label="share of population targeted", y_label="lift", y_max=math.ceil(lift_max), legend="tr")
     bins = model.get("reliability") or []
     top_p = max([0.05] + [max(b["mean_predicted"], b["observed"]) for b in bins])
     top_p = min(1.0, math.ceil(top_p * 10) / 10)

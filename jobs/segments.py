@@ -311,6 +311,51 @@ def label_dataset(events_ds, segment: SegmentConfig, as_of: dt.date, config: Job
     return ray.data.from_arrow_refs(refs)
 
 
+def label_column(segment: SegmentConfig) -> str:
+    return f"label__{segment.name}"
+
+
+def _wide_labels_partition(events: pa.Table, segments: Sequence[SegmentConfig], as_of: dt.date) -> pa.Table:
+    per_segment = {}
+    for segment in segments:
+        start, end = label_scan_bounds(segment, as_of)
+        ts = events.column("ts")
+        rows = events.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, type=ts.type)), pc.less(ts, pa.scalar(end, type=ts.type))))
+        per_segment[label_column(segment)] = set(labels_from_events(rows, segment, as_of).column("persona_id").to_pylist())
+    ids = pa.array(sorted(set().union(*per_segment.values())) if per_segment else [], pa.string())
+    columns = {"persona_id": ids}
+    for name, positives in per_segment.items():
+        columns[name] = pc.is_in(ids, value_set=pa.array(sorted(positives), pa.string())).cast(pa.int64())
+    return pa.table(columns)
+
+
+def labels_wide_dataset(events_ds, segments: Sequence[SegmentConfig], as_of: dt.date, config: JobConfig):
+    """Labels of several segments in one shuffle: (persona_id, label__<segment>... int64 0/1).
+
+    One row per persona that is positive in at least one segment; the same definitions as
+    `label_dataset` (each segment reads only its own window and event types).
+    """
+    import ray
+    import ray.data
+
+    from jobs.shuffle import hash_partition, map_partitions
+
+    for segment in segments:
+        check_segment(segment)
+    start = min(label_scan_bounds(s, as_of)[0] for s in segments)
+    end = max(label_scan_bounds(s, as_of)[1] for s in segments)
+    types = sorted({t for s in segments for t in event_types_needed(s)})
+    selected = events_ds.map_batches(
+        select_window, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs={"start": start, "end": end, "event_types": types}
+    )
+    blocks = selected.to_arrow_refs()
+    if not blocks:
+        empty = {"persona_id": pa.array([], pa.string())} | {label_column(s): pa.array([], pa.int64()) for s in segments}
+        return ray.data.from_arrow(pa.table(empty))
+    partitions = hash_partition(blocks, ["persona_id"], config.ray.num_partitions)
+    return ray.data.from_arrow_refs(map_partitions(_wide_labels_partition, partitions, list(segments), as_of))
+
+
 def labels_table(events: pa.Table, segment: SegmentConfig, as_of: dt.date) -> pa.Table:
     """Single-process labels of a small in-memory events table (tests, notebooks): same definition."""
     check_segment(segment)

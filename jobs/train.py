@@ -10,9 +10,10 @@ For every configured segment (`jobs.segments` holds the definitions):
 2. **Data** (Ray Data, nothing collected on the driver): the feature snapshot at each cut-off
    (`features.compute.compute_features`, computed once per date and shared by all segments, with the
    feature category slots pinned to the run's features/ table so a model means the same columns at
-   training, evaluation and scoring), left-joined with the segment's positives (`Dataset.join`,
-   `config.ray.num_partitions` partitions), restricted to the eligible population
-   (`jobs.segments.eligible_mask`) and split into train / validation by a seeded hash of persona_id.
+   training, evaluation and scoring), left-joined with every trained segment's labels (one label
+   shuffle and one `Dataset.join` with `config.ray.num_partitions` partitions per cut-off), then per
+   segment restricted to the eligible population (`jobs.segments.eligible_mask`) and split into train /
+   validation by a seeded hash of persona_id.
 3. **Gates**: fewer than `training.min_positives` positives or `min_negatives` negatives in the
    training snapshot: the segment is written as `status: "skipped"` with the reason; the run goes on.
 4. **Ray Train** (`XGBoostTrainer`, Train V2): the driver only builds `ScalingConfig` /
@@ -23,8 +24,9 @@ For every configured segment (`jobs.segments` holds the definitions):
    checkpoint after a worker failure), then trains the shuffled-label alarm model on the same shard with
    permuted labels, and reports both models in one final checkpoint.
 5. **Evaluation** out of time (`jobs.report`): ROC-AUC, PR-AUC, base rate, lift / capture at top 1/5/10/20%,
-   Brier + reliability bins of the prior-corrected probability (the weighting by `scale_pos_weight` is
-   undone in the model's base_score, so the saved model predicts calibrated probabilities), gain
+   Brier + reliability bins of the calibrated probability (the odds inflation of `scale_pos_weight` is
+   undone by a base-margin shift fitted on the validation split, so the saved model predicts
+   probabilities; `calibrated`), gain
    importance, an RFM logistic-regression baseline, the shuffled-label alarm and the single-feature
    leakage alarm. Metric rows are a hash sample of at most `training.max_metric_rows` evaluation rows.
 
@@ -127,20 +129,21 @@ def prepare_batch(
     categories: Sequence[str] | None,
     validation_share: float,
     seed: int,
+    label: str = LABEL,
 ) -> pa.Table:
-    """Eligible rows only; label 0/1 (absent = 0); validation flag and sample key from the persona hash."""
+    """Eligible rows only; `label` as 0/1 (absent = 0); validation flag and sample key from the persona hash."""
     missing = [n for n in feature_names if n not in batch.column_names]
     if missing:
         raise ValueError(f"the feature table lacks {len(missing)} catalogue columns, e.g. {missing[:5]}")
     mask = seglib.eligible_mask(segment, batch, categories)
     batch = batch.filter(pa.array(mask, pa.bool_()))
-    if LABEL in batch.column_names:
-        label = pc.fill_null(batch.column(LABEL).cast(pa.int64()), 0)
+    if label in batch.column_names:
+        y = pc.fill_null(batch.column(label).cast(pa.int64()), 0)
     else:
-        label = pa.array(np.zeros(batch.num_rows, dtype=np.int64))
+        y = pa.array(np.zeros(batch.num_rows, dtype=np.int64))
     ids = batch.column("persona_id")
     columns = {name: batch.column(name) for name in feature_names}
-    columns[LABEL] = label
+    columns[LABEL] = y
     columns[VALID] = pa.array(hash_uniform(ids, seed) < validation_share, pa.bool_())
     columns[SAMPLE] = pa.array(hash_uniform(ids, seed + 1), pa.float64())
     return pa.table(columns)
@@ -192,8 +195,10 @@ def _booster(model: bytes):
 
 
 def score_batch(batch: pa.Table, models: dict[str, bytes], feature_names: Sequence[str], keep: Sequence[str],
-                share: float) -> pa.Table:
-    """Scores of every model for a sample of evaluation rows, with the label and the columns in `keep`."""
+                share: float, margin: bool = False, valid_only: bool = False) -> pa.Table:
+    """Scores (or margins) of every model for a sample of rows, with the label and the columns in `keep`."""
+    if valid_only:
+        batch = batch.filter(batch.column(VALID))
     if share < 1.0:
         batch = batch.filter(pc.less(batch.column(SAMPLE), share))
     out = {LABEL: batch.column(LABEL)}
@@ -202,7 +207,8 @@ def score_batch(batch: pa.Table, models: dict[str, bytes], feature_names: Sequen
     if batch.num_rows:
         X = feature_matrix(batch, feature_names)
         for name, model in models.items():
-            out[name] = pa.array(_booster(model).inplace_predict(X).astype(np.float64))
+            kind = "margin" if margin else "value"
+            out[name] = pa.array(_booster(model).inplace_predict(X, predict_type=kind).astype(np.float64))
     else:
         for name in models:
             out[name] = pa.array([], pa.float64())
@@ -214,14 +220,27 @@ def score_batch(batch: pa.Table, models: dict[str, bytes], feature_names: Sequen
 
 
 def _shard_batches(shard, feature_names: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    batches = []
+    """The worker's shard as (features, label) batches, in a fixed row order.
+
+    Ray Data hands blocks over in whatever order they finish; rows are put in the order of their
+    persona hash (the `_u` column) so that the same data gives the same model (subsampling draws by row
+    position). With several workers the split between them still varies from run to run.
+    """
+    matrices, labels, keys = [], [], []
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         if batch.num_rows:
-            y = batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
-            batches.append((feature_matrix(batch, feature_names), y))
-    if not batches:  # an empty shard still takes part in the collective steps
-        batches.append((np.empty((0, len(feature_names)), np.float32), np.empty(0, np.float32)))
-    return batches
+            matrices.append(feature_matrix(batch, feature_names))
+            labels.append(batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32))
+            keys.append(batch.column(SAMPLE).to_numpy(zero_copy_only=False) if SAMPLE in batch.column_names
+                        else np.zeros(batch.num_rows))
+    if not matrices:  # an empty shard still takes part in the collective steps
+        return [(np.empty((0, len(feature_names)), np.float32), np.empty(0, np.float32))]
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    X = np.concatenate(matrices)
+    del matrices
+    X = X[order]
+    y = np.concatenate(labels)[order]
+    return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
 def _quantile_dmatrix(batches, feature_names, feature_types, nthread: int, max_bin: int, ref=None):
@@ -414,36 +433,77 @@ def fit_booster(
     return models, final
 
 
-def prior_corrected(model: bytes, scale_pos_weight: float) -> tuple[bytes, bool]:
-    """Undo `scale_pos_weight` in the model's base_score, so predictions are calibrated probabilities.
+def shift_margin(model: bytes, shift: float) -> bytes | None:
+    """The model with `shift` added to every output margin (through its base_score), or None.
 
-    Training with positive weight w multiplies the odds by w; shifting the base margin by -log(w)
-    divides them back. Checked on random inputs; the original model is kept if the format differs.
+    The result is checked on random inputs against the original margins; None when the model format
+    is not what this expects (the caller keeps the original model then).
     """
     import xgboost
 
-    if not scale_pos_weight or abs(scale_pos_weight - 1.0) < 1e-12:
-        return model, True
     try:
         doc = json.loads(model)
         param = doc["learner"]["learner_model_param"]
-        base = float(str(param["base_score"]).strip("[]"))
-        shift = math.log(scale_pos_weight)
-        new = 1.0 / (1.0 + math.exp(-(math.log(base / (1.0 - base)) - shift)))
-        param["base_score"] = f"[{new:.9E}]" if str(param["base_score"]).startswith("[") else f"{new:.9E}"
-        corrected = json.dumps(doc).encode()
+        raw = str(param["base_score"])
+        base = float(raw.strip("[]"))
+        new = 1.0 / (1.0 + math.exp(-(math.log(base / (1.0 - base)) + shift)))
+        param["base_score"] = f"[{new:.9E}]" if raw.startswith("[") else f"{new:.9E}"
+        shifted = json.dumps(doc).encode()
         before, after = xgboost.Booster(), xgboost.Booster()
         before.load_model(bytearray(model))
-        after.load_model(bytearray(corrected))
-        n = before.num_features()
-        X = np.random.default_rng(0).normal(size=(64, n)).astype(np.float32)
-        margin = before.inplace_predict(X, predict_type="margin")
-        expect = 1.0 / (1.0 + np.exp(-(margin - shift)))
-        if np.allclose(after.inplace_predict(X), expect, atol=1e-5):
-            return corrected, True
+        after.load_model(bytearray(shifted))
+        X = np.random.default_rng(0).normal(size=(64, before.num_features())).astype(np.float32)
+        expect = before.inplace_predict(X, predict_type="margin") + shift
+        if np.allclose(after.inplace_predict(X, predict_type="margin"), expect, atol=1e-4):
+            return shifted
     except Exception:  # noqa: BLE001 - any surprise in the format: keep the model as trained
-        log.warning("could not prior-correct the model's base_score; probabilities stay weighted")
-    return model, False
+        pass
+    log.warning("could not shift the model's base margin; probabilities stay as trained")
+    return None
+
+
+def prior_corrected(model: bytes, scale_pos_weight: float) -> tuple[bytes, bool]:
+    """Undo `scale_pos_weight` in the base margin: training with positive weight w multiplies the
+    odds by w, a margin shift of -log(w) divides them back (exact only for a converged model)."""
+    if not scale_pos_weight or abs(scale_pos_weight - 1.0) < 1e-12:
+        return model, True
+    shifted = shift_margin(model, -math.log(scale_pos_weight))
+    return (shifted, True) if shifted is not None else (model, False)
+
+
+def fit_intercept(margins: np.ndarray, y: np.ndarray) -> float:
+    """The shift c with mean(sigmoid(margin + c)) == mean(y): intercept-only recalibration."""
+    margins = np.asarray(margins, dtype=np.float64)
+    target = float(np.mean(y))
+    lo, hi = -50.0, 50.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if np.mean(1.0 / (1.0 + np.exp(-(margins + mid)))) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-9:
+            break
+    return (lo + hi) / 2
+
+
+def calibrated(model: bytes, valid_margins: np.ndarray, valid_y: np.ndarray, scale_pos_weight: float) -> tuple[bytes, dict]:
+    """The model whose probabilities match the validation split's positive rate (base margin shifted).
+
+    `scale_pos_weight` buys recall of the rare class during training but inflates the odds; an early
+    stopped model has not converged, so the exact prior correction (-log w) is off for rare segments.
+    The shift is therefore fitted on the validation split (never on the evaluation cut-off); the prior
+    correction is the fallback when the split has one class only. Ranking is unchanged either way.
+    """
+    if 0 < int(np.sum(valid_y)) < len(valid_y):
+        shift = fit_intercept(valid_margins, valid_y)
+        shifted = shift_margin(model, shift)
+        if shifted is not None:
+            return shifted, {"method": "base margin shift fitted on the validation split", "shift": shift}
+    corrected, ok = prior_corrected(model, scale_pos_weight)
+    if ok:
+        return corrected, {"method": "prior correction -log(scale_pos_weight)", "shift": -math.log(scale_pos_weight or 1.0)}
+    return model, {"method": "none: weighted probabilities (scale_pos_weight not undone)", "shift": 0.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,19 +561,19 @@ class _Context:
     categories: list[str] | None
     input_id: str | None
     features_fn: Callable
+    segments: list[SegmentConfig]
     snapshots: dict[dt.date, Any]
-    windows: dict[dt.date, Any]
+    joined: dict[dt.date, Any]
 
-    def label_events(self, as_of: dt.date):
-        """Events that any configured segment's labels at `as_of` can read, materialized once per date."""
-        if as_of not in self.windows:
-            start = min(seglib.label_scan_bounds(s, as_of)[0] for s in self.config.segments)
-            end = max(seglib.label_scan_bounds(s, as_of)[1] for s in self.config.segments)
-            types = sorted({t for s in self.config.segments for t in seglib.event_types_needed(s)})
-            self.windows[as_of] = self.events.map_batches(
-                seglib.select_window, batch_format="pyarrow", fn_kwargs={"start": start, "end": end, "event_types": types}
+    def labelled(self, as_of: dt.date):
+        """The feature snapshot at `as_of` left-joined with every segment's labels (one shuffle, one join)."""
+        if as_of not in self.joined:
+            labels = seglib.labels_wide_dataset(self.events, self.segments, as_of, self.config)
+            self.joined[as_of] = self.features_at(as_of).join(
+                labels, join_type="left_outer", num_partitions=self.config.ray.num_partitions, on=("persona_id",)
             ).materialize()
-        return self.windows[as_of]
+            self.snapshots.pop(as_of, None)  # the joined table holds the features now
+        return self.joined[as_of]
 
     def features_at(self, as_of: dt.date):
         if as_of not in self.snapshots:
@@ -531,13 +591,10 @@ def _segment_hash(config: JobConfig, segment: SegmentConfig, categories: Sequenc
 def _prepared(ctx: _Context, segment: SegmentConfig, as_of: dt.date):
     """Eligible rows of the snapshot at `as_of` with labels, validation flag and sample key (materialized)."""
     t = ctx.config.training
-    labels = seglib.label_dataset(ctx.label_events(as_of), segment, as_of, ctx.config)
-    joined = ctx.features_at(as_of).join(labels, join_type="left_outer", num_partitions=ctx.config.ray.num_partitions,
-                                         on=("persona_id",))
-    prepared = joined.map_batches(
+    prepared = ctx.labelled(as_of).map_batches(
         prepare_batch, batch_format="pyarrow", zero_copy_batch=True,
         fn_kwargs={"segment": segment, "feature_names": ctx.feature_names, "categories": ctx.categories,
-                   "validation_share": t.validation_share, "seed": t.seed},
+                   "validation_share": t.validation_share, "seed": t.seed, "label": seglib.label_column(segment)},
     ).materialize()
     stats = prepared.map_batches(block_stats, batch_format="pyarrow", batch_size=None).to_pandas()
     sizes = {k: int(stats[k].sum()) if len(stats) else 0 for k in ("rows", "positives", "valid_rows", "valid_positives")}
@@ -568,6 +625,15 @@ def train_segment(ctx: _Context, segment: SegmentConfig, cut: Cutoffs) -> dict[s
             "feature_categories": ctx.categories, "input_write_id": ctx.input_id}
     io.delete(io.join(out, CARD_FILE), config.storage)  # the folder is in flux until the card is back
 
+    if segment.kind in ("category_virgins", "category_lovers") and seglib.category_slot(segment, ctx.categories or []) is None:
+        reason = (f"category {segment.category!r} has no feature slot in this run's feature categories "
+                  f"{ctx.categories}: pin it in features.categories")
+        metrics = {**base, "status": "skipped", "reason": reason, "sizes": {}, "alarms": [],
+                   "seconds": round(time.perf_counter() - started, 3)}
+        _write_outputs(ctx, out, metrics, None, card | {"status": "skipped", "reason": reason})
+        log.warning("train: %s skipped: %s", segment.name, reason)
+        return metrics
+
     train_prepared, train_sizes = _prepared(ctx, segment, cut.train_as_of)
     negatives = train_sizes["rows"] - train_sizes["positives"]
     sizes = {"train_rows": train_sizes["rows"] - train_sizes["valid_rows"],
@@ -587,7 +653,7 @@ def train_segment(ctx: _Context, segment: SegmentConfig, cut: Cutoffs) -> dict[s
         log.warning("train: %s skipped: %s", segment.name, metrics["reason"])
         return metrics
 
-    columns = ctx.feature_names + [LABEL]
+    columns = ctx.feature_names + [LABEL, SAMPLE]
     train_ds = train_prepared.map_batches(select_split, batch_format="pyarrow", fn_kwargs={"valid": False, "columns": columns})
     valid_ds = train_prepared.map_batches(select_split, batch_format="pyarrow", fn_kwargs={"valid": True, "columns": columns})
     spw = sizes["train_rows"] - sizes["train_positives"]
@@ -599,7 +665,10 @@ def train_segment(ctx: _Context, segment: SegmentConfig, cut: Cutoffs) -> dict[s
         scale_pos_weight=spw, storage_path=ctx.layout.path("models", TRAIN_DIR), name=run_name,
     )
     fit_seconds = time.perf_counter() - fit_started
-    model, corrected = prior_corrected(models[MODEL_FILE], spw)
+    valid_share = min(1.0, t.max_metric_rows / max(1, sizes["valid_rows"]))
+    valid = _collect(train_prepared, score_batch, models={"margin": models[MODEL_FILE]}, feature_names=ctx.feature_names,
+                     keep=[], share=valid_share, margin=True, valid_only=True)
+    model, calibration = calibrated(models[MODEL_FILE], valid["margin"], valid[LABEL], spw)
 
     # Out of time: the snapshot at eval_as_of, labels after it, scored by the model, its shuffled twin
     # and the RFM baseline fitted on (a sample of) the training snapshot.
@@ -654,14 +723,14 @@ def train_segment(ctx: _Context, segment: SegmentConfig, cut: Cutoffs) -> dict[s
         **base, "status": "trained", "reason": None, "sizes": sizes, "model": model_metrics, "rfm_baseline": rfm_metrics,
         "model_beats_rfm": bool(beats), "shuffled_label": shuffled, "leakage": leakage, "importance": importance[:30],
         "alarms": alarms,
-        "training": {**final, "scale_pos_weight": spw, "prior_corrected": corrected, "params": dict(t.params),
+        "training": {**final, "scale_pos_weight": spw, "calibration": calibration, "params": dict(t.params),
                      "num_boost_round": t.num_boost_round, "early_stopping_rounds": t.early_stopping_rounds,
                      "num_workers": t.num_workers, "cpus_per_worker": t.cpus_per_worker, "fit_seconds": round(fit_seconds, 3)},
         "seconds": round(time.perf_counter() - started, 3),
     }
     version = hashlib.sha256(model).hexdigest()[:12]
     card |= {"status": "trained", "reason": None, "model_version": version, "scale_pos_weight": spw,
-             "calibration": "prior-corrected" if corrected else "weighted (scale_pos_weight not undone)",
+             "calibration": calibration,
              "roc_auc": model_metrics.get("roc_auc"), "rfm_roc_auc": rfm_metrics.get("roc_auc"), "alarms": alarms}
     _write_outputs(ctx, out, metrics, model, card, importance)
     log.info("train: %s AUC %.3f (RFM %s) in %.1fs", segment.name, model_metrics.get("roc_auc") or float("nan"),
@@ -772,7 +841,7 @@ def train_segments(
         raise ValueError("feature_types must give one type per feature name")
     ctx = _Context(config=config, layout=layout, events=events, feature_names=list(feature_names),
                    feature_types=list(feature_types), categories=list(categories), input_id=input_id,
-                   features_fn=features_fn, snapshots={}, windows={})
+                   features_fn=features_fn, segments=list(segments), snapshots={}, joined={})
     as_of = _data_as_of(config, layout, events)
     results = []
     for segment in segments:

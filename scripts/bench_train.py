@@ -11,7 +11,7 @@ do exactly the same boosting work), same thread count, in the same process and r
                 RayTrainReportCallback checkpoints every report_every rounds) -> model bytes on the driver;
 * ray (+start): the same plus `ray.init` of a local Ray (measured once, added).
 
-    .venv/bin/python scripts/bench_train.py                 # 100k and 1M rows, 100 rounds
+    .venv/bin/python scripts/bench_train.py                 # 100k and 1M rows, training.num_boost_round rounds
     .venv/bin/python scripts/bench_train.py --rows 100000 --rounds 50 --out .bench/train.json
 
 Prints a table and writes JSON (default .bench/bench_train.json). Target: ray (warm) / plain <= 1.5
@@ -78,8 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--cols", type=int, default=110)
-    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: training.num_boost_round)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved plain/Ray pairs per size; the median pair counts")
     parser.add_argument("--out", default=".bench/bench_train.json")
     args = parser.parse_args()
 
@@ -90,6 +91,7 @@ def main() -> None:
 
     nthread = os.cpu_count() or 1
     base = JobConfig()
+    args.rounds = args.rounds or base.training.num_boost_round
     config = base.model_copy(update={"training": base.training.model_copy(
         update={"num_boost_round": args.rounds, "early_stopping_rounds": None, "nthread": nthread})})
     params = {k: v for k, v in config.training.params.items()}
@@ -101,20 +103,24 @@ def main() -> None:
         valid = np.random.default_rng(args.seed + 1).random(rows) < config.training.validation_share
         spw = float((1 - y[~valid]).sum() / max(1.0, y[~valid].sum()))
         params_run = {**params, "scale_pos_weight": spw, "seed": config.training.seed}
-        plain = plain_fit(X, y, valid, names, params_run, args.rounds, nthread)
-        if ray_started is None:
-            import ray
+        pairs = []
+        for _ in range(args.repeat):  # interleaved, so a load swing on a shared machine hits both sides
+            plain = plain_fit(X, y, valid, names, params_run, args.rounds, nthread)
+            if ray_started is None:
+                import ray
 
-            from jobs.raysession import configure_data_context
+                from jobs.raysession import configure_data_context
 
-            t0 = time.perf_counter()
-            ray.init(include_dashboard=False, log_to_driver=False)
-            configure_data_context()
-            ray_started = time.perf_counter() - t0
-        warm = ray_fit(X, y, valid, names, config, args.rounds, spw)
-        row = {"rows": rows, "cols": args.cols, "rounds": args.rounds, "nthread": nthread,
+                t0 = time.perf_counter()
+                ray.init(include_dashboard=False, log_to_driver=False)
+                configure_data_context()
+                ray_started = time.perf_counter() - t0
+            pairs.append((plain, ray_fit(X, y, valid, names, config, args.rounds, spw)))
+        plain, warm = sorted(pairs, key=lambda p: p[1] / p[0])[len(pairs) // 2]  # the median pair
+        row = {"rows": rows, "cols": args.cols, "rounds": args.rounds, "nthread": nthread, "repeat": args.repeat,
                "plain_s": round(plain, 2), "ray_warm_s": round(warm, 2), "ray_startup_s": round(ray_started, 2),
-               "ratio_warm": round(warm / plain, 3), "ratio_with_startup": round((warm + ray_started) / plain, 3)}
+               "ratio_warm": round(warm / plain, 3), "ratio_with_startup": round((warm + ray_started) / plain, 3),
+               "pairs": [[round(a, 2), round(b, 2)] for a, b in pairs]}
         results.append(row)
         print(json.dumps(row), flush=True)
     import ray

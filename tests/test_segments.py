@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.config import JobConfig, SegmentConfig, load_config
-from jobs.segments import check_segment, eligible_mask, label_dataset, labels_table
+from jobs.segments import check_segment, eligible_mask, label_column, label_dataset, labels_table, labels_wide_dataset
 
 UTC = dt.timezone.utc
 AS_OF = dt.date(2026, 3, 1)
@@ -196,11 +196,16 @@ def test_label_dataset_on_ray_matches_the_local_definition(ray_cluster):
                            order=f"o{i}-{k}"))
     events = table(rows)
     config = JobConfig(ray={"num_partitions": 3})
-    for segment in (SegmentConfig(name="b", kind="ecommerce_buyers"), SegmentConfig(name="h", kind="price_hunters"),
-                    SegmentConfig(name="c", kind="high_interest", category="home")):
+    segments = (SegmentConfig(name="b", kind="ecommerce_buyers"), SegmentConfig(name="h", kind="price_hunters"),
+                SegmentConfig(name="c", kind="high_interest", category="home", horizon_days=10))
+    wide = pa.concat_tables(ray.get(labels_wide_dataset(ray.data.from_arrow(events), segments, AS_OF, config).to_arrow_refs()))
+    for segment in segments:
         local = labels_table(events, segment, AS_OF)
         assert local.num_rows > 0
+        expected = sorted(local.column("persona_id").to_pylist())
         distributed = label_dataset(ray.data.from_arrow(events), segment, AS_OF, config).to_arrow_refs()
         got = pa.concat_tables(ray.get(distributed))
-        assert sorted(got.column("persona_id").to_pylist()) == sorted(local.column("persona_id").to_pylist())
+        assert sorted(got.column("persona_id").to_pylist()) == expected
         assert set(got.column("label").to_pylist()) == {1}
+        flags = np.asarray(wide.column(label_column(segment)).to_pylist(), dtype=bool)
+        assert sorted(np.asarray(wide.column("persona_id").to_pylist())[flags].tolist()) == expected

@@ -18,7 +18,7 @@ import pytest
 from jobs import io
 from jobs.config import JobConfig, SegmentConfig
 from jobs.errors import UserError
-from jobs.train import hash_uniform, prior_corrected, resolve_cutoffs, run_train, train_segments
+from jobs.train import calibrated, fit_intercept, hash_uniform, prior_corrected, resolve_cutoffs, run_train, train_segments
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 1, 1, tzinfo=UTC)
@@ -176,14 +176,14 @@ def test_train_writes_models_reports_and_skips_thin_segments(ray_cluster, tmp_pa
         assert sizes["train_rows"] > 0 and sizes["valid_rows"] > 0 and sizes["eval_rows"] > 0
         assert set(m["model"]["lift"]) == {"1%", "5%", "10%", "20%"}
         assert m["model"]["reliability"] and m["model"]["brier"] is not None
-        assert m["training"]["prior_corrected"] is True
+        assert m["training"]["calibration"]["method"].startswith("base margin shift fitted on the validation")
         assert m["importance"][0]["feature"] in STAND_IN
 
     buyers = results["buyers"]
     # carts in the last 7 days are the planted signal RFM does not have
     assert buyers["model"]["roc_auc"] > buyers["rfm_baseline"]["roc_auc"]
     assert "carts_7d" in [i["feature"] for i in buyers["importance"][:3]]
-    # prior-corrected probabilities: the mean prediction is near the base rate
+    # calibrated probabilities: the mean prediction is near the base rate
     assert abs(buyers["model"]["mean_predicted"] - buyers["model"]["base_rate"]) < 0.08
     # lovers are trained on past fashion buyers only
     lovers = results["fashion_lovers"]
@@ -246,9 +246,48 @@ def test_prior_correction_keeps_ranking_and_restores_the_base_rate():
     assert before.mean() > 2 * y.mean() and abs(after.mean() - y.mean()) < 0.03
 
 
+def test_intercept_calibration_matches_the_validation_rate():
+    import xgboost
+
+    rng = np.random.default_rng(4)
+    margins = rng.normal(size=5000)
+    y = (rng.random(5000) < 0.03).astype(float)
+    shift = fit_intercept(margins, y)
+    assert np.mean(1 / (1 + np.exp(-(margins + shift)))) == pytest.approx(y.mean(), abs=1e-6)
+    X = rng.normal(size=(3000, 3)).astype(np.float32)
+    yy = (X[:, 0] + rng.normal(size=3000) > 2.2).astype(np.float32)
+    spw = float((1 - yy).sum() / yy.sum())
+    booster = xgboost.train({"objective": "binary:logistic", "scale_pos_weight": spw, "max_depth": 2, "eta": 0.1},
+                            xgboost.DMatrix(X, label=yy), 10)  # far from converged: -log(w) would be off
+    raw = bytes(booster.save_raw("json"))
+    model, info = calibrated(raw, booster.inplace_predict(X, predict_type="margin"), yy, spw)
+    fixed = xgboost.Booster()
+    fixed.load_model(bytearray(model))
+    assert fixed.inplace_predict(X).mean() == pytest.approx(yy.mean(), abs=1e-4)
+    assert info["method"].startswith("base margin shift")
+    _, fallback = calibrated(raw, np.zeros(10), np.zeros(10), spw)
+    assert fallback["method"].startswith("prior correction")
+
+
 def test_run_train_reports_user_errors(tmp_path):
     config = JobConfig(root=str(tmp_path))
     with pytest.raises(UserError, match="not in the config's segments"):
         run_train(config, str(tmp_path / "runs" / "x"), segment="nope")
     with pytest.raises(UserError, match="has not been published"):
         run_train(config, str(tmp_path / "runs" / "x"))
+
+
+def test_train_on_s3_run_folder(ray_cluster, storage, s3_bucket, tmp_path):
+    segment = SegmentConfig(name="buyers", kind="ecommerce_buyers")
+    config = small_config(tmp_path, [segment], shuffled_label_runs=1, num_boost_round=12, report_every=5)
+    config = config.model_copy(update={"storage": storage})
+    run_dir = f"{s3_bucket}/runs/r1"
+    write_events(run_dir, config, make_events(personas=700, seed=3))
+    (m,) = train(config, run_dir)
+    assert m["status"] == "trained"
+    folder = f"{run_dir}/models/buyers"
+    for file in ("model.json", "metrics.json", "importance.json", "report.html", "model_card.json"):
+        assert io.exists(f"{folder}/{file}", storage), file
+    card = io.read_json(f"{folder}/model_card.json", storage)
+    assert card["status"] == "trained" and card["model_version"]
+    assert io.list_files(f"{run_dir}/models/_ray_train", storage) == []  # Ray Train checkpoints cleaned up
