@@ -59,6 +59,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.contract import CONTRACT_SCHEMA
+
 log = logging.getLogger(__name__)
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -68,34 +70,8 @@ ROWS_PER_FILE = 50_000
 MAX_SLOTS = 5  # partners per person
 MAX_DEVICES = 3
 
-SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("partner_id", pa.string()),
-        ("event_type", pa.string()),
-        ("session_id", pa.string()),
-        ("device_id", pa.string()),
-        ("email", pa.string()),
-        ("phone", pa.string()),
-        ("customer_id", pa.string()),
-        ("subscriber_id", pa.string()),
-        ("click_token", pa.string()),
-        ("product_id", pa.string()),
-        ("category", pa.string()),
-        ("brand", pa.string()),
-        ("price", pa.float64()),
-        ("quantity", pa.int64()),
-        ("order_id", pa.string()),
-        ("currency", pa.string()),
-        ("country", pa.string()),
-        ("city", pa.string()),
-        ("payment_method", pa.string()),
-        ("device_type", pa.string()),
-        ("traffic_source", pa.string()),
-        ("true_person_id", pa.string()),
-    ]
-)
+# The input contract plus the ground truth that only evaluation may read.
+SCHEMA = CONTRACT_SCHEMA.append(pa.field("true_person_id", pa.string()))
 
 EVENT_TYPES = ["page_view", "product_view", "add_to_cart", "purchase", "login", "subscribe", "message_sent", "message_click"]
 PAGE_VIEW, PRODUCT_VIEW, ADD_TO_CART, PURCHASE, LOGIN, SUBSCRIBE, MESSAGE_SENT, MESSAGE_CLICK = range(8)
