@@ -317,8 +317,9 @@ def segment_section(metrics: Mapping[str, Any]) -> str:
     leakage = metrics.get("leakage") or {}
     alarms = []
     alarms.append(
-        f'<li class="{"alarm" if shuffled.get("alarm") else "ok"}">shuffled-label model: out-of-time AUC '
-        f'{_fmt(shuffled.get("roc_auc"))} (must be 0.5 ± {_fmt(shuffled.get("tolerance"), 3)})</li>')
+        f'<li class="{"alarm" if shuffled.get("alarm") else "ok"}">shuffled-label models: out-of-time AUC '
+        f'{_fmt(shuffled.get("roc_auc"))}, mean of {len(shuffled.get("runs") or [])} runs '
+        f'({", ".join(f"{v:.3f}" for v in shuffled.get("runs") or [])}); must be 0.5 ± {_fmt(shuffled.get("tolerance"), 3)}</li>')
     flagged = leakage.get("flagged") or []
     if flagged:
         listed = ", ".join(f'{html.escape(f["feature"])} ({f["auc"]:.3f})' for f in flagged[:10])
