@@ -30,7 +30,9 @@ DateOpt = Annotated[Optional[dt.datetime], typer.Option("--as-of", formats=["%Y-
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # force: each invocation binds to the current stderr (an embedding caller may swap it between calls)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
     for noisy in ("ray", "botocore", "s3fs", "aiobotocore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
