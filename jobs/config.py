@@ -39,7 +39,6 @@ class RayConfig(Section):
     num_partitions: int = Field(
         8, ge=1, le=4096, description="hash partitions for shuffles (identity, features); scale with data"
     )
-    task_retries: int = Field(3, ge=0, description="Ray task retries on worker failure")
 
 
 class InputConfig(Section):
