@@ -14,7 +14,8 @@ What it does, in one process and one run:
      fresh local Ray, timed with `ray.init` (first execution), on a running Ray (each execution starts its
      actors), and without start-up (marginal rate); plus the whole `score_dataset` (scores + distributed
      percentiles + membership) for reference.
-Baseline and Ray rounds are interleaved (--repeat, best round kept) so both see the same machine. Prints a
+Baseline and Ray rounds are interleaved (--repeat; the best round is reported, every round is listed) so
+both paths see the same machine. Prints a
 JSON report with three ratios, baseline rows/s over Ray rows/s: `ratio_without_startup` (the target: within
 1.5x; the marginal rate (N - n) / (t(N) - t(n)) from executions on N rows and on a small n-row table, so the
 fixed cost of an execution cancels), `ratio_execution` (one execution on a running Ray: actor start, model
@@ -197,8 +198,11 @@ def main() -> None:
             base_s = time.perf_counter() - t
             big_s, out = ray_execution("features")
             small_s, _ = ray_execution("features_small")
+            marginal = (args.rows - small_rows) / max(big_s - small_s, 1e-9)
             rounds.append({"baseline_predict_s": round(base_s, 3), "ray_execution_s": round(big_s, 3),
                            f"ray_execution_{small_rows}_rows_s": round(small_s, 3),
+                           "ratio_without_startup": round((args.rows / base_s) / marginal, 2),
+                           "ratio_execution": round(big_s / base_s, 2),
                            "load_avg_1m": round(os.getloadavg()[0], 2)})
         ids = np.array([int(p[1:]) for p in out.column("persona_id").to_pylist()])
         max_diff = float(np.max(np.abs(out.column("score").to_numpy() - expected[ids].astype(np.float64))))
@@ -211,9 +215,10 @@ def main() -> None:
         resources = ray.cluster_resources()
     assert out.num_rows == args.rows, out.num_rows
 
-    base_s = min(r["baseline_predict_s"] for r in rounds)
-    big_s = min(r["ray_execution_s"] for r in rounds)
-    small_s = min(r[f"ray_execution_{small_rows}_rows_s"] for r in rounds)
+    # the round with the best (lowest) ratio without start-up: its three timings come from the same minute
+    best = min(rounds, key=lambda r: r["ratio_without_startup"])
+    base_s, big_s = best["baseline_predict_s"], best["ray_execution_s"]
+    small_s = best[f"ray_execution_{small_rows}_rows_s"]
     # without start-up: the marginal rate, (N - n) rows over (t(N) - t(n)); the fixed cost of an execution
     # (actor start, model load, first read) cancels out
     marginal = (args.rows - small_rows) / max(big_s - small_s, 1e-9)
@@ -236,10 +241,11 @@ def main() -> None:
         "max_abs_diff_vs_baseline": max_diff,
     }
     report["rounds"] = rounds
-    report["ratio_without_startup"] = round(base_rate / marginal, 2)
+    report["ratio_without_startup_median"] = float(np.median([r["ratio_without_startup"] for r in rounds]))
+    report["ratio_without_startup (best round)"] = round(base_rate / marginal, 2)
     report["ratio_execution"] = round(base_rate / (args.rows / big_s), 2)
     report["ratio_with_startup"] = round(base_rate / (args.rows / (init_s + cold_s)), 2)
-    report["target_within_1_5x (without start-up)"] = report["ratio_without_startup"] <= 1.5
+    report["target_within_1_5x (without start-up, median round)"] = report["ratio_without_startup_median"] <= 1.5
     report["load_avg_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 
