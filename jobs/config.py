@@ -182,12 +182,12 @@ class ScoringConfig(Section):
     membership: Literal["top_percent", "threshold"] = "top_percent"
     top_percent: float = Field(10.0, gt=0, le=100)
     threshold: float = Field(0.5, ge=0, le=1)
-    actors: int = Field(1, ge=1, description="scoring actors (each loads every model once)")
+    actors: int = Field(2, ge=1, description="scoring actors (each loads every model once and reads its own feature files)")
     cpus_per_actor: float = Field(
-        0.5, gt=0, description="CPUs reserved per scoring actor; fractional so read tasks keep a core on small machines"
+        0.5, gt=0, description="CPUs reserved per scoring actor; fractional so the rest of the stage keeps a core on small machines"
     )
     threads_per_actor: int = Field(1, ge=1, description="XGBoost prediction threads in each scoring actor")
-    batch_size: int = Field(8192, ge=1)
+    batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each actor's float32 matrix)")
 
 
 class ExportConfig(Section):

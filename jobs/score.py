@@ -1,14 +1,15 @@
 """Score stage: every eligible persona gets a score, a percentile and a membership flag per trained segment.
 
-    features/ ──map_batches(actor pool: every model loaded once per actor)──▶ (persona, segment, score)
+    features/ ──ReadParquet->map_batches, fused (actor pool: every model loaded once per actor)──▶ (persona, segment, score)
               ──per-block score histograms──▶ groupby(segment, bin): sum, min, max   (Ray Data aggregation)
               ──driver: cumulative counts per segment (small: bins, not scores)──▶ percentile + member
               ──▶ scores/
 
-Scoring runs in a pool of `config.scoring.actors` actors (fractional CPUs, so the read tasks keep a core on
-a 2-core machine); each actor reads model.json once in `__init__`, checks its sha256 against the card's
-model_version, and then predicts batch after batch with `Booster.inplace_predict` on one float32 matrix
-built straight from the Arrow batch.
+Scoring runs in a pool of `config.scoring.actors` actors (fractional CPUs, so the rest of the stage keeps a
+core on a 2-core machine); each actor reads model.json once in `__init__`, checks its sha256 against the
+card's model_version, then reads feature files itself (Ray Data fuses the Parquet read into the actors, see
+`read_features`) and predicts `batch_size` rows at a time with `Booster.inplace_predict` on one float32
+matrix built straight from the Arrow batch.
 
 Percentiles are mid-ranks within a segment (0..100, higher = more likely), computed without collecting scores
 on the driver: each block turns its scores into per-bin rows (count, lowest and highest score), where a bin is
@@ -235,7 +236,9 @@ class Scorer:
         storage: StorageConfig,
         nthread: int = 1,
         eligible_fn: EligibleFn | None = None,
+        batch_size: int | None = None,
     ) -> None:
+        self.batch_size = batch_size
         self.models = []
         for spec in specs:
             raw = io.read_bytes(spec.model_path, storage)
@@ -245,9 +248,13 @@ class Scorer:
             self.models.append((spec, load_booster(raw, nthread)))
         self.eligible_fn = eligible_fn or _default_eligible
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if batch.num_rows == 0 or not self.models:
+    def __call__(self, block: pa.Table) -> pa.Table:
+        if block.num_rows == 0 or not self.models:
             return SCORED_SCHEMA.empty_table()
+        step = self.batch_size or block.num_rows
+        return pa.concat_tables([self.score_batch(block.slice(start, step)) for start in range(0, block.num_rows, step)])
+
+    def score_batch(self, batch: pa.Table) -> pa.Table:
         persona = batch.column("persona_id")
         matrices: dict[tuple[str, ...], np.ndarray] = {}
         out = []
@@ -414,9 +421,10 @@ def scoring_map(features_ds, specs: Sequence[ModelSpec], config: JobConfig, elig
             "storage": config.storage,
             "nthread": scoring.threads_per_actor,
             "eligible_fn": eligible_fn,
+            "batch_size": scoring.batch_size,
         },
         batch_format="pyarrow",
-        batch_size=scoring.batch_size,
+        batch_size=None,
         compute=ActorPoolStrategy(size=scoring.actors),
         num_cpus=scoring.cpus_per_actor,
     )
@@ -445,20 +453,17 @@ def score_dataset(features_ds, specs: Sequence[ModelSpec], config: JobConfig, el
     )
 
 
-TARGET_BLOCK_BYTES = 64 * 1024 * 1024
+def read_features(features_path: str, storage: StorageConfig, scoring: ScoringConfig):
+    """features/ as a Ray Dataset whose read Ray Data fuses into the scoring actors.
 
-
-def read_features(features_path: str, storage: StorageConfig, n_columns: int):
-    """features/ as a Ray Dataset in blocks of about 64 MiB (never fewer than one per file).
-
-    Ray Data's default would cut a wide table into ~200 small blocks; each crosses the object store to an
-    actor, and at 110+ float columns that per-block cost is what the scoring path pays for, not XGBoost.
+    One read task per file, at the actors' CPUs: Ray Data then runs ReadParquet->MapBatches(Scorer) inside
+    the actors, so the wide feature blocks never cross the object store (at 110+ float columns that copy,
+    not XGBoost, was the cost of scoring). A table with fewer files than twice the actors is split so that
+    every actor gets work; its read then runs as separate tasks.
     """
-    marker = io.read_marker(features_path, storage)
     files = io.table_files(features_path, storage)
-    estimated = int(marker.get("rows") or 0) * max(n_columns, 1) * 8
-    blocks = max(len(files), -(-estimated // TARGET_BLOCK_BYTES), 1)
-    return io.read_dataset(features_path, storage, override_num_blocks=blocks)
+    blocks = max(len(files), 2 * scoring.actors)
+    return io.read_dataset(features_path, storage, override_num_blocks=blocks, num_cpus=scoring.cpus_per_actor)
 
 
 def features_as_of(run_dir: str, storage: StorageConfig) -> str:
@@ -518,7 +523,7 @@ def run_score(config: JobConfig, run_dir: str, eligible_fn: EligibleFn | None = 
         log.warning("segment %s skipped: %s", item["segment"], item["reason"])
 
     with ray_session(config.ray):
-        features_ds = read_features(features_path, storage, len(schema.names))
+        features_ds = read_features(features_path, storage, config.scoring)
         rows_in = io.read_marker(features_path, storage).get("rows")
         extra = {
             "as_of": as_of,

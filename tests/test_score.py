@@ -1,4 +1,4 @@
-"""Score stage: actor-pool scoring, distributed percentiles, membership, skipped segments, feature checks.
+"""Score stage: actor-pool scoring (the read fused into the actors), distributed percentiles, membership, skipped segments, feature checks.
 
 The inputs (features/ and models/SEGMENT/) are built here by hand: a small feature table written with
 jobs.io.write_arrow and real XGBoost models trained on it, saved as model.json + model_card.json exactly as
@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scipy.stats import rankdata
 
@@ -257,3 +258,30 @@ def test_percentiles_from_merged_block_histograms():
     assert np.all(np.diff(score.score_bins(values[order])) >= 0)
     top = score.membership(values, pct, ScoringConfig(top_percent=5))
     assert np.sum(top != (exact >= 95)) <= 0.001 * len(values)  # ties at the cut are all in or all out
+
+
+def test_read_is_fused_into_the_scoring_actors(tmp_path, ray_cluster, storage):
+    """A table of >= 2 files per actor: each actor reads its own files (no feature block crosses the object
+    store), scores them `batch_size` rows at a time, and every persona comes out exactly once."""
+    import ray
+
+    from jobs.score import load_model_specs, read_features, scoring_map
+
+    run_dir, features, boosters, _ = build_run(str(tmp_path), storage)
+    features_path = io.join(run_dir, "features")
+    write_id = io.new_write_id()
+    (tmp_path / "runs" / "r1" / "features" / write_id).mkdir()
+    for i, part in enumerate(np.array_split(np.arange(features.num_rows), 5)):
+        pq.write_table(features.take(part), io.join(features_path, write_id, f"part-{i:05d}.parquet"))
+    io.publish_marker(features_path, write_id, storage)
+    config = JobConfig(storage=storage, segments=SEGMENTS[:1], scoring=ScoringConfig(actors=2, batch_size=50))
+    specs, _ = load_model_specs(config, run_dir, FEATURES)
+
+    scored_ds = scoring_map(read_features(features_path, storage, config.scoring), specs, config)
+    scored = pa.concat_tables(ray.get(scored_ds.to_arrow_refs())).to_pandas().set_index("persona_id")
+
+    assert "ReadParquet->MapBatches(Scorer)" in scored_ds.stats()
+    ids = features.column("persona_id").to_pylist()
+    assert sorted(scored.index) == sorted(ids)
+    np.testing.assert_allclose(scored.loc[ids, "score"].to_numpy(), reference_scores(boosters["seg_a"], features),
+                               rtol=1e-6)
