@@ -1,7 +1,7 @@
 """Score stage: every eligible persona gets a score, a percentile and a membership flag per trained segment.
 
     features/ ──ReadParquet->map_batches, fused (actor pool: every model loaded once per actor)──▶ (persona, segment, score)
-              ──per-block score histograms──▶ groupby(segment, bin): sum, min, max   (Ray Data aggregation)
+              ──per-block score histograms──▶ tree of Ray tasks merging them: sum, min, max per (segment, bin)
               ──driver: cumulative counts per segment (small: bins, not scores)──▶ percentile + member
               ──▶ scores/
 
@@ -14,8 +14,8 @@ matrix built straight from the Arrow batch.
 Percentiles are mid-ranks within a segment (0..100, higher = more likely), computed without collecting scores
 on the driver: each block turns its scores into per-bin rows (count, lowest and highest score), where a bin is
 the top 26 bits of the score's order-preserving bit pattern (sign, exponent and 14 mantissa bits: a relative
-width of 2^-14, so bins follow the scores wherever they crowd, as log-scale bins would); a Ray Data groupby
-on (segment, bin) sums the counts and keeps the min / max; the driver turns that (one row per occupied bin,
+width of 2^-14, so bins follow the scores wherever they crowd, as log-scale bins would); a tree of Ray tasks
+merges them per (segment, bin), summing the counts and keeping the min / max; the driver turns that (one row per occupied bin,
 not per persona) into cumulative counts per segment; a last map places each score inside its bin by linear
 interpolation between the bin's lowest and highest score. Ties (all scores of a bin equal, common with tree
 models) get their exact mid-rank; otherwise the error is at most the share of one bin's rows.
@@ -330,7 +330,7 @@ def _bin_counts(batch: pa.Table) -> pa.Table:
 
 
 def merge_histograms(partials: pa.Table) -> pa.Table:
-    """Reduce side, in memory (tests, small inputs): sum counts, min lo, max hi per (segment, bin)."""
+    """Reduce side: sum counts, min lo, max hi per (segment, bin)."""
     merged = partials.group_by(["segment", "bin"]).aggregate([("count", "sum"), ("lo", "min"), ("hi", "max")])
     return merged.select(["segment", "bin", "count_sum", "lo_min", "hi_max"]).rename_columns(_HIST_SCHEMA.names)
 
@@ -430,20 +430,39 @@ def scoring_map(features_ds, specs: Sequence[ModelSpec], config: JobConfig, elig
     )
 
 
+HISTOGRAM_FAN_IN = 8
+
+
+def _merge_partials(*partials: pa.Table) -> pa.Table:
+    return merge_histograms(pa.concat_tables(partials))
+
+
+def score_histogram(scored_ds) -> pa.Table:
+    """The merged (segment, bin) histogram of every score: each block's partial histogram, then a tree of
+    Ray tasks merging HISTOGRAM_FAN_IN of them at a time.
+
+    A merged histogram has at most one row per occupied bin (2^26 per segment at the very most, ~1e5 in
+    practice), whatever the persona count, so every merge and the result stay small; the driver holds
+    only references until the last one. (A Ray Data groupby does the same with aggregator actors, whose
+    start-up cost more than the whole merge.)
+    """
+    import ray
+
+    merge = ray.remote(_merge_partials).options(num_cpus=0.5)
+    partials = scored_ds.map_batches(_bin_counts, batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    if not partials:
+        return _HIST_SCHEMA.empty_table()
+    while len(partials) > 1:
+        partials = [merge.remote(*partials[i:i + HISTOGRAM_FAN_IN]) for i in range(0, len(partials), HISTOGRAM_FAN_IN)]
+    return merge_histograms(ray.get(partials[0]))
+
+
 def score_dataset(features_ds, specs: Sequence[ModelSpec], config: JobConfig, eligible_fn: EligibleFn | None = None):
     """Scores with percentiles and membership, as a Ray Dataset (SCORES_SCHEMA); the pure core of the stage."""
     import ray
 
     scored = scoring_map(features_ds, specs, config, eligible_fn).materialize()
-    from ray.data.aggregate import Max, Min, Sum
-
-    histogram = (
-        scored.map_batches(_bin_counts, batch_format="pyarrow", batch_size=None)
-        .groupby(["segment", "bin"], num_partitions=config.ray.num_partitions)
-        .aggregate(Sum("count", alias_name="count"), Min("lo", alias_name="lo"), Max("hi", alias_name="hi"))
-    )
-    tables = [t for t in ray.get(histogram.to_arrow_refs()) if t.num_rows]
-    lookup = percentile_lookup(pa.concat_tables(tables) if tables else _HIST_SCHEMA.empty_table())
+    lookup = percentile_lookup(score_histogram(scored))
     lookup_ref = ray.put(lookup)
     return scored.map_batches(
         _assign,
