@@ -434,7 +434,8 @@ HISTOGRAM_FAN_IN = 8
 
 
 def _merge_partials(*partials: pa.Table) -> pa.Table:
-    return merge_histograms(pa.concat_tables(partials))
+    rows = [p for p in partials if p.num_rows]  # an empty block may come back without columns
+    return merge_histograms(pa.concat_tables(rows)) if rows else _HIST_SCHEMA.empty_table()
 
 
 def score_histogram(scored_ds) -> pa.Table:
@@ -450,11 +451,9 @@ def score_histogram(scored_ds) -> pa.Table:
 
     merge = ray.remote(_merge_partials).options(num_cpus=0.5)
     partials = scored_ds.map_batches(_bin_counts, batch_format="pyarrow", batch_size=None).to_arrow_refs()
-    if not partials:
-        return _HIST_SCHEMA.empty_table()
     while len(partials) > 1:
         partials = [merge.remote(*partials[i:i + HISTOGRAM_FAN_IN]) for i in range(0, len(partials), HISTOGRAM_FAN_IN)]
-    return merge_histograms(ray.get(partials[0]))
+    return _merge_partials(*ray.get(partials))
 
 
 def score_dataset(features_ds, specs: Sequence[ModelSpec], config: JobConfig, eligible_fn: EligibleFn | None = None):

@@ -285,3 +285,19 @@ def test_read_is_fused_into_the_scoring_actors(tmp_path, ray_cluster, storage):
     assert sorted(scored.index) == sorted(ids)
     np.testing.assert_allclose(scored.loc[ids, "score"].to_numpy(), reference_scores(boosters["seg_a"], features),
                                rtol=1e-6)
+
+
+def test_histogram_tree_merge_over_many_blocks(ray_cluster):
+    """20 blocks: two levels of merge tasks; the result equals one in-memory merge of every score."""
+    import ray
+
+    from jobs import score
+
+    rng = np.random.default_rng(8)
+    blocks = [pa.table({"segment": rng.choice(["a", "b"], 400).tolist(), "score": rng.beta(0.5, 4, 400)})
+              for _ in range(20)]
+    merged = score.score_histogram(ray.data.from_arrow(blocks))
+    expected = score.merge_histograms(score._bin_counts(pa.concat_tables(blocks)))
+    assert merged.sort_by([("segment", "ascending"), ("bin", "ascending")]).equals(
+        expected.sort_by([("segment", "ascending"), ("bin", "ascending")]))
+    assert score.score_histogram(ray.data.from_arrow([blocks[0].slice(0, 0)])).num_rows == 0
