@@ -142,9 +142,7 @@ def oracle_distributed(blocks: list, config: JobConfig, truth_column: str) -> di
     import ray
 
     from jobs.resolve import _t_slim_truth, blocklists, resolve_identity
-    from jobs.shuffle import hash_partition
-
-    from jobs.identity.exchange import map_exchange
+    from jobs.shuffle import hash_partition, map_exchange
 
     P = config.ray.num_partitions
     bl_e, bl_p = blocklists(config.identity)

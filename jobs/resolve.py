@@ -18,7 +18,7 @@ Click tokens are weak links: a first components pass runs without them, tokens t
 personas are audited (`forwarded_click`), then the final pass includes the rest. The ids of audited
 identifiers (a small set: junk, not the edges) are handed to the session partitions as task arguments.
 Every exchange is one wave of map tasks that hash-split their own outputs plus one concat wave
-(`jobs.identity.exchange`); the largest object on a worker is one partition.
+(`jobs.shuffle.map_exchange`); the largest object on a worker is one partition.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def resolve_identity(slim_parts: list, config: JobConfig, num_partitions: int, t
     event->persona refs. Every step is one wave of tasks that also hash-split its outputs."""
     import ray
 
-    from jobs.identity.exchange import map_exchange
+    from jobs.shuffle import map_exchange
 
     ident, P = config.identity, num_partitions
     size_audit_t = _remote(with_size_cap_audit)
@@ -337,7 +337,7 @@ def _publish(refs: list, table: str, schema: pa.Schema, layout: io.RunLayout, co
 def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.RunLayout) -> dict[str, Any]:
     import ray
 
-    from jobs.identity.exchange import map_exchange
+    from jobs.shuffle import map_exchange
 
     P = config.ray.num_partitions
     started = time.perf_counter()

@@ -2,9 +2,10 @@
 
 Ray Data's groupby calls Python once per group, which is far too slow for millions of personas; what
 the stages need instead is "all rows with the same key in one partition, then one vectorised function
-per partition". `hash_partition` does exactly that with two waves of Ray tasks (split, then concat).
-The driver only holds object references; the largest object on a worker is one partition, whose size
-is set by `num_partitions`, not by the data.
+per partition". `map_exchange` runs a function as Ray tasks that hash-split their own outputs, then one
+concat task per partition gathers them; `hash_partition` is the exchange of blocks as they are. The
+driver only holds object references; the largest object on a worker is one partition, whose size is set
+by `num_partitions`, not by the data.
 """
 
 from __future__ import annotations
@@ -49,10 +50,7 @@ def split_by_hash(table: pa.Table, keys: Sequence[str], num_partitions: int) -> 
     return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(num_partitions)]
 
 
-@ray.remote
-def _split(table: pa.Table, keys: Sequence[str], num_partitions: int):
-    parts = split_by_hash(table, keys, num_partitions)
-    return tuple(parts) if num_partitions > 1 else parts[0]
+Keys = Sequence[str] | None
 
 
 @ray.remote
@@ -61,14 +59,65 @@ def _concat(*parts: pa.Table) -> pa.Table:
     return pa.concat_tables(non_empty, promote_options="permissive").combine_chunks()
 
 
+def _flatten(outs, specs: Sequence[Keys], num_partitions: int) -> tuple:
+    if len(specs) == 1:
+        outs = (outs,)
+    flat: list = []
+    for out, keys in zip(outs, specs):
+        if keys is None or not isinstance(out, pa.Table):
+            flat.append(out)
+        else:
+            flat.extend(split_by_hash(out, list(keys), num_partitions))
+    return tuple(flat)
+
+
+def map_exchange(fn: Callable, calls: Sequence[tuple], specs: Sequence[Keys], num_partitions: int,
+                 scalar_outputs: int = 0) -> list[list]:
+    """Run `fn(*call)` for every call as a Ray task that hash-splits its own outputs on the spot.
+
+    `fn` returns tables (one per spec) then `scalar_outputs` small values. Returns one list per output: for
+    a spec with keys, `num_partitions` refs of the concatenated partitions; for `None`, the refs as the
+    tasks returned them (one per call); then one list per scalar output. An exchange thus costs one map
+    wave plus one concat wave.
+    """
+    P = num_partitions
+    sizes = [1 if keys is None else P for keys in specs] + [1] * scalar_outputs
+    all_specs = list(specs) + [None] * scalar_outputs
+
+    def task(*args):
+        if len(all_specs) == 1 and specs[0] is None:
+            return fn(*args)
+        out = _flatten(fn(*args), all_specs, P)
+        return out[0] if len(out) == 1 else out
+
+    task.__name__ = getattr(fn, "__name__", "map_exchange")
+    task.__qualname__ = task.__name__
+    remote = ray.remote(num_returns=sum(sizes))(task)
+    results = []
+    for call in calls:
+        refs = remote.remote(*call)
+        results.append(refs if isinstance(refs, list) else [refs])
+    outputs: list[list] = []
+    offset = 0
+    for keys, size in zip(all_specs, sizes):
+        if keys is None:
+            outputs.append([r[offset] for r in results])
+        else:
+            outputs.append([_concat.remote(*[r[offset + i] for r in results]) for i in range(P)])
+        offset += size
+    return outputs
+
+
+def _unchanged(table: pa.Table) -> pa.Table:
+    return table
+
+
 def hash_partition(
     blocks: Sequence[ray.ObjectRef], keys: Sequence[str], num_partitions: int
 ) -> list[ray.ObjectRef]:
     """Re-partition blocks so that every key lands in exactly one of `num_partitions` partitions."""
-    splits = [_split.options(num_returns=num_partitions).remote(b, list(keys), num_partitions) for b in blocks]
-    if num_partitions == 1:
-        splits = [[s] for s in splits]
-    return [_concat.remote(*[split[i] for split in splits]) for i in range(num_partitions)]
+    (partitions,) = map_exchange(_unchanged, [(b,) for b in blocks], [list(keys)], num_partitions)
+    return partitions
 
 
 def map_partitions(

@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from jobs.shuffle import hash_partition, map_partitions, split_by_hash
+from jobs.shuffle import hash_partition, map_exchange, map_partitions, split_by_hash
 
 
 def test_split_keeps_every_row_and_each_key_in_one_part():
@@ -21,3 +21,20 @@ def test_hash_partition_over_ray_groups_keys_across_blocks(ray_cluster):
     assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
     counts = ray_cluster.get(map_partitions(lambda t: t.num_rows, hash_partition(blocks, ["k"], 3)))
     assert sum(counts) == 400
+
+
+def test_map_exchange_splits_keyed_outputs_and_passes_the_rest_through(ray_cluster):
+    """Per call: a keyed table (exchanged into partitions), an unkeyed table and a scalar (one ref per call)."""
+
+    def step(offset: int):
+        rows = pa.table({"k": [(offset + i) % 7 for i in range(50)], "v": [offset] * 50})
+        return rows, rows.slice(0, 5), rows.num_rows
+
+    keyed, unkeyed, counts = map_exchange(step, [(b * 50,) for b in range(3)], [["k"], None], 4, scalar_outputs=1)
+    assert len(keyed) == 4 and len(unkeyed) == 3 and len(counts) == 3
+    parts = ray_cluster.get(keyed)
+    assert sum(p.num_rows for p in parts) == 150
+    owners = [set(p.column("k").to_pylist()) for p in parts]
+    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
+    assert [t.column("v")[0].as_py() for t in ray_cluster.get(unkeyed)] == [0, 50, 100]
+    assert ray_cluster.get(counts) == [50, 50, 50]

@@ -131,7 +131,7 @@ def connected_components(edge_blocks: list, num_partitions: int, src: str = "src
     `edge_blocks` are refs of tables with uint64 columns `src`, `dst`. Nodes without an edge do not appear.
     Every step's task splits its output by hash itself (`map_exchange`). Returns (label refs, {"rounds": r}).
     """
-    from jobs.identity.exchange import map_exchange
+    from jobs.shuffle import map_exchange
 
     P = num_partitions
     (parts,) = map_exchange(both_directions, [(b, src, dst) for b in edge_blocks], [["u"]], P)
