@@ -45,6 +45,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def free_port():
+    """Returns a function that finds a free TCP port on 127.0.0.1 (for servers the tests start)."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1, reached over real HTTP."""
     from moto.server import ThreadedMotoServer

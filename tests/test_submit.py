@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,6 @@ from jobs.submit import job_config_for_submission, job_logs, job_status, submit_
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop_tree(proc: subprocess.Popen, marker: str) -> None:
@@ -66,21 +59,21 @@ def _stop_tree(proc: subprocess.Popen, marker: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(free_port):
     """`ray start --head --block` on 127.0.0.1 with free ports; yields the dashboard URL."""
     temp_dir = tempfile.mkdtemp(prefix="rsub-", dir="/tmp")  # short: Ray's socket paths have a length cap
-    dashboard = _free_port()
+    dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     log = open(Path(temp_dir) / "ray-start.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         f"--port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", "--object-store-memory=300000000", "--disable-usage-stats"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         f"--metrics-export-port={free_port()}", "--object-store-memory=300000000", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
     )
     url = f"http://127.0.0.1:{dashboard}"
@@ -123,11 +116,11 @@ def test_job_config_fixes_run_id_from_the_date_and_absolute_paths(tmp_path, monk
     assert run_id == "manual-1" and "run_date" not in raw and raw["events"] == "s3://in/events"
 
 
-def test_unreachable_cluster_is_a_user_error(tmp_path):
+def test_unreachable_cluster_is_a_user_error(tmp_path, free_port):
     path = tmp_path / "job.yaml"
     path.write_text("events: /nowhere\n")
     with pytest.raises(UserError, match="cannot reach the Ray dashboard"):
-        submit_job(f"http://127.0.0.1:{_free_port()}", path)
+        submit_job(f"http://127.0.0.1:{free_port()}", path)
 
 
 def test_failed_job_makes_submit_wait_exit_non_zero(ray_head, tmp_path):
