@@ -26,6 +26,9 @@ app.add_typer(exports_app, name="exports")
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML job config; flags override it")]
 RunOpt = Annotated[str, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID (local or s3://)")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")]
+RunDateOpt = Annotated[Optional[dt.datetime], typer.Option(
+    "--run-date", formats=["%Y-%m-%d"],
+    help="schedule date YYYY-MM-DD (the run id when none is given, and the exports' RUN_DATE): for backfills")]
 DateOpt = Annotated[Optional[dt.datetime], typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
 
 
@@ -205,13 +208,15 @@ def exports_policy(
 @app.command("run")
 def run_command(
     config_file: Annotated[Path, typer.Option("--config", help="YAML job config")],
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="run id (default: from config or today's date)")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="run id (default: from config or the run date)")] = None,
+    run_date: RunDateOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """The whole pipeline, stage by stage, resuming finished stages."""
     from jobs.pipeline import run_pipeline
 
-    _invoke(lambda: run_pipeline(_config(config_file, **{"run_id": run_id, "ray.address": address})))
+    _invoke(lambda: run_pipeline(_config(config_file, **{"run_id": run_id, "run_date": run_date.date() if run_date else None,
+                                                            "ray.address": address})))
 
 
 @app.command()
@@ -229,12 +234,14 @@ def demo(
 def submit(
     address: Annotated[str, typer.Option("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")],
     config_file: Annotated[Path, typer.Option("--config", help="YAML job config")],
+    run_date: RunDateOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the logs until the job ends")] = False,
 ) -> None:
     """Submit the whole pipeline to a Ray cluster as a Ray Job."""
     from jobs.submit import submit_job
 
-    _invoke(lambda: submit_job(address=address, config_file=config_file, wait=wait))
+    _invoke(lambda: submit_job(address=address, config_file=config_file,
+                                  run_date=run_date.date() if run_date else None, wait=wait))
 
 
 @app.command()

@@ -58,10 +58,13 @@ def _absolute_local(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
-def job_config_for_submission(config_file: Path) -> tuple[dict[str, Any], str]:
-    """The YAML the job runs with: the user's file, validated, with run id and run date fixed now."""
-    config = load_config(config_file)
+def job_config_for_submission(config_file: Path, run_date: dt.date | None = None) -> tuple[dict[str, Any], str]:
+    """The YAML the job runs with: the user's file (and `run_date`, a backfill), validated, with run id and
+    run date fixed now."""
+    config = load_config(config_file, {"run_date": run_date})
     raw = yaml.safe_load(Path(config_file).read_text()) or {}
+    if run_date is not None:
+        raw["run_date"] = run_date.isoformat()
     run_id = config.run_id
     if run_id is None:  # a scheduled run: its id is its date, fixed at submission so a retry resumes it
         run_date = config.run_date or dt.datetime.now(dt.timezone.utc).date()
@@ -85,9 +88,10 @@ def _stage_working_dir(job_config: dict[str, Any]) -> str:
     return staging
 
 
-def submit_job(address: str, config_file: Path, wait: bool = False) -> str | dict[str, Any]:
+def submit_job(address: str, config_file: Path, run_date: dt.date | None = None,
+               wait: bool = False) -> str | dict[str, Any]:
     """Submit `segments run` as a Ray Job; prints the job id. With `wait`, follows the logs to the end."""
-    job_config, run_id = job_config_for_submission(config_file)
+    job_config, run_id = job_config_for_submission(config_file, run_date)
     client = _client(address)
     staging = _stage_working_dir(job_config)
     try:

@@ -379,3 +379,23 @@ def test_stage_survives_a_killed_ray_worker(reference, ray_cluster):
     contents = run_contents(root, "r")
     for table in ("events_resolved", "personas", "identity_map", "quarantine"):
         assert contents[table] == reference["contents"][table], f"{table} differs after a worker was killed ({killed[0]})"
+
+
+def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    config_file = tmp_path / "job.yaml"
+    job = small_job(reference["events"], tmp_path / "backfill")
+    job.pop("run_id")
+    config_file.write_text(yaml.safe_dump({**job, "stages": ["resolve"]}))
+    result = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "2026-03-18"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_id"] == "2026-03-18" and summary["run_date"] == "2026-03-18"
+    assert (tmp_path / "backfill" / "runs" / "2026-03-18" / "_stages" / "resolve.json").exists()
+
+    bad = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "18/03/2026"])
+    assert bad.exit_code == 2 and "--run-date" in bad.output

@@ -7,6 +7,7 @@ machine).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -114,6 +115,17 @@ def test_job_config_fixes_run_id_from_the_date_and_absolute_paths(tmp_path, monk
     path.write_text("events: s3://in/events\nroot: s3://runs\nrun_id: manual-1\n")
     raw, run_id = job_config_for_submission(path)
     assert run_id == "manual-1" and "run_date" not in raw and raw["events"] == "s3://in/events"
+
+
+def test_run_date_flag_backfills_an_earlier_date(tmp_path):
+    """`submit --run-date`: the flag beats the file's run_date and names the run when no run_id is set."""
+    path = tmp_path / "job.yaml"
+    path.write_text("events: s3://in/events\nroot: s3://runs\nrun_date: 2026-04-02\n")
+    raw, run_id = job_config_for_submission(path, dt.date(2026, 3, 28))
+    assert run_id == "2026-03-28" and raw["run_id"] == "2026-03-28" and raw["run_date"] == "2026-03-28"
+    path.write_text("events: s3://in/events\nroot: s3://runs\nrun_id: manual-1\n")
+    raw, run_id = job_config_for_submission(path, dt.date(2026, 3, 28))
+    assert run_id == "manual-1" and raw["run_date"] == "2026-03-28"
 
 
 def test_unreachable_cluster_is_a_user_error(tmp_path, free_port):
