@@ -11,7 +11,9 @@ A run killed at any point (SIGKILL included) resumes at the first stage without 
 half-finished stage left behind is either unpublished (invisible to readers) or overwritten by its rerun.
 
 The run id is `config.run_id`, else the run date (`config.run_date`, else today in UTC), so a scheduled
-run that is retried lands in the same run folder and only does what is left.
+run that is retried lands in the same run folder and only does what is left. One runner at a time: a run
+holds `RUN/_stages/lease.json` while it runs (jobs.lease), and a second run of the same id stops with
+exit code 2 instead of overwriting the first one's tables.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Callable, Sequence
 from jobs import io
 from jobs.config import PIPELINE_STAGES, JobConfig
 from jobs.errors import UserError
+from jobs.lease import run_lease
 from jobs.raysession import ray_session
 
 log = logging.getLogger(__name__)
@@ -290,6 +293,12 @@ def run_pipeline(config: JobConfig, stages: Sequence[Stage] = STAGES) -> dict[st
         update["export"] = config.export.model_copy(update={"root": config.root})
     config = config.model_copy(update=update)
     layout = io.RunLayout.for_run(config.root, run_id)
+    with run_lease(layout.path(STAGE_MARKERS), run_id, config.storage):
+        return _run_stages(config, layout, selected, stages)
+
+
+def _run_stages(config: JobConfig, layout: io.RunLayout, selected: Sequence[Stage], stages: Sequence[Stage]) -> dict[str, Any]:
+    run_id, run_date = config.run_id, config.run_date
     io.write_json(layout.path(STAGE_MARKERS, "run.json"), {"run_id": run_id, "run_date": run_date.isoformat()},
                   config.storage)
 

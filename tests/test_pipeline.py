@@ -399,3 +399,55 @@ def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
 
     bad = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "18/03/2026"])
     assert bad.exit_code == 2 and "--run-date" in bad.output
+
+
+def test_a_live_lease_stops_a_second_run_and_a_dead_one_is_taken_over(toy, monkeypatch):
+    import socket
+
+    from jobs import lease
+
+    monkeypatch.setattr(lease, "SETTLE_S", 0.0)
+    config, calls, stages = toy
+    stage_dir = Path(config.root) / "runs" / "r1" / "_stages"
+    stage_dir.mkdir(parents=True)
+    lease_file = stage_dir / "lease.json"
+    holder = {"owner": "other", "run_id": "r1", "host": "worker-7", "pid": 4242, "started_at": "2026-03-01T03:00:00+00:00",
+              "heartbeat": time.time()}
+    lease_file.write_text(json.dumps(holder))
+    with pytest.raises(UserError, match=r"run r1 is already running: host worker-7 pid 4242.*lease.json"):
+        run_pipeline(config, stages)
+    assert calls.counts == {}, "nothing ran under someone else's lease"
+
+    # the same holder, silent for longer than the expiry: taken over
+    lease_file.write_text(json.dumps({**holder, "heartbeat": time.time() - lease.EXPIRES_S - 1}))
+    assert run_pipeline(config.model_copy(update={"stages": ["resolve"]}), stages)["status"] == "succeeded"
+    assert not lease_file.exists(), "a finished run gives its lease back"
+
+    # on this host, a holder whose process is gone (a SIGKILLed run) is taken over at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease_file.write_text(json.dumps({**holder, "host": socket.gethostname(), "pid": dead.pid}))
+    assert run_pipeline(config, stages)["status"] == "succeeded"
+    assert not lease_file.exists()
+
+
+def test_the_lease_is_given_back_when_a_stage_fails_and_beats_while_held(toy, monkeypatch):
+    from jobs import lease
+
+    monkeypatch.setattr(lease, "SETTLE_S", 0.0)
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    config, calls, stages = toy
+    lease_file = Path(config.root) / "runs" / "r1" / "_stages" / "lease.json"
+    beats: list[float] = []
+
+    def failing(config, run_dir):
+        first = json.loads(lease_file.read_text())
+        time.sleep(0.5)
+        beats.extend([first["heartbeat"], json.loads(lease_file.read_text())["heartbeat"]])
+        raise UserError("bad input")
+
+    broken = tuple(dataclasses.replace(s, fn=failing) if s.name == "features" else s for s in stages)
+    with pytest.raises(UserError, match="bad input"):
+        run_pipeline(config, broken)
+    assert beats[1] > beats[0], "the heartbeat moves while the run holds the lease"
+    assert not lease_file.exists()

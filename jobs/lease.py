@@ -1,0 +1,108 @@
+"""One run folder, one runner: a lease file that a second `segments run` of the same run id respects.
+
+Two runs of one run folder would overwrite each other's tables and stage markers (a cron retry that fires
+while the first attempt still runs, two people starting the same backfill). The runner holds
+`RUN/_stages/lease.json` (owner id, host, pid, start, heartbeat) and refreshes its heartbeat from a
+background thread every HEARTBEAT_S; it removes the lease when the run ends, failed or not.
+
+A lease is honoured while its heartbeat is younger than EXPIRES_S, unless it was taken on this host by a
+process that no longer exists (a run killed with SIGKILL is taken over at once by the next run here).
+Object stores have no compare-and-swap for us, so two runners starting within the same second could
+both write a lease; each reads it back after writing and the one that lost the last write stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+from jobs import io
+from jobs.config import StorageConfig
+from jobs.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "lease.json"
+HEARTBEAT_S = 30.0
+EXPIRES_S = 600.0
+# how long a writer waits before reading its lease back, so that a racing writer's lease has landed
+SETTLE_S = 0.5
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, alive
+        return True
+    return True
+
+
+def holder_is_alive(lease: dict[str, Any], now: float | None = None) -> bool:
+    """Whether `lease` still holds its run: a fresh heartbeat from a process that may still exist."""
+    now = time.time() if now is None else now
+    if now - float(lease.get("heartbeat", 0)) >= EXPIRES_S:
+        return False
+    if lease.get("host") == socket.gethostname() and not _process_exists(int(lease.get("pid", 0))):
+        return False
+    return True
+
+
+def _describe(lease: dict[str, Any]) -> str:
+    age = time.time() - float(lease.get("heartbeat", 0))
+    return (f"host {lease.get('host')} pid {lease.get('pid')} (started {lease.get('started_at')}, "
+            f"last heartbeat {age:.0f}s ago)")
+
+
+@contextlib.contextmanager
+def run_lease(stage_dir: str, run_id: str, storage: StorageConfig) -> Iterator[dict[str, Any]]:
+    """Hold the lease of the run whose stage markers live in `stage_dir` for the duration of the block."""
+    path = io.join(stage_dir, LEASE_FILE)
+    if io.exists(path, storage):
+        current = io.read_json(path, storage)
+        if holder_is_alive(current):
+            raise UserError(
+                f"run {run_id} is already running: {_describe(current)} holds {path}. Two runs of one run folder "
+                "would overwrite each other's tables; wait for it to finish (`segments status` for a submitted "
+                f"job). If that process is gone, its lease expires {EXPIRES_S / 60:.0f} minutes after its last "
+                "heartbeat, or delete the file."
+            )
+        log.warning("run %s: taking over a stale lease of %s", run_id, _describe(current))
+    lease = {"owner": uuid.uuid4().hex, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "heartbeat": time.time()}
+    io.write_json(path, lease, storage)
+    time.sleep(SETTLE_S)
+    holder = io.read_json(path, storage)
+    if holder.get("owner") != lease["owner"]:
+        raise UserError(f"run {run_id} was started twice at the same moment; the other runner ({_describe(holder)}) "
+                        "keeps it.")
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                io.write_json(path, {**lease, "heartbeat": time.time()}, storage)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the run itself must not fail for it
+                log.warning("run %s: could not refresh the lease heartbeat", run_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield lease
+    finally:
+        stop.set()
+        thread.join()
+        try:
+            if io.exists(path, storage) and io.read_json(path, storage).get("owner") == lease["owner"]:
+                io.delete(path, storage)
+        except Exception:  # noqa: BLE001 - the lease expires by itself; the run's own outcome matters more
+            log.warning("run %s: could not remove the lease %s", run_id, path, exc_info=True)
