@@ -222,7 +222,8 @@ def run_command(
 @app.command()
 def demo(
     out: Annotated[str, typer.Option("--out", help="where the demo writes (local folder)")] = "demo-out",
-    persons: Annotated[int, typer.Option(min=200, help="people in the sample")] = 3000,
+    persons: Annotated[int, typer.Option(
+        min=1000, help="people in the sample (fewer than 1000 leave the segments below their training minimums)")] = 3000,
 ) -> None:
     """Generate a sample, run the whole pipeline on a local Ray, print where everything landed."""
     from jobs.pipeline import run_demo

@@ -424,12 +424,14 @@ def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
     partners = sorted({posixpath.basename(posixpath.dirname(posixpath.dirname(posixpath.dirname(f))))
                        for f in io.list_files(export_root, config.storage) if f.endswith(".parquet")}) \
         if io.exists(export_root, config.storage) else []
+    exports = (f"{export_root}  ({len(partners)} partners: {', '.join(partners)})" if partners else
+               f"none: no segment met its training minimums, see {layout.path('models', 'report.html')}")
+    # the per-stage table was just logged with the run's end; this says where to look
     lines = [
-        format_summary(summary),
-        "",
+        f"demo run {summary['status']} in {summary['seconds']:.0f}s",
         f"events:   {events}",
         f"run:      {layout.run_dir}  (summary.json, personas/, features/, models/, scores/ ...)",
         f"report:   {layout.path('models', 'report.html')}",
-        f"exports:  {export_root}  ({len(partners)} partners: {', '.join(partners)})",
+        f"exports:  {exports}",
     ]
     return "\n".join(lines)

@@ -451,3 +451,30 @@ def test_the_lease_is_given_back_when_a_stage_fails_and_beats_while_held(toy, mo
         run_pipeline(config, broken)
     assert beats[1] > beats[0], "the heartbeat moves while the run holds the lease"
     assert not lease_file.exists()
+
+
+def test_demo_runs_every_stage_and_a_second_demo_only_looks(tmp_path, ray_cluster):
+    """`segments demo` at its smallest sample: models, report and exports land; rerun regenerates nothing."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    out = tmp_path / "demo"
+    first = CliRunner().invoke(app, ["demo", "--out", str(out), "--persons", "1000"])
+    assert first.exit_code == 0, first.output
+    assert "demo run succeeded" in first.stdout
+    report = out / "runs" / "demo" / "models" / "report.html"
+    assert f"report:   {report}" in first.stdout and report.exists()
+    trained = [json.loads(c.read_text())["segment"] for c in out.glob("runs/demo/models/*/model_card.json")
+               if json.loads(c.read_text())["status"] == "trained"]
+    assert "ecommerce_buyers" in trained
+    manifests = list((out / "exports").glob("*/ecommerce_buyers/*/manifest.json"))
+    assert manifests and f"exports:  {out / 'exports'}  (" in first.stdout
+
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--persons", "1000"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads((out / "runs" / "demo" / "summary.json").read_text())
+    assert {s["status"] for s in summary["stages"].values()} == {"skipped"}
+
+    too_small = CliRunner().invoke(app, ["demo", "--out", str(out), "--persons", "200"])
+    assert too_small.exit_code == 2 and "--persons" in too_small.output
