@@ -56,6 +56,7 @@ from jobs import report as rpt
 from jobs import segments as seglib
 from jobs.config import JobConfig, SegmentConfig
 from jobs.errors import UserError
+from jobs.raysession import openmp_threads
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +157,6 @@ def block_stats(batch: pa.Table) -> pa.Table:
                      "valid_positives": [int(y[v].sum())]})
 
 
-def select_split(batch: pa.Table, valid: bool, columns: Sequence[str]) -> pa.Table:
-    flag = batch.column(VALID)
-    return batch.filter(flag if valid else pc.invert(flag)).select(list(columns))
-
-
 def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Table:
     if share < 1.0:
         batch = batch.filter(pc.less(batch.column(SAMPLE), share))
@@ -219,28 +215,40 @@ def score_batch(batch: pa.Table, models: dict[str, bytes], feature_names: Sequen
 # The worker side of Ray Train
 
 
-def _shard_batches(shard, feature_names: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The worker's shard as (features, label) batches, in a fixed row order.
+Batches = list[tuple[np.ndarray, np.ndarray]]
 
-    Ray Data hands blocks over in whatever order they finish; rows are put in the order of their
-    persona hash (the `_u` column) so that the same data gives the same model (subsampling draws by row
-    position). With several workers the split between them still varies from run to run.
+
+def _shard_batches(shard, feature_names: Sequence[str], batch_size: int) -> tuple[Batches, Batches]:
+    """The worker's shard as (features, label) batches for training and for validation (the `_valid` flag).
+
+    One dataset carries both splits, so Ray Train starts one split coordinator, not two. Ray Data hands
+    blocks over in whatever order they finish; rows are put in the order of their persona hash (the `_u`
+    column) so that the same data gives the same model (subsampling draws by row position). With several
+    workers the split between them still varies from run to run.
     """
-    matrices, labels, keys = [], [], []
+    matrices, labels, keys, flags = [], [], [], []
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         if batch.num_rows:
             matrices.append(feature_matrix(batch, feature_names))
             labels.append(batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32))
             keys.append(batch.column(SAMPLE).to_numpy(zero_copy_only=False) if SAMPLE in batch.column_names
                         else np.zeros(batch.num_rows))
+            flags.append(batch.column(VALID).to_numpy(zero_copy_only=False).astype(bool))
+    empty = [(np.empty((0, len(feature_names)), np.float32), np.empty(0, np.float32))]
     if not matrices:  # an empty shard still takes part in the collective steps
-        return [(np.empty((0, len(feature_names)), np.float32), np.empty(0, np.float32))]
-    order = np.argsort(np.concatenate(keys), kind="stable")
+        return empty, empty
     X = np.concatenate(matrices)
     del matrices
-    X = X[order]
-    y = np.concatenate(labels)[order]
-    return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    y, key, valid = np.concatenate(labels), np.concatenate(keys), np.concatenate(flags)
+
+    def ordered(mask: np.ndarray) -> Batches:
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(key[rows], kind="stable")]
+        if not len(rows):
+            return empty
+        return [(X[part], y[part]) for part in (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))]
+
+    return ordered(~valid), ordered(valid)
 
 
 def _quantile_dmatrix(batches, feature_names, feature_types, nthread: int, max_bin: int, ref=None):
@@ -293,7 +301,6 @@ def train_fn_per_worker(config: dict) -> None:
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    names, types = config["feature_names"], config["feature_types"]
     nthread = config.get("nthread") or max(1, (os.cpu_count() or 1) // max(1, context.get_local_world_size()))
     params = dict(config["params"])
     params.update({"nthread": nthread, "seed": config["seed"], "scale_pos_weight": config["scale_pos_weight"]})
@@ -316,9 +323,17 @@ def train_fn_per_worker(config: dict) -> None:
             start_model = xgboost.Booster()
             start_model.load_model(os.path.join(path, PERIODIC_FILE))
 
+    with openmp_threads(nthread):
+        _fit_and_report(config, params, nthread, max_bin, start_model, rank)
+
+
+def _fit_and_report(config: dict, params: dict, nthread: int, max_bin: int, start_model, rank: int) -> None:
+    import ray.train
+    import xgboost
+
+    names, types = config["feature_names"], config["feature_types"]
     started = time.perf_counter()
-    train = _shard_batches(ray.train.get_dataset_shard("train"), names, config["batch_size"])
-    valid = _shard_batches(ray.train.get_dataset_shard("validation"), names, config["batch_size"])
+    train, valid = _shard_batches(ray.train.get_dataset_shard("train"), names, config["batch_size"])
     dtrain = _quantile_dmatrix(train, names, types, nthread, max_bin)
     dvalid = _quantile_dmatrix(valid, names, types, nthread, max_bin, ref=dtrain)
     loaded = time.perf_counter()
@@ -375,8 +390,7 @@ def _final_report(rank: int, final: dict, path: str) -> None:
 
 
 def fit_booster(
-    train_ds,
-    valid_ds,
+    dataset,
     *,
     config: JobConfig,
     feature_names: Sequence[str],
@@ -386,7 +400,10 @@ def fit_booster(
     name: str,
     shuffled_label_runs: int | None = None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """Fit one model with Ray Train; returns ({file name: model bytes}, the final report's metrics)."""
+    """Fit one model with Ray Train; returns ({file name: model bytes}, the final report's metrics).
+
+    `dataset`: the feature columns, the label, and the `_valid` flag (validation rows) and `_u` sample key.
+    """
     import ray.train
     from ray.train.xgboost import XGBoostTrainer
 
@@ -413,7 +430,7 @@ def fit_booster(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
         run_config=run_config,
-        datasets={"train": train_ds, "validation": valid_ds},
+        datasets={"train": dataset},
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -653,15 +670,13 @@ def train_segment(ctx: _Context, segment: SegmentConfig, cut: Cutoffs) -> dict[s
         log.warning("train: %s skipped: %s", segment.name, metrics["reason"])
         return metrics
 
-    columns = ctx.feature_names + [LABEL, SAMPLE]
-    train_ds = train_prepared.map_batches(select_split, batch_format="pyarrow", fn_kwargs={"valid": False, "columns": columns})
-    valid_ds = train_prepared.map_batches(select_split, batch_format="pyarrow", fn_kwargs={"valid": True, "columns": columns})
+    fit_data = train_prepared.select_columns(ctx.feature_names + [LABEL, SAMPLE, VALID])
     spw = sizes["train_rows"] - sizes["train_positives"]
     spw = spw / max(1, sizes["train_positives"])
     fit_started = time.perf_counter()
     run_name = f"{segment.name}-{io.new_write_id()}"
     models, final = fit_booster(
-        train_ds, valid_ds, config=config, feature_names=ctx.feature_names, feature_types=ctx.feature_types,
+        fit_data, config=config, feature_names=ctx.feature_names, feature_types=ctx.feature_types,
         scale_pos_weight=spw, storage_path=ctx.layout.path("models", TRAIN_DIR), name=run_name,
     )
     fit_seconds = time.perf_counter() - fit_started

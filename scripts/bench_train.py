@@ -6,7 +6,7 @@ columns), same parameters (config.training.params, a fixed number of rounds, no 
 do exactly the same boosting work), same thread count, in the same process and run:
 
 * plain:        QuantileDMatrix from the in-memory numpy arrays + xgboost.train (train + validation eval);
-* ray (warm):   Ray already up: Ray Dataset from the same arrays -> `jobs.train.fit_booster` (XGBoostTrainer,
+* ray (warm):   Ray already up: a Ray Dataset of the same arrays and the validation flag -> `jobs.train.fit_booster` (XGBoostTrainer,
                 one worker with config.training.cpus_per_worker CPUs, shard -> QuantileDMatrix, the same
                 RayTrainReportCallback checkpoints every report_every rounds) -> model bytes on the driver;
 * ray (+start): the same plus `ray.init` of a local Ray (measured once, added).
@@ -58,16 +58,12 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
     import pyarrow as pa
     import ray.data
 
-    from jobs.train import LABEL, fit_booster
+    from jobs.train import LABEL, VALID, fit_booster
 
     started = time.perf_counter()
-
-    def dataset(mask):
-        table = pa.table({**{n: X[mask, j] for j, n in enumerate(names)}, LABEL: y[mask]})
-        return ray.data.from_arrow(table)
-
+    dataset = ray.data.from_arrow(pa.table({**{n: X[:, j] for j, n in enumerate(names)}, LABEL: y, VALID: valid}))
     with tempfile.TemporaryDirectory() as storage:
-        models, _ = fit_booster(dataset(~valid), dataset(valid), config=config, feature_names=names,
+        models, _ = fit_booster(dataset, config=config, feature_names=names,
                                 feature_types=["q"] * len(names), scale_pos_weight=spw, storage_path=storage,
                                 name=f"bench-{len(y)}", shuffled_label_runs=0)
     assert models
