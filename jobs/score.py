@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.matrix import feature_matrix
 from jobs import io
 from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
 from jobs.errors import UserError
@@ -216,17 +217,6 @@ def _default_eligible(segment: SegmentConfig, features: pa.Table, categories: Se
     return eligible_mask(segment, features, categories)
 
 
-def feature_matrix(batch: pa.Table, names: Sequence[str]) -> np.ndarray:
-    """The named columns as one float32 matrix (null -> NaN = missing), the layout inplace_predict reads."""
-    matrix = np.empty((batch.num_rows, len(names)), dtype=np.float32, order="F")
-    for j, name in enumerate(names):
-        column = batch.column(name)
-        if column.null_count:
-            column = pc.fill_null(column.cast(pa.float64()), np.nan)
-        matrix[:, j] = column.to_numpy()
-    return matrix
-
-
 class Scorer:
     """Ray Data callable class: loads every model once per actor, then scores Arrow batches."""
 
@@ -269,12 +259,12 @@ class Scorer:
                 continue
             if eligible * 2 < batch.num_rows:  # few eligible: build the matrix of those rows only
                 rows = batch.filter(pa.array(mask))
-                scores = booster.inplace_predict(feature_matrix(rows, spec.feature_names))
+                scores = booster.inplace_predict(feature_matrix(rows, spec.feature_names, order="F"))
                 ids = rows.column("persona_id")
             else:
                 matrix = matrices.get(spec.feature_names)
                 if matrix is None:
-                    matrix = matrices[spec.feature_names] = feature_matrix(batch, spec.feature_names)
+                    matrix = matrices[spec.feature_names] = feature_matrix(batch, spec.feature_names, order="F")
                 scores = booster.inplace_predict(matrix)
                 ids = persona
                 if eligible < batch.num_rows:

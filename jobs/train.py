@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.matrix import feature_matrix
 from jobs import io
 from jobs import report as rpt
 from jobs import segments as seglib
@@ -161,17 +162,6 @@ def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Tab
     if share < 1.0:
         batch = batch.filter(pc.less(batch.column(SAMPLE), share))
     return batch.select(list(columns))
-
-
-def feature_matrix(batch: pa.Table, feature_names: Sequence[str]) -> np.ndarray:
-    """float32 rows x features, NaN where missing (what XGBoost reads as missing)."""
-    out = np.empty((batch.num_rows, len(feature_names)), dtype=np.float32)
-    for j, name in enumerate(feature_names):
-        column = batch.column(name)
-        if not pa.types.is_floating(column.type):
-            column = column.cast(pa.float64())
-        out[:, j] = column.to_numpy(zero_copy_only=False)
-    return out
 
 
 _BOOSTERS: dict[str, Any] = {}

@@ -80,9 +80,9 @@ def write_table(table: pa.Table, table_path: str, storage: StorageConfig, files:
 
 
 def to_matrix(table: pa.Table, names: list[str]) -> np.ndarray:
-    from jobs.score import feature_matrix
+    from features.matrix import feature_matrix
 
-    return feature_matrix(table, names)
+    return feature_matrix(table, names, order="F")
 
 
 def train(table: pa.Table, names: list[str], rounds: int, sample: int, seed: int):
