@@ -46,10 +46,9 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def holder_is_alive(lease: dict[str, Any], now: float | None = None) -> bool:
+def holder_is_alive(lease: dict[str, Any]) -> bool:
     """Whether `lease` still holds its run: a fresh heartbeat from a process that may still exist."""
-    now = time.time() if now is None else now
-    if now - float(lease.get("heartbeat", 0)) >= EXPIRES_S:
+    if time.time() - float(lease.get("heartbeat", 0)) >= EXPIRES_S:
         return False
     if lease.get("host") == socket.gethostname() and not _process_exists(int(lease.get("pid", 0))):
         return False

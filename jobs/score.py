@@ -523,8 +523,8 @@ def run_score(config: JobConfig, run_dir: str, eligible_fn: EligibleFn | None = 
     if "persona_id" not in schema.names:
         raise UserError(f"{features_path} has no persona_id column.")
     table_features = feature_columns(schema)
-    table_categories = io.read_marker(features_path, storage).get("categories")
-    specs, skipped = load_model_specs(config, run_dir, table_features, table_categories)
+    features_marker = io.read_marker(features_path, storage)
+    specs, skipped = load_model_specs(config, run_dir, table_features, features_marker.get("categories"))
     if not specs and not skipped:
         raise UserError("no segments are configured: nothing to score.")
     as_of = features_as_of(run_dir, storage)
@@ -533,7 +533,6 @@ def run_score(config: JobConfig, run_dir: str, eligible_fn: EligibleFn | None = 
 
     with ray_session(config.ray):
         features_ds = read_features(features_path, storage, config.scoring)
-        rows_in = io.read_marker(features_path, storage).get("rows")
         extra = {
             "as_of": as_of,
             "segments": {s.segment.name: s.model_version for s in specs},
@@ -559,7 +558,7 @@ def run_score(config: JobConfig, run_dir: str, eligible_fn: EligibleFn | None = 
         "stage": "score",
         "run_dir": run_dir,
         "as_of": as_of,
-        "personas": rows_in,
+        "personas": features_marker.get("rows"),
         "rows_out": marker["rows"],
         "segments": per_segment,
         "skipped": skipped,
