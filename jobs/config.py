@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +20,33 @@ from jobs.errors import UserError
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageView(BaseModel):
+    """The part of the config one stage reads: all it can see, so its fingerprint cannot miss a setting.
+
+    `tuning` names fields (dotted for nested ones) that change how a stage runs but not what it writes
+    (partition counts, actor counts, batch sizes): they are left out of the fingerprint, so raising them
+    on a bigger cluster does not redo finished work.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    tuning: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_config(cls, config: "JobConfig") -> "StageView":
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        exclude: dict[str, Any] = {}
+        for dotted in self.tuning:
+            node = exclude
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = True
+        payload = self.model_dump(mode="json", exclude=exclude)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class StorageConfig(Section):
@@ -195,6 +222,47 @@ class ExportConfig(Section):
     url_expires_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
 
+class ServingConfig(Section):
+    """The online half (`segments publish`, `segments serve`): replicas, stores, live events, limits."""
+
+    store: Literal["embedded", "redis"] = Field(
+        "embedded", description="where replicas read a release: 'embedded' (loaded into each replica's memory from "
+        "ROOT/online/releases, local or s3://) or 'redis' (a Redis/Valkey server, for fleets one replica cannot hold)"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis server of the 'redis' store")
+    redis_prefix: str = Field(
+        "segments", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every Redis key this deployment writes"
+    )
+    redis_batch_rows: int = Field(5000, ge=100, description="rows per pipelined Redis write batch when publishing")
+    host: str = Field("127.0.0.1", description="address the Serve HTTP proxy listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port of the Serve HTTP proxy")
+    app_name: str = Field("segments", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Ray Serve application name")
+    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9_/-]*$", description="HTTP path the application is served under")
+    replicas: int = Field(1, ge=1, description="replicas when autoscaling is off")
+    autoscaling: bool = Field(False, description="let Ray Serve scale replicas between min_replicas and max_replicas")
+    min_replicas: int = Field(1, ge=1, description="autoscaling: fewest replicas")
+    max_replicas: int = Field(4, ge=1, description="autoscaling: most replicas")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling: in-flight requests per replica it aims for")
+    cpus_per_replica: float = Field(
+        0.5, gt=0, description="CPUs reserved per replica; fractional so a 2-core machine keeps room for Ray Data"
+    )
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica works on at once")
+    poll_release_seconds: float = Field(1.0, gt=0, description="how often replicas look for a newer current release")
+    poll_events_seconds: float = Field(
+        0.1, gt=0, description="how often replicas read other replicas' live events from ROOT/online/events"
+    )
+    commit_window_ms: float = Field(
+        5.0, ge=0, description="live events arriving within this window share one durable Parquet micro-batch"
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest POST /v1/events body (413 above it)")
+    max_events_per_request: int = Field(1000, ge=1, description="most events in one POST /v1/events (413 above it)")
+    intent_days: int = Field(30, ge=1, le=365, description="window of the intents (top categories and brands)")
+    intent_half_life_days: float = Field(7.0, gt=0, description="an event's weight in the intents halves over this time")
+    intents_kept: int = Field(20, ge=1, le=200, description="categories and brands kept per persona in a release")
+    intents_shown: int = Field(5, ge=1, le=50, description="categories and brands a profile shows")
+    num_partitions: int = Field(8, ge=1, le=4096, description="publish: persona partitions (one Parquet part each)")
+
+
 PIPELINE_STAGES = ("resolve", "features", "train", "score", "export")
 StageName = Literal["resolve", "features", "train", "score", "export"]
 
@@ -221,6 +289,7 @@ class JobConfig(Section):
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     export: ExportConfig = ExportConfig()
+    serving: ServingConfig = ServingConfig()
 
     @field_validator("stages")
     @classmethod
@@ -282,3 +351,90 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         )
         source = f"config file {path}" if path else "the configuration"
         raise UserError(f"{source} is invalid: {problems}.") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# One view per stage: what it reads of the config (see StageView).
+
+
+class ResolveView(StageView):
+    input: InputConfig
+    identity: IdentityConfig
+    num_partitions: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "ResolveView":
+        return cls(input=config.input, identity=config.identity, num_partitions=config.ray.num_partitions)
+
+
+class PlanView(StageView):
+    as_of: dt.date | None
+    categories: list[str] | None
+    top_categories: int
+    train_as_of: dt.date | None
+    eval_as_of: dt.date | None
+    segments: list[SegmentConfig]
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "PlanView":
+        return cls(as_of=config.features.as_of, categories=config.features.categories,
+                   top_categories=config.features.top_categories, train_as_of=config.training.train_as_of,
+                   eval_as_of=config.training.eval_as_of, segments=list(config.segments))
+
+
+class FeaturesView(StageView):
+    features: FeaturesConfig
+    num_partitions: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "FeaturesView":
+        return cls(features=config.features, num_partitions=config.ray.num_partitions)
+
+
+class LabelsView(StageView):
+    segments: list[SegmentConfig]
+    num_partitions: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "LabelsView":
+        return cls(segments=list(config.segments), num_partitions=config.ray.num_partitions)
+
+
+class TrainView(StageView):
+    segments: list[SegmentConfig]
+    features: FeaturesConfig
+    training: TrainingConfig
+    num_partitions: int
+    tuning: ClassVar[tuple[str, ...]] = (
+        "num_partitions", "training.num_workers", "training.cpus_per_worker", "training.use_gpu",
+        "training.report_every", "training.max_failures", "training.nthread",
+    )
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "TrainView":
+        return cls(segments=list(config.segments), features=config.features, training=config.training,
+                   num_partitions=config.ray.num_partitions)
+
+
+class ScoreView(StageView):
+    segments: list[SegmentConfig]
+    scoring: ScoringConfig
+    tuning: ClassVar[tuple[str, ...]] = (
+        "scoring.actors", "scoring.cpus_per_actor", "scoring.threads_per_actor", "scoring.batch_size",
+    )
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "ScoreView":
+        return cls(segments=list(config.segments), scoring=config.scoring)
+
+
+class ExportView(StageView):
+    segments: list[SegmentConfig]
+    export: ExportConfig
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "ExportView":
+        return cls(segments=list(config.segments), export=config.export)

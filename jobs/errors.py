@@ -1,7 +1,20 @@
-"""Errors that are the user's to fix: the CLI prints them as one paragraph and exits with code 2."""
+"""The two failures a user or a scheduler must tell apart, each with its exit code.
+
+The CLI prints either as one paragraph (no traceback; the run's log file keeps it) and exits with the code.
+"""
 
 
-class UserError(Exception):
-    """Bad input, bad config or a missing path: the message names the file, row or field at fault."""
+class SegmentsError(Exception):
+    exit_code = 1
+
+
+class UserError(SegmentsError):
+    """Bad input, bad config or a missing path: fix it and run again. The message names the file, row or field."""
 
     exit_code = 2
+
+
+class InfraError(SegmentsError):
+    """Infrastructure (object store, cluster) still unavailable after retries: retry later. Names what is down."""
+
+    exit_code = 3

@@ -114,7 +114,7 @@ def metrics_distributed(blocks: list, truth_column: str | None, num_partitions: 
     """blocks: refs of tables with persona_id and the truth column (named `truth_column`, or `_truth`)."""
     import ray
 
-    from jobs.shuffle import hash_partition
+    from jobs.raykit.shuffle import hash_partition
 
     cells_t = ray.remote(_cells_task)
     c = [cells_t.remote(b, truth_column or TRUTH) for b in blocks]
@@ -142,7 +142,7 @@ def oracle_distributed(blocks: list, config: JobConfig, truth_column: str) -> di
     import ray
 
     from jobs.resolve import _t_slim_truth, blocklists, resolve_identity
-    from jobs.shuffle import hash_partition, map_exchange
+    from jobs.raykit.shuffle import hash_partition, map_exchange
 
     P = config.ray.num_partitions
     bl_e, bl_p = blocklists(config.identity)
@@ -158,7 +158,7 @@ def oracle_distributed(blocks: list, config: JobConfig, truth_column: str) -> di
 
 def run_evaluate_personas(config: JobConfig, run_dir: str, truth_column: str = "true_person_id") -> dict[str, Any]:
     """The `segments evaluate-personas` command: metrics of the run's personas and of the oracle."""
-    from jobs.raysession import ray_session
+    from jobs.raykit.session import ray_session
 
     started = time.perf_counter()
     layout = io.RunLayout(run_dir)

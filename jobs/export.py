@@ -49,8 +49,8 @@ import pyarrow.parquet as pq
 from jobs import io
 from jobs.config import JobConfig, StorageConfig
 from jobs.errors import UserError
-from jobs.naming import validate_partner_id, validate_run_date, validate_segment_name
-from jobs.raysession import ray_session
+from jobs.run.naming import validate_partner_id, validate_run_date, validate_segment_name
+from jobs.raykit.session import ray_session
 
 log = logging.getLogger(__name__)
 

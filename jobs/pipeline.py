@@ -12,7 +12,7 @@ half-finished stage left behind is either unpublished (invisible to readers) or 
 
 The run id is `config.run_id`, else the run date (`config.run_date`, else today in UTC), so a scheduled
 run that is retried lands in the same run folder and only does what is left. One runner at a time: a run
-holds `RUN/_stages/lease.json` while it runs (jobs.lease), and a second run of the same id stops with
+holds `RUN/_stages/lease.json` while it runs (jobs.run.lease), and a second run of the same id stops with
 exit code 2 instead of overwriting the first one's tables.
 """
 
@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 from jobs import io
 from jobs.config import PIPELINE_STAGES, JobConfig
 from jobs.errors import UserError
-from jobs.lease import run_lease
-from jobs.raysession import ray_session
+from jobs.run.lease import run_lease
+from jobs.raykit.session import ray_session
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def run_pipeline(config: JobConfig, stages: Sequence[Stage] = STAGES) -> dict[st
         update["export"] = config.export.model_copy(update={"root": config.root})
     config = config.model_copy(update=update)
     layout = io.RunLayout.for_run(config.root, run_id)
-    with run_lease(layout.path(STAGE_MARKERS), run_id, config.storage):
+    with run_lease(layout.path(STAGE_MARKERS, "lease.json"), run_id, config.storage):
         return _run_stages(config, layout, selected, stages)
 
 

@@ -1,7 +1,7 @@
 """`segments resolve`: events -> quarantine, events_resolved, identity_map, identity_audit, personas.
 
 The work is a chain of pure functions over Arrow tables (jobs.contract, jobs.identity.*). The distributed
-path runs each on hash partitions as Ray tasks (`jobs.shuffle`), with connected components as
+path runs each on hash partitions as Ray tasks (`jobs.raykit.shuffle`), with connected components as
 large-star/small-star rounds; `resolve_local` runs the very same functions on whole tables in one process
 with scipy's connected components (the benchmark baseline and a cross-check in the tests). The driver
 only holds object references, small count dicts and the figures' histograms.
@@ -18,7 +18,7 @@ Click tokens are weak links: a first components pass runs without them, tokens t
 personas are audited (`forwarded_click`), then the final pass includes the rest. The ids of audited
 identifiers (a small set: junk, not the edges) are handed to the session partitions as task arguments.
 Every exchange is one wave of map tasks that hash-split their own outputs plus one concat wave
-(`jobs.shuffle.map_exchange`); the largest object on a worker is one partition.
+(`jobs.raykit.shuffle.map_exchange`); the largest object on a worker is one partition.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from jobs import contract, io
 from jobs.config import IdentityConfig, JobConfig
 from jobs.errors import UserError
 from jobs.identity import components, graph, junk, personas
-from jobs.identity.normalise import normalised_email_blocklist, phone_blocklist_digits
+from jobs.contract.normalise import normalised_email_blocklist, phone_blocklist_digits
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def resolve_identity(slim_parts: list, config: JobConfig, num_partitions: int, t
     event->persona refs. Every step is one wave of tasks that also hash-split its outputs."""
     import ray
 
-    from jobs.shuffle import map_exchange
+    from jobs.raykit.shuffle import map_exchange
 
     ident, P = config.identity, num_partitions
     size_audit_t = _remote(with_size_cap_audit)
@@ -337,7 +337,7 @@ def _publish(refs: list, table: str, schema: pa.Schema, layout: io.RunLayout, co
 def resolve_distributed(plan: contract.InputPlan, config: JobConfig, layout: io.RunLayout) -> dict[str, Any]:
     import ray
 
-    from jobs.shuffle import map_exchange
+    from jobs.raykit.shuffle import map_exchange
 
     P = config.ray.num_partitions
     started = time.perf_counter()
@@ -419,7 +419,7 @@ def _reasons_text(reasons: dict[str, int]) -> str:
 
 def run_resolve(config: JobConfig, run_dir: str) -> dict[str, Any]:
     """The `segments resolve` stage: checks the input, then resolves on Ray; returns the summary."""
-    from jobs.raysession import ray_session
+    from jobs.raykit.session import ray_session
 
     started = time.perf_counter()
     layout = io.RunLayout(run_dir)

@@ -40,8 +40,8 @@ from features.matrix import feature_matrix
 from jobs import io
 from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
 from jobs.errors import UserError
-from jobs.naming import validate_segment_name
-from jobs.raysession import openmp_threads, ray_session
+from jobs.run.naming import validate_segment_name
+from jobs.raykit.session import openmp_threads, ray_session
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class Scorer:
                 raise RuntimeError(f"{spec.model_path} changed while scoring (version {model_version_of(raw)}, "
                                    f"expected {spec.model_version})")
             self.models.append((spec, load_booster(raw, nthread)))
-        self.threads = openmp_threads(nthread)  # held for the actor's life (see jobs.raysession)
+        self.threads = openmp_threads(nthread)  # held for the actor's life (see jobs.raykit.session)
         self.eligible_fn = eligible_fn or _default_eligible
 
     def __call__(self, block: pa.Table) -> pa.Table:

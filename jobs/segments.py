@@ -291,13 +291,13 @@ def label_dataset(events_ds, segment: SegmentConfig, as_of: dt.date, config: Job
     """Distributed labels: a Ray Dataset (persona_id string, label int64 = 1) of the segment's positives.
 
     Events are filtered to the label window on the workers (map), hash-partitioned by persona_id into
-    `config.ray.num_partitions` partitions (`jobs.shuffle`), and each partition is reduced by one
+    `config.ray.num_partitions` partitions (`jobs.raykit.shuffle`), and each partition is reduced by one
     vectorised pandas function. Everyone without a row is a negative (join with a left outer join and
     fill 0). The driver holds object references only.
     """
     import ray.data
 
-    from jobs.shuffle import hash_partition, map_partitions
+    from jobs.raykit.shuffle import hash_partition, map_partitions
 
     check_segment(segment)
     selected = events_ds.map_batches(
@@ -338,7 +338,7 @@ def labels_wide_dataset(events_ds, segments: Sequence[SegmentConfig], as_of: dt.
     import ray
     import ray.data
 
-    from jobs.shuffle import hash_partition, map_partitions
+    from jobs.raykit.shuffle import hash_partition, map_partitions
 
     for segment in segments:
         check_segment(segment)

@@ -57,7 +57,7 @@ from jobs import report as rpt
 from jobs import segments as seglib
 from jobs.config import JobConfig, SegmentConfig
 from jobs.errors import UserError
-from jobs.raysession import openmp_threads
+from jobs.raykit.session import openmp_threads
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def resolve_cutoffs(config: JobConfig, segment: SegmentConfig, as_of: dt.date) -
 
 def hash_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     """A uniform [0, 1) number per id, fixed by (id, seed): splits and samples that do not move."""
-    from jobs.shuffle import hash_columns
+    from jobs.raykit.shuffle import hash_columns
 
     h = hash_columns(pa.table({"k": ids}), ["k"])
     with np.errstate(over="ignore"):
@@ -878,7 +878,7 @@ def write_run_report(config: JobConfig, run_dir: str) -> str:
 
 def run_train(config: JobConfig, run_dir: str, segment: str | None = None) -> dict[str, Any]:
     """`segments train`: models/SEGMENT/ for every configured segment (or one), and models/report.html."""
-    from jobs.raysession import ray_session
+    from jobs.raykit.session import ray_session
 
     started = time.perf_counter()
     layout = io.RunLayout(run_dir)

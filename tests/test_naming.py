@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 
 from jobs.errors import UserError
-from jobs.naming import validate_partner_id, validate_run_date, validate_segment_name
+from jobs.run.naming import validate_partner_id, validate_run_date, validate_segment_name
 
 
 @pytest.mark.parametrize("good", ["p1", "partner-01", "acme.de", "P_2", "a", "x" * 64, "shop.co.uk"])

@@ -404,7 +404,7 @@ def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
 def test_a_live_lease_stops_a_second_run_and_a_dead_one_is_taken_over(toy, monkeypatch):
     import socket
 
-    from jobs import lease
+    from jobs.run import lease
 
     monkeypatch.setattr(lease, "SETTLE_S", 0.0)
     config, calls, stages = toy
@@ -432,7 +432,7 @@ def test_a_live_lease_stops_a_second_run_and_a_dead_one_is_taken_over(toy, monke
 
 
 def test_the_lease_is_given_back_when_a_stage_fails_and_beats_while_held(toy, monkeypatch):
-    from jobs import lease
+    from jobs.run import lease
 
     monkeypatch.setattr(lease, "SETTLE_S", 0.0)
     monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)

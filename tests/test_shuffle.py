@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from jobs.shuffle import hash_partition, map_exchange, map_partitions, split_by_hash
+from jobs.raykit.shuffle import hash_partition, map_exchange, map_partitions, split_by_hash
 
 
 def test_split_keeps_every_row_and_each_key_in_one_part():

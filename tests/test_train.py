@@ -301,7 +301,7 @@ def test_openmp_threads_lifts_rays_one_thread_limit_in_fractional_cpu_workers(ra
         import xgboost  # noqa: F401 - loads the OpenMP runtime XGBoost uses
         from threadpoolctl import threadpool_info
 
-        from jobs.raysession import openmp_threads
+        from jobs.raykit.session import openmp_threads
 
         def limits() -> list[int]:
             return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "openmp"]

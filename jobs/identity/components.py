@@ -1,7 +1,7 @@
 """Connected components, distributed: hash-partitioned edges, large-star / small-star rounds.
 
 Kiveris et al., "Connected Components in MapReduce and Beyond" (SoCC 2014). Edges live in `num_partitions`
-hash partitions (`jobs.shuffle`); every step is a vectorised numpy function over one partition:
+hash partitions (`jobs.raykit.shuffle`); every step is a vectorised numpy function over one partition:
 
   0. local contraction: each partition replaces its edges by a star on the minimum node of each of its
      local components (scipy on the partition only), which keeps global connectivity and shortens paths;
@@ -131,7 +131,7 @@ def connected_components(edge_blocks: list, num_partitions: int, src: str = "src
     `edge_blocks` are refs of tables with uint64 columns `src`, `dst`. Nodes without an edge do not appear.
     Every step's task splits its output by hash itself (`map_exchange`). Returns (label refs, {"rounds": r}).
     """
-    from jobs.shuffle import map_exchange
+    from jobs.raykit.shuffle import map_exchange
 
     P = num_partitions
     (parts,) = map_exchange(both_directions, [(b, src, dst) for b in edge_blocks], [["u"]], P)

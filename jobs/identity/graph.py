@@ -7,7 +7,7 @@ the other, and a persona is a connected component that holds at least one identi
 be shared the session stops being evidence, so its events fall back to one anchor each (an anonymous event
 there then links to nobody and gets persona_id null).
 
-Node ids are 64-bit hashes (`jobs.shuffle.hash_columns`) of (kind, scope partner, value). A collision would
+Node ids are 64-bit hashes (`jobs.raykit.shuffle.hash_columns`) of (kind, scope partner, value). A collision would
 merge two identifiers; for n identifiers its probability is about n^2 / 2^65 (3e-8 for a million
 identifiers, 3e-4 for a hundred million). It is not left silent: the node aggregation groups by the hash
 and counts the distinct (type, identifier, partner) behind each one, and the run summary reports
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.identity.normalise import normalise_emails, normalise_phones, phone_digits
+from jobs.contract.normalise import normalise_emails, normalise_phones, phone_digits
 
 DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK = "device", "email", "phone", "customer", "subscriber", "click_token"
 IDENTIFIER_TYPES = (DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK)

@@ -23,13 +23,12 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from jobs import io
+from jobs.storage import delete, read_json_or_none, write_json
 from jobs.config import StorageConfig
 from jobs.errors import UserError
 
 log = logging.getLogger(__name__)
 
-LEASE_FILE = "lease.json"
 HEARTBEAT_S = 30.0
 EXPIRES_S = 600.0
 # how long a writer waits before reading its lease back, so that a racing writer's lease has landed
@@ -62,11 +61,10 @@ def _describe(lease: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def run_lease(stage_dir: str, run_id: str, storage: StorageConfig) -> Iterator[dict[str, Any]]:
-    """Hold the lease of the run whose stage markers live in `stage_dir` for the duration of the block."""
-    path = io.join(stage_dir, LEASE_FILE)
-    if io.exists(path, storage):
-        current = io.read_json(path, storage)
+def run_lease(path: str, run_id: str, storage: StorageConfig) -> Iterator[dict[str, Any]]:
+    """Hold the run's lease file `path` (`RunLayout.lease`) for the duration of the block."""
+    current = read_json_or_none(path, storage)  # a torn lease (an older, non-atomic writer) is no lease
+    if current is not None:
         if holder_is_alive(current):
             raise UserError(
                 f"run {run_id} is already running: {_describe(current)} holds {path}. Two runs of one run folder "
@@ -77,9 +75,9 @@ def run_lease(stage_dir: str, run_id: str, storage: StorageConfig) -> Iterator[d
         log.warning("run %s: taking over a stale lease of %s", run_id, _describe(current))
     lease = {"owner": uuid.uuid4().hex, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
              "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "heartbeat": time.time()}
-    io.write_json(path, lease, storage)
+    write_json(path, lease, storage)
     time.sleep(SETTLE_S)
-    holder = io.read_json(path, storage)
+    holder = read_json_or_none(path, storage) or {}
     if holder.get("owner") != lease["owner"]:
         raise UserError(f"run {run_id} was started twice at the same moment; the other runner ({_describe(holder)}) "
                         "keeps it.")
@@ -89,7 +87,7 @@ def run_lease(stage_dir: str, run_id: str, storage: StorageConfig) -> Iterator[d
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
-                io.write_json(path, {**lease, "heartbeat": time.time()}, storage)
+                write_json(path, {**lease, "heartbeat": time.time()}, storage)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the run itself must not fail for it
                 log.warning("run %s: could not refresh the lease heartbeat", run_id, exc_info=True)
 
@@ -101,7 +99,7 @@ def run_lease(stage_dir: str, run_id: str, storage: StorageConfig) -> Iterator[d
         stop.set()
         thread.join()
         try:
-            if io.exists(path, storage) and io.read_json(path, storage).get("owner") == lease["owner"]:
-                io.delete(path, storage)
+            if (read_json_or_none(path, storage) or {}).get("owner") == lease["owner"]:
+                delete(path, storage)
         except Exception:  # noqa: BLE001 - the lease expires by itself; the run's own outcome matters more
             log.warning("run %s: could not remove the lease %s", run_id, path, exc_info=True)

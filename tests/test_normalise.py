@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from jobs.identity.normalise import (
+from jobs.contract.normalise import (
     normalise_email_value, normalise_emails, normalise_phone_value, normalise_phones, normalised_email_blocklist,
     phone_blocklist_digits,
 )

@@ -26,45 +26,11 @@ import pyarrow.parquet as pq
 
 from jobs import io
 from jobs.config import StorageConfig
+from jobs.contract.schema import CONTRACT_COLUMNS, CONTRACT_SCHEMA, EVENT_TYPES, REQUIRED, SUFFIXES, TS_TYPE
 from jobs.errors import UserError
 
 log = logging.getLogger(__name__)
 
-TS_TYPE = pa.timestamp("us", tz="UTC")
-
-CONTRACT_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("ts", TS_TYPE),
-        ("partner_id", pa.string()),
-        ("event_type", pa.string()),
-        ("session_id", pa.string()),
-        ("device_id", pa.string()),
-        ("email", pa.string()),
-        ("phone", pa.string()),
-        ("customer_id", pa.string()),
-        ("subscriber_id", pa.string()),
-        ("click_token", pa.string()),
-        ("product_id", pa.string()),
-        ("category", pa.string()),
-        ("brand", pa.string()),
-        ("price", pa.float64()),
-        ("quantity", pa.int64()),
-        ("order_id", pa.string()),
-        ("currency", pa.string()),
-        ("country", pa.string()),
-        ("city", pa.string()),
-        ("payment_method", pa.string()),
-        ("device_type", pa.string()),
-        ("traffic_source", pa.string()),
-    ]
-)
-CONTRACT_COLUMNS = CONTRACT_SCHEMA.names
-REQUIRED = ("event_id", "ts", "partner_id", "event_type")
-EVENT_TYPES = (
-    "page_view", "product_view", "add_to_cart", "purchase", "login", "subscribe", "message_sent", "message_click",
-)
-SUFFIXES = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz")
 # Internal columns added while reading; dropped before events_resolved is written.
 SOURCE = "_source_file"
 REASON = "_reason"
@@ -344,7 +310,7 @@ def dedupe(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     valid, invalid = split_invalid(table)
     if valid.num_rows == 0:
         return valid, invalid
-    from jobs.shuffle import hash_columns
+    from jobs.raykit.shuffle import hash_columns
 
     key = hash_columns(valid, ["partner_id", "event_id"])
     uniq, counts = np.unique(key, return_counts=True)

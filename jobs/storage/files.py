@@ -1,0 +1,169 @@
+"""Files: listing, reading, and writing that a reader never sees half of.
+
+A local file is written to a temporary name in the same folder, fsynced, renamed over the target and the
+folder fsynced; an S3 object is one PUT. Either way a reader sees the old content or the new, never a torn
+file. `read_json_or_none` treats a file that is missing, torn or not ours as absent (with a warning), for
+markers and leases that a crashed writer of an older version may have left behind.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from jobs.config import StorageConfig
+from jobs.storage.paths import filesystem_for, is_s3, with_scheme
+
+log = logging.getLogger(__name__)
+
+
+def exists(path: str, storage: StorageConfig) -> bool:
+    fs, p = filesystem_for(path, storage)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def is_dir(path: str, storage: StorageConfig) -> bool:
+    fs, p = filesystem_for(path, storage)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+
+
+def list_files(path: str, storage: StorageConfig, suffixes: Iterable[str] | None = None) -> list[str]:
+    """Files under a file, folder (recursively, hive partitions included) or glob, sorted; hidden skipped."""
+    fs, p = filesystem_for(path, storage)
+    if any(ch in p for ch in "*?["):
+        base = p.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] or "/"
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        candidates = [
+            i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, p)
+        ]
+        root = base
+    else:
+        info = fs.get_file_info(p)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        if info.type == pafs.FileType.File:
+            return [path] if suffixes is None or path.lower().endswith(tuple(suffixes)) else []
+        candidates = [i for i in fs.get_file_info(pafs.FileSelector(p, recursive=True)) if i.type == pafs.FileType.File]
+        root = p
+    files = []
+    for info in candidates:
+        relative = info.path[len(root) :] if info.path.startswith(root) else info.base_name
+        if _hidden(relative):
+            continue
+        if suffixes is not None and not info.base_name.lower().endswith(tuple(suffixes)):
+            continue
+        files.append(with_scheme(path, info.path))
+    return sorted(files)
+
+
+def file_sizes(paths: list[str], storage: StorageConfig) -> list[tuple[str, int, int]]:
+    """(path, size, modification time in ns) of each file, in one listing call where the store allows."""
+    if not paths:
+        return []
+    fs, _ = filesystem_for(paths[0], storage)
+    infos = fs.get_file_info([filesystem_for(p, storage)[1] for p in paths])
+    return [(p, int(i.size or 0), int(i.mtime_ns or 0)) for p, i in zip(paths, infos)]
+
+
+def read_bytes(path: str, storage: StorageConfig) -> bytes:
+    fs, p = filesystem_for(path, storage)
+    with fs.open_input_stream(p) as src:
+        return src.read()
+
+
+def write_bytes(path: str, data: bytes, storage: StorageConfig) -> None:
+    """Replace `path` with `data` atomically (see the module docstring)."""
+    if is_s3(path):
+        fs, p = filesystem_for(path, storage)
+        with fs.open_output_stream(p) as out:  # one PUT: the object appears whole or not at all
+            out.write(data)
+        return
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename itself durable (a crash after it must not bring the old name back)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:  # some filesystems refuse fsync on folders; the rename is still atomic
+        pass
+    finally:
+        os.close(handle)
+
+
+def write_json(path: str, payload: Any, storage: StorageConfig) -> None:
+    write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), storage)
+
+
+def read_json(path: str, storage: StorageConfig) -> Any:
+    return json.loads(read_bytes(path, storage))
+
+
+def read_json_or_none(path: str, storage: StorageConfig) -> Any:
+    """The JSON at `path`, or None when it is missing, torn or not JSON (a warning says which)."""
+    try:
+        return read_json(path, storage)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s is not a valid JSON file (%s): treated as absent", path, type(exc).__name__)
+        return None
+
+
+def delete(path: str, storage: StorageConfig) -> None:
+    """Remove a file or a folder tree; a missing path is fine."""
+    fs, p = filesystem_for(path, storage)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(p)
+
+
+def copy_file(source: str, target: str, storage: StorageConfig) -> None:
+    """Copy one file within a store (server-side on S3); the target appears whole."""
+    fs, src = filesystem_for(source, storage)
+    _, dst = filesystem_for(target, storage)
+    if is_s3(target):
+        fs.copy_file(src, dst)
+        return
+    fs.create_dir(posixpath.dirname(dst), recursive=True)
+    temporary = posixpath.join(posixpath.dirname(dst), f".{posixpath.basename(dst)}.{uuid.uuid4().hex[:8]}.tmp")
+    fs.copy_file(src, temporary)
+    fs.move(temporary, dst)
+
+
+def subfolders(path: str, storage: StorageConfig) -> list[str]:
+    """Names of the folders directly under `path` (none when it does not exist)."""
+    fs, p = filesystem_for(path, storage)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
