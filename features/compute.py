@@ -964,7 +964,7 @@ def compute_features_with_categories(
     import ray
     import ray.data
 
-    from jobs.shuffle import hash_partition, map_partitions
+    from jobs.raykit.shuffle import hash_partition, map_partitions
 
     n = config.ray.num_partitions
     known = events.columns(fetch_if_missing=False)  # no execution just to learn the schema
@@ -1017,7 +1017,7 @@ def default_as_of(events: "ray.data.Dataset") -> dt.date:
 def run_features(config: JobConfig, run_dir: str) -> dict[str, Any]:
     """`segments features`: write features/ of the run at config.features.as_of (default: day after the last event)."""
     from jobs.io import RunLayout, read_dataset, read_marker, write_dataset
-    from jobs.raysession import ray_session
+    from jobs.raykit.session import ray_session
 
     started = time.perf_counter()
     layout = RunLayout(run_dir)

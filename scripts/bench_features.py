@@ -111,7 +111,7 @@ def main() -> None:
 
     import ray
 
-    from jobs.raysession import ray_session
+    from jobs.raykit.session import ray_session
 
     results = []
     started = time.perf_counter()

@@ -57,7 +57,7 @@ def child_ray(events: str, out: str, partitions: int) -> dict:
     import ray
 
     from jobs.config import JobConfig
-    from jobs.raysession import configure_data_context
+    from jobs.raykit.session import configure_data_context
     from jobs.resolve import run_resolve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -186,7 +186,7 @@ def main() -> None:
 
     import ray
 
-    from jobs.raysession import ray_session
+    from jobs.raykit.session import ray_session
     from jobs.score import load_model_specs, read_features, score_dataset, scoring_map
 
     specs, _ = load_model_specs(config, run_dir, names)

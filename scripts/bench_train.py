@@ -105,7 +105,7 @@ def main() -> None:
             if ray_started is None:
                 import ray
 
-                from jobs.raysession import configure_data_context
+                from jobs.raykit.session import configure_data_context
 
                 t0 = time.perf_counter()
                 ray.init(include_dashboard=False, log_to_driver=False)
