@@ -22,6 +22,10 @@ features_app = typer.Typer(no_args_is_help=False, help="Feature table as of a cu
 exports_app = typer.Typer(no_args_is_help=True, help="What partners pull: list exports, presigned URLs, bucket policies.")
 app.add_typer(features_app, name="features")
 app.add_typer(exports_app, name="exports")
+serve_app = typer.Typer(no_args_is_help=False, help="Profiles and live events on Ray Serve; `serve keys create` makes a partner API key.")
+serve_keys_app = typer.Typer(no_args_is_help=True, help="Partner API keys of the online API (only hashes are stored).")
+app.add_typer(serve_app, name="serve")
+serve_app.add_typer(serve_keys_app, name="keys")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML job config; flags override it")]
 RunOpt = Annotated[str, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID (local or s3://)")]
@@ -265,6 +269,49 @@ def logs(
     from jobs.submit import job_logs
 
     _invoke(lambda: job_logs(address=address, job_id=job_id))
+
+
+@app.command()
+def publish(
+    run: RunOpt,
+    store: Annotated[Optional[str], typer.Option("--store", help="embedded (default) or redis")] = None,
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Make a finished run the current one online (ROOT/online/current.json)."""
+    from jobs.serving.publish import run_publish
+
+    _invoke(lambda: run_publish(_config(config_file, **{"ray.address": address}), run_dir=run, store=store))
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    root: Annotated[Optional[str], typer.Option("--root", help="ROOT holding online/ (local or s3://)")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="HTTP port of the Serve proxy (default 8000)")] = None,
+    config_file: ConfigOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Serve profile lookups and live events for the current release of ROOT."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from jobs.serving.app import run_serve
+
+    if root is None:
+        _invoke(_raise, UserError("`segments serve` needs --root ROOT (or use `segments serve keys create`)."))
+    _invoke(lambda: run_serve(_config(config_file, **{"serving.port": port, "ray.address": address}), root=root))
+
+
+@serve_keys_app.command("create")
+def serve_keys_create(
+    partner: Annotated[str, typer.Option("--partner", help="partner id the key belongs to")],
+    root: Annotated[str, typer.Option("--root", help="ROOT holding online/ (local or s3://)")],
+    config_file: ConfigOpt = None,
+) -> None:
+    """A new API key for a partner, printed once; only its hash is stored under ROOT/online/keys/."""
+    from jobs.serving.partner_keys import create_key
+
+    _invoke(lambda: create_key(_config(config_file), partner=partner, root=root))
 
 
 def _raise(exc: Exception) -> None:

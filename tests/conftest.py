@@ -77,3 +77,45 @@ def s3_bucket(storage):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=storage.endpoint_url, region_name="us-east-1").create_bucket(Bucket=name)
     yield f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on 127.0.0.1 (Debian's package; scripts/test.sh installs it), no persistence."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run scripts/setup_env.sh (it installs Debian's package)")
+    port = _free_port()
+    server = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                               "--protected-mode", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster):
+    """Ray Serve on the session's Ray, its HTTP proxy on a free port of 127.0.0.1; yields the base URL."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()

@@ -1,0 +1,406 @@
+"""Live events: validated like the batch, made durable before they are acknowledged, applied on every replica.
+
+Intake (`intake`): the body (a JSON array or JSON Lines) becomes the contract's columns and goes through the
+batch's own normaliser (`jobs.contract.reading.normalise_batch`), so a row is rejected online exactly when
+the batch would quarantine it, with the same reason; a line that is not a JSON object costs that row. A
+row of another partner fails the whole request (403); a `(partner_id, event_id)` already seen, or repeated
+in the request, is counted as a duplicate and not stored again.
+
+Durability (`EventLog`): accepted rows are written as one Parquet micro-batch per group commit under
+`ROOT/online/events/YYYY-MM-DD/HH/MM/` (the contract's columns, so the next batch run reads the folder with
+its usual `events:` setting) with an atomic write (local: temp + fsync + rename; S3: one PUT). Only then is
+the request answered 202: an acknowledged event is in the log even if the replica dies the next instant.
+
+Applying (`LiveState`): the log is the truth every replica follows. A replica applies its own micro-batch
+as soon as it is written, and tails the log (the last two minute folders, every `poll_events_seconds`) for
+the others'; a replica that starts, or loads a new release, replays every micro-batch since the release's
+cut-off. Applying is deterministic and order-free: a `(partner_id, event_id)` is applied once (the set of
+applied ids), identifiers link by the same rules everywhere, and the online features are counts, sums and
+maxima at the persona's latest event time (`jobs.serving.online`), so every replica converges on the same
+profile whatever order the files arrive in.
+
+Linking: an event's identifiers (normalised by the batch's `slim_events`, which also flags blocklisted and
+invalid emails/phones) minus the release's junk identifiers (the run's identity_audit) are looked up as link
+ids; when they point to exactly one persona, the event is that persona's and every identifier in it becomes
+a lookup key of the sending partner (and a link id) for that persona. An event whose identifiers point to
+two personas merges nothing (that is the next batch run's decision) and is only stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.matrix import feature_matrix
+from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
+from jobs.contract.reading import REASON, normalise_batch
+from jobs.contract.schema import CONTRACT_SCHEMA
+from jobs.identity.graph import slim_events
+from jobs.resolve import blocklists
+from jobs.run.layout import OnlineLayout
+from jobs.score import load_booster, membership, model_version_of
+from jobs.segments import eligible_mask
+from jobs.serving.identifiers import contact_key, digest64, key_hash, link_hash
+from jobs.serving.online import (
+    INTENT_KINDS,
+    INTENT_SOURCE,
+    INTENT_WEIGHTS,
+    LiveEvents,
+    intent_scale,
+    online_features,
+    updated_features,
+)
+from jobs.serving.source import read_parquet_file
+from jobs.storage import list_files, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(Exception):
+    """A request the API answers with a 4xx: `{"error": code, "detail": detail}`."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+# -------------------------------------------------------------------------------------------- intake
+
+def parse_events(body: bytes) -> tuple[list[dict | None], list[dict]]:
+    """(rows, rejected): a JSON array / object, or JSON Lines; a line that is not a JSON object is None."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if not text:
+        raise RequestError(400, "empty_body", "the body holds no events: send a JSON array or JSON Lines")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+        lines = [line for line in text.split("\n") if line.strip()]
+    else:
+        lines = None
+    if lines is None:
+        if not isinstance(parsed, (list, dict)):
+            raise RequestError(400, "malformed_body", "the body is JSON but neither an event object nor an array")
+        items = parsed if isinstance(parsed, list) else [parsed]
+        rows = [item if isinstance(item, dict) else None for item in items]
+    else:
+        rows = []
+        for line in lines:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                item = None
+            rows.append(item if isinstance(item, dict) else None)
+        if not any(rows):
+            raise RequestError(400, "malformed_body", "the body is neither JSON nor JSON Lines of event objects")
+    rejected = [{"index": i, "reason": "not_a_json_object"} for i, row in enumerate(rows) if row is None]
+    return rows, rejected
+
+
+def _column(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        # mixed types: text, as the batch's JSON reader would hand a string column to the normaliser
+        return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values],
+                        pa.string())
+
+
+@dataclass
+class Intake:
+    accepted: pa.Table  # contract columns
+    duplicates: int
+    rejected: list[dict]
+
+
+def intake(body: bytes, partner_id: str, seen: set[int], max_events: int) -> Intake:
+    """Validate a POST /v1/events body for `partner_id` (see the module docstring)."""
+    rows, rejected = parse_events(body)
+    if len(rows) > max_events:
+        raise RequestError(413, "too_many_events", f"{len(rows)} events in one request; at most {max_events}")
+    index = [i for i, row in enumerate(rows) if row is not None]
+    objects = [rows[i] for i in index]
+    raw = pa.table({c: _column([row.get(c) for row in objects]) for c in CONTRACT_SCHEMA.names
+                    if any(c in row for row in objects)}) if objects else pa.table({})
+    table = normalise_batch(raw, extra_columns=[]) if objects else None
+    if table is None or table.num_rows == 0:
+        return Intake(CONTRACT_SCHEMA.empty_table(), 0, sorted(rejected, key=lambda r: r["index"]))
+    reasons = table.column(REASON).to_pylist()
+    partners = table.column("partner_id").to_pylist()
+    foreign = [index[i] for i, (p, r) in enumerate(zip(partners, reasons)) if p is not None and p != partner_id]
+    if foreign:
+        raise RequestError(403, "foreign_partner", f"rows {foreign[:10]} carry another partner's partner_id; "
+                           "a key sends only its own partner's events")
+    keep, duplicates = [], 0
+    in_request: set[int] = set()
+    event_ids = table.column("event_id").to_pylist()
+    for i, reason in enumerate(reasons):
+        if reason is not None:
+            rejected.append({"index": index[i], "reason": reason})
+            continue
+        event = event_key(partner_id, event_ids[i])
+        if event in seen or event in in_request:
+            duplicates += 1
+            continue
+        in_request.add(event)
+        keep.append(i)
+    accepted = table.take(pa.array(keep, pa.int64())).select(CONTRACT_SCHEMA.names).cast(CONTRACT_SCHEMA)
+    return Intake(accepted, duplicates, sorted(rejected, key=lambda r: r["index"]))
+
+
+def event_key(partner_id: str, event_id: str) -> int:
+    return digest64(f"{partner_id}\x1f{event_id}")
+
+
+# ------------------------------------------------------------------------------------------ the log
+
+class EventLog:
+    """Parquet micro-batches under ROOT/online/events/YYYY-MM-DD/HH/MM/, named `UNIXMS-WRITER-SEQ.parquet`."""
+
+    def __init__(self, online: OnlineLayout, storage: StorageConfig, writer: str | None = None) -> None:
+        self.online, self.storage = online, storage
+        self.writer = writer or uuid.uuid4().hex[:12]
+        self.sequence = 0
+
+    def folder(self, when: dt.datetime) -> str:
+        return self.online.event_folder(when.strftime("%Y-%m-%d"), when.hour, when.minute)
+
+    def write(self, table: pa.Table) -> str:
+        now = dt.datetime.now(dt.timezone.utc)
+        self.sequence += 1
+        path = f"{self.folder(now)}/{int(now.timestamp() * 1000):013d}-{self.writer}-{self.sequence:06d}.parquet"
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        write_bytes(path, sink.getvalue(), self.storage)
+        return path
+
+    def recent(self, now: dt.datetime | None = None) -> list[str]:
+        """Micro-batches of this minute and the last (what tailing replicas list)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        files = []
+        for when in (now - dt.timedelta(minutes=1), now):
+            files.extend(list_files(self.folder(when), self.storage, suffixes=(".parquet",)))
+        return files
+
+    def since(self, day: dt.date) -> list[str]:
+        """Every micro-batch from day folders on or after `day` (a replay)."""
+        files = []
+        for folder_day in _days_from(self.online, self.storage, day):
+            files.extend(list_files(f"{self.online.events}/{folder_day}", self.storage, suffixes=(".parquet",)))
+        return files
+
+    def read(self, path: str) -> pa.Table:
+        return read_parquet_file(path, self.storage)
+
+
+def _days_from(online: OnlineLayout, storage: StorageConfig, day: dt.date) -> list[str]:
+    from jobs.storage import subfolders
+
+    return [name for name in subfolders(online.events, storage) if len(name) == 10 and name >= day.isoformat()]
+
+
+def committed_at(path: str) -> float:
+    """Seconds since the epoch at which a micro-batch was written (its name's prefix)."""
+    return int(path.rsplit("/", 1)[-1].split("-", 1)[0]) / 1000.0
+
+
+# ------------------------------------------------------------------------------------ live state
+
+@dataclass
+class PersonaLive:
+    persona_id: str
+    ref: Any
+    events: LiveEvents = field(default_factory=LiveEvents.empty)
+    intents: dict[str, dict[str, float]] = field(default_factory=lambda: {k: {} for k in INTENT_KINDS})
+    score: np.ndarray | None = None  # per release segment, after rescoring
+    percentile: np.ndarray | None = None
+    member: np.ndarray | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SegmentRuntime:
+    segment: SegmentConfig
+    booster: Any
+    feature_names: tuple[str, ...]
+    categories: tuple[str, ...] | None
+    curve: tuple[np.ndarray, np.ndarray] | None
+
+
+def load_segments(meta: dict[str, Any], online: OnlineLayout, storage: StorageConfig) -> list[SegmentRuntime]:
+    """The release's models, loaded through the score stage's one booster load path."""
+    out = []
+    for entry in meta["segments"]:
+        raw = read_bytes(online.release_model(meta["release_id"], entry["name"]), storage)
+        if model_version_of(raw) != entry["model_version"]:
+            raise RuntimeError(f"release {meta['release_id']}: model of {entry['name']} is not the version published")
+        curve = entry.get("curve")
+        out.append(SegmentRuntime(
+            segment=SegmentConfig.model_validate(entry["definition"]), booster=load_booster(raw, nthread=1),
+            feature_names=tuple(entry["feature_names"]),
+            categories=tuple(entry["categories"]) if entry.get("categories") is not None else None,
+            curve=(np.asarray(curve["score"]), np.asarray(curve["percentile"])) if curve else None))
+    return out
+
+
+class LiveState:
+    """One release plus what live events changed since its cut-off, as this replica has applied them."""
+
+    def __init__(self, release, online: OnlineLayout, config: JobConfig) -> None:
+        self.release = release
+        self.meta = release.meta
+        self.config = config
+        self.segments = load_segments(self.meta, online, config.storage)
+        self.feature_names = list(self.meta["feature_names"])
+        self.categories = self.meta.get("categories")
+        # the run's category slots decide the catalogue's cat-slot features; the release names those it moves
+        features = config.features.model_copy(update={"categories": self.categories}) if self.categories \
+            else config.features
+        published = set(self.meta.get("online_features") or [])
+        self.online = [f for f in online_features(features, self.feature_names) if f.name in published]
+        self.as_of_s = dt.datetime.combine(dt.date.fromisoformat(self.meta["as_of"]), dt.time(),
+                                           dt.timezone.utc).timestamp()
+        self.half_life = float(self.meta["intents"]["half_life_days"])
+        self.scoring = ScoringConfig(**self.meta["membership"])
+        self.blocklists = blocklists(config.identity)
+        self.personas: dict[str, PersonaLive] = {}
+        self.keys: dict[int, tuple[str, Any]] = {}
+        self.links: dict[int, tuple[str, Any]] = {}
+        self.seen: set[int] = set()
+        self.files: set[str] = set()
+        self.applied = 0
+
+    # --- lookups --------------------------------------------------------------------------------
+    async def lookup(self, partner_id: str, key_type: str, key: str) -> tuple[str, Any] | None:
+        h = key_hash(partner_id, key_type, key)
+        found = await self.release.lookup_key(h)
+        return found if found is not None else self.keys.get(h)
+
+    # --- applying micro-batches ---------------------------------------------------------------------
+    async def apply_file(self, path: str, table: pa.Table | None = None) -> int:
+        if path in self.files:
+            return 0
+        self.files.add(path)
+        if table is None:
+            table = await asyncio.to_thread(read_parquet_file, path, self.config.storage)
+        return await self.apply(table, committed_at(path))
+
+    async def apply(self, table: pa.Table, committed_s: float) -> int:
+        """Apply one micro-batch (see the module docstring); returns the events that changed a persona."""
+        if table.num_rows == 0:
+            return 0
+        partners = table.column("partner_id").to_pylist()
+        event_ids = table.column("event_id").to_pylist()
+        fresh = []
+        for i, (p, e) in enumerate(zip(partners, event_ids)):
+            k = event_key(p, e)
+            if k not in self.seen:
+                self.seen.add(k)
+                fresh.append(i)
+        if not fresh:
+            return 0
+        table = table.take(pa.array(fresh, pa.int64()))
+        table = table.take(pc.sort_indices(table, [("ts", "ascending"), ("event_id", "ascending")]))
+        slim = slim_events(table, *self.blocklists)
+        identifiers = [_identifiers(row) for row in slim.to_pylist()]
+        flat = sorted({h for ids in identifiers for (h, _, _) in ids})
+        junk = set(np.asarray(flat, np.uint64)[self.release.junk_of(flat)].tolist()) if flat else set()
+        known = dict(zip(flat, await self.release.lookup_links(flat))) if flat else {}
+        ts = (table.column("ts").cast(pa.int64()).to_numpy() / 1e6).tolist()
+        rows = table.select(["partner_id", "event_type", "category", "brand", "order_id", "event_id", "quantity",
+                             "price"]).to_pylist()
+        touched: dict[str, PersonaLive] = {}
+        for row, ids, t in zip(rows, identifiers, ts):
+            usable = [(h, kt, kv) for (h, kt, kv) in ids if h not in junk]
+            found = {}
+            for h, _, _ in usable:
+                hit = self.links.get(h) or known.get(h)
+                if hit is not None:
+                    found[hit[0]] = hit
+            if len(found) != 1:
+                continue
+            persona_id, ref = next(iter(found.values()))
+            for h, key_type, key in usable:
+                self.links.setdefault(h, (persona_id, ref))
+                self.keys.setdefault(key_hash(row["partner_id"], key_type, key), (persona_id, ref))
+            t = min(t, committed_s)  # a partner's clock ahead of ours never moves a window into the future
+            if t < self.as_of_s:
+                continue  # the batch run's features already cover (or will cover) events before its cut-off
+            live = self.personas.get(persona_id)
+            if live is None:
+                live = self.personas[persona_id] = PersonaLive(persona_id, ref)
+            order = f"{row['partner_id']}\x1f{row['order_id'] or row['event_id']}"
+            live.events.add(t, row["event_type"], row["category"], order, row["quantity"], row["price"])
+            weight = INTENT_WEIGHTS.get(row["event_type"])
+            if weight:
+                scale = float(intent_scale(np.array([t]), self.as_of_s, self.half_life)[0])
+                for kind in INTENT_KINDS:
+                    name = (row[INTENT_SOURCE[kind]] or "").strip()
+                    if name:
+                        live.intents[kind][name] = live.intents[kind].get(name, 0.0) + weight * scale
+            touched[persona_id] = live
+        if touched:
+            await self._rescore(list(touched.values()))
+        self.applied += len(touched)
+        return len(touched)
+
+    async def _rescore(self, personas: Sequence[PersonaLive]) -> None:
+        bases = await self.release.bases([p.ref for p in personas])
+        rows, times = [], []
+        for live, base in zip(personas, bases):
+            row, t = updated_features(base.inputs, self.feature_names, self.online, live.events, self.as_of_s,
+                                      self.categories)
+            rows.append(row)
+            times.append(t)
+        matrix = np.vstack(rows)
+        table = pa.table({name: matrix[:, j] for j, name in enumerate(self.feature_names)})
+        n = len(personas)
+        score = np.full((n, len(self.segments)), np.nan)
+        pct = np.full((n, len(self.segments)), np.nan)
+        member = np.zeros((n, len(self.segments)), bool)
+        for j, seg in enumerate(self.segments):
+            eligible = np.asarray(eligible_mask(seg.segment, table, seg.categories), bool)
+            if not eligible.any():
+                continue
+            rows_in = table.filter(pa.array(eligible))
+            predicted = np.asarray(seg.booster.inplace_predict(feature_matrix(rows_in, seg.feature_names, "C")),
+                                   np.float64)
+            score[eligible, j] = predicted
+            if seg.curve is not None:
+                pct[eligible, j] = np.interp(predicted, seg.curve[0], seg.curve[1])
+            member[eligible, j] = membership(predicted, pct[eligible, j], self.scoring)
+        for i, (live, t) in enumerate(zip(personas, times)):
+            live.score, live.percentile, live.member, live.updated_at = score[i], pct[i], member[i], t
+
+
+def _identifiers(slim_row: dict) -> list[tuple[int, str, str]]:
+    """(link hash, lookup key type, lookup key) of each identifier of one slim event row that may link."""
+    partner = slim_row["partner_id"]
+    out = []
+    if slim_row["device_id"]:
+        out.append((link_hash("device", None, slim_row["device_id"]), "device_id", slim_row["device_id"]))
+    if slim_row["email_n"] and slim_row["email_flag"] is None:
+        out.append((link_hash("email", None, slim_row["email_n"]), "email_sha256", contact_key(slim_row["email_n"])))
+    if slim_row["phone_n"] and slim_row["phone_flag"] is None:
+        out.append((link_hash("phone", None, slim_row["phone_n"]), "phone_sha256", contact_key(slim_row["phone_n"])))
+    for kind, column in (("customer", "customer_id"), ("subscriber", "subscriber_id")):
+        if slim_row[column]:
+            out.append((link_hash(kind, partner, slim_row[column]), column, slim_row[column]))
+    return out
+
+
+def event_time_iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+

@@ -1,0 +1,56 @@
+"""One published fixture run per store, each served by its own Serve application (2 replicas) over HTTP.
+
+`deployed[store]` gives the application's URL, ROOT, config and one API key per partner. Both
+applications live for the session (deploying costs seconds) and are deleted at its end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fixture_run import PARTNERS, build_run, job_config
+from online_app import Deployed, call
+
+from jobs.config import StorageConfig
+
+STORES = ("embedded", "redis")
+
+
+def _deploy(store: str, root: str, serve_url: str, redis_url: str) -> Deployed:
+    from ray import serve
+
+    from jobs.serving.app import build_app
+    from jobs.serving.partner_keys import create_key
+    from jobs.serving.publish import run_publish
+
+    storage = StorageConfig()
+    run_dir = build_run(root, storage)
+    config = job_config(root, store=store, redis_url=redis_url, replicas=2, cpus_per_replica=0.25,
+                        poll_events_seconds=0.1, poll_release_seconds=0.3, max_events_per_request=50,
+                        max_body_bytes=64 * 1024, app_name=f"segments-{store}", route_prefix=f"/{store}")
+    run_publish(config, run_dir)
+    keys = {partner: create_key(config, partner, root) for partner in PARTNERS}
+    serve.run(build_app(config, root), name=config.serving.app_name, route_prefix=config.serving.route_prefix)
+    deployed = Deployed(store, f"{serve_url}/{store}", root, run_dir, config, keys)
+    deadline = time.monotonic() + 60
+    while call(f"{deployed.url}/v1/health", keys["p1"]).status != 200:
+        assert time.monotonic() < deadline, f"the {store} application never became healthy"
+        time.sleep(0.2)
+    return deployed
+
+
+@pytest.fixture(scope="session")
+def deployed(tmp_path_factory, serve_url, redis_url):
+    from ray import serve
+
+    apps = {store: _deploy(store, str(tmp_path_factory.mktemp(f"online-{store}")), serve_url, redis_url)
+            for store in STORES}
+    yield apps
+    for app in apps.values():
+        serve.delete(app.config.serving.app_name)
+
+
+@pytest.fixture(params=STORES)
+def app(request, deployed) -> Deployed:
+    return deployed[request.param]
