@@ -5,7 +5,8 @@ atomically (`jobs.storage`); after it returns, the runner writes `RUN/_stages/ST
 fingerprint (its config view, its inputs' versions: `jobs.run.stage`) and the versions of what it wrote.
 
 A rerun skips a stage whose marker still matches. A stage that runs again publishes new versions, so the
-stages that read them see changed inputs and run again too (their markers are removed before it starts).
+stages that read them see changed inputs and run again too; a stage whose rerun decides the same thing (the
+plan, when only the run date moved) leaves the stages after it valid.
 A run killed at any point (SIGKILL included) resumes at the first stage without a valid marker: what a
 half-finished stage left behind is unpublished (invisible to readers) or overwritten by its rerun.
 
@@ -30,7 +31,7 @@ from jobs.run.layout import RunLayout
 from jobs.run.lease import run_lease
 from jobs.run.plan import RunPlan
 from jobs.run.resources import PeakSampler
-from jobs.run.stage import PLAN, RunIdentity, Stage, StageContext, downstream_of, upstream_of
+from jobs.run.stage import PLAN, RunIdentity, Stage, StageContext, upstream_of
 from jobs.run.summary import fmt, format_summary, stage_summary
 from jobs.storage import check_bucket, delete, read_json_or_none, write_json
 
@@ -125,8 +126,7 @@ def _run(
                 log.info("%s: done already (inputs and config unchanged), skipped", tag)
                 continue
             _check_inputs(stage, stages, ctx)
-            for later in [stage, *downstream_of(stage, stages)]:
-                delete(layout.stage_marker(later.name), config.storage)
+            delete(layout.stage_marker(stage.name), config.storage)  # in flux until it finishes
             if not ray_started._exit_callbacks:
                 ray_started.enter_context(ray_session(config.ray))
             log.info("%s: started", tag)

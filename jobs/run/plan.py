@@ -105,8 +105,10 @@ class RunPlan:
 
     @property
     def digest(self) -> str:
-        """What a stage that reads the plan records in its fingerprint."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+        """What a stage that reads the plan records in its fingerprint: the data decisions only. The run id
+        and date are left out, so a new run date alone redoes only the stages that take the run identity."""
+        decisions = {k: v for k, v in self.to_json().items() if k not in ("run_id", "run_date")}
+        return hashlib.sha256(json.dumps(decisions, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def segment_cutoffs(

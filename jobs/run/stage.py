@@ -213,14 +213,3 @@ def ordered(stages: list[Stage]) -> tuple[Stage, ...]:
 def upstream_of(stage: Stage, stages: tuple[Stage, ...]) -> list[Stage]:
     writers = {name: s for s in stages for name in s.writes}
     return [writers[name] for name in stage.reads if name in writers]
-
-
-def downstream_of(stage: Stage, stages: tuple[Stage, ...]) -> list[Stage]:
-    """Every stage that reads, directly or not, what `stage` writes (its markers go when it reruns)."""
-    found: list[Stage] = []
-    frontier = set(stage.writes)
-    for candidate in stages[stages.index(stage) + 1 :]:
-        if frontier & set(candidate.reads):
-            found.append(candidate)
-            frontier |= set(candidate.writes)
-    return found
