@@ -189,7 +189,7 @@ class ProfileService:
         return {"run_id": meta["run_id"], "release_id": meta["release_id"], "published_at": meta["published_at"],
                 "store": meta["store"], "personas": meta["personas"],
                 "model_versions": {s["name"]: s["model_version"] for s in meta["segments"]},
-                "live_events_applied": self.state.applied}
+                "live_events_seen": len(self.state.seen), "live_events_applied": self.state.applied}
 
     async def profile(self, partner: str, query: list[tuple[str, str]]) -> dict[str, Any]:
         unknown = sorted({k for k, _ in query if k not in KEY_TYPES})

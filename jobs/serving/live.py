@@ -298,7 +298,7 @@ class LiveState:
         return await self.apply(table, committed_at(path))
 
     async def apply(self, table: pa.Table, committed_s: float) -> int:
-        """Apply one micro-batch (see the module docstring); returns the events that changed a persona."""
+        """Apply one micro-batch (see the module docstring); returns the personas it changed."""
         if table.num_rows == 0:
             return 0
         partners = table.column("partner_id").to_pylist()
@@ -351,9 +351,9 @@ class LiveState:
                     if name:
                         live.intents[kind][name] = live.intents[kind].get(name, 0.0) + weight * scale
             touched[persona_id] = live
+            self.applied += 1
         if touched:
             await self._rescore(list(touched.values()))
-        self.applied += len(touched)
         return len(touched)
 
     async def _rescore(self, personas: Sequence[PersonaLive]) -> None:

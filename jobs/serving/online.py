@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.catalog import PURCHASE, Feature, catalog
-from features.compute import top_level
 from jobs.config import FeaturesConfig
+from jobs.run.plan import top_level
 
 DAY_S = 86_400.0
 
