@@ -37,11 +37,12 @@ def ray_session(config: RayConfig) -> Iterator[None]:
     started_here = False
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
-        if address:
+        if address:  # a cluster's own auth settings stand: joining it changes none of them
             ray.init(address=address, **kwargs)
         else:
+            # a Ray private to this command, on this machine: token auth would only get in the way
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             object_store = config.object_store_memory_mb * 1024 * 1024 if config.object_store_memory_mb else None
             ray.init(num_cpus=config.num_cpus, object_store_memory=object_store, **kwargs)
         started_here = True
