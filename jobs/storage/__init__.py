@@ -16,6 +16,15 @@ from jobs.storage.files import (
     subfolders,
     write_bytes,
     write_json,
+    write_parquet,
+)
+from jobs.storage.folders import (
+    FolderRelease,
+    publish_folder,
+    publish_folders,
+    published_folders,
+    published_manifest,
+    remove_empty_folder,
 )
 from jobs.storage.paths import (
     bucket_of,
@@ -25,6 +34,7 @@ from jobs.storage.paths import (
     is_s3,
     join,
     key_of,
+    presigned_url,
     s3fs_for,
     with_scheme,
 )
@@ -45,6 +55,7 @@ from jobs.storage.tables import (
 
 __all__ = [
     "MARKER",
+    "FolderRelease",
     "TableIn",
     "TableOut",
     "TableWriter",
@@ -63,6 +74,11 @@ __all__ = [
     "list_files",
     "marker_or_none",
     "new_write_id",
+    "presigned_url",
+    "publish_folder",
+    "publish_folders",
+    "published_folders",
+    "published_manifest",
     "read_arrow",
     "read_bytes",
     "read_dataset",
@@ -70,11 +86,13 @@ __all__ = [
     "read_json_or_none",
     "read_marker",
     "read_published_file",
+    "remove_empty_folder",
     "s3fs_for",
     "subfolders",
     "table_files",
     "with_scheme",
     "write_bytes",
     "write_json",
+    "write_parquet",
     "writing",
 ]

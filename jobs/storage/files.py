@@ -17,7 +17,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from jobs.config import StorageConfig
 from jobs.storage.paths import filesystem_for, is_s3, with_scheme
@@ -104,6 +106,16 @@ def write_bytes(path: str, data: bytes, storage: StorageConfig) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
     _fsync_folder(folder)
+
+
+def write_parquet(path: str, table: pa.Table, storage: StorageConfig, **options: Any) -> bytes:
+    """Write one small table as one Parquet file, atomically (`write_bytes`); returns the bytes written
+    (for checksums). `options` go to `pyarrow.parquet.write_table` (compression ...)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **options)
+    data = sink.getvalue().to_pybytes()
+    write_bytes(path, data, storage)
+    return data
 
 
 def _fsync_folder(folder: str) -> None:

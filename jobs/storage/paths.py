@@ -88,3 +88,22 @@ def check_bucket(path: str, storage: StorageConfig) -> None:
         raise UserError(
             f"S3 bucket {bucket!r} (from {path}) is not readable with the current AWS credentials."
         ) from None
+
+
+def presigned_url(path: str, storage: StorageConfig, expires_seconds: int) -> str:
+    """A presigned GET URL for one s3:// object: SigV4 query-string auth bound to bucket, key, expiry and region."""
+    # boto3 here only: s3fs signs with the same credentials but does not let us pin the signature version
+    import boto3
+    from botocore.config import Config
+
+    if not is_s3(path):
+        raise UserError(f"presigned URLs need an s3:// path, not {path!r}.")
+    client = boto3.client(
+        "s3",
+        endpoint_url=storage.endpoint_url,
+        region_name=storage.region,
+        config=Config(signature_version="s3v4", retries={"max_attempts": max(storage.retries, 1), "mode": "standard"}),
+    )
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket_of(path), "Key": key_of(path)}, ExpiresIn=expires_seconds
+    )
