@@ -432,9 +432,12 @@ class ScoreView(StageView):
 
 
 class ExportView(StageView):
-    segments: list[SegmentConfig]
-    export: ExportConfig
+    root: str = Field(description="ROOT of the exports: export.root, else the run's own ROOT")
+    membership: Literal["top_percent", "threshold"] = Field(description="how members were chosen (manifests say)")
+    num_partitions: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> "ExportView":
-        return cls(segments=list(config.segments), export=config.export)
+        return cls(root=config.export.root or config.root, membership=config.scoring.membership,
+                   num_partitions=config.ray.num_partitions)
