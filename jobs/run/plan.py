@@ -8,7 +8,9 @@
 
 The plan is a pure function of the config's plan view and two facts of the resolved events (the last day
 with an event, and events per top-level category per day), so it is decided as soon as those exist and
-before any stage that uses it; no stage re-derives a date or a category list on its own.
+before any stage that uses it; no stage re-derives a date or a category list on its own. The facts are a
+small table (`block_facts` of each block of events, `merge_facts` of the blocks: days x categories rows), so
+the plan stage works them out where the events are and merges them (`jobs.stages.plan`).
 
 Defaults: `as_of` is the day after the last event. A segment with horizon h evaluates at `as_of - h` (its
 label window is then fully observed) and trains at `as_of - 2h` (training labels end where evaluation
@@ -24,6 +26,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.config import PlanView, SegmentConfig
 from jobs.errors import UserError
@@ -156,6 +162,48 @@ class EventFacts:
             if day < before:
                 totals[category] = totals.get(category, 0) + n
         return totals
+
+    @classmethod
+    def from_table(cls, facts: pa.Table) -> EventFacts:
+        """From a `FACTS_SCHEMA` table (`block_facts`, merged with `merge_facts`): days x categories rows."""
+        last = pc.max(facts.column("day")).as_py() if facts.num_rows else None
+        counted = facts.filter(pc.and_(pc.is_valid(facts.column("category")), pc.greater(facts.column("events"), 0)))
+        per_day = {
+            (day, category): int(n)
+            for day, category, n in zip(*(counted.column(c).to_pylist() for c in FACTS_SCHEMA.names))
+        }
+        return cls(last_day=last, events_per_category_day=per_day)
+
+
+# The EventFacts of some events as a table: one row per (UTC day, top-level category) with the events of that
+# day and category that have a persona; a row with a null category (and the events without either) marks
+# every day with any event. Small (days x categories), so each block's table merges into the run's cheaply.
+FACTS_SCHEMA = pa.schema([("day", pa.date32()), ("category", pa.string()), ("events", pa.int64())])
+FACTS_COLUMNS = ["ts", "persona_id", "category"]  # what `block_facts` reads of events_resolved
+_DAY_US = 86_400_000_000
+
+
+def block_facts(events: pa.Table) -> pa.Table:
+    """The `FACTS_SCHEMA` table of one block of events_resolved rows (`FACTS_COLUMNS`)."""
+    events = events.filter(pc.is_valid(events.column("ts")))
+    if events.num_rows == 0:
+        return FACTS_SCHEMA.empty_table()
+    micros = pc.cast(events.column("ts"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    days = pa.array(np.floor_divide(micros, _DAY_US).astype(np.int32)).cast(pa.date32())
+    encoded = pc.dictionary_encode(events.column("category").combine_chunks())
+    heads = pa.array([top_level(c) for c in encoded.dictionary.to_pylist()], pa.string())
+    category = heads.take(encoded.indices)
+    counted = pc.and_(pc.is_valid(events.column("persona_id")), pc.is_valid(category)).combine_chunks()
+    rows = pa.table({"day": days, "category": pc.if_else(counted, category, pa.scalar(None, pa.string())),
+                     "events": pc.cast(counted, pa.int64())})
+    return merge_facts(rows)
+
+
+def merge_facts(*facts: pa.Table) -> pa.Table:
+    """Several `FACTS_SCHEMA` tables as one (events summed per day and category); associative."""
+    rows = pa.concat_tables([f.cast(FACTS_SCHEMA) for f in facts]) if facts else FACTS_SCHEMA.empty_table()
+    merged = rows.group_by(["day", "category"]).aggregate([("events", "sum")])
+    return merged.select(["day", "category", "events_sum"]).rename_columns(FACTS_SCHEMA.names).cast(FACTS_SCHEMA)
 
 
 def build_plan(run_id: str, run_date: dt.date, view: PlanView, facts: EventFacts) -> RunPlan:
