@@ -1,7 +1,7 @@
 """The feature catalogue: every column of `features/` declared as data (Feast-style feature objects).
 
 A `Feature` names its column, group, dtype, window and meaning, and says how it is computed: `stat`
-names a vectorised computation in `features.compute` and `params` are its arguments. The catalogue
+names a vectorised computation in `features.stats` and `params` are its arguments. The catalogue
 depends only on `FeaturesConfig` (windows, number of category slots), never on data, so
 `feature_names` / `xgboost_feature_types` are known before anything runs and FEATURES.md is generated
 from it (`features.docs`).
@@ -13,11 +13,13 @@ Conventions every feature keeps:
   NaN where the value does not exist (a rate with nothing to divide, days since something that never
   happened), never 0. `Feature.missing` says which.
 - Categorical features ('c' in `xgboost_feature_types`) hold integer codes as float64 (NaN = missing)
-  from fixed vocabularies declared here, so a code means the same thing in every run: XGBoost reads
-  them directly with `enable_categorical` / `feature_types`.
-- Category slots `catNN_*`: slot NN is the NN-th of the run's feature categories (top-level category
-  names) in `config.features.categories` order when pinned, else sorted by name; the run's list is
-  recorded in the `features/` marker (`categories`).
+  from fixed vocabularies (the input contract's, `jobs.contract.schema`, and the ones declared here), so
+  a code means the same thing in every run: XGBoost reads them directly with `enable_categorical` /
+  `feature_types`.
+- Category slots `catNN_*`: slot NN is the NN-th of the run plan's feature categories (`RunPlan.categories`,
+  top-level category names); the run's list is recorded in the `features/` marker (`categories`). There
+  are `category_slots(config)` slots whatever the plan fills; the code past the last slot means "another
+  category".
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jobs.config import FeaturesConfig
+from jobs.contract.schema import DEVICE_TYPES, PAYMENT_METHODS, TRAFFIC_SOURCES
 
 INT = "int64"
 FLOAT = "float64"
@@ -43,12 +46,6 @@ GROUPS: dict[str, str] = {
 }
 
 # Fixed vocabularies: a categorical code is the index in its tuple; anything else is "other" (= len).
-EVENT_TYPES = (
-    "page_view", "product_view", "add_to_cart", "purchase", "login", "subscribe", "message_sent", "message_click",
-)
-DEVICE_TYPES = ("desktop", "mobile", "tablet")
-PAYMENT_METHODS = ("card", "cash_on_delivery", "bank_transfer", "installments", "wallet")
-TRAFFIC_SOURCES = ("direct", "search", "social", "ads", "email", "sms", "viber", "referral")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAYPARTS = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("evening", 18, 24))
 COUNTRY_OTHER = 26 * 26  # code of a country value that is not two ASCII letters
@@ -130,9 +127,11 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
     for w in W:
         add(f"orders_{w}d", "rfm", INT, w, f"distinct orders (partner + order_id) in {_window_text(w)}", "orders")
     for w in W:
-        add(f"items_{w}d", "rfm", INT, w, f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}", "items")
+        add(f"items_{w}d", "rfm", INT, w, f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}",
+            "items")
     for w in W:
-        add(f"revenue_{w}d", "rfm", FLOAT, w, f"spend (sum of price x quantity of purchases) in {_window_text(w)}", "revenue")
+        add(f"revenue_{w}d", "rfm", FLOAT, w, f"spend (sum of price x quantity of purchases) in {_window_text(w)}",
+            "revenue")
     for w in W:
         add(f"aov_{w}d", "rfm", FLOAT, w, f"average order value in {_window_text(w)}", "aov", missing=nan_no_orders)
     for label, types in (("event", None), ("view", VIEW), ("cart", CART), ("purchase", PURCHASE), ("click", CLICK)):
@@ -159,18 +158,21 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         add(f"sessions_{w}d", "engagement", INT, w, f"distinct sessions (session_key) in {_window_text(w)}",
             "distinct", key="session", types=None)
     for w in W:
-        add(f"product_views_{w}d", "engagement", INT, w, f"product_view events in {_window_text(w)}", "count", types=VIEW)
+        add(f"product_views_{w}d", "engagement", INT, w, f"product_view events in {_window_text(w)}", "count",
+            types=VIEW)
     for w in W:
         add(f"carts_{w}d", "engagement", INT, w, f"add_to_cart events in {_window_text(w)}", "count", types=CART)
     for w in W:
         add(f"active_days_{w}d", "engagement", INT, w, f"distinct UTC days with an event in {_window_text(w)}",
             "distinct", key="day", types=None)
     for w in WL:
-        add(f"view_to_cart_rate_{w}d", "engagement", FLOAT, w, f"add_to_cart / product_view events in {_window_text(w)}",
-            "ratio", missing="NaN (no product views)", num=CART, den=VIEW)
+        add(f"view_to_cart_rate_{w}d", "engagement", FLOAT, w,
+            f"add_to_cart / product_view events in {_window_text(w)}", "ratio",
+            missing="NaN (no product views)", num=CART, den=VIEW)
     for w in WL:
-        add(f"cart_to_purchase_rate_{w}d", "engagement", FLOAT, w, f"purchase lines / add_to_cart events in {_window_text(w)}",
-            "ratio", missing="NaN (no carts)", num=PURCHASE, den=CART)
+        add(f"cart_to_purchase_rate_{w}d", "engagement", FLOAT, w,
+            f"purchase lines / add_to_cart events in {_window_text(w)}", "ratio",
+            missing="NaN (no carts)", num=PURCHASE, den=CART)
     for w in WL:
         add(f"view_to_purchase_rate_{w}d", "engagement", FLOAT, w,
             f"purchase lines / product_view events in {_window_text(w)}", "ratio", missing="NaN (no product views)",
@@ -178,8 +180,9 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
     add("session_minutes_mean_90d", "engagement", FLOAT, 90,
         "mean session length (first to last event of a session_key, minutes) over sessions in the last 90 days",
         "session_minutes", missing="NaN (no sessions)")
-    add("events_per_session_90d", "engagement", FLOAT, 90, "events with a session_key per distinct session, last 90 days",
-        "events_per_session", missing="NaN (no sessions)")
+    add("events_per_session_90d", "engagement", FLOAT, 90,
+        "events with a session_key per distinct session, last 90 days", "events_per_session",
+        missing="NaN (no sessions)")
     add("products_viewed_90d", "engagement", INT, 90, "distinct products viewed in the last 90 days",
         "distinct", key="product", types=VIEW)
     for source in TRAFFIC_SOURCES:
@@ -257,12 +260,13 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
     # --- Identity and devices ---------------------------------------------------------------------
     for key, text in (
         ("device", "distinct device_id"),
-        ("email", "distinct emails (trimmed, lowercased, +tag and gmail dots removed)"),
-        ("phone", "distinct phones (last 9 digits)"),
+        ("email", "distinct emails (normalised as identity resolution does; invalid values not counted)"),
+        ("phone", "distinct phones (E.164, the event's country as the region; impossible numbers not counted)"),
         ("customer", "distinct partner customer records (partner + customer_id)"),
         ("subscriber", "distinct partner subscriber records (partner + subscriber_id)"),
     ):
-        add(f"{key}s", "identity", INT, None, f"{text} seen, all history before the cut-off", "distinct", key=key, types=None)
+        add(f"{key}s", "identity", INT, None, f"{text} seen, all history before the cut-off", "distinct", key=key,
+            types=None)
     add("subscribe_events", "identity", INT, None, "subscribe events, all history before the cut-off",
         "count", types=("subscribe",))
     add("logins_90d", "identity", INT, 90, "login events in the last 90 days", "count", types=("login",))
@@ -274,25 +278,29 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         f"most frequent device_type in the last 365 days; codes {_codes_text(DEVICE_TYPES)}", "mode", kind="c",
         missing="NaN (no device_type)", key="device_type", types=None)
     for w in (90, 365):
-        add(f"messages_received_{w}d", "identity", INT, w, f"campaign messages sent to the persona in {_window_text(w)}",
-            "count", types=SENT)
+        add(f"messages_received_{w}d", "identity", INT, w,
+            f"campaign messages sent to the persona in {_window_text(w)}", "count", types=SENT)
     for w in (90, 365):
-        add(f"campaign_clicks_{w}d", "identity", INT, w, f"campaign message clicks in {_window_text(w)}", "count", types=CLICK)
+        add(f"campaign_clicks_{w}d", "identity", INT, w, f"campaign message clicks in {_window_text(w)}", "count",
+            types=CLICK)
     for w in (90, 365):
-        add(f"campaign_click_rate_{w}d", "identity", FLOAT, w, f"message_click / message_sent events in {_window_text(w)}",
-            "ratio", missing="NaN (no messages received)", num=CLICK, den=SENT)
+        add(f"campaign_click_rate_{w}d", "identity", FLOAT, w,
+            f"message_click / message_sent events in {_window_text(w)}", "ratio",
+            missing="NaN (no messages received)", num=CLICK, den=SENT)
 
     # --- Time habits (UTC: the contract carries no time zone) -------------------------------------
     for name, lo, hi in DAYPARTS:
-        add(f"{name}_share_365d", "time", FLOAT, 365, f"share of events between {lo:02d}:00 and {hi:02d}:00 UTC, last 365 days",
-            "hour_share", missing="NaN (no events)", lo=lo, hi=hi)
+        add(f"{name}_share_365d", "time", FLOAT, 365,
+            f"share of events between {lo:02d}:00 and {hi:02d}:00 UTC, last 365 days", "hour_share",
+            missing="NaN (no events)", lo=lo, hi=hi)
     for day_index, day in enumerate(WEEKDAYS):
         add(f"{day}_share_365d", "time", FLOAT, 365, f"share of events on {day.capitalize()} (UTC), last 365 days",
             "weekday_share", missing="NaN (no events)", days=(day_index,))
     add("weekend_share_365d", "time", FLOAT, 365, "share of events on Saturday or Sunday (UTC), last 365 days",
         "weekday_share", missing="NaN (no events)", days=(5, 6))
-    add("peak_hour_365d", "time", FLOAT, 365, "UTC hour (0-23) with the most events in the last 365 days (lowest on ties)",
-        "peak", missing="NaN (no events)", key="hour")
+    add("peak_hour_365d", "time", FLOAT, 365,
+        "UTC hour (0-23) with the most events in the last 365 days (lowest on ties)", "peak",
+        missing="NaN (no events)", key="hour")
     add("peak_weekday_365d", "time", FLOAT, 365,
         "weekday with the most events in the last 365 days (lowest on ties); codes 0 = mon ... 6 = sun",
         "peak", kind="c", missing="NaN (no events)", key="weekday")
@@ -301,7 +309,8 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
     add("country", "geo_payment", FLOAT, 365,
         "most frequent country in the last 365 days; code (A..Z) * 26 + (A..Z) of the alpha-2 code (BG = 32), "
         f"{COUNTRY_OTHER} = not two letters", "mode", kind="c", missing="NaN (no country)", key="country", types=None)
-    add("countries_365d", "geo_payment", INT, 365, "distinct countries in the last 365 days", "distinct", key="country", types=None)
+    add("countries_365d", "geo_payment", INT, 365, "distinct countries in the last 365 days", "distinct",
+        key="country", types=None)
     add("cities_365d", "geo_payment", INT, 365, "distinct cities (country + city) in the last 365 days",
         "distinct", key="city", types=None)
     for method in PAYMENT_METHODS + ("other",):
@@ -329,8 +338,9 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "max_order_value", missing=nan_no_orders)
     add("max_item_price_365d", "purchasing_power", FLOAT, 365, "highest unit price bought in the last 365 days",
         "price_stat", missing="NaN (no priced purchases)", how="max", types=PURCHASE)
-    add("mean_item_price_365d", "purchasing_power", FLOAT, 365, "mean unit price of purchase lines in the last 365 days",
-        "price_stat", missing="NaN (no priced purchases)", how="mean", types=PURCHASE)
+    add("mean_item_price_365d", "purchasing_power", FLOAT, 365,
+        "mean unit price of purchase lines in the last 365 days", "price_stat",
+        missing="NaN (no priced purchases)", how="mean", types=PURCHASE)
 
     # --- Social influence (a message_sent's click_token clicked by another persona) ---------------
     add("forwarded_clicks_365d", "social", INT, 365,

@@ -7,18 +7,7 @@ file equal to it and its feature list equal to the columns of a computed table. 
 
 from __future__ import annotations
 
-from features.catalog import (
-    COUNTRY_OTHER,
-    DAYPARTS,
-    DEVICE_TYPES,
-    GROUPS,
-    PAYMENT_METHODS,
-    TRAFFIC_SOURCES,
-    WEEKDAYS,
-    Feature,
-    catalog,
-    category_slots,
-)
+from features.catalog import COUNTRY_OTHER, DAYPARTS, GROUPS, VOCABULARIES, WEEKDAYS, Feature, catalog, category_slots
 from jobs.config import FeaturesConfig
 
 
@@ -44,7 +33,9 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
             for i, f in enumerate(features, start=1)
         ]
         widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header) - 1)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in [header, *rows]]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in [header, *rows]
+        ]
         return "\n".join([*lines, f"{len(features)} features"])
 
     slots = category_slots(config)
@@ -55,8 +46,10 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         "FEATURES.md`; `segments features list --markdown` prints the same for any config). A test keeps this",
         "file equal to that output and to the columns of the `features/` table: do not edit it by hand.",
         "",
-        f"The table has one row per persona: `persona_id` (string), `as_of` (date32), then these {len(features)}",
-        "features in this order.",
+        "A run's `features/` table holds one snapshot per cut-off of the run plan (`plan.json` `snapshots`: the",
+        "scoring `as_of` and every segment's training, evaluation and refit cut-offs), each in its own partition",
+        "folder `as_of=YYYY-MM-DD/`. A snapshot has one row per persona with an event before its cut-off:",
+        f"`persona_id` (string), `as_of` (date32, the cut-off), then these {len(features)} features in this order.",
         "",
         "## Conventions",
         "",
@@ -73,10 +66,16 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         "  order by itself), at the time of their first line. Spend is price x quantity (quantity 1 when",
         "  absent), summed as given: the contract carries no exchange rates.",
         "- **Feature categories** are top-level categories (`electronics` of `electronics/phones`). There are",
-        f"  {slots} slots, `cat00` to `cat{slots - 1:02d}`: the categories pinned in `features.categories` in that",
-        "  order, or else the categories the configured segments target plus the largest by events before the",
-        "  cut-off, up to `features.top_categories`, sorted by name. The run's list is in the `categories`",
-        "  field of the `features/_SUCCESS` marker. Slots with no category are 0 / NaN.",
+        f"  {slots} slots, `cat00` to `cat{slots - 1:02d}`, filled from the run plan's `categories` (`plan.json`):",
+        "  the categories pinned in `features.categories` in that order, or else the categories the configured",
+        "  segments target plus the largest by events (with a persona) before the scoring cut-off, up to",
+        "  `features.top_categories`, sorted by name. Every snapshot of a run uses the same list; it is also in",
+        "  the `categories` field of the `features/_SUCCESS` marker. Slots with no category are 0 / NaN, and",
+        f"  code {slots} (past the last slot) is another category, however many slots the plan filled.",
+        "- **Emails and phones** are normalised as identity resolution does (`jobs.contract.normalise`):",
+        "  emails trimmed, lowercased, `+tag` and gmail dots removed; phones in E.164 with the event's country",
+        "  as the region of a number typed without a country code. A value that cannot be an email or a",
+        "  possible phone number is not counted.",
         "- **Category median price** is the median over distinct offers (category path, product, partner,",
         "  price) of priced product views and purchases before the cut-off, across all personas.",
         "- **Comparison**: a purchase line is compared when the persona viewed the same product_id at 2 or",
@@ -88,11 +87,10 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         "",
         "## Vocabularies (categorical codes)",
         "",
-        _vocabulary("device_type", DEVICE_TYPES),
-        _vocabulary("payment_method", PAYMENT_METHODS),
-        _vocabulary("traffic_source", TRAFFIC_SOURCES),
+        *(_vocabulary(name, VOCABULARIES[name]) for name in ("device_type", "payment_method", "traffic_source")),
         "- weekday: " + ", ".join(f"{i} = {d}" for i, d in enumerate(WEEKDAYS)),
-        f"- country: (A..Z) x 26 + (A..Z) of the ISO alpha-2 code (BG = 32, DE = 82, RO = 456), {COUNTRY_OTHER} = not two letters",
+        "- country: (A..Z) x 26 + (A..Z) of the ISO alpha-2 code (BG = 32, DE = 82, RO = 456), "
+        f"{COUNTRY_OTHER} = not two letters",
         f"- favourite_category: the slot number 0..{slots - 1}, {slots} = another category",
         "- day parts: " + ", ".join(f"{name} = {lo:02d}-{hi:02d}h" for name, lo, hi in DAYPARTS),
         "",

@@ -2,17 +2,19 @@
 
     .venv/bin/python scripts/bench_features.py [--persons 10000 20000] [--partitions 8] [--repeat 3]
 
-For each size it generates events with `jobs.generate.generate_events` (20k persons ~ 1M events) and writes
+For each size it generates events with `jobs.synthetic.generate_events` (20k persons ~ 1M events) and writes
 them as Parquet under .bench/features/. The personas are a stand-in for identity resolution, used ONLY in
 this benchmark: `persona_id` = a hash of `true_person_id`, so the numbers do not depend on the resolver;
 the ground-truth column is then dropped, and the features code reads only `INPUT_COLUMNS` anyway.
 
+The feature categories are what the run plan chooses for the events (`jobs.run.plan.build_plan`).
 Both sides start from the events already in memory (one Arrow table for the baseline, the same rows as
 Ray object-store blocks of 100k rows for Ray) and stop when every persona's features exist:
   * baseline: `features.compute.compute_local` in this process (the same vectorised aggregations and
     global statistics, no Ray, no shuffle);
-  * ray warm: `compute_features` (select, hash shuffle by persona, global stats, social shuffle, per-partition
-    features) until every partition's table is built, with Ray already started;
+  * ray warm: `features.distributed.features_distributed` at the one cut-off (select, hash shuffle by
+    persona, global stats, social shuffle, per-partition features) until every partition's table is built,
+    with Ray already started;
   * ray cold: the first such run plus `ray.init` (worker start-up and first imports included).
 Ray and baseline runs alternate, so both see the same machine load (other jobs on a shared machine make
 single timings swing); each time reported is the best of --repeat runs, and the median ratio of the
@@ -41,9 +43,12 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.compute import INPUT_COLUMNS, compute_features, compute_local  # noqa: E402
-from jobs.config import JobConfig, RayConfig  # noqa: E402
-from jobs.generate import generate_events  # noqa: E402
+from features.compute import compute_local  # noqa: E402
+from features.distributed import features_distributed  # noqa: E402
+from features.inputs import INPUT_COLUMNS  # noqa: E402
+from jobs.config import FeaturesConfig, JobConfig, PlanView, RayConfig  # noqa: E402
+from jobs.run.plan import EventFacts, block_facts, build_plan  # noqa: E402
+from jobs.synthetic import generate_events  # noqa: E402
 
 
 def make_events(persons: int, days: int, seed: int, folder: Path) -> tuple[int, dt.date]:
@@ -66,15 +71,22 @@ def make_events(persons: int, days: int, seed: int, folder: Path) -> tuple[int, 
     return table.num_rows, last.date() + dt.timedelta(days=1)
 
 
-def baseline(table: pa.Table, as_of: dt.date, config: JobConfig) -> tuple[float, int]:
+def plan_categories(table: pa.Table, as_of: dt.date, config: JobConfig) -> tuple[str, ...]:
+    """The feature categories the run plan would choose for these events at this cut-off."""
+    view = PlanView.from_config(config.model_copy(update={"features": FeaturesConfig(as_of=as_of)}))
+    return build_plan("bench", as_of, view, EventFacts.from_table(block_facts(table))).categories
+
+
+def baseline(table: pa.Table, as_of: dt.date, config: JobConfig, categories) -> tuple[float, int]:
     started = time.perf_counter()
-    rows = compute_local(table, as_of, config).num_rows
+    rows = compute_local(table, as_of, config.features, categories).num_rows
     return time.perf_counter() - started, rows
 
 
-def on_ray(events, as_of: dt.date, config: JobConfig) -> tuple[float, int]:
+def on_ray(events, as_of: dt.date, config: JobConfig, categories) -> tuple[float, int]:
     started = time.perf_counter()
-    rows = compute_features(events, as_of, config).count()  # waits for every partition's features
+    (features,) = features_distributed(events, [as_of], categories, config.features, config.ray.num_partitions)
+    rows = features.count()  # waits for every partition's features
     return time.perf_counter() - started, rows
 
 
@@ -119,15 +131,16 @@ def main() -> None:
         startup = time.perf_counter() - started
         for i, size in enumerate(sizes):
             table = pq.read_table(size["folder"], columns=INPUT_COLUMNS)
+            categories = plan_categories(table, size["as_of"], config)
             step = 100_000
             blocks = [ray.put(table.slice(s, step)) for s in range(0, table.num_rows, step)]
             events = ray.data.from_arrow_refs(blocks)
-            cold = on_ray(events, size["as_of"], config)[0] + startup if i == 0 else None
+            cold = on_ray(events, size["as_of"], config, categories)[0] + startup if i == 0 else None
             # interleaved, so that both sides see the same machine load; a pair's ratio compares like with like
             runs, base = [], []
             for _ in range(args.repeat):
-                runs.append(on_ray(events, size["as_of"], config))
-                base.append(baseline(table, size["as_of"], config))
+                runs.append(on_ray(events, size["as_of"], config, categories))
+                base.append(baseline(table, size["as_of"], config, categories))
             base_s, personas = min(base)
             ray_s, ray_personas = min(runs)
             assert ray_personas == personas, (ray_personas, personas)
@@ -136,7 +149,8 @@ def main() -> None:
                 "events": size["events"], "personas": personas, "as_of": size["as_of"].isoformat(),
                 "baseline_s": round(base_s, 3), "ray_s": round(ray_s, 3), "ratio": round(ray_s / base_s, 3),
                 "ratio_median_of_pairs": round(paired[len(paired) // 2], 3),
-                "baseline_events_per_s": round(size["events"] / base_s), "ray_events_per_s": round(size["events"] / ray_s),
+                "baseline_events_per_s": round(size["events"] / base_s),
+                "ray_events_per_s": round(size["events"] / ray_s),
                 "baseline_personas_per_s": round(personas / base_s), "ray_personas_per_s": round(personas / ray_s),
                 "baseline_s_per_m_events": round(base_s / size["events"] * 1e6, 3),
                 "ray_s_per_m_events": round(ray_s / size["events"] * 1e6, 3),
@@ -144,7 +158,8 @@ def main() -> None:
                 **read_times(size["folder"]),
             }
             if cold is not None:
-                row.update(ray_cold_s=round(cold, 3), ray_startup_s=round(startup, 3), ratio_cold=round(cold / base_s, 3))
+                row.update(ray_cold_s=round(cold, 3), ray_startup_s=round(startup, 3),
+                           ratio_cold=round(cold / base_s, 3))
             results.append(row)
             print(json.dumps(row), flush=True)
             del blocks, events
@@ -166,7 +181,8 @@ def main() -> None:
         print(f"with Ray start-up ({first['ray_startup_s']:.1f}s init + first run): {first['ray_cold_s']:.2f}s, "
               f"ratio {first['ratio_cold']:.2f} at {first['events']:,} events")
     for r in results:
-        print(f"reading {r['events']:,} events: pyarrow {r['read_pyarrow_s']:.2f}s, ray.data.read_parquet {r['read_ray_data_s']:.2f}s")
+        print(f"reading {r['events']:,} events: pyarrow {r['read_pyarrow_s']:.2f}s, "
+              f"ray.data.read_parquet {r['read_ray_data_s']:.2f}s")
     print(f"load average at the end: {report['load_avg_1m']:.1f} on {report['machine_cpus']} CPUs")
 
 

@@ -10,10 +10,14 @@ import datetime as dt
 
 import pyarrow as pa
 
-from features.compute import INPUT_SCHEMA
+from features.inputs import INPUT_SCHEMA
+from jobs.config import StorageConfig
+from jobs.storage import writing
 
 AS_OF = dt.date(2026, 7, 1)
 CUTOFF = dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
+# the feature categories a run plan chooses for these events as of AS_OF (every top-level category seen)
+CATEGORIES = ("books", "electronics", "fashion", "home")
 
 # events_resolved rows carry every input column; true_person_id is here to prove it is never read.
 SCHEMA = pa.schema([*INPUT_SCHEMA, ("session_id", pa.string()), ("currency", pa.string()),
@@ -99,3 +103,11 @@ def hand_rows() -> list[dict]:
 
 def hand_table() -> pa.Table:
     return pa.Table.from_pylist(hand_rows(), schema=SCHEMA)
+
+
+def publish_events_resolved(table: pa.Table, table_path: str, storage: StorageConfig, parts: int = 3) -> None:
+    """Publish `table` as a run's events_resolved (in `parts` files, so readers see several blocks)."""
+    step = max(1, -(-table.num_rows // parts))
+    with writing(table_path, storage) as writer:
+        for i, start in enumerate(range(0, max(table.num_rows, 1), step)):
+            writer.write_arrow(table.slice(start, step), name=f"part-{i:05d}")

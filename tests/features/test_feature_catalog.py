@@ -7,13 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from feature_events import AS_OF, CATEGORIES, hand_table
 
-from features.catalog import GROUPS, catalog, category_slots, country_code, feature_names, xgboost_feature_types
-from features.compute import STATS, compute_local
+from features.catalog import (
+    GROUPS,
+    VOCABULARIES,
+    catalog,
+    category_slots,
+    country_code,
+    feature_names,
+    xgboost_feature_types,
+)
+from features.compute import compute_local
 from features.docs import render_catalog
-from jobs.config import FeaturesConfig, JobConfig
-
-from feature_events import AS_OF, hand_table
+from features.inputs import IDENTITY_COLUMNS, INPUT_SCHEMA
+from features.stats import STATS
+from jobs.config import FeaturesConfig
+from jobs.contract import schema as contract
 
 FEATURES_MD = Path(__file__).resolve().parents[2] / "FEATURES.md"
 
@@ -26,7 +36,7 @@ def test_features_md_is_the_rendered_catalogue():
 
 def test_features_md_lists_exactly_the_table_columns():
     listed = re.findall(r"^\| \d+ \| `([a-z0-9_]+)` \|", FEATURES_MD.read_text(), flags=re.M)
-    table = compute_local(hand_table(), AS_OF, JobConfig())
+    table = compute_local(hand_table(), AS_OF, FeaturesConfig(), CATEGORIES)
     assert listed == table.column_names[2:]
     assert table.column_names[:2] == ["persona_id", "as_of"]
 
@@ -37,7 +47,8 @@ def test_features_list_command():
     from jobs.cli import app
 
     plain = CliRunner().invoke(app, ["features", "list"])
-    assert plain.exit_code == 0 and "orders_30d" in plain.output and f"{len(feature_names(FeaturesConfig()))} features" in plain.output
+    assert plain.exit_code == 0 and "orders_30d" in plain.output
+    assert f"{len(feature_names(FeaturesConfig()))} features" in plain.output
     markdown = CliRunner().invoke(app, ["features", "list", "--markdown"])
     assert markdown.exit_code == 0 and markdown.stdout == FEATURES_MD.read_text() + "\n"
 
@@ -61,7 +72,7 @@ def test_catalogue_follows_the_config():
     assert "orders_14d" in names and "orders_7d" not in names and "view_to_cart_rate_60d" in names
     assert [n for n in names if n.endswith("_views_90d")] == ["cat00_views_90d", "cat01_views_90d"]
     assert category_slots(FeaturesConfig(categories=["a", "b", "c"])) == 3
-    table = compute_local(hand_table(), AS_OF, JobConfig(features=small))
+    table = compute_local(hand_table(), AS_OF, small, ["electronics", "fashion"])
     assert table.column_names[2:] == names
 
 
@@ -72,10 +83,19 @@ def test_country_codes_are_fixed():
 
 def test_xgboost_reads_the_table_directly():
     xgboost = pytest.importorskip("xgboost")
-    table = compute_local(hand_table(), AS_OF, JobConfig())
+    table = compute_local(hand_table(), AS_OF, FeaturesConfig(), CATEGORIES)
     names, types = feature_names(FeaturesConfig()), xgboost_feature_types(FeaturesConfig())
     matrix = np.column_stack([table.column(n).to_numpy().astype(np.float64) for n in names])
     data = xgboost.DMatrix(np.vstack([matrix] * 4), label=np.tile([1.0, 0.0, 1.0], 4), feature_names=names,
                            feature_types=types, enable_categorical=True, missing=np.nan)
     booster = xgboost.train({"tree_method": "hist", "max_cat_to_onehot": 1}, data, num_boost_round=2)
     assert booster.num_features() == len(names)
+
+
+def test_vocabularies_and_input_columns_are_the_contracts():
+    assert VOCABULARIES["device_type"] is contract.DEVICE_TYPES
+    assert VOCABULARIES["payment_method"] is contract.PAYMENT_METHODS
+    assert VOCABULARIES["traffic_source"] is contract.TRAFFIC_SOURCES
+    read = [field for field in INPUT_SCHEMA if field not in IDENTITY_COLUMNS]
+    assert read and all(field.equals(contract.CONTRACT_SCHEMA.field(field.name)) for field in read)
+    assert "true_person_id" not in INPUT_SCHEMA.names

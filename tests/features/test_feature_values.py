@@ -1,4 +1,4 @@
-"""Every catalogue feature against a value worked out by hand for the personas of conftest.hand_rows.
+"""Every catalogue feature against a value worked out by hand for the personas of feature_events.hand_rows.
 
 Persona A's ages at the cut-off (days): a01 399.583, a02 199.625, a03 99.417, a04 99.375, a05/a06 97.583,
 a07 59.167, a08 59.125, a15 49.5, a09 19.042, a10 19.021, a12 9.667, a17 5.167, a11 4.917, a13 2.667,
@@ -11,17 +11,20 @@ occurs unseen). Category medians over offers: electronics/phones {90, 100, 110, 
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from feature_events import AS_OF, CATEGORIES, SCHEMA, ev, hand_table
 
 from features.catalog import catalog, feature_names
 from features.compute import compute_local
-from jobs.config import FeaturesConfig, JobConfig
-
-from feature_events import AS_OF, hand_table
+from features.prices import median_prices, price_offers
+from features.social import links_as_of, snapshot_links, social_links, social_tokens
+from jobs.config import FeaturesConfig, JobConfig, PlanView
+from jobs.run.plan import EventFacts, block_facts, build_plan
 
 NAN = math.nan
 INTERVALS = [102 + 1 / 24, 38 + 11 / 24, 54 + 5 / 24]  # days between A's orders o1-o2, o2-o3, o3-o4
@@ -160,7 +163,13 @@ def _same(actual, expected) -> bool:
 
 @pytest.fixture(scope="module")
 def hand_features() -> pa.Table:
-    return compute_local(hand_table(), AS_OF, JobConfig())
+    return compute_local(hand_table(), AS_OF, FeaturesConfig(), CATEGORIES)
+
+
+def test_the_run_plan_chooses_these_categories():
+    facts = EventFacts.from_table(block_facts(hand_table()))
+    view = PlanView.from_config(JobConfig(features=FeaturesConfig(as_of=AS_OF)))
+    assert build_plan("r1", AS_OF, view, facts).categories == CATEGORIES
 
 
 def test_every_catalogue_feature_has_a_hand_worked_value():
@@ -200,12 +209,13 @@ def test_rows_are_personas_with_events_before_the_cut_off(hand_features):
 
 def test_types_follow_the_catalogue(hand_features):
     for feature in catalog(FeaturesConfig()):
-        assert str(hand_features.schema.field(feature.name).type) == ("double" if feature.dtype == "float64" else "int64")
+        expected = "double" if feature.dtype == "float64" else "int64"
+        assert str(hand_features.schema.field(feature.name).type) == expected
 
 
 def test_pinned_categories_set_slots_and_other_code():
-    config = JobConfig(features=FeaturesConfig(categories=["fashion", "books"]))
-    row = _rows(compute_local(hand_table(), AS_OF, config))["A"]
+    config = FeaturesConfig(categories=["fashion", "books"])
+    row = _rows(compute_local(hand_table(), AS_OF, config, ["fashion", "books"]))["A"]
     assert row["cat00_purchases_365d"] == 1 and row["cat00_views_90d"] == 2  # fashion
     assert row["cat01_spend_share_365d"] == pytest.approx(20 / 715)  # books
     assert row["favourite_category"] == 2  # electronics is not pinned: "another category"
@@ -214,16 +224,13 @@ def test_pinned_categories_set_slots_and_other_code():
 
 def test_comparison_days_is_configurable():
     # with 15 days, a11's purchase of F1 (viewed at P1 14.1 days and P2 0.25 days before) is compared too
-    config = JobConfig(features=FeaturesConfig(comparison_days=15))
-    row = _rows(compute_local(hand_table(), AS_OF, config))["A"]
+    config = FeaturesConfig(comparison_days=15)
+    row = _rows(compute_local(hand_table(), AS_OF, config, CATEGORIES))["A"]
     assert row["compared_purchases_365d"] == 2
     assert row["bought_cheapest_share_365d"] == 1.0  # 45 = the lowest of 50 and 45
 
 
 def test_forwarded_clicks_exclude_every_recipient():
-    from features.compute import social_links, social_tokens
-    from feature_events import SCHEMA, ev
-
     rows = [
         ev("A", "s1", 5, "10:00", "P1", "message_sent", click_token="t"),
         ev("C", "s2", 5, "10:00", "P1", "message_sent", click_token="t"),  # the same message to C too
@@ -234,3 +241,72 @@ def test_forwarded_clicks_exclude_every_recipient():
     links = social_links(social_tokens(pa.Table.from_pylist(rows, schema=SCHEMA), AS_OF)).to_pylist()
     got = sorted((r["persona_id"], r["role"], r["other_persona_id"], r["click_id"]) for r in links)
     assert got == [("A", "sender", "B", "k2"), ("B", "clicker", "A", "k2"), ("C", "sender", "B", "k2")]
+
+
+def test_who_is_a_recipient_depends_on_the_cut_off():
+    # B clicks A's message 8 days before AS_OF and is sent the same token itself 5 days before AS_OF: as of
+    # 6 days before, B's click is forwarded; as of AS_OF, B is a recipient and the click is B's own
+    rows = [
+        ev("A", "s1", 10, "10:00", "P1", "message_sent", click_token="t"),
+        ev("B", "k1", 8, "10:00", "P1", "message_click", click_token="t"),
+        ev("B", "s2", 5, "10:00", "P1", "message_sent", click_token="t"),
+    ]
+    events = pa.Table.from_pylist(rows, schema=SCHEMA)
+    earlier = AS_OF - dt.timedelta(days=6)
+    links = snapshot_links(social_tokens(events, AS_OF), [earlier, AS_OF])
+    for as_of in (earlier, AS_OF):
+        assert links_as_of(links, as_of).to_pylist() == social_links(social_tokens(events, as_of)).to_pylist()
+    assert links_as_of(links, AS_OF).num_rows == 0
+    assert sorted(r["role"] for r in links_as_of(links, earlier).to_pylist()) == ["clicker", "sender"]
+    features = {
+        as_of: _rows(compute_local(events, as_of, FeaturesConfig(), CATEGORIES))["A"]["forwarded_clicks_365d"]
+        for as_of in (earlier, AS_OF)
+    }
+    assert features == {earlier: 1, AS_OF: 0}
+
+
+def test_median_prices_count_each_offer_once_from_when_it_was_first_seen():
+    phone = dict(category="electronics/phones", product_id="E1")
+    first = [ev("A", "v1", 20, "10:00", "P1", "product_view", price=100.0, **phone),
+             ev("A", "v2", 10, "10:00", "P2", "product_view", price=300.0, **phone)]
+    second = [ev("B", "v3", 15, "10:00", "P1", "purchase", price=100.0, **phone),  # the same offer again
+              ev("B", "v4", 2, "10:00", "P1", "product_view", price=900.0, **phone),
+              ev("B", "v5", 2, "10:00", "P1", "product_view", price=0.0, **phone)]  # unpriced: no offer
+    offers = [price_offers(pa.Table.from_pylist(rows, schema=SCHEMA)) for rows in (first, second)]
+
+    def median(days_before: int) -> list:
+        return median_prices(offers, AS_OF - dt.timedelta(days=days_before)).to_pylist()
+
+    assert median(0) == [{"category": "electronics/phones", "median_price": 300.0}]  # 100, 300, 900
+    assert median(5) == [{"category": "electronics/phones", "median_price": 200.0}]  # 100, 300
+    assert median(12) == [{"category": "electronics/phones", "median_price": 100.0}]
+    assert median(30) == []
+
+
+def test_another_category_is_coded_past_the_last_slot():
+    # 10 slots, one category in the plan: toys is "another category" (code 10), never slot 1
+    rows = [ev("T", f"t{i}", 3 + i, "10:00", "P1", "product_view", category="toys/lego", product_id="T1")
+            for i in range(3)]
+    rows.append(ev("T", "b1", 2, "10:00", "P1", "product_view", category="books/novels", product_id="X1"))
+    row = _rows(compute_local(pa.Table.from_pylist(rows, schema=SCHEMA), AS_OF, FeaturesConfig(), ["books"]))["T"]
+    assert row["favourite_category"] == 10
+    assert row["cat00_views_90d"] == 1 and row["cat01_views_90d"] == 0
+    with pytest.raises(ValueError, match="3 feature categories for 2 category slots"):
+        compute_local(hand_table(), AS_OF, FeaturesConfig(top_categories=2), CATEGORIES[:3])
+
+
+def test_emails_and_phones_count_as_identity_resolution_normalises_them():
+    rows = [
+        ev("N", "n1", 9, "10:00", "P1", "login", email="Foo.Bar+shop@GoogleMail.com", phone="0881 234 567",
+           country="BG"),
+        ev("N", "n2", 8, "10:00", "P1", "login", email=" foobar@gmail.com", phone="+359 88 123 4567"),
+        ev("N", "n3", 7, "10:00", "P2", "login", email="not-an-email", phone="00359881234567", country="RO"),
+        ev("N", "n4", 6, "10:00", "P2", "login", email="foo.bar@example.com", phone="0881 234 567", country="RO"),
+        ev("N", "n5", 5, "10:00", "P2", "login", phone="0000000000", country="BG"),  # not a possible number
+        ev("N", "n6", 4, "10:00", "P2", "login", phone="12"),
+    ]
+    row = _rows(compute_local(pa.Table.from_pylist(rows, schema=SCHEMA), AS_OF, FeaturesConfig(), CATEGORIES))["N"]
+    assert row["emails"] == 2  # foobar@gmail.com, foo.bar@example.com
+    # +359881234567 three times (a BG local number, typed with +359, typed with 00359), and the same digits as a
+    # Romanian number; the last 9 digits (the rule before issue 10) would have counted one
+    assert row["phones"] == 2

@@ -1,25 +1,26 @@
-"""The Ray path: same table as the single-process baseline, blind to the future, and the stage end to end."""
+"""The Ray path: every snapshot from one shuffle gives the single-process table of each cut-off, and is blind
+to the future."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from feature_events import AS_OF, CATEGORIES, hand_table
 
 from features.catalog import feature_names
-from features.compute import compute_features, compute_local, default_as_of, run_features
-from jobs import io
-from jobs.config import JobConfig, RayConfig
-from jobs.generate import generate_events
-
-from feature_events import AS_OF, hand_table
+from features.compute import compute_local
+from features.distributed import features_distributed
+from features.inputs import INPUT_COLUMNS
+from jobs.config import FeaturesConfig, JobConfig, PlanView
+from jobs.run.plan import EventFacts, block_facts, build_plan
+from jobs.synthetic import generate_events
 
 MID = dt.date(2026, 2, 20)  # a cut-off inside the generated events (2026-01-01 + 75 days)
+CONFIG = FeaturesConfig()
 
 
 def _with_stand_in_personas(events: pa.Table) -> pa.Table:
@@ -34,6 +35,13 @@ def events() -> pa.Table:
     generated = _with_stand_in_personas(generate_events(persons=250, partners=4, days=75, seed=3))
     hand = hand_table().drop_columns(["true_person_id"]).select(generated.column_names)
     return pa.concat_tables([generated.cast(hand.schema), hand])
+
+
+@pytest.fixture(scope="module")
+def categories(events) -> tuple[str, ...]:
+    """What the run plan chooses for these events with the scoring cut-off AS_OF."""
+    view = PlanView.from_config(JobConfig(features=FeaturesConfig(as_of=AS_OF)))
+    return build_plan("r1", AS_OF, view, EventFacts.from_table(block_facts(events))).categories
 
 
 def _dataset(table: pa.Table, blocks: int = 4):
@@ -58,16 +66,19 @@ def _bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-@pytest.mark.parametrize("as_of", [MID, AS_OF])
-def test_partitions_give_the_single_process_table(ray_cluster, events, as_of):
-    config = JobConfig(ray=RayConfig(num_partitions=3))
-    distributed = _collect(compute_features(_dataset(events), as_of, config))
-    local = compute_local(events, as_of, config)
-    assert local.num_rows > 100 and local.column_names[2:] == feature_names(config.features)
-    assert _bytes(distributed) == _bytes(local)
-    # and with another partition count and block layout
-    again = _collect(compute_features(_dataset(events, blocks=7), as_of, JobConfig(ray=RayConfig(num_partitions=5))))
-    assert _bytes(again) == _bytes(local)
+def test_every_snapshot_of_one_shuffle_is_the_single_process_table(ray_cluster, events, categories):
+    snapshots = [MID, AS_OF]
+    tables = [_collect(ds) for ds in features_distributed(_dataset(events), snapshots, categories, CONFIG, 3)]
+    for as_of, table in zip(snapshots, tables):
+        local = compute_local(events, as_of, CONFIG, categories)
+        assert local.num_rows > 100 and local.column_names[2:] == feature_names(CONFIG)
+        assert set(table.column("as_of").to_pylist()) == {as_of}
+        assert _bytes(table) == _bytes(local)
+    assert tables[0].num_rows < tables[1].num_rows  # personas appear over time: the snapshots differ
+    # and with another partition count and block layout, one cut-off at a time
+    for as_of, table in zip(snapshots, tables):
+        (again,) = features_distributed(_dataset(events, blocks=7), [as_of], categories, CONFIG, 5)
+        assert _bytes(_collect(again)) == _bytes(table)
 
 
 def _rewrite_the_future(events: pa.Table, as_of: dt.date) -> pa.Table:
@@ -102,71 +113,35 @@ def _rewrite_the_future(events: pa.Table, as_of: dt.date) -> pa.Table:
 
 
 @pytest.mark.parametrize("as_of", [MID, dt.date(2026, 1, 20)])
-def test_events_at_or_after_the_cut_off_change_nothing(ray_cluster, events, as_of):
-    config = JobConfig(ray=RayConfig(num_partitions=3))
+def test_events_at_or_after_the_cut_off_change_nothing(ray_cluster, events, categories, as_of):
     changed = _rewrite_the_future(events, as_of)
-    original = _collect(compute_features(_dataset(events), as_of, config))
-    rewritten = _collect(compute_features(_dataset(changed), as_of, config))
+    (original,) = features_distributed(_dataset(events), [as_of], categories, CONFIG, 3)
+    (rewritten,) = features_distributed(_dataset(changed), [as_of], categories, CONFIG, 3)
+    original, rewritten = _collect(original), _collect(rewritten)
     assert _bytes(original) == _bytes(rewritten)
-    assert _bytes(compute_local(changed, as_of, config)) == _bytes(original)
+    assert _bytes(compute_local(changed, as_of, CONFIG, categories)) == _bytes(original)
     assert "ghost" not in original.column("persona_id").to_pylist() + rewritten.column("persona_id").to_pylist()
     # not vacuous: one day later the rewritten events are seen and the tables differ
     later = as_of + dt.timedelta(days=1)
-    assert _bytes(compute_local(changed, later, config)) != _bytes(compute_local(events, later, config))
+    assert _bytes(compute_local(changed, later, CONFIG, categories)) != _bytes(
+        compute_local(events, later, CONFIG, categories)
+    )
 
 
 def test_events_without_persona_or_before_the_history_are_ignored(ray_cluster):
     table = hand_table()
-    assert compute_local(table, AS_OF, JobConfig()).num_rows == 3
-    empty = compute_local(table, dt.date(2020, 1, 1), JobConfig())
-    assert empty.num_rows == 0 and empty.column_names[2:] == feature_names(JobConfig().features)
-    assert _collect(compute_features(_dataset(table), dt.date(2020, 1, 1), JobConfig())).num_rows == 0
-
-
-def test_default_as_of_is_the_day_after_the_last_event(ray_cluster):
-    # the last event (a99) is on 2026-07-02
-    assert default_as_of(_dataset(hand_table())) == dt.date(2026, 7, 3)
-
-
-def test_run_features_cli_writes_the_table(ray_cluster, tmp_path, events):
-    from typer.testing import CliRunner
-
-    from jobs.cli import app
-
-    run_dir = str(tmp_path / "runs" / "r1")
-    io.write_arrow(events, io.join(run_dir, "events_resolved"), JobConfig().storage)
-    result = CliRunner().invoke(app, ["features", "--run", run_dir, "--as-of", "2026-02-20"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(re.search(r"^\{$.*^\}$", result.stdout, flags=re.M | re.S).group(0))  # the echoed summary
-    assert summary["as_of"] == "2026-02-20" and summary["features"] == len(feature_names(JobConfig().features))
-    table_path = io.join(run_dir, "features")
-    marker = io.read_marker(table_path, JobConfig().storage)
-    assert marker["as_of"] == "2026-02-20" and marker["categories"] == summary["categories"]
-    assert "electronics" in marker["categories"] and "zzz" not in marker["categories"]
-    written = io.read_arrow(table_path, JobConfig().storage)
-    assert _bytes(written) == _bytes(compute_local(events, MID, JobConfig()))
-    assert summary["personas"] == written.num_rows == marker["rows"]
-
-
-def test_run_features_defaults_and_errors(ray_cluster, tmp_path):
-    storage = JobConfig().storage
-    run_dir = str(tmp_path / "runs" / "r2")
-    from jobs.errors import UserError
-
-    with pytest.raises(UserError, match="not been published"):
-        run_features(JobConfig(), run_dir)
-    io.write_arrow(hand_table(), io.join(run_dir, "events_resolved"), storage)
-    summary = run_features(JobConfig(), run_dir)
-    assert summary["as_of"] == "2026-07-03" and summary["personas"] == 3
-    with pytest.raises(UserError, match="no persona has events before"):
-        run_features(JobConfig.model_validate({"features": {"as_of": "2020-01-01"}}), run_dir)
+    assert compute_local(table, AS_OF, CONFIG, CATEGORIES).num_rows == 3
+    empty = compute_local(table, dt.date(2020, 1, 1), CONFIG, CATEGORIES)
+    assert empty.num_rows == 0 and empty.column_names[2:] == feature_names(CONFIG)
+    early, late = features_distributed(_dataset(table), [dt.date(2020, 1, 1), AS_OF], CATEGORIES, CONFIG, 2)
+    assert early.count() == 0 and late.count() == 3
 
 
 def test_true_person_id_is_never_read():
-    from features.compute import INPUT_COLUMNS
-
     assert "true_person_id" not in INPUT_COLUMNS  # the stage reads exactly these columns
     table = hand_table()
     scrambled = table.set_column(table.schema.get_field_index("true_person_id"), "true_person_id",
                                  pa.array([f"x{i}" for i in range(table.num_rows)]))
-    assert _bytes(compute_local(scrambled, AS_OF, JobConfig())) == _bytes(compute_local(table, AS_OF, JobConfig()))
+    assert _bytes(compute_local(scrambled, AS_OF, CONFIG, CATEGORIES)) == _bytes(
+        compute_local(table, AS_OF, CONFIG, CATEGORIES)
+    )
