@@ -1,5 +1,86 @@
-"""The input contract: schema and vocabularies, reading with quarantine, email/phone normalisation."""
+"""The input contract: columns and vocabularies (`schema`), reading with file checks (`reading`), row rules
+and the quarantine (`rows`), email/phone normalisation (`normalise`)."""
 
-from jobs.contract.reading import *  # noqa: F401,F403 - transitional: the module is being split (issue 10)
-from jobs.contract.reading import _coerce, _null  # noqa: F401
-from jobs.contract.schema import *  # noqa: F401,F403
+from jobs.contract.normalise import (
+    normalise_email_value,
+    normalise_emails,
+    normalise_phone_value,
+    normalise_phones,
+    normalised_email_blocklist,
+    phone_blocklist_digits,
+    phone_digits,
+)
+from jobs.contract.reading import (
+    InputFile,
+    InputPlan,
+    coerce,
+    normalise_batch,
+    parse_ts,
+    plan_input,
+    read_events,
+    read_events_local,
+)
+from jobs.contract.rows import (
+    check_quarantine_share,
+    dedupe,
+    merge_counts,
+    quarantine_schema,
+    reason_counts,
+    split_invalid,
+    to_quarantine,
+)
+from jobs.contract.schema import (
+    CONTRACT_COLUMNS,
+    CONTRACT_SCHEMA,
+    DEVICE_TYPES,
+    EVENT_TYPES,
+    INTERNAL_COLUMNS,
+    PAYMENT_METHODS,
+    REASON,
+    REQUIRED,
+    SOURCE,
+    SUFFIXES,
+    TRAFFIC_SOURCES,
+    TS_RAW,
+    TS_TYPE,
+    canonical_schema,
+)
+
+__all__ = [
+    "CONTRACT_COLUMNS",
+    "CONTRACT_SCHEMA",
+    "DEVICE_TYPES",
+    "EVENT_TYPES",
+    "INTERNAL_COLUMNS",
+    "PAYMENT_METHODS",
+    "REASON",
+    "REQUIRED",
+    "SOURCE",
+    "SUFFIXES",
+    "TRAFFIC_SOURCES",
+    "TS_RAW",
+    "TS_TYPE",
+    "InputFile",
+    "InputPlan",
+    "canonical_schema",
+    "check_quarantine_share",
+    "coerce",
+    "dedupe",
+    "merge_counts",
+    "normalise_batch",
+    "normalise_email_value",
+    "normalise_emails",
+    "normalise_phone_value",
+    "normalise_phones",
+    "normalised_email_blocklist",
+    "parse_ts",
+    "phone_blocklist_digits",
+    "phone_digits",
+    "plan_input",
+    "quarantine_schema",
+    "read_events",
+    "read_events_local",
+    "reason_counts",
+    "split_invalid",
+    "to_quarantine",
+]

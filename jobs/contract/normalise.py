@@ -13,10 +13,11 @@ A value that cannot be an identifier (no `@`, too few digits, not a possible num
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 import numpy as np
+import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -59,8 +60,6 @@ def phone_digits(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 @lru_cache(maxsize=1_000_000)
 def normalise_phone_value(raw: str | None, country: str | None) -> tuple[str | None, bool]:
     """(E.164, True) for a possible number; (digits, False) for something that is not a phone."""
-    import phonenumbers
-
     if raw is None:
         return None, False
     text = raw.strip()
@@ -83,7 +82,9 @@ def normalise_phone_value(raw: str | None, country: str | None) -> tuple[str | N
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), True
 
 
-def normalise_phones(column: pa.Array | pa.ChunkedArray, country: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+def normalise_phones(
+    column: pa.Array | pa.ChunkedArray, country: pa.Array | pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array]:
     """(normalised, valid): E.164 where possible, else the digits typed (flagged invalid); nulls stay null."""
     phones = pc.cast(column, pa.string())
     countries = pc.cast(country, pa.string())
@@ -120,4 +121,5 @@ def normalised_email_blocklist(values: Iterable[str]) -> list[str]:
 
 
 def phone_blocklist_digits(values: Iterable[str]) -> list[str]:
+    """The configured phone blocklist as digits (compared with the digits typed, `phone_digits`)."""
     return sorted({_NON_DIGITS.sub("", v) for v in values if _NON_DIGITS.sub("", v)})

@@ -52,3 +52,18 @@ SUFFIXES = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz")
 DEVICE_TYPES = ("desktop", "mobile", "tablet")
 PAYMENT_METHODS = ("card", "cash_on_delivery", "bank_transfer", "installments", "wallet")
 TRAFFIC_SOURCES = ("direct", "search", "social", "ads", "email", "sms", "viber", "referral")
+
+# Columns the reader adds to every canonical batch (`jobs.contract.reading.normalise_batch`): the file a row
+# came from, why it breaks the contract (null for a valid row) and its timestamp as written. They travel
+# with the rows to the quarantine and are dropped before events_resolved is written.
+SOURCE = "_source_file"
+REASON = "_reason"
+TS_RAW = "_ts_raw"
+INTERNAL_COLUMNS = (SOURCE, REASON, TS_RAW)
+
+
+def canonical_schema(extra_columns: list[str]) -> pa.Schema:
+    """The schema of every normalised batch: contract columns typed, extra columns as strings, internals."""
+    extra = [pa.field(c, pa.string()) for c in extra_columns]
+    internal = [pa.field(c, pa.string()) for c in INTERNAL_COLUMNS]
+    return pa.schema(list(CONTRACT_SCHEMA) + extra + internal)

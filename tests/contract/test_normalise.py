@@ -2,19 +2,26 @@ import pyarrow as pa
 import pytest
 
 from jobs.contract.normalise import (
-    normalise_email_value, normalise_emails, normalise_phone_value, normalise_phones, normalised_email_blocklist,
+    normalise_email_value,
+    normalise_emails,
+    normalise_phone_value,
+    normalise_phones,
+    normalised_email_blocklist,
     phone_blocklist_digits,
 )
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("John.Smith@Example.com", "john.smith@example.com"),
-    ("  john.smith@example.com ", "john.smith@example.com"),
-    ("john.smith+shop@example.com", "john.smith@example.com"),
-    ("J.o.h.n.Smith+promo@gmail.com", "johnsmith@gmail.com"),
-    ("john.smith@googlemail.com", "johnsmith@gmail.com"),
-    ("john smith@abv.bg", "johnsmith@abv.bg"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("John.Smith@Example.com", "john.smith@example.com"),
+        ("  john.smith@example.com ", "john.smith@example.com"),
+        ("john.smith+shop@example.com", "john.smith@example.com"),
+        ("J.o.h.n.Smith+promo@gmail.com", "johnsmith@gmail.com"),
+        ("john.smith@googlemail.com", "johnsmith@gmail.com"),
+        ("john smith@abv.bg", "johnsmith@abv.bg"),
+    ],
+)
 def test_email_variants_normalise_to_one(raw, expected):
     assert normalise_email_value(raw) == expected
 
@@ -25,10 +32,18 @@ def test_email_invalid_and_missing():
     assert valid.to_pylist() == [False, False, False, True]
 
 
-@pytest.mark.parametrize("raw, country", [
-    ("+359 88 123 4567", "BG"), ("00359881234567", "BG"), ("0881234567", "BG"), ("(088) 123-4567", "BG"),
-    ("088-123-45-67", "BG"), ("+359881234567", "DE"), ("00359 88 123 4567", None),
-])
+@pytest.mark.parametrize(
+    "raw, country",
+    [
+        ("+359 88 123 4567", "BG"),
+        ("00359881234567", "BG"),
+        ("0881234567", "BG"),
+        ("(088) 123-4567", "BG"),
+        ("088-123-45-67", "BG"),
+        ("+359881234567", "DE"),
+        ("00359 88 123 4567", None),
+    ],
+)
 def test_phone_formats_give_one_e164(raw, country):
     assert normalise_phone_value(raw, country) == ("+359881234567", True)
 
@@ -46,5 +61,8 @@ def test_phone_invalid_kept_as_digits_and_flagged():
 
 
 def test_blocklists_are_normalised():
-    assert normalised_email_blocklist(["Test@Test.com ", "no.email+x@gmail.com"]) == ["noemail@gmail.com", "test@test.com"]
+    assert normalised_email_blocklist(["Test@Test.com ", "no.email+x@gmail.com"]) == [
+        "noemail@gmail.com",
+        "test@test.com",
+    ]
     assert phone_blocklist_digits(["000-000-0000", "12 34"]) == ["0000000000", "1234"]

@@ -1,0 +1,110 @@
+"""Row rules of the input contract: valid or not, duplicates, the quarantine's shape, reasons counted.
+
+A canonical batch (`jobs.contract.reading.normalise_batch`) carries `_reason` (null for a valid row).
+Duplicates of `(partner_id, event_id)` are found by `dedupe` on a table that holds every row of its keys (a
+hash partition on that key). Quarantined rows keep every column they came with, plus `ts_raw`, `reason` and
+`source_file`, so a user can find and fix them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.contract.schema import REASON, SOURCE, TS_RAW, canonical_schema
+from jobs.errors import UserError
+from jobs.raykit.shuffle import hash_columns
+
+# internal column -> its name in the quarantine table
+_QUARANTINE_NAMES = {TS_RAW: "ts_raw", REASON: "reason", SOURCE: "source_file"}
+
+
+def split_invalid(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(valid rows, rows with a reason)."""
+    bad = pc.is_valid(table.column(REASON))
+    return table.filter(pc.invert(bad)), table.filter(bad)
+
+
+def dedupe(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(kept, quarantined) for rows whose (partner_id, event_id) all live in this table.
+
+    The row kept is the first by (ts, source file, content hash): deterministic whatever the block order.
+    Rows already carrying a reason are passed to the quarantine side untouched; the other copies of a
+    duplicate get `duplicate_event_id`.
+    """
+    valid, invalid = split_invalid(table)
+    if valid.num_rows == 0:
+        return valid, invalid
+    key = hash_columns(valid, ["partner_id", "event_id"])
+    _, counts = np.unique(key, return_counts=True)
+    if (counts > 1).sum() == 0:
+        return valid, invalid
+    content = hash_columns(valid, [c for c in valid.column_names if c != REASON])
+    ts = valid.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    src = valid.column(SOURCE).fill_null("").to_numpy(zero_copy_only=False).astype(str)
+    src_rank = np.unique(src, return_inverse=True)[1]
+    order = np.lexsort((content, src_rank, ts, key))
+    sorted_key = key[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    keep_idx = np.sort(order[first])
+    dup_idx = np.sort(order[~first])
+    dups = valid.take(pa.array(dup_idx))
+    dups = dups.set_column(
+        dups.schema.get_field_index(REASON), REASON, pa.array(["duplicate_event_id"] * dups.num_rows, pa.string())
+    )
+    return valid.take(pa.array(keep_idx)), pa.concat_tables([invalid, dups])
+
+
+def quarantine_schema(extra_columns: list[str]) -> pa.Schema:
+    """The quarantine table: contract + extra columns, then ts_raw, reason, source_file."""
+    fields = [f for f in canonical_schema(extra_columns) if f.name not in _QUARANTINE_NAMES]
+    return pa.schema(fields + [pa.field(_QUARANTINE_NAMES[c], pa.string()) for c in (TS_RAW, REASON, SOURCE)])
+
+
+def to_quarantine(rows: pa.Table, extra_columns: list[str]) -> pa.Table:
+    """Quarantined rows (canonical batch shape) in the quarantine table's shape."""
+    schema = quarantine_schema(extra_columns)
+    internal_of = {public: internal for internal, public in _QUARANTINE_NAMES.items()}
+    columns = []
+    for f in schema:
+        source = internal_of.get(f.name, f.name)
+        columns.append(rows.column(source) if source in rows.column_names else pa.nulls(rows.num_rows, f.type))
+    return pa.table(columns, schema=schema)
+
+
+def reason_counts(rows: pa.Table, column: str = REASON) -> dict[str, int]:
+    """Rows per reason (or per value of another reason column, such as identity_audit's `rule`)."""
+    if rows.num_rows == 0:
+        return {}
+    counts = pc.value_counts(rows.column(column).combine_chunks())
+    return {v["values"].as_py(): v["counts"].as_py() for v in counts}
+
+
+def merge_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """The sum of per-partition counts, sorted by key."""
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + n
+    return dict(sorted(total.items()))
+
+
+def check_quarantine_share(rows_in: int, reasons: dict[str, int], max_share: float, source: str,
+                           quarantine_table: str) -> float:
+    """The quarantined share of the input; a UserError when there are no rows or the share passes the limit."""
+    if rows_in == 0:
+        raise UserError(f"input {source} holds no rows.")
+    quarantined = sum(reasons.values())
+    share = quarantined / rows_in
+    if share > max_share:
+        by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        raise UserError(
+            f"{quarantined} of {rows_in} input rows ({share:.2%}) broke the input contract, more than "
+            f"input.max_quarantine_share={max_share:.2%} ({by_reason}); the rows and their reasons are in "
+            f"{quarantine_table}."
+        )
+    return share

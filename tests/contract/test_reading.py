@@ -1,0 +1,158 @@
+"""Reading the input: file checks (a UserError naming the file), batches normalised to one schema."""
+
+import datetime as dt
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from contract_events import reasons, rows, write_parquet
+
+from jobs.config import StorageConfig
+from jobs.contract import SOURCE, TS_RAW, canonical_schema, normalise_batch, plan_input, read_events, read_events_local
+from jobs.errors import UserError
+
+LOCAL = StorageConfig()
+
+
+def test_normalise_batch_types_and_row_rules():
+    raw = pa.table(
+        {
+            "event_id": ["a", "b", "", "d", "e", "f", "g"],
+            "ts": [
+                "2026-01-01T10:00:00Z",
+                "2026-01-01 12:00:00+02:00",
+                "2026-01-01T10:00:00Z",
+                "yesterday",
+                "2026-01-01T10:00:00Z",
+                None,
+                "2026-01-02",
+            ],
+            "partner_id": ["p1", "p1", "p1", "p1", "p1", "p1", " "],
+            "event_type": ["purchase", "login", "login", "login", "teleport", "login", "login"],
+            "price": ["10.5", "x", None, None, None, None, None],
+            "quantity": [1, 2, None, None, None, None, None],
+            "true_person_id": [1, 2, 3, 4, 5, 6, 7],
+        }
+    )
+    out = normalise_batch(raw, ["true_person_id"])
+    assert out.schema == canonical_schema(["true_person_id"])
+    assert reasons(out) == [
+        None,
+        None,
+        "missing_event_id",
+        "unparseable_ts",
+        "unknown_event_type",
+        "missing_ts",
+        "missing_partner_id",
+    ]
+    ts = out.column("ts").to_pylist()
+    assert ts[0] == dt.datetime(2026, 1, 1, 10, tzinfo=dt.timezone.utc)
+    assert ts[1] == dt.datetime(2026, 1, 1, 10, tzinfo=dt.timezone.utc)  # offsets become UTC
+    assert out.column("price").to_pylist()[:2] == [10.5, None]  # a bad optional value becomes null
+    assert out.column("true_person_id").to_pylist()[:2] == ["1", "2"]  # extra columns as strings
+    assert out.column("email").null_count == 7  # optional columns missing from the file are null
+    assert out.column(TS_RAW).to_pylist()[3] == "yesterday"
+
+
+def test_naive_timestamps_are_utc():
+    raw = pa.table(
+        {
+            "event_id": ["a"],
+            "ts": pa.array([dt.datetime(2026, 1, 1, 8)], pa.timestamp("ms")),
+            "partner_id": ["p"],
+            "event_type": ["login"],
+        }
+    )
+    out = normalise_batch(raw, [])
+    assert out.column("ts")[0].as_py() == dt.datetime(2026, 1, 1, 8, tzinfo=dt.timezone.utc)
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        plan_input(str(tmp_path / "nope"), LOCAL)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no event files"):
+        plan_input(str(tmp_path / "empty"), LOCAL)
+    with pytest.raises(UserError, match="no input events given"):
+        plan_input("", LOCAL)
+
+
+def test_empty_file_is_named(tmp_path):
+    write_parquet(tmp_path / "good.parquet", rows())
+    (tmp_path / "events-empty.jsonl").write_bytes(b"")
+    with pytest.raises(UserError, match="events-empty.jsonl is empty"):
+        plan_input(str(tmp_path), LOCAL)
+
+
+def test_corrupt_parquet_is_named(tmp_path):
+    write_parquet(tmp_path / "a.parquet", rows())
+    data = (tmp_path / "a.parquet").read_bytes()
+    (tmp_path / "b.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"b\.parquet is not a readable Parquet file"):
+        plan_input(str(tmp_path), LOCAL)
+
+
+def test_missing_required_column_names_file_and_field(tmp_path):
+    records = [{k: v for k, v in r.items() if k != "event_type"} for r in rows()]
+    write_parquet(tmp_path / "x.parquet", records)
+    with pytest.raises(UserError, match=r"x\.parquet has no required column event_type"):
+        plan_input(str(tmp_path), LOCAL)
+    (tmp_path / "x.parquet").unlink()
+    (tmp_path / "y.jsonl").write_text(json.dumps({"event_id": "1", "ts": "2026-01-01", "partner_id": "p"}) + "\n")
+    with pytest.raises(UserError, match=r"y\.jsonl has no required field event_type"):
+        plan_input(str(tmp_path), LOCAL)
+
+
+def test_not_json_lines(tmp_path):
+    (tmp_path / "z.json").write_text("[1, 2, 3")
+    with pytest.raises(UserError, match=r"z\.json is not JSON Lines"):
+        plan_input(str(tmp_path), LOCAL)
+
+
+def test_missing_bucket(storage):
+    with pytest.raises(UserError, match="does not exist"):
+        plan_input("s3://no-such-bucket-here/events/", storage)
+
+
+def _jsonable(records):
+    return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()} for r in records]
+
+
+def test_read_mixed_files_to_one_schema(ray_cluster, tmp_path):
+    write_parquet(tmp_path / "a.parquet", rows(4, partner="pa"))
+    write_parquet(tmp_path / "b.parquet", [dict(r, campaign="spring") for r in rows(3, partner="pb")])
+    lines = "\n".join(json.dumps(r) for r in _jsonable(rows(2, partner="pc", email="A@B.com")))
+    (tmp_path / "c.jsonl").write_text(lines + "\n")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in _jsonable(rows(2, partner="pd", ts="not a time"))))
+    plan = plan_input(str(tmp_path), LOCAL)
+    assert plan.extra_columns == ["campaign", "true_person_id"]
+    table = pa.concat_tables(ray_cluster.get(read_events(plan, LOCAL).to_arrow_refs()))
+    assert table.num_rows == 11
+    assert table.schema == canonical_schema(plan.extra_columns)
+    by_partner = {p: table.filter(pc.equal(table.column("partner_id"), p)) for p in ("pa", "pb", "pc", "pd")}
+    assert by_partner["pb"].column("campaign").to_pylist() == ["spring"] * 3
+    assert by_partner["pa"].column("campaign").null_count == 4
+    assert by_partner["pc"].column("email").to_pylist() == ["A@B.com"] * 2
+    assert reasons(by_partner["pd"]) == ["unparseable_ts"] * 2
+    assert by_partner["pd"].column(SOURCE).to_pylist()[0] == str(tmp_path / "d.jsonl.gz")
+    local = read_events_local(plan, LOCAL)
+    assert local.num_rows == 11 and local.schema == table.schema
+    assert sorted(local.column(SOURCE).to_pylist()) == sorted(table.column(SOURCE).to_pylist())
+
+
+def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_bucket):
+    import boto3
+
+    sink = pa.BufferOutputStream()
+    pa.parquet.write_table(pa.Table.from_pylist(rows(3)), sink)
+    boto3.client("s3", endpoint_url=storage.endpoint_url, region_name="us-east-1").put_object(
+        Bucket=s3_bucket.removeprefix("s3://"), Key="in/a.parquet", Body=sink.getvalue().to_pybytes()
+    )
+    plan = plan_input(f"{s3_bucket}/in/", storage)
+    assert [f.path for f in plan.files] == [f"{s3_bucket}/in/a.parquet"] and plan.source_prefix == "s3://"
+    table = pa.concat_tables(ray_cluster.get(read_events(plan, storage).to_arrow_refs()))
+    local = read_events_local(plan, storage)
+    assert table.column(SOURCE).to_pylist() == local.column(SOURCE).to_pylist() == [f"{s3_bucket}/in/a.parquet"] * 3
