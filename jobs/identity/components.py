@@ -1,7 +1,8 @@
-"""Connected components, distributed: hash-partitioned edges, large-star / small-star rounds.
+"""Connected components: the large-star / small-star steps over hash partitions, and a scipy reference.
 
-Kiveris et al., "Connected Components in MapReduce and Beyond" (SoCC 2014). Edges live in `num_partitions`
-hash partitions (`jobs.raykit.shuffle`); every step is a vectorised numpy function over one partition:
+Kiveris et al., "Connected Components in MapReduce and Beyond" (SoCC 2014). Edges live in hash partitions
+(the rounds are driven by `jobs.identity.distributed.connected_components_distributed`); every step here is
+a vectorised numpy function over one partition:
 
   0. local contraction: each partition replaces its edges by a star on the minimum node of each of its
      local components (scipy on the partition only), which keeps global connectivity and shortens paths;
@@ -19,14 +20,10 @@ Only these counts reach the driver; no step sees more than one partition of the 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pyarrow as pa
-import ray
-
-
-log = logging.getLogger(__name__)
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as scipy_components
 
 LABEL_SCHEMA = pa.schema([("node", pa.uint64()), ("label", pa.uint64())])
 _UV = pa.schema([("u", pa.uint64()), ("v", pa.uint64())])
@@ -48,9 +45,9 @@ def _unique_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return pairs[:, 0], pairs[:, 1]
 
 
-def both_directions(edges: pa.Table, a: str = "src", b: str = "dst") -> pa.Table:
-    """Undirected edges as (u, v) in both directions, self loops dropped."""
-    u, v = _arrays(edges, a, b)
+def both_directions(edges: pa.Table) -> pa.Table:
+    """Undirected edges (`src`, `dst`) as (u, v) in both directions, self loops dropped."""
+    u, v = _arrays(edges, "src", "dst")
     keep = u != v
     u, v = u[keep], v[keep]
     return _uv(np.concatenate([u, v]), np.concatenate([v, u]))
@@ -58,15 +55,12 @@ def both_directions(edges: pa.Table, a: str = "src", b: str = "dst") -> pa.Table
 
 def _min_label_components(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(nodes, label = min node of its component) with scipy, for the edges given."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     nodes, inverse = np.unique(np.concatenate([u, v]), return_inverse=True)
     if len(nodes) == 0:
         return nodes, nodes
     iu, iv = inverse[: len(u)], inverse[len(u):]
     graph = coo_matrix((np.ones(len(iu), dtype=np.int8), (iu, iv)), shape=(len(nodes), len(nodes))).tocsr()
-    _, comp = connected_components(graph, directed=False)
+    _, comp = scipy_components(graph, directed=False)
     # nodes are sorted, so the first node of each component in node order is its minimum
     first = np.full(comp.max() + 1, len(nodes), dtype=np.int64)
     np.minimum.at(first, comp, np.arange(len(nodes)))
@@ -82,12 +76,12 @@ def local_contract(part: pa.Table) -> pa.Table:
     return _uv(np.concatenate([a, b]), np.concatenate([b, a]))
 
 
-def large_star(part: pa.Table) -> tuple[pa.Table, int, pa.Table]:
-    """(edges (key=larger end, val=smaller end) for small-star, nodes not yet in a star, labels)."""
+def large_star(part: pa.Table) -> tuple[pa.Table, pa.Table, int]:
+    """(edges (key=larger end, val=smaller end) for small-star, labels, nodes not yet in a star)."""
     u, v = _arrays(part, "u", "v")
     u, v = _unique_pairs(u, v)  # sorted by u, then v
     if len(u) == 0:
-        return _uv(u, v), 0, LABEL_SCHEMA.empty_table()
+        return _uv(u, v), LABEL_SCHEMA.empty_table(), 0
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     group = np.cumsum(np.r_[True, u[1:] != u[:-1]]) - 1
     heads = u[starts]
@@ -99,7 +93,7 @@ def large_star(part: pa.Table) -> tuple[pa.Table, int, pa.Table]:
     out_key, out_val = v[up], m[group[up]]
     keep = out_key != out_val
     labels = pa.table([pa.array(heads, pa.uint64()), pa.array(m, pa.uint64())], schema=LABEL_SCHEMA)
-    return _uv(out_key[keep], out_val[keep]), unstable, labels
+    return _uv(out_key[keep], out_val[keep]), labels, unstable
 
 
 def small_star(part: pa.Table) -> pa.Table:
@@ -119,35 +113,9 @@ def small_star(part: pa.Table) -> pa.Table:
     return _uv(np.concatenate([a, b]), np.concatenate([b, a]))
 
 
-def _large_star_task(part: pa.Table):
-    edges, unstable, labels = large_star(part)
-    return edges, labels, unstable
-
-
-def connected_components(edge_blocks: list, num_partitions: int, src: str = "src", dst: str = "dst",
-                         max_rounds: int = 100) -> tuple[list, dict]:
-    """Labels (node, label=min node of the component) as `num_partitions` refs partitioned by node hash.
-
-    `edge_blocks` are refs of tables with uint64 columns `src`, `dst`. Nodes without an edge do not appear.
-    Every step's task splits its output by hash itself (`map_exchange`). Returns (label refs, {"rounds": r}).
-    """
-    from jobs.raykit.shuffle import map_exchange
-
-    P = num_partitions
-    (parts,) = map_exchange(both_directions, [(b, src, dst) for b in edge_blocks], [["u"]], P)
-    (parts,) = map_exchange(local_contract, [(p,) for p in parts], [["u"]], P)
-    for rounds in range(1, max_rounds + 1):
-        edges, labels, unstable = map_exchange(_large_star_task, [(p,) for p in parts], [["u"], None], P,
-                                               scalar_outputs=1)
-        if sum(ray.get(unstable)) == 0:
-            return labels, {"rounds": rounds}
-        (parts,) = map_exchange(small_star, [(e,) for e in edges], [["u"]], P)
-    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
-
-
-def connected_components_local(edges: pa.Table, src: str = "src", dst: str = "dst") -> pa.Table:
-    """Single-process reference: the same labels (min node of the component) with scipy."""
-    u, v = _arrays(edges, src, dst)
+def connected_components_local(edges: pa.Table) -> pa.Table:
+    """Single-process reference: the same labels (min node of the component) with scipy, for (`src`, `dst`)."""
+    u, v = _arrays(edges, "src", "dst")
     keep = u != v
     nodes, label = _min_label_components(u[keep], v[keep])
     return pa.table([pa.array(nodes, pa.uint64()), pa.array(label, pa.uint64())], schema=LABEL_SCHEMA)

@@ -17,6 +17,7 @@ and counts the distinct (type, identifier, partner) behind each one, and the run
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,7 +46,6 @@ OCC_SCHEMA = pa.schema([
 ])
 PAIR_SCHEMA = pa.schema([("node", pa.uint64()), ("other", pa.uint64()), ("other_type", pa.string()),
                          ("other_scope", pa.string())])
-EDGE_SCHEMA = pa.schema([("src", pa.uint64()), ("dst", pa.uint64())])
 
 
 def _clean(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -131,20 +131,18 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
 
 
 _HASH_KEY = "segments-ids-v01"
-_NULL = "\x00"
 
 
 def hash_strings(*columns: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit id per row of the given string columns (null is its own value). Per column only the
     distinct values are hashed (dictionary encoding); columns are combined numerically."""
-    import pandas as pd
-
     combined = None
     for c in columns:
         c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
         enc = pc.dictionary_encode(pc.cast(c, pa.string()))
         uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
-        hashed_uniq = pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False) if len(uniq) else np.zeros(0, np.uint64)
+        hashed_uniq = (pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False) if len(uniq)
+                       else np.zeros(0, np.uint64))
         codes = enc.indices.to_numpy(zero_copy_only=False)
         valid = pc.is_valid(enc.indices).to_numpy(zero_copy_only=False)
         hashed = np.full(len(c), np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
@@ -167,34 +165,27 @@ def with_ids(sess: pa.Table) -> pa.Table:
         ids = node_ids(pa.array([t] * n, pa.string()) if n else pa.array([], pa.string()), scope, col)
         out = out.append_column(f"_n_{t}", pa.array(ids, pa.uint64()))
     skey = sess.column("session_key").combine_chunks()
-    out = out.append_column("_a_session", pa.array(hash_strings(pa.array(["s"] * n, pa.string()), partner, skey), pa.uint64()))
-    out = out.append_column("_a_event", pa.array(hash_strings(pa.array(["e"] * n, pa.string()), partner,
-                                                              sess.column("event_id")), pa.uint64()))
+    session_anchor = hash_strings(pa.array(["s"] * n, pa.string()), partner, skey)
+    event_anchor = hash_strings(pa.array(["e"] * n, pa.string()), partner, sess.column("event_id"))
+    out = out.append_column("_a_session", pa.array(session_anchor, pa.uint64()))
+    out = out.append_column("_a_event", pa.array(event_anchor, pa.uint64()))
     return out
 
 
-def anchor_ids(slim: pa.Table, per_event: np.ndarray | None = None) -> np.ndarray:
-    """Anchor node per row: hash of the partner's session, or of the event where there is no session
-    (or `per_event` is True for the row: a session on a shared device)."""
-    if "_a_session" in slim.column_names:
-        use_event = pc.is_null(slim.column("session_key")).to_numpy(zero_copy_only=False)
-        if per_event is not None:
-            use_event = use_event | per_event
-        return np.where(use_event, slim.column("_a_event").to_numpy(), slim.column("_a_session").to_numpy())
-    skey = slim.column("session_key").combine_chunks()
-    use_event = pc.is_null(skey)
+def anchor_ids(sess: pa.Table, per_event: np.ndarray | None = None) -> np.ndarray:
+    """Anchor node per row of sessionised rows with ids (`with_ids`): the partner's session, or the event
+    where there is no session (or `per_event` is True for the row: a session on a shared device)."""
+    use_event = pc.is_null(sess.column("session_key")).to_numpy(zero_copy_only=False)
     if per_event is not None:
-        use_event = pc.or_(use_event, pa.array(per_event))
-    value = pc.if_else(use_event, slim.column("event_id").combine_chunks(), skey)
-    kind = pc.if_else(use_event, pa.scalar("e"), pa.scalar("s"))
-    return hash_strings(kind, slim.column("partner_id"), value)
+        use_event = use_event | per_event
+    return np.where(use_event, sess.column("_a_event").to_numpy(), sess.column("_a_session").to_numpy())
 
 
 def node_ids(identifier_type: pa.Array, scope: pa.Array, identifier: pa.Array) -> np.ndarray:
     return hash_strings(identifier_type, scope, identifier)
 
 
-def _runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sorted_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order, starts): rows sorted by the keys (last key primary) and where each run of equal keys starts."""
     order = np.lexsort(keys)
     change = np.zeros(len(order), dtype=bool)
@@ -206,7 +197,7 @@ def _runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.flatnonzero(change)
 
 
-def _codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+def dictionary_codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Dictionary codes (null -> -1) and the dictionary of a string column."""
     c = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     enc = pc.dictionary_encode(c)
@@ -214,8 +205,9 @@ def _codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
 
 
 def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -> pa.Table:
-    """One row per (anchor, identifier): first/last seen, events, flag (`OCC_SCHEMA`, + `_truth` for the
-    oracle). Identifiers whose value is flagged (blocklist, invalid) are kept here so they can be audited."""
+    """One row per (anchor, identifier) of sessionised rows with ids (`with_ids`): first/last seen, events,
+    flag (`OCC_SCHEMA`, + `_truth` for the oracle). Identifiers whose value is flagged (blocklist, invalid)
+    are kept here so they can be audited."""
     parts = []
     anchor_arr = pa.array(anchors, pa.uint64())
     for t in IDENTIFIER_TYPES:
@@ -236,28 +228,27 @@ def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -
         }
         if keep_truth:
             cols[TRUTH] = slim.column(TRUTH).combine_chunks().filter(mask)
-        if f"_n_{t}" in slim.column_names:
-            cols["_node"] = slim.column(f"_n_{t}").combine_chunks().filter(mask)
+        cols["_node"] = slim.column(f"_n_{t}").combine_chunks().filter(mask)
         parts.append(pa.table(cols))
     if not parts:
         return OCC_SCHEMA.empty_table()
     long = pa.concat_tables(parts)
-    if "_node" in long.column_names:
-        node = long.column("_node").to_numpy()
-    else:
-        node = node_ids(long["identifier_type"], long["scope"], long["identifier"])
+    node = long.column("_node").to_numpy()
     anchor = long.column("anchor").to_numpy()
     keys = [node, anchor]
     if keep_truth:
-        keys.insert(0, _codes(long.column(TRUTH))[0])
-    order, starts = _runs(*keys)
+        keys.insert(0, dictionary_codes(long.column(TRUTH))[0])
+    order, starts = sorted_runs(*keys)
     ts = long.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
-    flag_codes, flag_dict = _codes(long.column("flag"))
+    flag_codes, flag_dict = dictionary_codes(long.column("flag"))
     first = order[starts]
-    out = long.select(["identifier_type", "identifier", "scope", "partner_id"] + ([TRUTH] if keep_truth else [])).take(pa.array(first))
+    kept = ["identifier_type", "identifier", "scope", "partner_id"] + ([TRUTH] if keep_truth else [])
+    out = long.select(kept).take(pa.array(first))
     flag_max = np.maximum.reduceat(flag_codes[order], starts) if len(starts) else np.zeros(0, np.int64)
-    flag = flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict) else pa.nulls(len(starts), pa.string())
-    flag = pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string())) if len(starts) else pa.nulls(0, pa.string())
+    flag = (flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict)
+            else pa.nulls(len(starts), pa.string()))
+    flag = (pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string())) if len(starts)
+            else pa.nulls(0, pa.string()))
     ts_type = pa.timestamp("us", tz="UTC")
     cols = {
         "anchor": pa.array(anchor[first], pa.uint64()), "node": pa.array(node[first], pa.uint64()),
@@ -303,13 +294,13 @@ def cooccurrence_pairs(occ: pa.Table) -> pa.Table:
     from_dev = pa.table({"node": pa.array(d_node, pa.uint64()), "other": pa.array(o_node, pa.uint64()),
                          "other_type": o_type, "other_scope": o_scope})
     pairs = pa.concat_tables([to_dev, from_dev]).cast(PAIR_SCHEMA)
-    _, starts = _runs(pairs.column("other").to_numpy(), pairs.column("node").to_numpy())
+    _, starts = sorted_runs(pairs.column("other").to_numpy(), pairs.column("node").to_numpy())
     order = np.lexsort((pairs.column("other").to_numpy(), pairs.column("node").to_numpy()))
     return pairs.take(pa.array(order[starts]))
 
 
 def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(strong edges, weak edges, event map) without junk identifiers.
+    """(strong edges, weak edges, event map) of sessionised rows with ids, without junk identifiers.
 
     Edges are anchor -> identifier (`src`, `dst`). Click tokens are *weak*: a token may attach anonymous
     activity to a person but must never merge two identified people (a forwarded campaign link), so their
@@ -322,12 +313,7 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
     per_event = np.zeros(slim.num_rows, dtype=bool)
     if has_dev.any() and len(junk):
         idx = np.flatnonzero(has_dev)
-        if f"_n_{DEVICE}" in slim.column_names:
-            dn = slim.column(f"_n_{DEVICE}").to_numpy()[idx]
-        else:
-            dn = node_ids(pa.array([DEVICE] * len(idx), pa.string()), pa.nulls(len(idx), pa.string()),
-                          dev.take(pa.array(idx)))
-        per_event[idx] = np.isin(dn, junk)
+        per_event[idx] = np.isin(slim.column(f"_n_{DEVICE}").to_numpy()[idx], junk)
     anchors = anchor_ids(slim, per_event)
     event_map = pa.table({"partner_id": slim.column("partner_id"), "event_id": slim.column("event_id"),
                           "anchor": pa.array(anchors, pa.uint64()), "session_key": slim.column("session_key")})
@@ -338,9 +324,11 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
         ok &= ~np.isin(nodes, junk)
     weak = (occ.column("identifier_type").to_numpy(zero_copy_only=False) == CLICK)
     src = occ.column("anchor").to_numpy()
-    strong_edges = pa.table({"src": pa.array(src[ok & ~weak], pa.uint64()), "dst": pa.array(nodes[ok & ~weak], pa.uint64())})
-    weak_edges = pa.table({"src": pa.array(src[ok & weak], pa.uint64()), "dst": pa.array(nodes[ok & weak], pa.uint64())})
-    return strong_edges, weak_edges, event_map
+    return _edges(src[ok & ~weak], nodes[ok & ~weak]), _edges(src[ok & weak], nodes[ok & weak]), event_map
+
+
+def _edges(src: np.ndarray, dst: np.ndarray) -> pa.Table:
+    return pa.table({"src": pa.array(src, pa.uint64()), "dst": pa.array(dst, pa.uint64())})
 
 
 WEAK_SCHEMA = pa.schema([("node", pa.uint64()), ("persona_id", pa.string()), ("identified", pa.bool_())])

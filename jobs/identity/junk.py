@@ -22,7 +22,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.config import IdentityConfig
-from jobs.identity.graph import CLICK, CUSTOMER, DEVICE, EMAIL, PHONE, SUBSCRIBER, TRUTH
+from jobs.contract.normalise import normalised_email_blocklist, phone_blocklist_digits
+from jobs.identity.graph import (
+    CLICK,
+    CUSTOMER,
+    DEVICE,
+    EMAIL,
+    PHONE,
+    SUBSCRIBER,
+    TRUTH,
+    dictionary_codes,
+    sorted_runs,
+)
 
 AUDIT_SCHEMA = pa.schema([
     ("identifier_type", pa.string()), ("identifier", pa.string()), ("partner_id", pa.string()),
@@ -49,6 +60,11 @@ FANOUT_RULES = (
 HIST_CAP = 1_000_000
 
 
+def blocklists(config: IdentityConfig) -> tuple[list[str], list[str]]:
+    """(emails, phone digits) never used for linking, normalised the way identifiers are."""
+    return normalised_email_blocklist(config.blocklist_emails), phone_blocklist_digits(config.blocklist_phones)
+
+
 def _group_count_distinct(group: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(groups, number of distinct values per group)."""
     if len(group) == 0:
@@ -61,23 +77,23 @@ def _group_count_distinct(group: np.ndarray, value: np.ndarray) -> tuple[np.ndar
 def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.Table:
     """Per identifier: identity_map columns, flag, and the figures of the junk rules (`STATS_SCHEMA`,
     + `n_truth` = distinct ground-truth people for the oracle). Vectorised: sorts and reduceat only."""
-    from jobs.identity.graph import _codes, _runs
-
     if occ.num_rows == 0:
-        return STATS_SCHEMA.empty_table() if not with_truth else STATS_SCHEMA.append(pa.field("n_truth", pa.int64())).empty_table()
+        schema = STATS_SCHEMA.append(pa.field("n_truth", pa.int64())) if with_truth else STATS_SCHEMA
+        return schema.empty_table()
     node = occ.column("node").to_numpy()
-    order, starts = _runs(node)
+    order, starts = sorted_runs(node)
     first = order[starts]
     nodes = node[first]
     fs = occ.column("first_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ls = occ.column("last_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ne = occ.column("n_events").to_numpy()[order]
-    flag_codes, flag_dict = _codes(occ.column("flag"))
+    flag_codes, flag_dict = dictionary_codes(occ.column("flag"))
     flag_max = np.maximum.reduceat(flag_codes[order], starts)
-    flag = flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict) else pa.nulls(len(starts), pa.string())
+    flag = (flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict)
+            else pa.nulls(len(starts), pa.string()))
     flag = pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string()))
     # seen_at_partners: sorted distinct partners per node, as a list column built from offsets
-    p_codes, p_dict = _codes(occ.column("partner_id"))
+    p_codes, p_dict = dictionary_codes(occ.column("partner_id"))
     p_rank = np.argsort(np.argsort(p_dict.to_numpy(zero_copy_only=False).astype(str), kind="stable"), kind="stable")
     pr = p_rank[np.maximum(p_codes, 0)]
     up = np.unique(np.stack([node, pr.astype(np.uint64)], axis=1), axis=0)
@@ -86,7 +102,7 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     inv_rank = np.argsort(p_rank, kind="stable")
     partners = pa.ListArray.from_arrays(pa.array(offsets), p_dict.take(pa.array(inv_rank[up[:, 1].astype(np.int64)])))
     _, n_anchors = _group_count_distinct(node, occ.column("anchor").to_numpy())
-    _, n_variants = _group_count_distinct(node, _codes(occ.column("identifier"))[0])
+    _, n_variants = _group_count_distinct(node, dictionary_codes(occ.column("identifier"))[0])
     ts_type = pa.timestamp("us", tz="UTC")
     firsts = occ.select(["identifier_type", "identifier", "scope"]).take(pa.array(first))
     cols = {
@@ -95,14 +111,15 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
         "first_seen": pa.array(np.minimum.reduceat(fs, starts), pa.int64()).cast(ts_type),
         "last_seen": pa.array(np.maximum.reduceat(ls, starts), pa.int64()).cast(ts_type),
         "n_events": pa.array(np.add.reduceat(ne, starts).astype(np.int64)), "seen_at_partners": partners,
-        "flag": flag, "n_anchors": pa.array(n_anchors), 
+        "flag": flag, "n_anchors": pa.array(n_anchors),
     }
     # figures from co-occurrence pairs
     zeros = np.zeros(len(nodes), np.int64)
-    figs = {name: zeros.copy() for name in ("n_devices", "n_emails", "n_phones", "n_customers", "max_customers_at_partner")}
+    figure_names = ("n_devices", "n_emails", "n_phones", "n_customers", "max_customers_at_partner")
+    figs = {name: zeros.copy() for name in figure_names}
     if pairs.num_rows:
         # the same pair can come from several session partitions: distinct first
-        order_p, starts_p = _runs(pairs.column("other").to_numpy(), pairs.column("node").to_numpy())
+        order_p, starts_p = sorted_runs(pairs.column("other").to_numpy(), pairs.column("node").to_numpy())
         pairs = pairs.take(pa.array(order_p[starts_p]))
         p_node = pairs.column("node").to_numpy()
         otype = pairs.column("other_type").to_numpy(zero_copy_only=False)
@@ -112,8 +129,9 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
             figs[name] = lookup(nodes, g, c.astype(np.int64), 0)
         sel = otype == CUSTOMER
         if sel.any():
-            scope_codes = _codes(pairs.column("other_scope").filter(pa.array(sel)))[0]
-            gp, c = np.unique(np.stack([p_node[sel], scope_codes.astype(np.uint64)], axis=1), axis=0, return_counts=True)
+            scope_codes = dictionary_codes(pairs.column("other_scope").filter(pa.array(sel)))[0]
+            node_scope = np.stack([p_node[sel], scope_codes.astype(np.uint64)], axis=1)
+            gp, c = np.unique(node_scope, axis=0, return_counts=True)
             order_g = np.lexsort((c, gp[:, 0]))
             last = np.r_[gp[order_g, 0][1:] != gp[order_g, 0][:-1], True]
             figs["max_customers_at_partner"] = lookup(nodes, gp[order_g, 0][last], c[order_g][last].astype(np.int64), 0)
@@ -122,7 +140,7 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     cols["n_variants"] = pa.array(n_variants)
     schema = STATS_SCHEMA
     if with_truth:
-        _, n_truth = _group_count_distinct(node, _codes(occ.column(TRUTH))[0])
+        _, n_truth = _group_count_distinct(node, dictionary_codes(occ.column(TRUTH))[0])
         cols["n_truth"] = pa.array(n_truth)
         schema = schema.append(pa.field("n_truth", pa.int64()))
     return pa.table(cols, schema=schema)

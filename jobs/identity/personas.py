@@ -59,8 +59,10 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     components above the size cap that glue it together: the candidates the size-cap rule removes).
     """
     if idents.num_rows == 0:
-        empty_anchor = pa.table({"anchor": anchors.column("node"), "persona_id": pa.nulls(anchors.num_rows, pa.string()),
-                                 "identified": pa.array(np.zeros(anchors.num_rows, bool))}, schema=ANCHOR_PERSONA_SCHEMA)
+        empty_anchor = pa.table({
+            "anchor": anchors.column("node"), "persona_id": pa.nulls(anchors.num_rows, pa.string()),
+            "identified": pa.array(np.zeros(anchors.num_rows, bool)),
+        }, schema=ANCHOR_PERSONA_SCHEMA)
         return {"personas": PERSONA_SCHEMA.empty_table(), "identity_map": IDENTITY_MAP_SCHEMA.empty_table(),
                 "anchor_persona": empty_anchor, "hubs": HUB_SCHEMA.empty_table()}
     label = idents.column("label").to_numpy()
@@ -129,7 +131,7 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     anchor_persona = pa.table({"anchor": anchors.column("node"), "persona_id": a_pid, "identified": pa.array(a_ident)},
                               schema=ANCHOR_PERSONA_SCHEMA)
     # size cap: identifiers other than click tokens
-    people_ids = counts["n_devices"] + counts["n_emails"] + counts["n_phones"] + counts["n_customers"] + counts["n_subscribers"]
+    people_ids = sum(counts[k] for k in ("n_devices", "n_emails", "n_phones", "n_customers", "n_subscribers"))
     big = np.flatnonzero(people_ids > max_identifiers)
     hubs = HUB_SCHEMA.empty_table()
     if len(big):

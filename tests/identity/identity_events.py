@@ -11,11 +11,17 @@ from jobs.contract import CONTRACT_SCHEMA, normalise_batch
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def event(partner: str, event_id: str, minute: float, event_type: str = "page_view", truth: str | None = None,
-          **values) -> dict:
+def event(
+    partner: str, event_id: str, minute: float, event_type: str = "page_view", truth: str | None = None, **values
+) -> dict:
     row = {name: None for name in CONTRACT_SCHEMA.names}
-    row.update(event_id=event_id, partner_id=partner, event_type=event_type, ts=START + dt.timedelta(minutes=minute),
-               country="BG")
+    row.update(
+        event_id=event_id,
+        partner_id=partner,
+        event_type=event_type,
+        ts=START + dt.timedelta(minutes=minute),
+        country="BG",
+    )
     row.update(values)
     row["true_person_id"] = truth
     return row
@@ -38,6 +44,16 @@ def background(n: int, partner: str = "p1", start: int = 0, days: int = 3) -> li
         for d in range(days):
             base = d * 1440 + (i % 600)
             rows.append(event(partner, f"bg{i}-{d}-a", base, truth=f"bg{i}", device_id=f"dev-bg{i}"))
-            rows.append(event(partner, f"bg{i}-{d}-b", base + 5, "login", truth=f"bg{i}", device_id=f"dev-bg{i}",
-                              email=f"person{i}@example.org", customer_id=f"c{i}"))
+            rows.append(
+                event(
+                    partner,
+                    f"bg{i}-{d}-b",
+                    base + 5,
+                    "login",
+                    truth=f"bg{i}",
+                    device_id=f"dev-bg{i}",
+                    email=f"person{i}@example.org",
+                    customer_id=f"c{i}",
+                )
+            )
     return rows

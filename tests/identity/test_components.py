@@ -6,16 +6,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.identity.components import (
-    connected_components, connected_components_local, large_star, local_contract, small_star,
-)
+from jobs.identity.components import connected_components_local, large_star, local_contract, small_star
+from jobs.identity.distributed import connected_components_distributed
 
 
 def random_edges(seed: int, n: int, m: int) -> tuple[pa.Table, list[tuple[int, int]]]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, 2**63, size=n, dtype=np.uint64) * np.uint64(2)  # 64-bit ids like node hashes
     a, b = ids[rng.integers(0, n, m)], ids[rng.integers(0, n, m)]
-    return pa.table({"src": pa.array(a, pa.uint64()), "dst": pa.array(b, pa.uint64())}), list(zip(a.tolist(), b.tolist()))
+    return pa.table({"src": pa.array(a, pa.uint64()), "dst": pa.array(b, pa.uint64())}), list(
+        zip(a.tolist(), b.tolist())
+    )
 
 
 def networkx_labels(pairs):
@@ -28,14 +29,23 @@ def as_dict(labels: pa.Table) -> dict:
     return dict(zip(labels.column("node").to_pylist(), labels.column("label").to_pylist()))
 
 
-@pytest.mark.parametrize("seed, n, m, partitions", [
-    (0, 50, 30, 3), (7, 60, 50, 1), (1, 500, 400, 4), (2, 2000, 1500, 5), (3, 300, 1200, 2), (4, 1000, 990, 7), (5, 10, 0, 3),
-    (6, 3000, 2990, 8),
-])
+@pytest.mark.parametrize(
+    "seed, n, m, partitions",
+    [
+        (0, 50, 30, 3),
+        (7, 60, 50, 1),
+        (1, 500, 400, 4),
+        (2, 2000, 1500, 5),
+        (3, 300, 1200, 2),
+        (4, 1000, 990, 7),
+        (5, 10, 0, 3),
+        (6, 3000, 2990, 8),
+    ],
+)
 def test_distributed_components_match_networkx(ray_cluster, seed, n, m, partitions):
     edges, pairs = random_edges(seed, n, m)
     blocks = [ray_cluster.put(edges.slice(i, 97)) for i in range(0, max(m, 1), 97)]
-    refs, info = connected_components(blocks, partitions)
+    refs, info = connected_components_distributed(blocks, partitions)
     parts = ray_cluster.get(refs)
     assert len(parts) == partitions
     got = as_dict(pa.concat_tables(parts))
@@ -50,7 +60,7 @@ def test_distributed_components_match_networkx(ray_cluster, seed, n, m, partitio
 def test_long_path_converges(ray_cluster):
     ids = np.arange(1, 401, dtype=np.uint64)[::-1] * np.uint64(7919)
     edges = pa.table({"src": pa.array(ids[:-1]), "dst": pa.array(ids[1:])})
-    refs, info = connected_components([ray_cluster.put(edges)], 4)
+    refs, info = connected_components_distributed([ray_cluster.put(edges)], 4)
     labels = as_dict(pa.concat_tables(ray_cluster.get(refs)))
     assert set(labels.values()) == {int(ids.min())} and len(labels) == 400
 
@@ -63,13 +73,22 @@ def _uv(pairs):
 def test_star_steps_on_a_small_graph():
     # path 1-2-3 in both directions
     both = _uv([(1, 2), (2, 1), (2, 3), (3, 2)])
-    edges, unstable, labels = large_star(both)
+    edges, labels, unstable = large_star(both)
     assert unstable == 1  # node 2 has a smaller and a larger neighbour
     assert sorted(zip(edges.column("u").to_pylist(), edges.column("v").to_pylist())) == [(2, 1), (3, 1)]
     out = small_star(_uv([(3, 1), (2, 1)]))
     pairs = set(zip(out.column("u").to_pylist(), out.column("v").to_pylist()))
     assert pairs == {(2, 1), (1, 2), (3, 1), (1, 3)}
-    _, unstable, labels = large_star(out)
-    assert unstable == 0 and dict(zip(labels.column("node").to_pylist(), labels.column("label").to_pylist())) == {1: 1, 2: 1, 3: 1}
+    _, labels, unstable = large_star(out)
+    assert unstable == 0 and dict(zip(labels.column("node").to_pylist(), labels.column("label").to_pylist())) == {
+        1: 1,
+        2: 1,
+        3: 1,
+    }
     contracted = local_contract(both)
-    assert set(zip(contracted.column("u").to_pylist(), contracted.column("v").to_pylist())) == {(2, 1), (3, 1), (1, 2), (1, 3)}
+    assert set(zip(contracted.column("u").to_pylist(), contracted.column("v").to_pylist())) == {
+        (2, 1),
+        (3, 1),
+        (1, 2),
+        (1, 3),
+    }

@@ -5,14 +5,13 @@ import pyarrow.compute as pc
 import pytest
 from identity_events import background, canonical, event
 
-from jobs.config import IdentityConfig, JobConfig
+from jobs.config import IdentityConfig
 from jobs.identity import junk
-from jobs.resolve import resolve_local
+from jobs.identity.rounds import resolve_local
 
 
 def resolve(rows, **identity):
-    config = JobConfig(identity=IdentityConfig(**identity))
-    return resolve_local(canonical(rows), config)
+    return resolve_local(canonical(rows), IdentityConfig(**identity))
 
 
 def audit_rows(out, rule):
@@ -27,8 +26,10 @@ def persona_of(out, event_id):
 
 def test_blocklisted_email_is_audited_and_links_nobody():
     rows = background(20)
-    rows += [event("p1", "a1", 10, "purchase", device_id="dev-a", email="Test@test.com", customer_id="ca"),
-             event("p1", "b1", 20, "purchase", device_id="dev-b", email="test@test.com ", customer_id="cb")]
+    rows += [
+        event("p1", "a1", 10, "purchase", device_id="dev-a", email="Test@test.com", customer_id="ca"),
+        event("p1", "b1", 20, "purchase", device_id="dev-b", email="test@test.com ", customer_id="cb"),
+    ]
     out = resolve(rows)
     hits = audit_rows(out, "blocklist")
     assert [(h["identifier_type"], h["identifier"]) for h in hits] == [("email", "test@test.com")]
@@ -44,8 +45,9 @@ def test_invalid_phone_is_audited():
 def test_email_typed_on_many_devices_is_fanout_junk():
     rows = background(60)
     for i in range(25):  # 25 strangers type the same non-blocklisted junk email at checkout
-        rows.append(event("p1", f"j{i}", 100 + i, "purchase", device_id=f"dev-bg{i}", email="x@x.com",
-                          customer_id=f"c{i}"))
+        rows.append(
+            event("p1", f"j{i}", 100 + i, "purchase", device_id=f"dev-bg{i}", email="x@x.com", customer_id=f"c{i}")
+        )
     out = resolve(rows)
     hits = audit_rows(out, "email_fanout")
     assert [h["identifier"] for h in hits] == ["x@x.com"]
@@ -65,8 +67,17 @@ def test_phone_fanout_and_config_override():
 def test_shared_device_with_many_logins_and_anonymous_session_gets_no_persona():
     rows = background(40)
     for i in range(8):  # an internet cafe computer: 8 people log in over a week, hours apart
-        rows.append(event("p1", f"cafe{i}", 3000 + i * 120, "login", device_id="cafe-pc", email=f"person{i}@example.org",
-                          customer_id=f"c{i}"))
+        rows.append(
+            event(
+                "p1",
+                f"cafe{i}",
+                3000 + i * 120,
+                "login",
+                device_id="cafe-pc",
+                email=f"person{i}@example.org",
+                customer_id=f"c{i}",
+            )
+        )
     rows.append(event("p1", "cafe-anon", 3000 + 9 * 120, device_id="cafe-pc"))
     out = resolve(rows)
     assert [h["identifier"] for h in audit_rows(out, "shared_device")] == ["cafe-pc"]
@@ -77,8 +88,10 @@ def test_shared_device_with_many_logins_and_anonymous_session_gets_no_persona():
 
 def test_family_device_with_two_customer_records_at_one_partner():
     rows = background(30)
-    rows += [event("p1", "fam-a", 5000, "login", device_id="tablet", customer_id="c1"),
-             event("p1", "fam-b", 5100, "login", device_id="tablet", customer_id="c2")]
+    rows += [
+        event("p1", "fam-a", 5000, "login", device_id="tablet", customer_id="c1"),
+        event("p1", "fam-b", 5100, "login", device_id="tablet", customer_id="c2"),
+    ]
     out = resolve(rows)
     hits = audit_rows(out, "shared_device_customers")
     assert [(h["identifier"], h["figure"]) for h in hits] == [("tablet", 2)]
@@ -87,9 +100,11 @@ def test_family_device_with_two_customer_records_at_one_partner():
 
 def test_click_token_clicked_on_several_devices_is_forwarded():
     rows = background(30)
-    rows += [event("p1", "send", 10, "message_sent", click_token="tok1", email="person1@example.org", subscriber_id="s1"),
-             event("p1", "click-a", 20, "message_click", click_token="tok1", device_id="dev-bg1"),
-             event("p1", "click-b", 25, "message_click", click_token="tok1", device_id="dev-bg2")]
+    rows += [
+        event("p1", "send", 10, "message_sent", click_token="tok1", email="person1@example.org", subscriber_id="s1"),
+        event("p1", "click-a", 20, "message_click", click_token="tok1", device_id="dev-bg1"),
+        event("p1", "click-b", 25, "message_click", click_token="tok1", device_id="dev-bg2"),
+    ]
     out = resolve(rows)
     assert [h["identifier"] for h in audit_rows(out, "forwarded_click")] == ["tok1"]
     assert persona_of(out, "bg1-0-a") != persona_of(out, "bg2-0-a")
@@ -115,8 +130,17 @@ def test_click_token_never_merges_two_identified_people_but_attaches_anonymous_d
 def test_size_cap_splits_a_giant_component():
     rows = background(30)
     for i in range(40):  # one customer record used with 40 different emails: glue under the fan-out floor
-        rows.append(event("p2", f"glue{i}", 100 + i, "login", customer_id="shared-account",
-                          email=f"glue{i}@example.org", device_id=f"d-glue{i}"))
+        rows.append(
+            event(
+                "p2",
+                f"glue{i}",
+                100 + i,
+                "login",
+                customer_id="shared-account",
+                email=f"glue{i}@example.org",
+                device_id=f"d-glue{i}",
+            )
+        )
     out = resolve(rows, max_persona_identifiers=20, min_fanout_devices=100)
     hits = audit_rows(out, "size_cap")
     assert "shared-account" in [h["identifier"] for h in hits]

@@ -1,13 +1,12 @@
 """Persona table: stable ids, current email/phone, counts; ids survive a later day of events."""
 
+import numpy as np
 import pyarrow.compute as pc
 from identity_events import background, canonical, event
 
-from jobs.config import JobConfig
+from jobs.config import IdentityConfig
 from jobs.identity.personas import persona_hex
-from jobs.resolve import resolve_local
-
-import numpy as np
+from jobs.identity.rounds import resolve_local
 
 
 def personas_by_event(out):
@@ -18,7 +17,9 @@ def personas_by_event(out):
 def person_rows():
     rows = background(15)
     rows += [
-        event("p1", "x1", 10, "login", device_id="dx", email="Old.Mail@example.com", customer_id="cx", phone="0881111111"),
+        event(
+            "p1", "x1", 10, "login", device_id="dx", email="Old.Mail@example.com", customer_id="cx", phone="0881111111"
+        ),
         event("p2", "x2", 4000, "purchase", device_id="dx", email="new.mail@example.com", phone="+359 88 222 2222"),
         event("p2", "x3", 4010, "product_view", device_id="dx"),
     ]
@@ -26,7 +27,7 @@ def person_rows():
 
 
 def test_persona_table_current_contacts_and_counts():
-    out = resolve_local(canonical(person_rows()), JobConfig())
+    out = resolve_local(canonical(person_rows()), IdentityConfig())
     by_event = personas_by_event(out)
     pid = by_event["x1"]
     assert by_event["x2"] == by_event["x3"] == pid
@@ -42,21 +43,26 @@ def test_persona_table_current_contacts_and_counts():
 
 
 def test_same_input_same_ids():
-    a = personas_by_event(resolve_local(canonical(person_rows()), JobConfig()))
-    b = personas_by_event(resolve_local(canonical(list(reversed(person_rows()))), JobConfig()))
+    a = personas_by_event(resolve_local(canonical(person_rows()), IdentityConfig()))
+    b = personas_by_event(resolve_local(canonical(list(reversed(person_rows()))), IdentityConfig()))
     assert a == b
 
 
 def test_a_later_day_keeps_ids_of_personas_that_did_not_merge_or_split():
     rows = person_rows()
-    before = personas_by_event(resolve_local(canonical(rows), JobConfig()))
-    later = [event("p1", "n1", 9000, "login", device_id="brand-new-device", email="person3@example.org"),
-             event("p2", "n2", 9010, "login", device_id="dev-new", email="someone.new@example.org")]
-    after = personas_by_event(resolve_local(canonical(rows + later), JobConfig()))
+    before = personas_by_event(resolve_local(canonical(rows), IdentityConfig()))
+    later = [
+        event("p1", "n1", 9000, "login", device_id="brand-new-device", email="person3@example.org"),
+        event("p2", "n2", 9010, "login", device_id="dev-new", email="someone.new@example.org"),
+    ]
+    after = personas_by_event(resolve_local(canonical(rows + later), IdentityConfig()))
     assert all(after[e] == p for e, p in before.items())
     assert after["n1"] == before["bg3-0-b"]  # a new device joined person 3: same persona id
     assert after["n2"] not in set(before.values())
 
 
 def test_persona_id_is_the_earliest_identifiers_hash():
-    assert persona_hex(np.array([1, 2**64 - 1], dtype=np.uint64)).to_pylist() == ["0000000000000001", "ffffffffffffffff"]
+    assert persona_hex(np.array([1, 2**64 - 1], dtype=np.uint64)).to_pylist() == [
+        "0000000000000001",
+        "ffffffffffffffff",
+    ]

@@ -1,0 +1,54 @@
+"""Identity resolution on Ray: the executor that runs the partition steps as Ray tasks, and connected
+components over hash partitions.
+
+Every `map` is one wave of tasks that hash-split their own outputs plus one concat wave
+(`jobs.raykit.shuffle.map_exchange`); the driver holds only object references and small figures, and the
+largest object on a worker is one partition, whose size is set by `num_partitions`, not by the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from jobs.identity.components import both_directions, large_star, local_contract, small_star
+from jobs.identity.rounds import Keys
+from jobs.raykit.shuffle import map_exchange
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """Runs the partition steps of `jobs.identity.rounds` as Ray tasks over `num_partitions` hash partitions."""
+
+    num_partitions: int
+
+    def map(self, fn: Callable, calls: Sequence[tuple], keys: Sequence[Keys], scalar_outputs: int = 0) -> list[list]:
+        return map_exchange(fn, calls, keys, self.num_partitions, scalar_outputs=scalar_outputs)
+
+    def get(self, values: list) -> list:
+        return ray.get(list(values))
+
+    def components(self, edges: list) -> tuple[list, dict[str, Any]]:
+        return connected_components_distributed(edges, self.num_partitions)
+
+
+def connected_components_distributed(edge_blocks: list, num_partitions: int, max_rounds: int = 100
+                                     ) -> tuple[list, dict[str, Any]]:
+    """Labels (node, label = min node of its component) as `num_partitions` refs partitioned by node.
+
+    `edge_blocks` are refs of tables with uint64 columns `src`, `dst`; nodes without an edge do not appear.
+    Local contraction, then large-star / small-star rounds (`jobs.identity.components`) until the large-star
+    step counts no node outside a star. Returns (label refs, {"rounds": large-star rounds}).
+    """
+    P = num_partitions
+    (parts,) = map_exchange(both_directions, [(b,) for b in edge_blocks], [["u"]], P)
+    (parts,) = map_exchange(local_contract, [(p,) for p in parts], [["u"]], P)
+    for rounds in range(1, max_rounds + 1):
+        edges, labels, unstable = map_exchange(large_star, [(p,) for p in parts], [["u"], None], P, scalar_outputs=1)
+        if sum(ray.get(unstable)) == 0:
+            return labels, {"rounds": rounds}
+        (parts,) = map_exchange(small_star, [(e,) for e in edges], [["u"]], P)
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
