@@ -263,6 +263,14 @@ class ServingConfig(Section):
     num_partitions: int = Field(8, ge=1, le=4096, description="publish: persona partitions (one Parquet part each)")
 
 
+class EvaluationConfig(Section):
+    """`segments evaluate-personas`: personas scored against a ground-truth column (test data only)."""
+
+    truth_column: str = Field(
+        "true_person_id", min_length=1, description="column of events_resolved naming the real person behind an event"
+    )
+
+
 PIPELINE_STAGES = ("resolve", "features", "train", "score", "export")
 StageName = Literal["resolve", "features", "train", "score", "export"]
 
@@ -290,6 +298,7 @@ class JobConfig(Section):
     scoring: ScoringConfig = ScoringConfig()
     export: ExportConfig = ExportConfig()
     serving: ServingConfig = ServingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @field_validator("stages")
     @classmethod
@@ -366,6 +375,17 @@ class ResolveView(StageView):
     @classmethod
     def from_config(cls, config: JobConfig) -> "ResolveView":
         return cls(input=config.input, identity=config.identity, num_partitions=config.ray.num_partitions)
+
+
+class EvaluateView(StageView):
+    identity: IdentityConfig
+    evaluation: EvaluationConfig
+    num_partitions: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "EvaluateView":
+        return cls(identity=config.identity, evaluation=config.evaluation, num_partitions=config.ray.num_partitions)
 
 
 class PlanView(StageView):
