@@ -1,7 +1,10 @@
 """The `segments` command line: each command declares its options and calls one function.
 
-Config is resolved once (YAML file, then flags) in `jobs.config.load_config`. A `UserError` anywhere
-below becomes a one-paragraph message on stderr and exit code 2, never a traceback.
+Config is resolved once (YAML file, then flags) in `jobs.config.load_config`. A stage command runs that
+stage of the run folder through the same runner as `segments run` (`jobs.run.pipeline`), so markers,
+resume and summary.json are the same whichever way a stage was started. A `UserError` (exit 2: fix the
+input or config) or `InfraError` (exit 3: retry later) anywhere below becomes a one-paragraph message on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,20 +13,29 @@ import datetime as dt
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 
-from jobs.errors import UserError
+from jobs.config import JobConfig, describe_config, load_config
+from jobs.errors import SegmentsError, UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Cross-partner personas and look-alike smart segments on Ray.")
-features_app = typer.Typer(no_args_is_help=False, help="Feature table as of a cut-off date; `features list` shows the catalogue.")
-exports_app = typer.Typer(no_args_is_help=True, help="What partners pull: list exports, presigned URLs, bucket policies.")
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Cross-partner personas and look-alike smart segments on Ray.")
+features_app = typer.Typer(no_args_is_help=False,
+                           help="Feature table as of a cut-off date; `features list` shows the catalogue.")
+exports_app = typer.Typer(no_args_is_help=True,
+                          help="What partners pull: list exports, presigned URLs, bucket policies.")
+config_app = typer.Typer(no_args_is_help=True, help="The resolved job config.")
+serve_app = typer.Typer(no_args_is_help=False,
+                        help="Profiles and live events on Ray Serve; `serve keys create` makes a partner API key.")
+serve_keys_app = typer.Typer(no_args_is_help=True, help="Partner API keys of the online API (only hashes are stored).")
 app.add_typer(features_app, name="features")
 app.add_typer(exports_app, name="exports")
-serve_app = typer.Typer(no_args_is_help=False, help="Profiles and live events on Ray Serve; `serve keys create` makes a partner API key.")
-serve_keys_app = typer.Typer(no_args_is_help=True, help="Partner API keys of the online API (only hashes are stored).")
+app.add_typer(config_app, name="config")
 app.add_typer(serve_app, name="serve")
 serve_app.add_typer(serve_keys_app, name="keys")
 
@@ -34,6 +46,7 @@ RunDateOpt = Annotated[Optional[dt.datetime], typer.Option(
     "--run-date", formats=["%Y-%m-%d"],
     help="schedule date YYYY-MM-DD (the run id when none is given, and the exports' RUN_DATE): for backfills")]
 DateOpt = Annotated[Optional[dt.datetime], typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
+ExportsRootOpt = Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")]
 
 
 def _configure_logging() -> None:
@@ -44,14 +57,14 @@ def _configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call one stage function; user mistakes become exit code 2 with one paragraph, no traceback."""
+def _invoke(fn: Callable[[], Any]) -> Any:
+    """Call one function; user mistakes and infrastructure faults become one paragraph and their exit code."""
     _configure_logging()
     try:
-        result = fn(*args, **kwargs)
-    except UserError as exc:
+        result = fn()
+    except SegmentsError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=UserError.exit_code) from None
+        raise typer.Exit(code=exc.exit_code) from None
     if isinstance(result, str):
         typer.echo(result)
     elif result is not None:
@@ -59,10 +72,24 @@ def _invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-def _config(config_file: Optional[Path], **overrides: Any):
-    from jobs.config import load_config
-
+def _config(config_file: Optional[Path], **overrides: Any) -> JobConfig:
     return load_config(config_file, overrides)
+
+
+def _stages(config: JobConfig, names: Sequence[str], run_dir: str) -> dict[str, Any]:
+    """Run the named stages of the run folder `run_dir` (the plan comes along when they need it)."""
+    from jobs.run.layout import RunLayout
+    from jobs.run.pipeline import run_pipeline
+    from jobs.stages import pipeline
+
+    return run_pipeline(config, pipeline(), names=names, layout=RunLayout(run_dir))
+
+
+def _user_error(message: str) -> Callable[[], Any]:
+    def fail() -> Any:
+        raise UserError(message)
+
+    return fail
 
 
 @app.command()
@@ -75,9 +102,10 @@ def generate(
     config_file: ConfigOpt = None,
 ) -> None:
     """Synthetic cross-partner event logs in the input contract, with `true_person_id` ground truth."""
-    from jobs.generate import run_generate
+    from jobs.synthetic import write_events
 
-    _invoke(lambda: run_generate(_config(config_file), out=out, persons=persons, partners=partners, days=days, seed=seed))
+    _invoke(lambda: write_events(out, _config(config_file).storage, persons=persons, partners=partners, days=days,
+                                 seed=seed))
 
 
 @app.command()
@@ -88,22 +116,19 @@ def resolve(
     address: AddressOpt = None,
 ) -> None:
     """Personas: quarantine/, events_resolved/, identity_map/, identity_audit/, personas/."""
-    from jobs.resolve import run_resolve
-
-    _invoke(lambda: run_resolve(_config(config_file, **{"events": events, "ray.address": address}), run_dir=out))
+    _invoke(lambda: _stages(_config(config_file, **{"events": events, "ray.address": address}), ["resolve"], out))
 
 
 @app.command("evaluate-personas")
 def evaluate_personas(
     run: RunOpt,
-    truth_column: Annotated[str, typer.Option("--truth-column", help="ground-truth person column")] = "true_person_id",
+    truth_column: Annotated[Optional[str], typer.Option("--truth-column", help="ground-truth person column")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Pairwise precision / recall / F1 of the personas against ground truth."""
-    from jobs.evaluate import run_evaluate_personas
-
-    _invoke(lambda: run_evaluate_personas(_config(config_file, **{"ray.address": address}), run_dir=run, truth_column=truth_column))
+    _invoke(lambda: _stages(_config(config_file, **{"evaluation.truth_column": truth_column, "ray.address": address}),
+                            ["evaluate"], run))
 
 
 @features_app.callback(invoke_without_command=True)
@@ -114,15 +139,13 @@ def features(
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Feature table of every persona as of a cut-off date (only events before it)."""
+    """Feature tables of every persona at each cut-off of the run plan (`--as-of` sets the scoring cut-off)."""
     if ctx.invoked_subcommand is not None:
         return
-    from features.compute import run_features
-
     if run is None:
-        _invoke(_raise, UserError("`segments features` needs --run RUN_DIR (or use `segments features list`)."))
-    config = lambda: _config(config_file, **{"features.as_of": as_of.date() if as_of else None, "ray.address": address})
-    _invoke(lambda: run_features(config(), run_dir=run))
+        _invoke(_user_error("`segments features` needs --run RUN_DIR (or use `segments features list`)."))
+    overrides = {"features.as_of": as_of.date() if as_of else None, "ray.address": address}
+    _invoke(lambda: _stages(_config(config_file, **overrides), ["features"], run))
 
 
 @features_app.command("list")
@@ -143,18 +166,15 @@ def train(
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Look-alike models on Ray Train XGBoost, with their quality reports."""
-    from jobs.train import run_train
-
-    _invoke(lambda: run_train(_config(config_file, **{"ray.address": address}), run_dir=run, segment=segment))
+    """Labels and look-alike models on Ray Train XGBoost, with their quality reports."""
+    overrides = {"training.only_segments": [segment] if segment else None, "ray.address": address}
+    _invoke(lambda: _stages(_config(config_file, **overrides), ["labels", "train"], run))
 
 
 @app.command()
 def score(run: RunOpt, config_file: ConfigOpt = None, address: AddressOpt = None) -> None:
-    """Scores, percentiles and segment membership for every eligible persona."""
-    from jobs.score import run_score
-
-    _invoke(lambda: run_score(_config(config_file, **{"ray.address": address}), run_dir=run))
+    """Scores, percentiles and segment membership for every eligible persona, and the run's report."""
+    _invoke(lambda: _stages(_config(config_file, **{"ray.address": address}), ["score", "report"], run))
 
 
 @app.command()
@@ -165,35 +185,46 @@ def export(
     address: AddressOpt = None,
 ) -> None:
     """Per-partner segment exports with manifests."""
-    from jobs.export import run_export
+    _invoke(lambda: _stages(_config(config_file, **{"export.root": to, "ray.address": address}), ["export"], run))
 
-    _invoke(lambda: run_export(_config(config_file, **{"export.root": to, "ray.address": address}), run_dir=run))
+
+def _exports_root(config: JobConfig) -> str:
+    return config.export.root or config.root
 
 
 @exports_app.command("list")
 def exports_list(
     partner: Annotated[str, typer.Option("--partner", help="partner id")],
-    root: Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")] = None,
+    root: ExportsRootOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """The partner's published exports (segment, run date, rows)."""
-    from jobs.export import list_exports
+    from jobs.exports.partners import list_exports
 
-    _invoke(lambda: list_exports(_config(config_file, **{"export.root": root}), partner=partner))
+    def run() -> Any:
+        config = _config(config_file, **{"export.root": root})
+        return list_exports(_exports_root(config), partner, config.storage)
+
+    _invoke(run)
 
 
 @exports_app.command("url")
 def exports_url(
     partner: Annotated[str, typer.Option("--partner", help="partner id")],
     segment: Annotated[str, typer.Option("--segment", help="segment name")],
-    root: Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")] = None,
+    root: ExportsRootOpt = None,
     expires: Annotated[Optional[int], typer.Option("--expires", help="seconds the URLs stay valid")] = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Presigned URLs for the partner's latest export of a segment."""
-    from jobs.export import presigned_urls
+    from jobs.exports.partners import presigned_urls
 
-    _invoke(lambda: presigned_urls(_config(config_file, **{"export.root": root, "export.url_expires_seconds": expires}), partner=partner, segment=segment))
+    def run() -> Any:
+        config = _config(config_file, **{"export.root": root, "export.url_expires_seconds": expires})
+        return presigned_urls(_exports_root(config), partner, segment, config.storage,
+                              config.export.url_expires_seconds)
+
+    _invoke(run)
 
 
 @exports_app.command("policy")
@@ -204,9 +235,9 @@ def exports_policy(
     config_file: ConfigOpt = None,
 ) -> None:
     """The partner's S3 bucket policy as JSON: read-only on its own prefix."""
-    from jobs.export import bucket_policy
+    from jobs.exports.partners import bucket_policy
 
-    _invoke(lambda: bucket_policy(_config(config_file, **{"export.root": root}), partner=partner, principal=principal))
+    _invoke(lambda: bucket_policy(_exports_root(_config(config_file, **{"export.root": root})), partner, principal))
 
 
 @app.command("run")
@@ -217,10 +248,17 @@ def run_command(
     address: AddressOpt = None,
 ) -> None:
     """The whole pipeline, stage by stage, resuming finished stages."""
-    from jobs.pipeline import run_pipeline
+    from jobs.run.pipeline import run_pipeline
+    from jobs.stages import pipeline
 
-    _invoke(lambda: run_pipeline(_config(config_file, **{"run_id": run_id, "run_date": run_date.date() if run_date else None,
-                                                            "ray.address": address})))
+    overrides = {"run_id": run_id, "run_date": run_date.date() if run_date else None, "ray.address": address}
+    _invoke(lambda: run_pipeline(_config(config_file, **overrides), pipeline()))
+
+
+@config_app.command("show")
+def config_show(config_file: ConfigOpt = None) -> None:
+    """The resolved config as YAML, each field with its description and default."""
+    _invoke(lambda: describe_config(_config(config_file)))
 
 
 @app.command()
@@ -230,7 +268,7 @@ def demo(
         min=1000, help="people in the sample (fewer than 1000 leave the segments below their training minimums)")] = 3000,
 ) -> None:
     """Generate a sample, run the whole pipeline on a local Ray, print where everything landed."""
-    from jobs.pipeline import run_demo
+    from jobs.run.demo import run_demo
 
     _invoke(lambda: run_demo(out=out, persons=persons))
 
@@ -243,10 +281,10 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="follow the logs until the job ends")] = False,
 ) -> None:
     """Submit the whole pipeline to a Ray cluster as a Ray Job."""
-    from jobs.submit import submit_job
+    from jobs.run.submit import submit_job
 
     _invoke(lambda: submit_job(address=address, config_file=config_file,
-                                  run_date=run_date.date() if run_date else None, wait=wait))
+                               run_date=run_date.date() if run_date else None, wait=wait))
 
 
 @app.command()
@@ -255,7 +293,7 @@ def status(
     address: Annotated[str, typer.Option("--address", help="Ray dashboard address")] = "http://127.0.0.1:8265",
 ) -> None:
     """Status of a submitted job."""
-    from jobs.submit import job_status
+    from jobs.run.submit import job_status
 
     _invoke(lambda: job_status(address=address, job_id=job_id))
 
@@ -266,7 +304,7 @@ def logs(
     address: Annotated[str, typer.Option("--address", help="Ray dashboard address")] = "http://127.0.0.1:8265",
 ) -> None:
     """Logs of a submitted job."""
-    from jobs.submit import job_logs
+    from jobs.run.submit import job_logs
 
     _invoke(lambda: job_logs(address=address, job_id=job_id))
 
@@ -298,7 +336,7 @@ def serve(
     from jobs.serving.app import run_serve
 
     if root is None:
-        _invoke(_raise, UserError("`segments serve` needs --root ROOT (or use `segments serve keys create`)."))
+        _invoke(_user_error("`segments serve` needs --root ROOT (or use `segments serve keys create`)."))
     _invoke(lambda: run_serve(_config(config_file, **{"serving.port": port, "ray.address": address}), root=root))
 
 
@@ -312,7 +350,3 @@ def serve_keys_create(
     from jobs.serving.partner_keys import create_key
 
     _invoke(lambda: create_key(_config(config_file), partner=partner, root=root))
-
-
-def _raise(exc: Exception) -> None:
-    raise exc

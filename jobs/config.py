@@ -203,6 +203,12 @@ class TrainingConfig(Section):
     leakage_sample_rows: int = Field(
         100_000, ge=100, description="evaluation rows (hash sample) for the single-feature leakage check"
     )
+    only_segments: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="train only these segments (`segments train --segment NAME`); the others keep their models "
+        "from the run's previous models/ bundle",
+    )
 
 
 class ScoringConfig(Section):
@@ -271,8 +277,12 @@ class EvaluationConfig(Section):
     )
 
 
-PIPELINE_STAGES = ("resolve", "features", "train", "score", "export")
-StageName = Literal["resolve", "features", "train", "score", "export"]
+# What `segments run` runs by default (the plan stage comes along with any stage that reads the plan;
+# `evaluate` needs ground truth, so it runs only when listed).
+PIPELINE_STAGES = ("resolve", "features", "labels", "train", "score", "report", "export")
+StageName = Literal["resolve", "evaluate", "features", "labels", "train", "score", "report", "export"]
+# A listed stage brings the stages it cannot run without (configs written before labels had a stage of its own).
+IMPLIED_STAGES = {"train": ("labels",)}
 
 
 class JobConfig(Section):
@@ -305,7 +315,8 @@ class JobConfig(Section):
     def _stages_in_order(cls, stages: list[str]) -> list[str]:
         if not stages:
             raise ValueError("list at least one stage")
-        return [name for name in PIPELINE_STAGES if name in stages]
+        wanted = set(stages) | {implied for name in stages for implied in IMPLIED_STAGES.get(name, ())}
+        return [name for name in ("resolve", "evaluate", *PIPELINE_STAGES[1:]) if name in wanted]
 
     @field_validator("segments")
     @classmethod
@@ -315,11 +326,6 @@ class JobConfig(Section):
         if duplicates:
             raise ValueError(f"segment names must be unique, repeated: {', '.join(duplicates)}")
         return segments
-
-    def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named sections, so a stage reruns only when what it reads changed."""
-        payload = {name: _jsonable(getattr(self, name)) for name in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:
@@ -451,6 +457,14 @@ class ScoreView(StageView):
         return cls(segments=list(config.segments), scoring=config.scoring)
 
 
+class ReportView(StageView):
+    segments: list[SegmentConfig]
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> "ReportView":
+        return cls(segments=list(config.segments))
+
+
 class ExportView(StageView):
     root: str = Field(description="ROOT of the exports: export.root, else the run's own ROOT")
     membership: Literal["top_percent", "threshold"] = Field(description="how members were chosen (manifests say)")
@@ -461,3 +475,35 @@ class ExportView(StageView):
     def from_config(cls, config: JobConfig) -> "ExportView":
         return cls(root=config.export.root or config.root, membership=config.scoring.membership,
                    num_partitions=config.ray.num_partitions)
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(_jsonable(value), default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def describe_config(config: JobConfig) -> str:
+    """The resolved config as YAML, each field commented with its description and default (`config show`)."""
+    lines: list[str] = []
+
+    def walk(model: BaseModel, indent: int) -> None:
+        pad = " " * indent
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            default = field.get_default(call_default_factory=True)
+            notes = [field.description] if field.description else []
+            if not isinstance(value, BaseModel) and value != default:
+                notes.append(f"default: {_yaml_value(default)}")
+            comment = f"  # {'; '.join(notes)}" if notes else ""
+            if isinstance(value, BaseModel):
+                lines.append(f"{pad}{name}:{comment}")
+                walk(value, indent + 2)
+            elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                lines.append(f"{pad}{name}:{comment}")
+                for item in value:
+                    body = yaml.safe_dump(item.model_dump(mode="json"), sort_keys=False).splitlines()
+                    lines.extend([f"{pad}  - {body[0]}", *(f"{pad}    {line}" for line in body[1:])])
+            else:
+                lines.append(f"{pad}{name}: {_yaml_value(value)}{comment}")
+
+    walk(config, 0)
+    return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""The real stages under faults: a run killed with SIGKILL resumes to the same outputs, a Ray worker killed
+mid-stage changes nothing, and `segments run --run-date` names a backfill run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.config import JobConfig, StorageConfig, load_config
+from jobs.run.pipeline import run_pipeline
+from jobs.stages import pipeline
+from jobs.storage import MARKER, read_arrow
+from jobs.synthetic import write_events
+
+REPO = Path(__file__).resolve().parents[2]
+VOLATILE = {"created_at", "write_id", "written_at", "generated_at", "published_at", "seconds"}
+SAMPLE = dict(persons=300, partners=3, days=75, seed=11)
+STAGE_NAMES = list(JobConfig().stages)
+
+
+def _rows(table: pa.Table) -> list[str]:
+    keep = [c for c in table.column_names if c not in VOLATILE]
+    return sorted(json.dumps(row, sort_keys=True, default=str) for row in table.select(keep).to_pylist())
+
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE and not k.endswith("write_id")}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def run_contents(root: Path, run_id: str) -> dict[str, object]:
+    """Every published table of a run (rows, order-free), model cards, the plan and exports, minus ids/times."""
+    storage = StorageConfig()
+    contents: dict[str, object] = {}
+    run = root / "runs" / run_id
+    for marker in sorted(run.rglob(MARKER)):
+        table = marker.parent
+        if any(table.rglob("*.parquet")):
+            contents[str(table.relative_to(run))] = _rows(read_arrow(str(table), storage))
+    for card in sorted(run.rglob("model_card.json")):
+        contents[card.parent.name + "/model_card.json"] = _strip(json.loads(card.read_text()))
+    contents["plan.json"] = json.loads((run / "plan.json").read_text())
+    exports = root / "exports"
+    for manifest in sorted(exports.rglob("manifest.json")) if exports.exists() else []:
+        folder = manifest.parent
+        parts = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))]
+        contents[str(folder.relative_to(root))] = _rows(pa.concat_tables(parts)) if parts else []
+        contents[str(manifest.relative_to(root))] = _strip({k: v for k, v in json.loads(manifest.read_text()).items()
+                                                            if k not in {"parts", "run_id"}})
+    return contents
+
+
+def small_job(events: Path, root: Path, **extra) -> dict:
+    return {"events": str(events), "root": str(root), "run_id": "r", "run_date": "2026-03-20", "stages": STAGE_NAMES,
+            "ray": {"num_partitions": 2},
+            "segments": [{"name": "ecommerce_buyers", "kind": "ecommerce_buyers"}],  # one model keeps it quick
+            "training": {"min_positives": 5, "min_negatives": 5, "num_boost_round": 10, "early_stopping_rounds": 5,
+                         "report_every": 5},
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_cluster):
+    """A small generated sample and one uninterrupted run of every stage on the test session's Ray."""
+    base = tmp_path_factory.mktemp("pipeline")
+    events = base / "events"
+    write_events(str(events), StorageConfig(), **SAMPLE)
+    summary = run_pipeline(load_config(None, small_job(events, base / "reference")), pipeline())
+    assert summary["status"] == "succeeded"
+    return {"base": base, "events": events, "summary": summary, "contents": run_contents(base / "reference", "r")}
+
+
+@pytest.fixture()
+def cli_env():
+    """Environment for `segments run` subprocesses: their own local Ray, never the test session's nor a
+    `ray start` cluster (RAY_TMPDIR, short because Ray's sockets live under it)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
+    yield env
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def _kill_tree(pids: set[int]) -> None:
+    import psutil
+
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_to_the_same_outputs(reference, cli_env):
+    import psutil
+    import yaml
+
+    base = reference["base"]
+    config_file = base / "resume.yaml"
+    config_file.write_text(yaml.safe_dump(small_job(reference["events"], base / "resumed")))
+    run = base / "resumed" / "runs" / "r"
+    command = [sys.executable, "-m", "jobs", "run", "--config", str(config_file)]
+    log = open(base / "killed.log", "w")
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (run / "_stages" / "resolve.json").exists():
+        assert proc.poll() is None, (base / "killed.log").read_text()[-3000:]
+        assert time.time() < deadline, "the first stage did not finish in time"
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next stage
+    assert proc.poll() is None, "the run ended before it could be killed"
+    family = {proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_tree(family - {proc.pid})  # its local Ray, had it outlived the driver
+    log.close()
+    assert not (run / "_stages" / f"{STAGE_NAMES[-1]}.json").exists()
+
+    done = subprocess.run(command, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout)
+    assert summary["stages"]["resolve"]["status"] == "skipped"
+    assert summary["stages"][STAGE_NAMES[-1]]["status"] == "ran"
+    resumed = run_contents(base / "resumed", "r")
+    assert resumed.keys() == reference["contents"].keys()
+    for key, rows in reference["contents"].items():
+        assert resumed[key] == rows, f"{key} differs from the uninterrupted run"
+
+
+@pytest.mark.slow
+def test_stage_survives_a_killed_ray_worker(reference, ray_cluster):
+    import psutil
+
+    raylets = [p for p in psutil.Process().children(recursive=True) if p.name() == "raylet"]
+    assert raylets, "the test session's Ray has no raylet under this process"
+
+    def busy_workers() -> dict[int, str]:
+        busy = {}
+        for worker in raylets[0].children():
+            try:
+                title = (worker.cmdline() or [""])[0]
+            except psutil.Error:
+                continue
+            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                busy[worker.pid] = title
+        return busy
+
+    # actors alive before the stage (Ray Data's stats actor, an earlier stage's leftovers) are not its work
+    before = busy_workers()
+    internal = ("Actor", "Coordinator", "Requester", "Agent", "Manager", "Controller")
+    killed: list[str] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            for pid, title in busy_workers().items():
+                if pid not in before and not any(w in title for w in internal):
+                    try:
+                        psutil.Process(pid).kill()
+                    except psutil.Error:
+                        continue
+                    killed.append(title)
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    root = reference["base"] / "worker-killed"
+    try:
+        summary = run_pipeline(load_config(None, small_job(reference["events"], root, stages=["resolve"])), pipeline())
+    finally:
+        stop.set()
+        thread.join(5)
+    assert killed, "no busy Ray worker was seen to kill"
+    assert summary["stages"]["resolve"]["status"] == "ran"
+    contents = run_contents(root, "r")
+    for table in ("events_resolved", "personas", "identity_map", "quarantine"):
+        assert contents[table] == reference["contents"][table], f"{table} differs after a worker was killed ({killed[0]})"
+
+
+def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    config_file = tmp_path / "job.yaml"
+    job = small_job(reference["events"], tmp_path / "backfill")
+    job.pop("run_id")
+    config_file.write_text(yaml.safe_dump({**job, "stages": ["resolve"]}))
+    result = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "2026-03-18"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_id"] == "2026-03-18" and summary["run_date"] == "2026-03-18"
+    assert (tmp_path / "backfill" / "runs" / "2026-03-18" / "_stages" / "resolve.json").exists()
+
+    bad = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "18/03/2026"])
+    assert bad.exit_code == 2 and "--run-date" in bad.output
+
+
+def test_cli_stage_commands_share_the_runner_and_bad_input_is_one_paragraph(reference, tmp_path):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    run = tmp_path / "runs" / "one"
+    resolved = CliRunner().invoke(app, ["resolve", "--events", str(reference["events"]), "--out", str(run)])
+    assert resolved.exit_code == 0, resolved.output
+    assert json.loads(resolved.stdout)["stages"]["resolve"]["status"] == "ran"
+    assert (run / "_stages" / "resolve.json").exists(), "a stage command leaves the same marker as `segments run`"
+
+    missing = CliRunner().invoke(app, ["score", "--run", str(tmp_path / "runs" / "nothing")])
+    assert missing.exit_code == 2, missing.output
+    assert "Traceback" not in missing.output and "events_resolved" in missing.output
+
+    nowhere = CliRunner().invoke(app, ["resolve", "--events", str(tmp_path / "no-such"), "--out", str(run)])
+    assert nowhere.exit_code == 2 and "does not exist" in nowhere.output
+
+    shown = CliRunner().invoke(app, ["config", "show"])
+    assert shown.exit_code == 0 and "num_partitions: 8  # hash partitions" in shown.stdout
