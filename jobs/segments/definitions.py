@@ -1,4 +1,4 @@
-"""Segment definitions: who is a positive (labels) and who is scored (the eligible population).
+"""Segment definitions: who is a positive (labels) and who is scored (the eligible population). Pure.
 
 A segment is a few lines of config (`config.segments`, a list of `SegmentConfig`); its `kind` picks one
 of the definitions below, and the fields narrow it (category, brand, partner, horizon, thresholds):
@@ -14,11 +14,11 @@ of the definitions below, and the fields narrow it (category, brand, partner, ho
 Two rules make every definition honest (no look-ahead, no leakage):
 
 * **Labels** come only from events with `as_of <= ts < as_of + horizon_days` (the label window after the
-  cut-off); features come only from events before the cut-off (`features.compute`). The one exception is
-  explicit: `price_hunters` also looks at product views up to `comparison_days` before a purchase in the
-  window, which can fall just before the cut-off; the purchase itself is always in the window.
+  cut-off); features come only from events before the cut-off. The one exception is explicit:
+  `price_hunters` also looks at product views up to `comparison_days` before a purchase in the window,
+  which can fall just before the cut-off; the purchase itself is always in the window.
 * **Eligibility** (who is trained on, evaluated on and scored) is decided from feature columns only, so
-  scoring can apply the same rule to a feature table without events (`eligible_mask`).
+  scoring applies the same rule to a feature table without events (`eligible_mask`).
 
 The kinds ("buys" = a `purchase` event; a positive needs at least `min_orders` distinct orders, an order
 being partner + order_id, or the event itself when order_id is missing; non-purchase events count one
@@ -41,27 +41,28 @@ each):
   `min_orders` orders). Learnable from the category history (months with a purchase in the last six,
   recency, share of spend), which is what "buys in the category most months" leaves behind.
 
-Category-specific eligibility reads the feature table's category slot of the segment's top-level
-category (`catNN_*`, slot = index in the run's feature category list, see `features.catalog`). The list
-comes from the `categories` argument, else from the table's schema metadata (`feature_categories`, a JSON
-list), else it is an error: pass the categories recorded in the features/ marker or the model card.
+Category-specific eligibility reads the feature table's slot of the segment's top-level category
+(`catNN_*`, slot = index in the run plan's feature categories, see `features.catalog`).
+
+Labels of several segments at one cut-off are one wide table (`wide_labels`): persona_id, as_of and one
+0/1 column per segment (`label_column`), one row per persona positive in at least one of them; a persona
+without a row is a negative everywhere.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.config import JobConfig, SegmentConfig
-
-LABEL_SCHEMA = pa.schema([pa.field("persona_id", pa.string()), pa.field("label", pa.int64())])
+from jobs.config import SegmentConfig
+from jobs.contract.schema import TS_TYPE
+from jobs.run.plan import top_level
 
 DEFAULT_LABEL_EVENTS: dict[str, tuple[str, ...]] = {
     "ecommerce_buyers": ("purchase",),
@@ -72,7 +73,20 @@ DEFAULT_LABEL_EVENTS: dict[str, tuple[str, ...]] = {
 }
 
 # Columns of events_resolved that labels read (the rest is never loaded).
-EVENT_COLUMNS = ("persona_id", "ts", "event_type", "partner_id", "product_id", "category", "brand", "order_id", "event_id")
+EVENT_COLUMNS = (
+    "persona_id",
+    "ts",
+    "event_type",
+    "partner_id",
+    "product_id",
+    "category",
+    "brand",
+    "order_id",
+    "event_id",
+)
+_EVENT_SCHEMA = pa.schema([pa.field(c, TS_TYPE if c == "ts" else pa.string()) for c in EVENT_COLUMNS])
+
+LABEL_PREFIX = "label__"
 
 _NEEDS_CATEGORY = ("category_virgins", "category_lovers")
 
@@ -96,8 +110,9 @@ def check_segment(segment: SegmentConfig) -> None:
         raise ValueError(f"segment {segment.name}: kind high_interest needs a `category` and/or a `brand`")
 
 
-def top_category(category: str) -> str:
-    return category.strip("/").split("/", 1)[0]
+def label_column(segment_name: str) -> str:
+    """The column of the labels table that holds one segment's 0/1 label."""
+    return LABEL_PREFIX + segment_name
 
 
 def window_bounds(as_of: dt.date, horizon_days: int) -> tuple[dt.datetime, dt.datetime]:
@@ -110,19 +125,11 @@ def window_bounds(as_of: dt.date, horizon_days: int) -> tuple[dt.datetime, dt.da
 # Eligibility: from feature columns only
 
 
-def _categories_from(features: pa.Table, categories: Sequence[str] | None) -> list[str] | None:
-    if categories is not None:
-        return list(categories)
-    meta = features.schema.metadata or {}
-    raw = meta.get(b"feature_categories")
-    return list(json.loads(raw)) if raw else None
-
-
 def category_slot(segment: SegmentConfig, categories: Sequence[str]) -> int | None:
     """Slot NN of the segment's top-level category in the feature category list, or None if absent."""
-    target = top_category(segment.category or "")
-    names = [top_category(c) for c in categories]
-    return names.index(target) if target in names else None
+    target = top_level(segment.category)
+    names = [top_level(c) for c in categories]
+    return names.index(target) if target is not None and target in names else None
 
 
 def _history_orders_column(columns: Sequence[str]) -> str:
@@ -139,27 +146,24 @@ def _values(features: pa.Table, column: str) -> np.ndarray:
     return np.nan_to_num(values, nan=0.0)
 
 
-def eligible_mask(
-    segment: SegmentConfig, features: pa.Table, categories: Sequence[str] | None = None
-) -> np.ndarray:
+def eligible_mask(segment: SegmentConfig, features: pa.Table, categories: Sequence[str] | None) -> np.ndarray:
     """Who is trained on, evaluated on and scored for `segment`: a bool per row of `features`.
 
     Reads feature columns only (see the module docstring for each kind). `categories` is the run's
-    feature category list (slot order); needed for category_virgins / category_lovers unless the table
-    carries it as schema metadata. A segment whose category has no feature slot makes nobody eligible
-    for category_lovers and nobody for category_virgins (no way to tell a virgin), rather than guessing.
+    feature category list in slot order (the run plan's, recorded in the model card); category_virgins /
+    category_lovers need it. A segment whose category has no feature slot makes nobody eligible for
+    category_lovers and nobody for category_virgins (no way to tell a virgin), rather than guessing.
     """
     n = features.num_rows
     if segment.kind not in _NEEDS_CATEGORY:
         return np.ones(n, dtype=bool)
     check_segment(segment)
-    cats = _categories_from(features, categories)
-    if cats is None:
+    if categories is None:
         raise ValueError(
-            f"segment {segment.name}: eligibility needs the feature category list (slot order); pass "
-            "`categories` (features/ marker 'categories' or the model card's 'feature_categories')"
+            f"segment {segment.name}: eligibility needs the feature category list (slot order): the run plan's "
+            "categories or the model card's 'feature_categories'"
         )
-    slot = category_slot(segment, cats)
+    slot = category_slot(segment, categories)
     if slot is None:
         return np.zeros(n, dtype=bool)
     cat_column = f"cat{slot:02d}_purchases_365d"
@@ -177,6 +181,7 @@ def eligible_mask(
 
 
 def label_scan_bounds(segment: SegmentConfig, as_of: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The events a segment's labels at `as_of` can depend on: its window, plus price hunters' look-back."""
     start, end = window_bounds(as_of, segment.horizon_days)
     if segment.kind == "price_hunters":
         start = start - dt.timedelta(days=segment.comparison_days)
@@ -203,14 +208,8 @@ def _matches_target(df: pd.DataFrame, segment: SegmentConfig, *, partner: bool =
     return keep
 
 
-def select_label_events(batch: pa.Table, segment: SegmentConfig, as_of: dt.date) -> pa.Table:
-    """Map side: the rows (and columns) that can matter for the segment's labels at `as_of`."""
-    start, end = label_scan_bounds(segment, as_of)
-    return select_window(batch, start, end, event_types_needed(segment))
-
-
 def select_window(batch: pa.Table, start: dt.datetime, end: dt.datetime, event_types: Sequence[str]) -> pa.Table:
-    """Rows with a persona, `start <= ts < end` and one of `event_types`, in the label columns."""
+    """Rows with a persona, `start <= ts < end` and one of `event_types`, in the label columns (map side)."""
     columns = [c for c in EVENT_COLUMNS if c in batch.column_names]
     batch = batch.select(columns)
     ts = batch.column("ts")
@@ -219,15 +218,25 @@ def select_window(batch: pa.Table, start: dt.datetime, end: dt.datetime, event_t
     ts_type = ts.type
     mask = pc.and_(
         pc.and_(pc.greater_equal(ts, pa.scalar(start, type=ts_type)), pc.less(ts, pa.scalar(end, type=ts_type))),
-        pc.and_(pc.is_valid(batch.column("persona_id")), pc.is_in(batch.column("event_type"), pa.array(list(event_types), pa.string()))),
+        pc.and_(
+            pc.is_valid(batch.column("persona_id")),
+            pc.is_in(batch.column("event_type"), pa.array(list(event_types), pa.string())),
+        ),
     )
     out = batch.filter(mask)
     for name in EVENT_COLUMNS:  # a stable schema for the shuffle, whatever the input carried
         if name not in out.column_names:
             out = out.append_column(name, pa.nulls(out.num_rows, pa.string()))
-    return out.select(list(EVENT_COLUMNS)).cast(
-        pa.schema([pa.field(c, pa.timestamp("us", tz="UTC") if c == "ts" else pa.string()) for c in EVENT_COLUMNS])
-    )
+    return out.select(list(EVENT_COLUMNS)).cast(_EVENT_SCHEMA)
+
+
+def scan_window(
+    segments: Sequence[SegmentConfig], cutoffs: Sequence[dt.date]
+) -> tuple[dt.datetime, dt.datetime, list[str]]:
+    """One [start, end) and event type list that covers every segment's labels at every cut-off."""
+    bounds = [label_scan_bounds(s, as_of) for s in segments for as_of in cutoffs]
+    types = sorted({t for s in segments for t in event_types_needed(s)})
+    return min(b[0] for b in bounds), max(b[1] for b in bounds), types
 
 
 def _action_keys(df: pd.DataFrame) -> pd.Series:
@@ -239,26 +248,23 @@ def _action_keys(df: pd.DataFrame) -> pd.Series:
     return order_key.where(use_order, event_key)
 
 
-def labels_from_events(events: pa.Table, segment: SegmentConfig, as_of: dt.date) -> pa.Table:
-    """Reduce side: (persona_id, label=1) for the positives among `events` (all of a persona's rows).
+def positives(events: pa.Table, segment: SegmentConfig, as_of: dt.date) -> list[str]:
+    """The personas among `events` (all of a persona's rows) that are positives of `segment` at `as_of`.
 
     Vectorised pandas over one hash partition (every row of a persona is in the same partition).
-    Personas absent from the result are negatives.
     """
     if events.num_rows == 0:
-        return LABEL_SCHEMA.empty_table()
+        return []
     df = events.to_pandas()
     start, end = window_bounds(as_of, segment.horizon_days)
-    start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
-    in_window = (df["ts"] >= start_ts) & (df["ts"] < end_ts)
-    label_types = set(label_event_types(segment))
+    in_window = (df["ts"] >= pd.Timestamp(start)) & (df["ts"] < pd.Timestamp(end))
 
     if segment.kind == "price_hunters":
         buys = df[in_window & (df["event_type"] == "purchase") & df["product_id"].notna()]
         buys = buys[_matches_target(buys, segment)]
         views = df[(df["event_type"] == "product_view") & df["product_id"].notna()]
         if buys.empty or views.empty:
-            return LABEL_SCHEMA.empty_table()
+            return []
         buys = buys.assign(buy_key=_action_keys(buys))[["persona_id", "product_id", "ts", "buy_key"]]
         pairs = buys.merge(
             views[["persona_id", "product_id", "partner_id", "ts"]].rename(columns={"ts": "view_ts"}),
@@ -270,93 +276,40 @@ def labels_from_events(events: pa.Table, segment: SegmentConfig, as_of: dt.date)
         compared = compared[compared >= segment.min_partners].reset_index()
         counts = compared.groupby("persona_id")["buy_key"].nunique()
     else:
-        rows = df[in_window & df["event_type"].isin(label_types)]
+        rows = df[in_window & df["event_type"].isin(set(label_event_types(segment)))]
         rows = rows[_matches_target(rows, segment)]
         if rows.empty:
-            return LABEL_SCHEMA.empty_table()
+            return []
         counts = rows.assign(key=_action_keys(rows)).groupby("persona_id")["key"].nunique()
+    return sorted(str(p) for p in counts[counts >= segment.min_orders].index)
 
-    positives = counts[counts >= segment.min_orders].index.astype(str).to_numpy()
-    return pa.table(
-        {"persona_id": pa.array(positives, pa.string()), "label": pa.array(np.ones(len(positives), dtype=np.int64))},
-        schema=LABEL_SCHEMA,
+
+def labels_schema(segment_names: Sequence[str]) -> pa.Schema:
+    """The labels table at one cut-off: persona_id, as_of, one int64 0/1 column per segment."""
+    return pa.schema(
+        [pa.field("persona_id", pa.string()), pa.field("as_of", pa.date32())]
+        + [pa.field(label_column(name), pa.int64()) for name in segment_names]
     )
 
 
-def _labels_partition(events: pa.Table, segment: SegmentConfig, as_of: dt.date) -> pa.Table:
-    return labels_from_events(events, segment, as_of)
-
-
-def label_dataset(events_ds, segment: SegmentConfig, as_of: dt.date, config: JobConfig):
-    """Distributed labels: a Ray Dataset (persona_id string, label int64 = 1) of the segment's positives.
-
-    Events are filtered to the label window on the workers (map), hash-partitioned by persona_id into
-    `config.ray.num_partitions` partitions (`jobs.raykit.shuffle`), and each partition is reduced by one
-    vectorised pandas function. Everyone without a row is a negative (join with a left outer join and
-    fill 0). The driver holds object references only.
-    """
-    import ray.data
-
-    from jobs.raykit.shuffle import hash_partition, map_partitions
-
-    check_segment(segment)
-    selected = events_ds.map_batches(
-        select_label_events, batch_format="pyarrow", fn_kwargs={"segment": segment, "as_of": as_of}, zero_copy_batch=True
-    )
-    blocks = selected.to_arrow_refs()
-    if not blocks:
-        return ray.data.from_arrow(LABEL_SCHEMA.empty_table())
-    partitions = hash_partition(blocks, ["persona_id"], config.ray.num_partitions)
-    refs = map_partitions(_labels_partition, partitions, segment, as_of)
-    return ray.data.from_arrow_refs(refs)
-
-
-def label_column(segment: SegmentConfig) -> str:
-    return f"label__{segment.name}"
-
-
-def _wide_labels_partition(events: pa.Table, segments: Sequence[SegmentConfig], as_of: dt.date) -> pa.Table:
+def wide_labels(events: pa.Table, segments: Sequence[SegmentConfig], as_of: dt.date) -> pa.Table:
+    """Labels of several segments at one cut-off (`labels_schema`): a row per persona positive in at least
+    one of them. Each segment reads only its own window and event types from `events`."""
+    ts = events.column("ts")
     per_segment = {}
     for segment in segments:
         start, end = label_scan_bounds(segment, as_of)
-        ts = events.column("ts")
-        rows = events.filter(pc.and_(pc.greater_equal(ts, pa.scalar(start, type=ts.type)), pc.less(ts, pa.scalar(end, type=ts.type))))
-        per_segment[label_column(segment)] = set(labels_from_events(rows, segment, as_of).column("persona_id").to_pylist())
-    ids = pa.array(sorted(set().union(*per_segment.values())) if per_segment else [], pa.string())
-    columns = {"persona_id": ids}
-    for name, positives in per_segment.items():
-        columns[name] = pc.is_in(ids, value_set=pa.array(sorted(positives), pa.string())).cast(pa.int64())
-    return pa.table(columns)
-
-
-def labels_wide_dataset(events_ds, segments: Sequence[SegmentConfig], as_of: dt.date, config: JobConfig):
-    """Labels of several segments in one shuffle: (persona_id, label__<segment>... int64 0/1).
-
-    One row per persona that is positive in at least one segment; the same definitions as
-    `label_dataset` (each segment reads only its own window and event types).
-    """
-    import ray
-    import ray.data
-
-    from jobs.raykit.shuffle import hash_partition, map_partitions
-
-    for segment in segments:
-        check_segment(segment)
-    start = min(label_scan_bounds(s, as_of)[0] for s in segments)
-    end = max(label_scan_bounds(s, as_of)[1] for s in segments)
-    types = sorted({t for s in segments for t in event_types_needed(s)})
-    selected = events_ds.map_batches(
-        select_window, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs={"start": start, "end": end, "event_types": types}
-    )
-    blocks = selected.to_arrow_refs()
-    if not blocks:
-        empty = {"persona_id": pa.array([], pa.string())} | {label_column(s): pa.array([], pa.int64()) for s in segments}
-        return ray.data.from_arrow(pa.table(empty))
-    partitions = hash_partition(blocks, ["persona_id"], config.ray.num_partitions)
-    return ray.data.from_arrow_refs(map_partitions(_wide_labels_partition, partitions, list(segments), as_of))
+        mask = pc.and_(pc.greater_equal(ts, pa.scalar(start, type=ts.type)), pc.less(ts, pa.scalar(end, type=ts.type)))
+        per_segment[segment.name] = positives(events.filter(mask), segment, as_of)
+    ids = pa.array(sorted(set().union(*per_segment.values())), pa.string())
+    columns = {"persona_id": ids, "as_of": pa.array([as_of] * len(ids), pa.date32())}
+    for name, found in per_segment.items():
+        columns[label_column(name)] = pc.is_in(ids, value_set=pa.array(found, pa.string())).cast(pa.int64())
+    return pa.table(columns, schema=labels_schema([s.name for s in segments]))
 
 
 def labels_table(events: pa.Table, segment: SegmentConfig, as_of: dt.date) -> pa.Table:
-    """Single-process labels of a small in-memory events table (tests, notebooks): same definition."""
+    """Single-process labels of one segment on a small in-memory events table (tests, notebooks)."""
     check_segment(segment)
-    return labels_from_events(select_label_events(events, segment, as_of), segment, as_of)
+    start, end = label_scan_bounds(segment, as_of)
+    return wide_labels(select_window(events, start, end, event_types_needed(segment)), [segment], as_of)

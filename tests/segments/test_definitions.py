@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from jobs.config import JobConfig, SegmentConfig, load_config
-from jobs.segments import check_segment, eligible_mask, label_column, label_dataset, labels_table, labels_wide_dataset
+from jobs.segments.definitions import (
+    check_segment,
+    eligible_mask,
+    label_column,
+    labels_table,
+    select_window,
+    wide_labels,
+)
 
 UTC = dt.timezone.utc
 AS_OF = dt.date(2026, 3, 1)
 T0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
 SCHEMA = pa.schema(
     [("persona_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC"))]
-    + [(c, pa.string()) for c in ("event_type", "partner_id", "product_id", "category", "brand", "order_id", "event_id")]
+    + [
+        (c, pa.string())
+        for c in ("event_type", "partner_id", "product_id", "category", "brand", "order_id", "event_id")
+    ]
 )
 
 
 def ev(pid, at, event_type, partner="p1", product=None, category=None, brand=None, order=None):
     ts = T0 + (at if isinstance(at, dt.timedelta) else dt.timedelta(days=at))
-    return {"persona_id": pid, "ts": ts, "event_type": event_type, "partner_id": partner, "product_id": product,
-            "category": category, "brand": brand, "order_id": order, "event_id": f"{pid}-{at}-{event_type}-{partner}-{product}"}
+    return {
+        "persona_id": pid,
+        "ts": ts,
+        "event_type": event_type,
+        "partner_id": partner,
+        "product_id": product,
+        "category": category,
+        "brand": brand,
+        "order_id": order,
+        "event_id": f"{pid}-{at}-{event_type}-{partner}-{product}",
+    }
 
 
 def table(rows):
@@ -67,11 +85,15 @@ def test_high_interest_category_prefix_brand_partner_and_carts():
     ]
     electronics = SegmentConfig(name="e", kind="high_interest", category="electronics")
     assert positives(rows, electronics) == ["carter", "other_partner", "phone_buyer"]
-    purchases_only = SegmentConfig(name="e2", kind="high_interest", category="electronics", label_event_types=["purchase"])
+    purchases_only = SegmentConfig(
+        name="e2", kind="high_interest", category="electronics", label_event_types=["purchase"]
+    )
     assert positives(rows, purchases_only) == ["other_partner", "phone_buyer"]
     brand = SegmentConfig(name="s", kind="high_interest", brand="SAMSUNG")
     assert positives(rows, brand) == ["other_partner", "phone_buyer"]
-    at_p1 = SegmentConfig(name="s1", kind="high_interest", category="electronics/phones", brand="Samsung", partner_id="p1")
+    at_p1 = SegmentConfig(
+        name="s1", kind="high_interest", category="electronics/phones", brand="Samsung", partner_id="p1"
+    )
     assert positives(rows, at_p1) == ["phone_buyer"]
 
 
@@ -121,7 +143,7 @@ def test_category_labels_count_only_the_category():
     assert positives(rows, lovers) == ["home_twice"]
 
 
-def features_table(metadata=None):
+def features_table():
     data = {
         "persona_id": ["new", "buyer_no_home", "home_buyer", "home_only_old", "nan_orders"],
         "orders_365d": pa.array([0, 3, 2, 1, None], pa.int64()),
@@ -129,8 +151,7 @@ def features_table(metadata=None):
         "cat00_purchases_365d": pa.array([0, 2, 0, 0, 0], pa.int64()),  # fashion
         "cat01_purchases_365d": pa.array([0, 0, 2, 1, 0], pa.int64()),  # home
     }
-    t = pa.table(data)
-    return t.replace_schema_metadata(metadata) if metadata else t
+    return pa.table(data)
 
 
 def test_eligibility_from_feature_columns_only():
@@ -141,20 +162,25 @@ def test_eligibility_from_feature_columns_only():
     assert eligible_mask(virgins, t, cats).tolist() == [False, True, False, False, False]
     assert eligible_mask(lovers, t, cats).tolist() == [False, False, True, True, False]
     for kind in ("ecommerce_buyers", "price_hunters"):
-        assert eligible_mask(SegmentConfig(name="x", kind=kind), t).all()
-    assert eligible_mask(SegmentConfig(name="hi", kind="high_interest", category="home"), t).dtype == np.bool_
-    # the category list may travel as schema metadata
-    with_meta = features_table({b"feature_categories": json.dumps(cats).encode()})
-    assert eligible_mask(virgins, with_meta).tolist() == [False, True, False, False, False]
+        assert eligible_mask(SegmentConfig(name="x", kind=kind), t, None).all()
+    assert eligible_mask(SegmentConfig(name="hi", kind="high_interest", category="home"), t, None).dtype == np.bool_
+    # the slot is the segment's top-level category as the plan names it (lower case)
+    assert eligible_mask(
+        SegmentConfig(name="v2", kind="category_virgins", category="Home/Garden"), t, cats
+    ).tolist() == [False, True, False, False, False]
     # a category without a feature slot: nobody, rather than a guess
     toys = SegmentConfig(name="t", kind="category_virgins", category="toys")
     assert not eligible_mask(toys, t, cats).any()
     with pytest.raises(ValueError, match="category list"):
-        eligible_mask(virgins, t)
+        eligible_mask(virgins, t, None)
 
 
 def test_orders_column_falls_back_to_the_longest_window():
-    t = features_table().drop_columns(["orders_365d"]).append_column("orders_90d", pa.array([0, 1, 0, 1, 0], pa.int64()))
+    t = (
+        features_table()
+        .drop_columns(["orders_365d"])
+        .append_column("orders_90d", pa.array([0, 1, 0, 1, 0], pa.int64()))
+    )
     virgins = SegmentConfig(name="v", kind="category_virgins", category="home")
     assert eligible_mask(virgins, t, ["fashion", "home"]).tolist() == [False, True, False, False, False]
 
@@ -178,34 +204,28 @@ def test_definitions_are_checked_and_come_from_yaml(tmp_path):
     (segment,) = config.segments
     assert (segment.kind, segment.brand, segment.horizon_days) == ("high_interest", "Samsung", 14)
     assert [s.name for s in JobConfig().segments] == [
-        "ecommerce_buyers", "high_interest_electronics", "price_hunters", "category_virgins_home", "category_lovers_fashion",
+        "ecommerce_buyers",
+        "high_interest_electronics",
+        "price_hunters",
+        "category_virgins_home",
+        "category_lovers_fashion",
     ]
 
 
-def test_label_dataset_on_ray_matches_the_local_definition(ray_cluster):
-    import ray.data
-
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(300):
-        for k in range(int(rng.integers(0, 14))):
-            day = float(rng.uniform(-8, 34))
-            kind = ["product_view", "purchase", "add_to_cart"][int(rng.integers(0, 3))]
-            rows.append(ev(f"p{i}", dt.timedelta(days=day), kind, partner=f"p{int(rng.integers(0, 3))}",
-                           product=f"x{int(rng.integers(0, 4))}", category=["home/a", "fashion/b"][int(rng.integers(0, 2))],
-                           order=f"o{i}-{k}"))
-    events = table(rows)
-    config = JobConfig(ray={"num_partitions": 3})
-    segments = (SegmentConfig(name="b", kind="ecommerce_buyers"), SegmentConfig(name="h", kind="price_hunters"),
-                SegmentConfig(name="c", kind="high_interest", category="home", horizon_days=10))
-    wide = pa.concat_tables(ray.get(labels_wide_dataset(ray.data.from_arrow(events), segments, AS_OF, config).to_arrow_refs()))
-    for segment in segments:
-        local = labels_table(events, segment, AS_OF)
-        assert local.num_rows > 0
-        expected = sorted(local.column("persona_id").to_pylist())
-        distributed = label_dataset(ray.data.from_arrow(events), segment, AS_OF, config).to_arrow_refs()
-        got = pa.concat_tables(ray.get(distributed))
-        assert sorted(got.column("persona_id").to_pylist()) == expected
-        assert set(got.column("label").to_pylist()) == {1}
-        flags = np.asarray(wide.column(label_column(segment)).to_pylist(), dtype=bool)
-        assert sorted(np.asarray(wide.column("persona_id").to_pylist())[flags].tolist()) == expected
+def test_wide_labels_one_row_per_persona_positive_somewhere():
+    rows = [
+        ev("buyer", 1, "purchase", category="fashion/men", order="o1"),
+        ev("home_buyer", 2, "purchase", category="home/kitchen", order="o2"),
+        ev("viewer", 2, "product_view", category="home/kitchen"),
+        ev("late", 12, "purchase", category="home", order="o3"),
+    ]
+    segments = [
+        SegmentConfig(name="b", kind="ecommerce_buyers", horizon_days=10),
+        SegmentConfig(name="h", kind="high_interest", category="home"),
+    ]
+    wide = wide_labels(select_window(table(rows), T0, T0 + dt.timedelta(days=30), ["purchase"]), segments, AS_OF)
+    assert wide.schema.names == ["persona_id", "as_of", label_column("b"), label_column("h")]
+    got = {r["persona_id"]: (r[label_column("b")], r[label_column("h")]) for r in wide.to_pylist()}
+    assert got == {"buyer": (1, 0), "home_buyer": (1, 1), "late": (0, 1)}
+    assert set(wide.column("as_of").to_pylist()) == {AS_OF}
+    assert wide_labels(select_window(table(rows), T0, T0, ["purchase"]), segments, AS_OF).num_rows == 0
