@@ -1,0 +1,127 @@
+"""Training examples: the rows of a labelled feature snapshot as one segment's model sees them. Pure batch
+functions, run inside Ray Data tasks.
+
+A labelled snapshot is the features at a cut-off left-joined with the labels there (`label__SEGMENT`, null =
+0). `prepare_batch` keeps the segment's eligible rows and adds the label, the validation flag and a sample
+key, both from a seeded hash of persona_id, so the split and every sample stay put from run to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xgboost
+
+from features.matrix import feature_matrix
+from jobs.config import SegmentConfig
+from jobs.model.booster import load_booster, model_version
+from jobs.raykit.shuffle import hash_columns
+from jobs.segments.definitions import eligible_mask
+
+LABEL = "label"
+VALID = "_valid"
+SAMPLE = "_u"
+
+
+def hash_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per id, fixed by (id, seed): splits and samples that do not move."""
+    h = hash_columns(pa.table({"k": ids}), ["k"])
+    with np.errstate(over="ignore"):
+        x = h ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def prepare_batch(
+    batch: pa.Table,
+    segment: SegmentConfig,
+    feature_names: Sequence[str],
+    categories: Sequence[str],
+    validation_share: float,
+    seed: int,
+    label: str,
+) -> pa.Table:
+    """Eligible rows only; `label` as 0/1 (absent = 0); validation flag and sample key from the persona hash."""
+    missing = [n for n in feature_names if n not in batch.column_names]
+    if missing:
+        raise ValueError(f"the feature table lacks {len(missing)} catalogue columns, e.g. {missing[:5]}")
+    mask = eligible_mask(segment, batch, categories)
+    batch = batch.filter(pa.array(mask, pa.bool_()))
+    if label in batch.column_names:
+        y = pc.fill_null(batch.column(label).cast(pa.int64()), 0)
+    else:
+        y = pa.array(np.zeros(batch.num_rows, dtype=np.int64))
+    ids = batch.column("persona_id")
+    columns = {name: batch.column(name) for name in feature_names}
+    columns[LABEL] = y
+    columns[VALID] = pa.array(hash_uniform(ids, seed) < validation_share, pa.bool_())
+    columns[SAMPLE] = pa.array(hash_uniform(ids, seed + 1), pa.float64())
+    return pa.table(columns)
+
+
+def block_stats(batch: pa.Table) -> pa.Table:
+    """Rows and positives of a prepared block, in all and in the validation split."""
+    y = batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+    v = batch.column(VALID).to_numpy(zero_copy_only=False).astype(bool)
+    return pa.table(
+        {
+            "rows": [len(y)],
+            "positives": [int(y.sum())],
+            "valid_rows": [int(v.sum())],
+            "valid_positives": [int(y[v].sum())],
+        }
+    )
+
+
+def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Table:
+    """The rows whose sample key is below `share` (the same rows whatever the blocks), in `columns`."""
+    if share < 1.0:
+        batch = batch.filter(pc.less(batch.column(SAMPLE), share))
+    return batch.select(list(columns))
+
+
+_BOOSTERS: dict[str, xgboost.Booster] = {}
+_KEPT_BOOSTERS = 8  # a model and its shuffled-label twins are scored together: keep them all loaded
+
+
+def _booster(raw: bytes) -> xgboost.Booster:
+    """The booster of `raw`, loaded once per worker process for the blocks that follow."""
+    key = model_version(raw)
+    if key not in _BOOSTERS:
+        if len(_BOOSTERS) >= _KEPT_BOOSTERS:
+            _BOOSTERS.clear()
+        _BOOSTERS[key] = load_booster(raw, nthread=1)
+    return _BOOSTERS[key]
+
+
+def predict_batch(
+    batch: pa.Table,
+    models: Mapping[str, bytes],
+    feature_names: Sequence[str],
+    keep: Sequence[str],
+    share: float,
+    margin: bool = False,
+    valid_only: bool = False,
+) -> pa.Table:
+    """Predictions (or margins) of every model for a sample of rows, with the label and the columns in `keep`."""
+    if valid_only:
+        batch = batch.filter(batch.column(VALID))
+    if share < 1.0:
+        batch = batch.filter(pc.less(batch.column(SAMPLE), share))
+    out = {LABEL: batch.column(LABEL)}
+    for name in keep:
+        out[name] = batch.column(name)
+    if batch.num_rows:
+        X = feature_matrix(batch, feature_names)
+        kind = "margin" if margin else "value"
+        for name, model in models.items():
+            out[name] = pa.array(_booster(model).inplace_predict(X, predict_type=kind).astype(np.float64))
+    else:
+        for name in models:
+            out[name] = pa.array([], pa.float64())
+    return pa.table(out)

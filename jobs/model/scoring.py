@@ -1,0 +1,170 @@
+"""Scoring on Ray: every eligible persona gets a score, a percentile and a membership flag per trained model.
+
+    features (one as_of partition) ──ReadParquet->MapBatches(Scorer), fused in an actor pool──▶
+        (persona, segment, score, model_version)
+    ──per-block score histograms──▶ tree of Ray tasks merging them (`jobs.segments.membership`)
+    ──driver: cumulative counts per segment (bins, not scores)──▶ percentile + member per row
+
+Scoring runs in a pool of `scoring.actors` actors (fractional CPUs, so the rest of the stage keeps a core on
+a 2-core machine); each actor loads every model once in `__init__` (`jobs.model.booster`), then reads feature
+files itself (read with `fused_read_args`: Ray Data then fuses the Parquet read into the actors, so the wide
+feature blocks never cross the object store; at 110+ float columns that copy, not XGBoost, was the cost) and
+predicts `batch_size` rows at a time with `Booster.inplace_predict` on one float32 matrix built straight
+from the Arrow batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+
+from features.matrix import feature_matrix
+from jobs.config import ScoringConfig
+from jobs.model.booster import load_booster
+from jobs.model.bundle import ModelSpec
+from jobs.raykit.reduce import tree_reduce
+from jobs.raykit.session import openmp_threads
+from jobs.segments.definitions import eligible_mask
+from jobs.segments.membership import SCORED_SCHEMA, Lookup, assign, bin_counts, merge_histograms, percentile_lookup
+
+HISTOGRAM_FAN_IN = 8
+
+
+class Scorer:
+    """Ray Data callable class: loads every model once per actor, then scores Arrow batches."""
+
+    def __init__(self, specs: Sequence[ModelSpec], nthread: int = 1, batch_size: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.models = [(spec, load_booster(spec.raw, nthread)) for spec in specs]
+        self.threads = openmp_threads(nthread)  # held for the actor's life (see jobs.raykit.session)
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        if block.num_rows == 0 or not self.models:
+            return SCORED_SCHEMA.empty_table()
+        step = self.batch_size or block.num_rows
+        return pa.concat_tables(
+            [self.score_batch(block.slice(start, step)) for start in range(0, block.num_rows, step)]
+        )
+
+    def score_batch(self, batch: pa.Table) -> pa.Table:
+        persona = batch.column("persona_id")
+        matrices: dict[tuple[str, ...], np.ndarray] = {}
+        out = []
+        for spec, booster in self.models:
+            mask = eligible_mask(spec.segment, batch, spec.categories)
+            eligible = int(mask.sum())
+            if eligible == 0:
+                continue
+            if eligible * 2 < batch.num_rows:  # few eligible: build the matrix of those rows only
+                rows = batch.filter(pa.array(mask))
+                scores = booster.inplace_predict(feature_matrix(rows, spec.feature_names, order="F"))
+                ids = rows.column("persona_id")
+            else:
+                matrix = matrices.get(spec.feature_names)
+                if matrix is None:
+                    matrix = matrices[spec.feature_names] = feature_matrix(batch, spec.feature_names, order="F")
+                scores = booster.inplace_predict(matrix)
+                ids = persona
+                if eligible < batch.num_rows:
+                    scores = scores[mask]
+                    ids = persona.filter(pa.array(mask))
+            out.append(
+                pa.table(
+                    {
+                        "persona_id": ids,
+                        "segment": pa.repeat(spec.segment.name, eligible),
+                        "score": pa.array(np.asarray(scores, dtype=np.float64)),
+                        "model_version": pa.repeat(spec.model_version, eligible),
+                    },
+                    schema=SCORED_SCHEMA,
+                )
+            )
+        return pa.concat_tables(out) if out else SCORED_SCHEMA.empty_table()
+
+
+def fused_read_args(files: int, scoring: ScoringConfig) -> dict[str, Any]:
+    """Read options that make Ray Data fuse the Parquet read into the scoring actors: one read task per file
+    (at least two per actor, so every actor gets work) at the actors' CPUs."""
+    return {"override_num_blocks": max(files, 2 * scoring.actors), "num_cpus": scoring.cpus_per_actor}
+
+
+def scoring_map(features_ds: ray.data.Dataset, specs: Sequence[ModelSpec], scoring: ScoringConfig) -> ray.data.Dataset:
+    """The actor-pool map: features dataset -> (persona_id, segment, score, model_version) dataset."""
+    return features_ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "specs": list(specs),
+            "nthread": scoring.threads_per_actor,
+            "batch_size": scoring.batch_size,
+        },
+        batch_format="pyarrow",
+        batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=scoring.actors),
+        num_cpus=scoring.cpus_per_actor,
+    )
+
+
+def score_histogram(scored_ds: ray.data.Dataset) -> pa.Table:
+    """The merged (segment, bin) histogram of every score: each block's partial histogram, merged by a tree
+    of Ray tasks HISTOGRAM_FAN_IN at a time (`jobs.raykit.reduce`).
+
+    A merged histogram has at most one row per occupied bin (2^26 per segment at the very most, ~1e5 in
+    practice), whatever the persona count, so every merge and the result stay small; the driver holds
+    only references until the last one. (A Ray Data groupby does the same with aggregator actors, whose
+    start-up cost more than the whole merge.)
+    """
+    partials = scored_ds.map_batches(bin_counts, batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    return tree_reduce(partials, merge_histograms, fan_in=HISTOGRAM_FAN_IN)
+
+
+def _assign(batch: pa.Table, lookup_ref: ray.ObjectRef, scoring: ScoringConfig) -> pa.Table:
+    lookup: Lookup = ray.get(lookup_ref)  # one copy of the lookup in the object store, read by every task
+    return assign(batch, lookup, scoring)
+
+
+def score_dataset(
+    features_ds: ray.data.Dataset, specs: Sequence[ModelSpec], scoring: ScoringConfig
+) -> ray.data.Dataset:
+    """Scores with percentiles and membership (`SCORES_SCHEMA`), as a Ray Dataset."""
+    scored = scoring_map(features_ds, specs, scoring).materialize()
+    lookup_ref = ray.put(percentile_lookup(score_histogram(scored)))
+    return scored.map_batches(
+        _assign, fn_kwargs={"lookup_ref": lookup_ref, "scoring": scoring}, batch_format="pyarrow", batch_size=None
+    )
+
+
+def _block_counts(batch: pa.Table) -> pa.Table:
+    if batch.num_rows == 0:
+        return pa.table(
+            {
+                "segment": pa.array([], pa.string()),
+                "scored": pa.array([], pa.int64()),
+                "members": pa.array([], pa.int64()),
+            }
+        )
+    grouped = batch.group_by("segment").aggregate([("member", "count"), ("member", "sum")])
+    return pa.table(
+        {
+            "segment": grouped.column("segment"),
+            "scored": grouped.column("member_count").cast(pa.int64()),
+            "members": grouped.column("member_sum").cast(pa.int64()),
+        }
+    )
+
+
+def segment_counts(scores_ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
+    """Scored rows and members per segment: per-block partial counts, summed on the driver (a few rows)."""
+    refs = scores_ds.map_batches(_block_counts, batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    parts = [t for t in ray.get(refs) if t.num_rows]
+    if not parts:
+        return {}
+    total = pa.concat_tables(parts).group_by("segment").aggregate([("scored", "sum"), ("members", "sum")])
+    return {
+        row["segment"]: {"scored": int(row["scored_sum"]), "members": int(row["members_sum"])}
+        for row in total.to_pylist()
+    }
