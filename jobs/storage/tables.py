@@ -88,6 +88,10 @@ class TableWriter:
         """A named file of a bundle (a model, its card)."""
         write_bytes(join(self.folder(), relative), data, self.storage)
 
+    def write_json(self, relative: str, payload: Any) -> None:
+        """A named JSON file of a bundle (a model card, metrics), in `write_json`'s format."""
+        write_json(join(self.folder(), relative), payload, self.storage)
+
     def publish(self) -> dict[str, Any]:
         """Count what was written, point the marker at it (the atomic step), drop older write folders."""
         fs, root = filesystem_for(self.table_path, self.storage)
@@ -171,6 +175,16 @@ def read_arrow(
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
+def read_schema(table_path: str, storage: StorageConfig, partition: Mapping[str, Any] | None = None) -> pa.Schema:
+    """The columns of a published table (of one partition), from its first file's footer: no data is read."""
+    files = table_files(table_path, storage, partition)
+    if not files:
+        where = f" partition {partition_folder(partition)}" if partition else ""
+        raise UserError(f"table {table_path}{where} has no data files.")
+    fs, _ = filesystem_for(table_path, storage)
+    return pq.read_schema(fs_path(files[0]), filesystem=fs)
+
+
 def read_published_file(table_path: str, relative: str, storage: StorageConfig) -> bytes:
     """A named file of the published version of a bundle."""
     marker = read_marker(table_path, storage)
@@ -202,6 +216,9 @@ class TableIn:
 
     def arrow(self, columns: list[str] | None = None, partition: Mapping[str, Any] | None = None) -> pa.Table:
         return read_arrow(self.path, self.storage, columns=columns, partition=partition)
+
+    def schema(self, partition: Mapping[str, Any] | None = None) -> pa.Schema:
+        return read_schema(self.path, self.storage, partition)
 
     def file(self, relative: str) -> bytes:
         return read_published_file(self.path, relative, self.storage)
