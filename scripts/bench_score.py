@@ -10,7 +10,8 @@ What it does, in one process and one run:
      model_card.json as the train stage would;
   3. baseline, the same work in one process: read the table's Parquet files (pyarrow, all threads), build
      the float32 matrix, `Booster.inplace_predict` with all cores; its predict-only time is kept too;
-  4. Ray: `jobs.score.read_features` + `scoring_map` (Parquet read fused into the actor pool that loads the
+  4. Ray: the features partition read with `jobs.model.scoring.fused_read_args` + `scoring_map` (Parquet read
+     fused into the actor pool that loads the
      model once -> scores) on a fresh local Ray, timed with `ray.init` (first execution), on a running Ray
      (each execution starts its actors), and as a marginal rate; plus the whole `score_dataset` (scores +
      distributed percentiles + membership) for reference.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import sys
@@ -42,8 +42,11 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import io  # noqa: E402
 from jobs.config import JobConfig, RayConfig, ScoringConfig, SegmentConfig, StorageConfig  # noqa: E402
+from jobs.model.booster import load_booster, model_bytes, model_version  # noqa: E402
+from jobs.model.bundle import ModelSpec  # noqa: E402
+from jobs.run.layout import RunLayout  # noqa: E402
+from jobs.storage import TableIn, join, writing  # noqa: E402
 
 AS_OF = dt.date(2026, 3, 1)
 
@@ -65,18 +68,14 @@ def synth_features(rows: int, n_features: int, seed: int) -> pa.Table:
     return pa.table(columns)
 
 
-def write_table(table: pa.Table, table_path: str, storage: StorageConfig, files: int) -> None:
-    """A published table in `files` Parquet files, as the features stage's Ray write leaves it (one file
-    would be one read task: the whole read on one core)."""
-    import pyarrow.parquet as pq
-
-    write_id = io.new_write_id()
-    folder = io.join(table_path, write_id)
-    os.makedirs(folder, exist_ok=True)
+def write_table(table: pa.Table, table_path: str, storage: StorageConfig, files: int) -> TableIn:
+    """A published table with the snapshot at AS_OF in `files` Parquet files, as the features stage's Ray
+    write leaves it (one file would be one read task: the whole read on one core)."""
     step = -(-table.num_rows // files)
-    for i in range(files):
-        pq.write_table(table.slice(i * step, step), io.join(folder, f"part-{i:05d}.parquet"), row_group_size=65536)
-    io.publish_marker(table_path, write_id, storage)
+    with writing(table_path, storage) as writer:
+        for i in range(files):
+            writer.write_arrow(table.slice(i * step, step), partition={"as_of": AS_OF}, name=f"part-{i:05d}")
+    return TableIn("features", table_path, storage)
 
 
 def to_matrix(table: pa.Table, names: list[str]) -> np.ndarray:
@@ -113,7 +112,8 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the score_dataset (percentiles) timing")
     parser.add_argument("--reuse", action="store_true", help="reuse the table and model of an earlier run in --out")
     parser.add_argument("--files", type=int, default=16, help="Parquet files of the features table")
-    parser.add_argument("--repeat", type=int, default=5, help="interleaved baseline / Ray rounds (the median is judged)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="interleaved baseline / Ray rounds (the median is judged)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("SEGMENTS_PROGRESS", "0")
@@ -133,41 +133,35 @@ def main() -> None:
                                  "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
                                  "scoring": config.scoring.model_dump()}
 
-    features_path = io.join(run_dir, "features")
-    model_path = io.join(run_dir, "models", segment.name, "model.json")
+    features = TableIn("features", join(run_dir, "features"), storage)
+    models = TableIn("models", join(run_dir, "models"), storage)
+    model_file = RunLayout.model_file(segment.name, "model.json")
     t = time.perf_counter()
-    if args.reuse and io.exists(io.join(features_path, io.MARKER), storage) and io.exists(model_path, storage):
-        import xgboost as xgb
-
-        table = io.read_arrow(features_path, storage)
-        booster = xgb.Booster()
-        booster.load_model(model_path)
+    if args.reuse and features.version and models.version:
+        table = features.arrow(partition={"as_of": AS_OF})
+        raw = models.file(model_file)
         assert table.num_rows == args.rows, "--reuse: the saved table has another size"
         names = [c for c in table.column_names if c not in ("persona_id", "as_of")]
         report["reused_inputs_s"] = round(time.perf_counter() - t, 2)
     else:
         table = synth_features(args.rows, args.features, args.seed)
         names = [c for c in table.column_names if c not in ("persona_id", "as_of")]
-        write_table(table, features_path, storage, args.files)
+        write_table(table, features.path, storage, args.files)
         report["synth_and_write_s"] = round(time.perf_counter() - t, 2)
 
         t = time.perf_counter()
-        booster = train(table, names, args.rounds, 50_000, args.seed)
-        raw = bytes(booster.save_raw("json"))
-        version = hashlib.sha256(raw).hexdigest()[:12]
-        models = io.join(run_dir, "models", segment.name)
-        io.write_bytes(io.join(models, "model.json"), raw, storage)
-        io.write_json(io.join(models, "model_card.json"), {
-            "segment": segment.name, "kind": segment.kind, "status": "trained", "reason": None,
-            "model_version": version, "feature_names": names, "feature_types": ["q"] * len(names),
-        }, storage)
+        raw = model_bytes(train(table, names, args.rounds, 50_000, args.seed))
+        with writing(models.path, storage, {"segments": {segment.name: {"status": "trained",
+                                                                        "model_version": model_version(raw)}}}) as w:
+            w.write_file(model_file, raw)
         report["train_s"] = round(time.perf_counter() - t, 2)
+    booster = load_booster(raw, nthread=os.cpu_count() or 1)
     report["trees"] = booster.num_boosted_rounds()
+    spec = ModelSpec(segment, raw, model_version(raw), tuple(names), ("q",) * len(names), ())
 
-    booster.set_param({"nthread": os.cpu_count() or 1})
     small_rows = max(10_000, args.rows // 50)
-    write_table(table.slice(0, small_rows), io.join(run_dir, "features_small"), storage,
-                max(1, round(args.files * small_rows / args.rows)))
+    features_small = write_table(table.slice(0, small_rows), join(run_dir, "features_small"), storage,
+                                 max(1, round(args.files * small_rows / args.rows)))
     del table
 
     def baseline() -> tuple[float, float, np.ndarray]:
@@ -175,7 +169,7 @@ def main() -> None:
         import pyarrow.dataset as pds
 
         start = time.perf_counter()
-        table = pds.dataset(io.table_files(features_path, storage), format="parquet").to_table()
+        table = pds.dataset(features.files({"as_of": AS_OF}), format="parquet").to_table()
         matrix = to_matrix(table, names)
         predict_start = time.perf_counter()
         scores = booster.inplace_predict(matrix)
@@ -186,17 +180,17 @@ def main() -> None:
 
     import ray
 
+    from jobs.model.scoring import fused_read_args, score_dataset, scoring_map
     from jobs.raykit.session import ray_session
-    from jobs.score import load_model_specs, read_features, score_dataset, scoring_map
 
-    specs, _ = load_model_specs(config, run_dir, names)
-    all_eligible = lambda segment, batch, categories=None: np.ones(batch.num_rows, dtype=bool)  # noqa: E731
+    def read(handle: TableIn):
+        files = handle.files({"as_of": AS_OF})
+        return handle.dataset(partition={"as_of": AS_OF}, **fused_read_args(len(files), config.scoring))
 
-    def ray_execution(table_name: str) -> tuple[float, pa.Table]:
+    def ray_execution(handle: TableIn) -> tuple[float, pa.Table]:
         """One Ray Data execution of the scoring map (read Parquet, actor pool, scores), consumed in full."""
         start = time.perf_counter()
-        ds = scoring_map(read_features(io.join(run_dir, table_name), storage, config.scoring), specs, config,
-                         all_eligible)
+        ds = scoring_map(read(handle), [spec], config.scoring)
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         return time.perf_counter() - start, pa.concat_tables(tables)
 
@@ -204,11 +198,11 @@ def main() -> None:
     rounds = []
     with ray_session(config.ray):
         init_s = time.perf_counter() - t0
-        cold_s, out = ray_execution("features")
+        cold_s, out = ray_execution(features)
         for _ in range(args.repeat):
             base_s, predict_s, expected = baseline()
-            big_s, out = ray_execution("features")
-            small_s, _ = ray_execution("features_small")
+            big_s, out = ray_execution(features)
+            small_s, _ = ray_execution(features_small)
             marginal_s = (big_s - small_s) * args.rows / (args.rows - small_rows)
             rounds.append({"baseline_same_work_s": round(base_s, 3), "baseline_predict_only_s": round(predict_s, 3),
                            "ray_execution_s": round(big_s, 3), f"ray_execution_{small_rows}_rows_s": round(small_s, 3),
@@ -221,8 +215,7 @@ def main() -> None:
         full_s = None
         if not args.skip_full:
             t = time.perf_counter()
-            score_dataset(read_features(features_path, storage, config.scoring), specs, config,
-                          all_eligible).materialize()
+            score_dataset(read(features), [spec], config.scoring).materialize()
             full_s = time.perf_counter() - t
         resources = ray.cluster_resources()
     assert out.num_rows == args.rows, out.num_rows

@@ -6,7 +6,8 @@ columns), same parameters (config.training.params, a fixed number of rounds, no 
 do exactly the same boosting work), same thread count, in the same process and run:
 
 * plain:        QuantileDMatrix from the in-memory numpy arrays + xgboost.train (train + validation eval);
-* ray (warm):   Ray already up: a Ray Dataset of the same arrays and the validation flag -> `jobs.train.fit_booster` (XGBoostTrainer,
+* ray (warm):   Ray already up: a Ray Dataset of the same arrays and the validation flag ->
+                `jobs.model.fit.fit_booster` (XGBoostTrainer,
                 one worker with config.training.cpus_per_worker CPUs, shard -> QuantileDMatrix, the same
                 RayTrainReportCallback checkpoints every report_every rounds) -> model bytes on the driver;
 * ray (+start): the same plus `ray.init` of a local Ray (measured once, added).
@@ -37,7 +38,8 @@ def make_data(rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(rows, cols)).astype(np.float32)
     X[rng.random((rows, cols)) < 0.05] = np.nan
-    signal = np.nan_to_num(X[:, 0]) + 0.7 * np.nan_to_num(X[:, 1]) * np.nan_to_num(X[:, 2]) - 0.5 * np.abs(np.nan_to_num(X[:, 3]))
+    x0, x1, x2, x3 = (np.nan_to_num(X[:, j]) for j in range(4))
+    signal = x0 + 0.7 * x1 * x2 - 0.5 * np.abs(x3)
     y = (signal + rng.normal(size=rows) > 1.2).astype(np.float32)
     return X, y
 
@@ -48,7 +50,8 @@ def plain_fit(X, y, valid, names, params, rounds, nthread) -> float:
     started = time.perf_counter()
     dtrain = xgboost.QuantileDMatrix(X[~valid], label=y[~valid], feature_names=names, nthread=nthread)
     dvalid = xgboost.QuantileDMatrix(X[valid], label=y[valid], ref=dtrain, feature_names=names, nthread=nthread)
-    booster = xgboost.train({**params, "nthread": nthread}, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
+    booster = xgboost.train({**params, "nthread": nthread}, dtrain, num_boost_round=rounds,
+                            evals=[(dvalid, "validation")],
                             verbose_eval=False)
     booster.save_raw("json")
     return time.perf_counter() - started
@@ -58,14 +61,15 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
     import pyarrow as pa
     import ray.data
 
-    from jobs.train import LABEL, VALID, fit_booster
+    from jobs.model.examples import LABEL, VALID
+    from jobs.model.fit import fit_booster
 
     started = time.perf_counter()
     dataset = ray.data.from_arrow(pa.table({**{n: X[:, j] for j, n in enumerate(names)}, LABEL: y, VALID: valid}))
     with tempfile.TemporaryDirectory() as storage:
-        models, _ = fit_booster(dataset, config=config, feature_names=names,
+        models, _ = fit_booster(dataset, training=config.training, feature_names=names,
                                 feature_types=["q"] * len(names), scale_pos_weight=spw, storage_path=storage,
-                                name=f"bench-{len(y)}", shuffled_label_runs=0)
+                                storage_filesystem=None, name=f"bench-{len(y)}", shuffled_label_runs=0)
     assert models
     return time.perf_counter() - started
 
@@ -76,12 +80,13 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=110)
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: training.num_boost_round)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=1, help="interleaved plain/Ray pairs per size; the median pair counts")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="interleaved plain/Ray pairs per size; the median pair counts")
     parser.add_argument("--out", default=".bench/bench_train.json")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as `segments train` sets it
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as jobs.model.fit sets it
     os.environ.setdefault("SEGMENTS_PROGRESS", "0")
     from jobs.config import JobConfig
 

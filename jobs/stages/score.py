@@ -1,0 +1,95 @@
+"""The score stage: every eligible persona's score, percentile and membership per trained segment.
+
+    scores/_SUCCESS              marker: rows, and `as_of` (the plan's), `segments` {SEGMENT: model_version},
+                                 `skipped` [{segment, reason}]
+    scores/<write id>/part-*     persona_id, segment, score, percentile, model_version, member
+
+Reads the features partition at the plan's `as_of` and the models bundle (each model checked against the
+config and the feature table first, `jobs.model.bundle`); scoring, percentiles and membership run on Ray
+(`jobs.model.scoring`), with the Parquet read fused into the scoring actors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jobs.config import ScoreView
+from jobs.errors import UserError
+from jobs.model import bundle
+from jobs.model.scoring import fused_read_args, score_dataset, segment_counts
+from jobs.run.layout import RunLayout
+from jobs.run.plan import RunPlan
+from jobs.segments.membership import SCORES_SCHEMA
+from jobs.storage import TableIn, TableOut, read_dataset
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("persona_id", "as_of")
+
+
+def _model_specs(view: ScoreView, models: TableIn, table_features: list[str], categories: list[str]):
+    """The checked models of the configured segments, and the segments without one, with why."""
+    entries = models.marker.get("segments", {})
+    specs, skipped = [], []
+    for segment in view.segments:
+        name = segment.name
+        entry = entries.get(name)
+        if entry is None:
+            skipped.append({"segment": name, "reason": f"no trained model in {models.path}: run `segments train`"})
+            continue
+        card_file = RunLayout.model_file(name, bundle.CARD)
+        card = json.loads(models.file(card_file))
+        if entry["status"] != bundle.TRAINED:
+            skipped.append({"segment": name, "reason": card.get("reason") or f"model status {entry['status']!r}"})
+            continue
+        raw = models.file(RunLayout.model_file(name, bundle.MODEL))
+        source = f"{models.path} {name}/"
+        specs.append(bundle.model_spec(segment, card, raw, table_features, categories, source))
+    return specs, skipped
+
+
+def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scores: TableOut) -> dict:
+    if not view.segments:
+        raise UserError("no segments are configured: nothing to score.")
+    partition = {"as_of": plan.as_of}
+    files = features.files(partition)
+    if not files:
+        raise UserError(f"{features.path} has no features at the scoring cut-off {plan.as_of}: run the features stage.")
+    table_features = [name for name in features.schema(partition).names if name not in ID_COLUMNS]
+    specs, skipped = _model_specs(view, models, table_features, list(plan.categories))
+    for item in skipped:
+        log.warning("segment %s skipped: %s", item["segment"], item["reason"])
+
+    extra = {
+        "as_of": plan.as_of.isoformat(),
+        "segments": {s.segment.name: s.model_version for s in specs},
+        "skipped": skipped,
+    }
+    marker = {"rows": 0}
+    if specs:
+        features_ds = features.dataset(partition=partition, **fused_read_args(len(files), view.scoring))
+        marker = scores.write_dataset(score_dataset(features_ds, specs, view.scoring), extra=extra)
+    if not marker["rows"]:  # nobody eligible (or nothing trained): an empty table that still has its schema
+        marker = scores.write_arrow(SCORES_SCHEMA.empty_table(), extra=extra)
+    counts = (
+        segment_counts(read_dataset(scores.path, scores.storage, columns=["segment", "member"]))
+        if marker["rows"]
+        else {}
+    )
+    per_segment = {
+        spec.segment.name: {
+            "model_version": spec.model_version,
+            **counts.get(spec.segment.name, {"scored": 0, "members": 0}),
+        }
+        for spec in specs
+    }
+    rows_in = (features.marker.get("partitions") or {}).get(f"as_of={plan.as_of.isoformat()}")
+    return {
+        "rows_in": rows_in,
+        "rows_out": marker["rows"],
+        "as_of": plan.as_of.isoformat(),
+        "segments": per_segment,
+        "skipped": skipped,
+        "membership": view.scoring.membership,
+    }

@@ -1,0 +1,229 @@
+"""Train stage on a real local Ray: Ray Train XGBoost per segment from the features and labels TABLES, gates,
+the models bundle, honest alarms, S3, `--segment` carry-over; then score and report on the same run.
+
+events_resolved and features/ are published by hand (`segment_tables`); labels/ comes from the real labels
+stage, so the chain labels -> train -> score -> report runs as the pipeline runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from segment_tables import (
+    CATEGORIES,
+    INFORMATIVE,
+    NOISE,
+    make_events,
+    plan_for,
+    publish_events,
+    publish_features,
+    small_config,
+)
+
+from features.catalog import feature_names
+from jobs.config import JobConfig, SegmentConfig, TrainView
+from jobs.errors import UserError
+from jobs.model.booster import load_booster, model_version
+from jobs.run.layout import EVENTS_RESOLVED, FEATURES, LABELS, MODELS, SCORES, RunLayout
+from jobs.run.pipeline import run_pipeline
+from jobs.run.stage import Stage, ordered
+from jobs.stages import labels, report, score, train
+from jobs.storage import TableIn, TableOut, list_files, read_json, write_json
+
+STAGES = ordered([Stage.of(m.run) for m in (labels, train, score, report)])
+
+
+def prepare_run(config: JobConfig, run_dir: str, personas: int, seed: int, leak: bool = False) -> RunLayout:
+    """events_resolved, features/ and plan.json of a run, as the upstream stages leave them."""
+    layout = RunLayout(run_dir)
+    events = make_events(personas, seed)
+    plan = plan_for(config, events)
+    publish_events(layout.table(EVENTS_RESOLVED), events, config.storage)
+    publish_features(layout.table(FEATURES), events, plan, config, leak)
+    write_json(layout.plan, plan.to_json(), config.storage)
+    return layout
+
+
+def bundle_file(layout: RunLayout, config: JobConfig, segment: str, name: str) -> bytes:
+    return TableIn(MODELS, layout.table(MODELS), config.storage).file(RunLayout.model_file(segment, name))
+
+
+def card_of(layout: RunLayout, config: JobConfig, segment: str) -> dict:
+    return json.loads(bundle_file(layout, config, segment, "model_card.json"))
+
+
+@pytest.mark.slow
+def test_train_publishes_one_bundle_skips_thin_segments_then_scores_and_reports(ray_cluster, tmp_path):
+    segments = [
+        SegmentConfig(name="buyers", kind="ecommerce_buyers"),
+        SegmentConfig(name="fashion_lovers", kind="category_lovers", category="fashion"),
+        SegmentConfig(name="ghost_brand", kind="high_interest", brand="NoSuchBrand"),
+    ]
+    config = small_config(tmp_path, segments)
+    layout = prepare_run(config, str(tmp_path / "runs" / "r1"), personas=1500, seed=11)
+    summary = run_pipeline(config, STAGES, names=["labels", "train", "score", "report"], layout=layout)
+    assert summary["status"] == "succeeded"
+    stage_result = read_json(layout.summary, config.storage)["stages"]["train"]["result"]
+    results = {name: read_json_metrics(layout, config, name) for name in ("buyers", "fashion_lovers", "ghost_brand")}
+
+    models = TableIn(MODELS, layout.table(MODELS), config.storage)
+    ghost = results["ghost_brand"]
+    assert ghost["status"] == "skipped" and "0 positives" in ghost["reason"]
+    card = card_of(layout, config, "ghost_brand")
+    assert card["status"] == "skipped" and card["reason"] == ghost["reason"] and card["model_version"] is None
+    with pytest.raises(FileNotFoundError):
+        models.file(RunLayout.model_file("ghost_brand", "model.json"))
+    assert models.marker["segments"]["ghost_brand"] == {"status": "skipped", "model_version": None}
+    assert stage_result["trained"] == 2 and stage_result["skipped"] == 1
+
+    names = feature_names(config.features.model_copy(update={"categories": CATEGORIES}))
+    for name in ("buyers", "fashion_lovers"):
+        m = results[name]
+        assert m["status"] == "trained", m.get("reason")
+        for file in ("model.json", "metrics.json", "importance.json", "report.html", "model_card.json"):
+            assert bundle_file(layout, config, name, file), file
+        card = card_of(layout, config, name)
+        for key in (
+            "segment",
+            "kind",
+            "status",
+            "reason",
+            "model_version",
+            "feature_names",
+            "feature_types",
+            "config_hash",
+            "train_as_of",
+            "eval_as_of",
+            "horizon_days",
+            "created_at",
+            "inputs",
+        ):
+            assert key in card, key
+        assert card["feature_names"] == names and card["feature_categories"] == CATEGORIES
+        assert card["inputs"] == {
+            "features": TableIn(FEATURES, layout.table(FEATURES), config.storage).version,
+            "labels": TableIn(LABELS, layout.table(LABELS), config.storage).version,
+        }
+        assert card["model_version"] == model_version(bundle_file(layout, config, name, "model.json"))
+        assert models.marker["segments"][name] == {"status": "trained", "model_version": card["model_version"]}
+        assert card["train_as_of"] < card["eval_as_of"]
+        # the planted behaviour is found out of time, and the honest checks are quiet
+        assert m["model"]["roc_auc"] > 0.7, m["model"]["roc_auc"]
+        assert m["rfm_baseline"]["roc_auc"] is not None
+        assert not m["shuffled_label"]["alarm"], m["shuffled_label"]
+        assert len(m["shuffled_label"]["runs"]) == 3
+        assert m["leakage"]["flagged"] == []
+        sizes = m["sizes"]
+        assert sizes["train_rows"] > 0 and sizes["valid_rows"] > 0 and sizes["eval_rows"] > 0
+        assert set(m["model"]["lift"]) == {"1%", "5%", "10%", "20%"}
+        assert m["model"]["reliability"] and m["model"]["brier"] is not None
+        assert m["training"]["calibration"]["method"].startswith("base margin shift fitted on the validation")
+        assert m["importance"][0]["feature"] in INFORMATIVE
+
+    buyers = results["buyers"]
+    # carts in the last 7 days are the planted signal RFM does not have
+    assert buyers["model"]["roc_auc"] > buyers["rfm_baseline"]["roc_auc"]
+    assert "carts_7d" in [i["feature"] for i in buyers["importance"][:3]]
+    # calibrated probabilities: the mean prediction is near the base rate
+    assert abs(buyers["model"]["mean_predicted"] - buyers["model"]["base_rate"]) < 0.08
+    # lovers are trained on past fashion buyers only
+    assert results["fashion_lovers"]["sizes"]["eval_rows"] < buyers["sizes"]["eval_rows"]
+
+    # the saved model scores a feature matrix by name, through the one load path
+    booster = load_booster(bundle_file(layout, config, "buyers", "model.json"))
+    assert booster.feature_names == names
+    assert booster.inplace_predict(np.zeros((3, len(names)), np.float32)).shape == (3,)
+    assert list_files(layout.train_scratch, config.storage) == []  # Ray Train checkpoints removed after success
+
+    # score: the trained segments only, with the bundle's versions; the skipped one is said so
+    scores = TableIn(SCORES, layout.table(SCORES), config.storage)
+    assert scores.marker["segments"] == {
+        n: card_of(layout, config, n)["model_version"] for n in ("buyers", "fashion_lovers")
+    }
+    assert [s["segment"] for s in scores.marker["skipped"]] == ["ghost_brand"]
+    table = scores.arrow().to_pandas()
+    assert table.groupby("segment")["persona_id"].nunique().to_dict() == table.groupby("segment").size().to_dict()
+
+    # the run's report: every segment on one page, with charts and who was scored
+    page = (tmp_path / "runs" / "r1" / "report.html").read_text()
+    assert all(name in page for name in ("buyers", "fashion_lovers", "ghost_brand")) and "<svg" in page
+    buyers_row = re.search(r'<tr><td><a href="#buyers">buyers</a></td>.*?</tr>', page).group(0)
+    scored, members = (
+        int((table["segment"] == "buyers").sum()),
+        int(table[table["segment"] == "buyers"]["member"].sum()),
+    )
+    assert f"<td>{scored:,}</td><td>{members:,}</td>" in buyers_row and "<th>scored</th>" in page
+
+    # unchanged inputs and config: the rerun skips the stage and keeps the models
+    again = run_pipeline(config, STAGES, names=["labels", "train"], layout=layout)
+    assert again["stages"]["train"]["status"] == "skipped"
+    assert card_of(layout, config, "buyers")["model_version"] == models.marker["segments"]["buyers"]["model_version"]
+
+
+def read_json_metrics(layout: RunLayout, config: JobConfig, segment: str) -> dict:
+    return json.loads(bundle_file(layout, config, segment, "metrics.json"))
+
+
+@pytest.mark.slow
+def test_s3_run_two_workers_leak_alarm_and_one_segment_keeps_the_others(ray_cluster, storage, s3_bucket, tmp_path):
+    """On an s3:// run folder with two Train workers: a feature that sees the label window raises the leakage
+    alarm; then `--segment ghost_brand` refits only that one and carries the other's files over unchanged."""
+    segments = [
+        SegmentConfig(name="buyers", kind="ecommerce_buyers"),
+        SegmentConfig(name="ghost_brand", kind="high_interest", brand="NoSuchBrand"),
+    ]
+    config = small_config(tmp_path, segments, num_workers=2, shuffled_label_runs=1, num_boost_round=20)
+    config = config.model_copy(update={"storage": storage})
+    layout = prepare_run(config, f"{s3_bucket}/runs/r1", personas=900, seed=5, leak=True)
+    run_pipeline(config, STAGES, names=["labels", "train"], layout=layout)
+
+    m = read_json_metrics(layout, config, "buyers")
+    assert m["status"] == "trained" and m["training"]["num_workers"] == 2
+    assert [f["feature"] for f in m["leakage"]["flagged"]] == [NOISE]
+    assert any(a.startswith("leakage") for a in m["alarms"])
+    # a model with a leak looks too good to be true, which is the point of the alarm
+    assert m["model"]["roc_auc"] > 0.95
+    models = TableIn(MODELS, layout.table(MODELS), storage)
+    card = card_of(layout, config, "buyers")
+    assert card["status"] == "trained" and models.marker["segments"]["buyers"]["model_version"] == card["model_version"]
+    files = {
+        f: bundle_file(layout, config, "buyers", f)
+        for f in ("model.json", "metrics.json", "importance.json", "report.html", "model_card.json")
+    }
+    assert all(files.values())
+    assert list_files(layout.train_scratch, storage) == []  # Ray Train checkpoints cleaned up
+
+    only_ghost = config.model_copy(
+        update={"training": config.training.model_copy(update={"only_segments": ["ghost_brand"]})}
+    )
+    again = run_pipeline(only_ghost, STAGES, names=["labels", "train"], layout=layout)
+    assert again["stages"]["labels"]["status"] == "skipped" and again["stages"]["train"]["status"] == "ran"
+    assert models.marker["carried_over"] == ["buyers"]
+    assert models.marker["segments"]["buyers"] == {"status": "trained", "model_version": card["model_version"]}
+    assert {f: bundle_file(layout, config, "buyers", f) for f in files} == files
+    assert card_of(layout, config, "ghost_brand")["status"] == "skipped"
+
+
+def test_train_reports_user_errors(tmp_path):
+    config = small_config(tmp_path, [SegmentConfig(name="buyers", kind="ecommerce_buyers")])
+    layout = RunLayout(str(tmp_path / "runs" / "x"))
+    events = make_events(personas=20, seed=1)
+    plan = plan_for(config, events)
+
+    def call(config: JobConfig):
+        return train.run(
+            TrainView.from_config(config),
+            plan,
+            TableIn(FEATURES, layout.table(FEATURES), config.storage),
+            TableIn(LABELS, layout.table(LABELS), config.storage),
+            TableOut(MODELS, layout.table(MODELS), config.storage),
+        )
+
+    nope = config.model_copy(update={"training": config.training.model_copy(update={"only_segments": ["nope"]})})
+    with pytest.raises(UserError, match="not in the config's segments"):
+        call(nope)
+    with pytest.raises(UserError, match="has not been published"):
+        call(config)
