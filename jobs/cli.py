@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -21,7 +24,7 @@ import typer
 import yaml
 
 from jobs.config import JobConfig, describe_config, load_config
-from jobs.errors import SegmentsError, UserError
+from jobs.errors import SegmentsError, UserError, classify
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Cross-partner personas and look-alike smart segments on Ray.")
@@ -49,22 +52,52 @@ DateOpt = Annotated[Optional[dt.datetime], typer.Option("--as-of", formats=["%Y-
 ExportsRootOpt = Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")]
 
 
-def _configure_logging() -> None:
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _WithoutTraceback(logging.Formatter):
+    """The console's lines: a record's message without its traceback (the log file keeps that)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _configure_logging() -> str:
+    """Console: our INFO lines; the command's log file (returned) also keeps tracebacks."""
     # force: each invocation binds to the current stderr (an embedding caller may swap it between calls)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.getLogger().handlers[0].setFormatter(_WithoutTraceback(LOG_FORMAT))
     for noisy in ("ray", "botocore", "s3fs", "aiobotocore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    folder = Path(tempfile.gettempdir()) / "segments-logs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"segments-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    return str(path)
 
 
 def _invoke(fn: Callable[[], Any]) -> Any:
-    """Call one function; user mistakes and infrastructure faults become one paragraph and their exit code."""
-    _configure_logging()
+    """Call one function; user mistakes and infrastructure faults become one paragraph and their exit code
+    (2: fix the input or config, 3: retry later); anything else one paragraph and exit 1. Tracebacks go to the
+    command's log file only."""
+    log_file = _configure_logging()
     try:
         result = fn()
-    except SegmentsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - the console gets one paragraph, the log file the traceback
+        logging.getLogger("segments").error("command failed", exc_info=True)
+        known = classify(exc)
+        if known is None:
+            typer.echo(f"error: unexpected {type(exc).__name__}: {str(exc)[:500]} (traceback in {log_file})", err=True)
+            raise typer.Exit(code=1) from None
+        typer.echo(f"error: {known}", err=True)
+        raise typer.Exit(code=known.exit_code) from None
     if isinstance(result, str):
         typer.echo(result)
     elif result is not None:

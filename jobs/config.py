@@ -57,6 +57,10 @@ class StorageConfig(Section):
     )
     region: str | None = Field(None, description="S3 region; default: the AWS chain's")
     retries: int = Field(5, ge=0, description="attempts for transient S3 errors, with exponential backoff")
+    connect_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for a connection to the object store")
+    read_timeout_s: float = Field(
+        60.0, gt=0, description="seconds to wait for a response (a frozen store fails after retries, exit 3)"
+    )
 
 
 class RayConfig(Section):

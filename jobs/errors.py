@@ -18,3 +18,40 @@ class InfraError(SegmentsError):
     """Infrastructure (object store, cluster) still unavailable after retries: retry later. Names what is down."""
 
     exit_code = 3
+
+
+_INFRA_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ProxyConnectionError", "ClientConnectorError", "ServerDisconnectedError")
+
+
+def _causes(exc: BaseException):
+    """`exc` and what it wraps: `__cause__`/`__context__` chains and Ray's task errors (their `cause`)."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+
+
+def classify(exc: BaseException) -> SegmentsError | None:
+    """The user's or the infrastructure's fault behind an unexpected exception, when it can be told.
+
+    A store or cluster that could not be reached after the retries is an InfraError (exit 3: retry later); a
+    local path that cannot be written or read (missing, not a folder, no permission) is a UserError naming it.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, SegmentsError):
+            return cause
+        if type(cause).__name__ in _INFRA_NAMES or isinstance(cause, (ConnectionError, TimeoutError)):
+            return InfraError(f"the object store or cluster did not answer after retries ({type(cause).__name__}: "
+                              f"{str(cause)[:300]}). Check that the endpoint is up and reachable, then run again: "
+                              "finished stages are kept.")
+        if isinstance(cause, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+            what = f"path {cause.filename}: {cause.strerror}" if cause.filename else str(cause)
+            return UserError(f"a path cannot be used ({type(cause).__name__}): {what[:400]}. Choose another path "
+                             "or fix its permissions.")
+    return None
