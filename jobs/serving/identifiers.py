@@ -3,7 +3,7 @@
 A *lookup key* is what a partner may query by: `(partner, key_type, key)` for the key types of the serving
 contract. It exists only for identifiers that partner supplied itself: its own customer/subscriber ids
 (identity_map rows scoped to it), and the device ids, emails and phones whose `seen_at_partners` holds it.
-Emails and phones are keyed by the export key recipe (`jobs.export.partner_keys`: sha256 hex of the
+Emails and phones are keyed by the export key recipe (`jobs.exports.keys.partner_keys`: sha256 hex of the
 normalised value), so a partner computes the same key for its own contacts; raw emails and phones never
 enter the online tables.
 
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.export import partner_keys, sha256_hex
+from jobs.exports.keys import partner_keys, sha256_hex
 
 KEY_TYPES = ("device_id", "customer_id", "subscriber_id", "email_sha256", "phone_sha256")
 # identity_map / slim-event identifier types that live events link through (click tokens are weak links
@@ -87,7 +87,8 @@ def link_ids(identity: pa.Table) -> pa.Table:
     usable = pc.and_(pc.is_in(kinds, pa.array(LINK_TYPES)), pc.is_valid(identity.column("identifier")))
     rows = identity.filter(usable)
     scoped = pc.is_in(rows.column("identifier_type"), pa.array(SCOPED_LINK_TYPES))
-    scope = pc.if_else(scoped, pc.fill_null(rows.column("partner_id"), ""), pa.scalar("", pa.string()))
+    scope = pc.if_else(scoped, pc.fill_null(rows.column("partner_id").cast(pa.string()), ""),
+                       pa.scalar("", pa.string()))
     text = pc.binary_join_element_wise(rows.column("identifier_type"), scope, rows.column("identifier"), _SEP)
     persona = rows.column("persona_id") if "persona_id" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
     return pa.table([pa.chunked_array([persona], pa.string()).combine_chunks(), _hashes(text.to_pylist())],

@@ -45,13 +45,13 @@ import pyarrow.parquet as pq
 
 from features.matrix import feature_matrix
 from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
-from jobs.contract.reading import REASON, normalise_batch
-from jobs.contract.schema import CONTRACT_SCHEMA
+from jobs.contract.reading import normalise_batch
+from jobs.contract.schema import CONTRACT_SCHEMA, REASON
 from jobs.identity.graph import slim_events
-from jobs.resolve import blocklists
+from jobs.identity.junk import blocklists
+from jobs.model.booster import load_booster, model_version
 from jobs.run.layout import OnlineLayout
-from jobs.score import load_booster, membership, model_version_of
-from jobs.segments import eligible_mask
+from jobs.segments import eligible_mask, membership
 from jobs.serving.identifiers import contact_key, digest64, key_hash, link_hash
 from jobs.serving.online import (
     INTENT_KINDS,
@@ -244,7 +244,7 @@ def load_segments(meta: dict[str, Any], online: OnlineLayout, storage: StorageCo
     out = []
     for entry in meta["segments"]:
         raw = read_bytes(online.release_model(meta["release_id"], entry["name"]), storage)
-        if model_version_of(raw) != entry["model_version"]:
+        if model_version(raw) != entry["model_version"]:
             raise RuntimeError(f"release {meta['release_id']}: model of {entry['name']} is not the version published")
         curve = entry.get("curve")
         out.append(SegmentRuntime(

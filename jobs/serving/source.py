@@ -2,14 +2,16 @@
 
 What publishing needs from `ROOT/runs/RUN_ID/`: the file lists of scores/, identity_map/, events_resolved/
 and features/ (read inside Ray tasks, one file each, never on the driver), the small identity_audit/ (junk
-identifiers), the feature table's cut-off, category slots and columns, and the trained models with their
-cards. Tables are published folders (`jobs.storage.tables`); features/ may be one snapshot or partitioned
-by `as_of=YYYY-MM-DD/` (then the snapshot the scores were computed at is used).
+identifiers), the feature table's cut-off, category slots and columns, and the trained models of the models
+bundle with their cards (checked by `jobs.model.bundle`, as the score stage checks them). Tables are
+published folders (`jobs.storage.tables`); features/ is partitioned by `as_of=YYYY-MM-DD/` (the snapshot
+the scores were computed at is used; an unpartitioned table is read whole).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,9 +20,11 @@ import pyarrow.parquet as pq
 
 from jobs.config import JobConfig, SegmentConfig, StorageConfig
 from jobs.errors import UserError
+from jobs.model import bundle
 from jobs.run.layout import RunLayout
-from jobs.score import feature_columns, load_model_specs, model_version_of
-from jobs.storage import filesystem_for, fs_path, marker_or_none, read_bytes, read_marker, table_files
+from jobs.storage import filesystem_for, fs_path, marker_or_none, read_marker, read_published_file, table_files
+
+ID_COLUMNS = ("persona_id", "as_of")  # every other column of features/ is a feature
 
 
 def read_parquet_file(path: str, storage: StorageConfig, columns: Sequence[str] | None = None) -> pa.Table:
@@ -50,7 +54,7 @@ class RunSource:
         self.layout = RunLayout(run_dir)
         self.run_dir = run_dir
         self.storage = storage
-        for table in ("scores", "identity_map", "features"):
+        for table in ("scores", "identity_map", "features", "models"):
             if marker_or_none(self.layout.table(table), storage) is None:
                 raise UserError(f"{run_dir} is not a finished run: its {table}/ table is not published "
                                 f"({self.layout.table(table)} has no _SUCCESS marker); run the pipeline first.")
@@ -104,7 +108,7 @@ class RunSource:
         schema = pq.read_schema(fs_path(self.feature_files()[0]), filesystem=fs)
         if "persona_id" not in schema.names:
             raise UserError(f"{self.layout.table('features')} has no persona_id column.")
-        return feature_columns(schema)
+        return [name for name in schema.names if name not in ID_COLUMNS]
 
     def score_files(self) -> list[str]:
         return table_files(self.layout.table("scores"), self.storage)
@@ -132,18 +136,26 @@ class RunSource:
         return table_files(self.layout.table("identity_audit"), self.storage)
 
     def models(self, config: JobConfig) -> tuple[list[SegmentModel], list[dict]]:
-        """The scored segments' models (validated by the score stage's own checks); and those left out, why."""
-        specs, skipped = load_model_specs(config, self.run_dir, self.feature_names(), self.categories)
+        """The configured segments' trained models, checked like the score stage checks them (card vs config,
+        bytes vs version, names vs the feature table) and against the versions scores/ was computed with;
+        and the segments left out, with why."""
+        table = self.layout.table("models")
+        entries = read_marker(table, self.storage).get("segments", {})
         scored = self.scored_versions
-        models = []
-        for spec in specs:
-            name = spec.segment.name
+        table_features, categories = self.feature_names(), self.categories or []
+        models, skipped = [], []
+        for segment in config.segments:
+            name = segment.name
+            entry = entries.get(name)
+            if entry is None or entry.get("status") != bundle.TRAINED:
+                skipped.append({"segment": name, "reason": f"no trained model in {table}"})
+                continue
+            card = json.loads(read_published_file(table, RunLayout.model_file(name, bundle.CARD), self.storage))
+            raw = read_published_file(table, RunLayout.model_file(name, bundle.MODEL), self.storage)
+            spec = bundle.model_spec(segment, card, raw, table_features, categories, f"{table} {name}/")
             if scored.get(name) != spec.model_version:
                 skipped.append({"segment": name, "reason": f"scores/ holds version {scored.get(name)} of this segment, "
                                 f"the model is {spec.model_version}: rerun `segments score`"})
                 continue
-            raw = read_bytes(spec.model_path, self.storage)
-            if model_version_of(raw) != spec.model_version:
-                raise UserError(f"{spec.model_path} changed after scoring; rerun `segments score`.")
-            models.append(SegmentModel(spec.segment, raw, spec.model_version, spec.feature_names, spec.categories))
+            models.append(SegmentModel(segment, raw, spec.model_version, spec.feature_names, spec.categories))
         return models, skipped

@@ -1,9 +1,10 @@
 """A small finished run in the batch's published format, with real XGBoost models, for the serving tests.
 
-Tables are written through `jobs.storage.writing` (parts + `_SUCCESS` marker, as the stages publish them);
-models are real boosters trained on the fixture's features (their score rises with recent product views
-and carts, so a live event visibly moves it), saved with model cards as the train stage writes them, and
-scores/ is what those models give, with percentiles and top-10% membership.
+Tables are written through `jobs.storage.writing` (parts + `_SUCCESS` marker, as the stages publish them;
+features/ partitioned by `as_of=`); models are real boosters trained on the fixture's features (their score
+rises with recent product views and carts, so a live event visibly moves it), published as the models
+bundle the train stage writes (`jobs.model.bundle`: SEGMENT/model.json + model_card.json, marker
+`segments`), and scores/ is what those models give, with percentiles and top-10% membership.
 
 Known personas (the tests reason about them):
   persona 0 ("A"): device dev-0 [p1, p2], email a0@shop.test [p1], phone +359888100000 [p2],
@@ -15,7 +16,7 @@ Known personas (the tests reason about them):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +26,11 @@ from features.matrix import feature_matrix
 from jobs.config import FeaturesConfig, JobConfig, SegmentConfig, StorageConfig
 from jobs.identity.junk import AUDIT_SCHEMA
 from jobs.identity.personas import IDENTITY_MAP_SCHEMA
+from jobs.model import bundle
+from jobs.model.booster import model_version
 from jobs.run.layout import RunLayout
 from jobs.segments import eligible_mask
-from jobs.storage import join, write_bytes, write_json, writing
+from jobs.storage import writing
 
 AS_OF = dt.date(2026, 11, 29)
 RUN_ID = "2026-11-29"
@@ -127,9 +130,8 @@ def build_run(root: str, storage: StorageConfig, n: int = 120, seed: int = 5) ->
     layout = RunLayout.for_run(root, RUN_ID)
     features = _features(n, rng)
     names = [f.name for f in catalog(FeaturesConfig())]
-    with writing(layout.table("features"), storage,
-                 {"as_of": AS_OF.isoformat(), "categories": CATEGORIES}) as writer:
-        writer.write_arrow(features)
+    with writing(layout.table("features"), storage, {"categories": CATEGORIES}) as writer:
+        writer.write_arrow(features, partition={"as_of": AS_OF})
     with writing(layout.table("identity_map"), storage) as writer:
         writer.write_arrow(_identity(n))
     audit = pa.Table.from_pylist([{"identifier_type": "device", "identifier": "dev-shared", "partner_id": None,
@@ -139,18 +141,17 @@ def build_run(root: str, storage: StorageConfig, n: int = 120, seed: int = 5) ->
         writer.write_arrow(audit)
     with writing(layout.table("events_resolved"), storage) as writer:
         writer.write_arrow(_events(n, rng))
-    versions, score_parts = {}, []
-    for k, segment in enumerate(SEGMENTS):
-        model = _train(features, names, segment, seed + k)
-        version = hashlib.sha256(model).hexdigest()[:12]
-        versions[segment.name] = version
-        folder = join(layout.run_dir, "models", segment.name)
-        write_bytes(join(folder, "model.json"), model, storage)
-        write_json(join(folder, "model_card.json"), {
-            "segment": segment.name, "status": "trained", "reason": None, "model_version": version,
-            "definition": segment.model_dump(mode="json"), "feature_names": names, "feature_types": None,
-            "feature_categories": CATEGORIES}, storage)
-        score_parts.append(_scores(features, names, segment, model, version))
+    models = {segment.name: _train(features, names, segment, seed + k) for k, segment in enumerate(SEGMENTS)}
+    versions = {name: model_version(model) for name, model in models.items()}
+    entries = {name: {"status": bundle.TRAINED, "model_version": version} for name, version in versions.items()}
+    with writing(layout.table("models"), storage, {"segments": entries, "categories": CATEGORIES}) as writer:
+        for segment in SEGMENTS:
+            card = {"segment": segment.name, "status": bundle.TRAINED, "reason": None,
+                    "model_version": versions[segment.name], "definition": segment.model_dump(mode="json"),
+                    "feature_names": names, "feature_types": None, "feature_categories": CATEGORIES}
+            writer.write_file(RunLayout.model_file(segment.name, bundle.MODEL), models[segment.name])
+            writer.write_file(RunLayout.model_file(segment.name, bundle.CARD), json.dumps(card).encode())
+    score_parts = [_scores(features, names, s, models[s.name], versions[s.name]) for s in SEGMENTS]
     with writing(layout.table("scores"), storage, {"as_of": AS_OF.isoformat(), "segments": versions}) as writer:
         writer.write_arrow(pa.concat_tables(score_parts))
     return layout.run_dir

@@ -1,0 +1,397 @@
+"""Benchmark of the online API: lookups and live events over HTTP against Ray Serve, with 1M personas.
+
+    flock /tmp/segments-heavy.lock timeout 900 .venv/bin/python scripts/bench_serve.py --personas 1000000
+
+1. A synthetic finished run at that scale in the batch's published format (features with the whole
+   catalogue, identity_map, events_resolved, scores, three real XGBoost models trained on a sample), then
+   the real `segments publish` path turns it into a release (timed). `--reuse` keeps both from a previous
+   run of the bench in --out.
+2. Ray Serve on a local Ray, the HTTP proxy on 127.0.0.1, `--replicas` replicas (embedded store).
+3. Open-loop load from an aiohttp client beside it (a fixed number of requests per step and a time limit):
+   lookups only, then 90% lookups + 10% single-event POSTs, at rising rates; per step p50/p95/p99 and the
+   achieved rate. The highest rate whose p99 <= 20 ms with no error (and the rate achieved) is reported.
+4. The same lookups called in-process without HTTP (the release loaded here, the replica's own code path):
+   the baseline that shows what Serve's proxy + HTTP cost (ratio of p50s).
+5. Event-to-profile latency: POST an event, poll the profile until it shows it.
+6. Replica memory: each replica's RSS and the release's arrays, per million personas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from features.catalog import catalog, feature_schema
+from features.matrix import feature_matrix
+from jobs.config import FeaturesConfig, JobConfig, SegmentConfig, StorageConfig
+from jobs.identity.junk import AUDIT_SCHEMA
+from jobs.identity.personas import IDENTITY_MAP_SCHEMA
+from jobs.run.layout import RunLayout
+from jobs.segments import eligible_mask
+from jobs.storage import join, read_json_or_none, write_bytes, write_json, writing
+
+log = logging.getLogger("bench_serve")
+
+AS_OF = dt.date(2026, 11, 29)
+RUN_ID = "2026-11-29"
+PARTNERS = ["p1", "p2", "p3"]
+CATEGORIES = ["beauty", "books", "electronics", "fashion", "garden", "home", "kids", "pets", "sports", "toys"]
+SEGMENTS = [
+    SegmentConfig(name="ecommerce_buyers", kind="ecommerce_buyers"),
+    SegmentConfig(name="category_lovers_fashion", kind="category_lovers", category="fashion"),
+    SegmentConfig(name="p3_only_buyers", kind="ecommerce_buyers", partner_id="p3"),
+]
+CHUNK = 125_000
+TS = pa.timestamp("us", tz="UTC")
+
+
+def persona_ids(lo: int, hi: int) -> pa.Array:
+    return pa.array([f"{0x5eed000000 + i:016x}" for i in range(lo, hi)], pa.string())
+
+
+def partner_of(i: np.ndarray) -> np.ndarray:
+    return np.array(PARTNERS, dtype=object)[i % len(PARTNERS)]
+
+
+def feature_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
+    schema = feature_schema(FeaturesConfig())
+    n = hi - lo
+    activity = rng.gamma(1.5, 2.0, n)
+    columns = {"persona_id": persona_ids(lo, hi), "as_of": pa.array(np.full(n, np.datetime64(AS_OF)), pa.date32())}
+    for feature in catalog(FeaturesConfig()):
+        if feature.dtype == "int64":
+            scale = 1.0 if feature.window is None else min(feature.window, 90) / 30
+            values = rng.poisson(activity * scale * 0.7)
+        elif feature.name.startswith("days_since"):
+            values = rng.exponential(20.0, n)
+        else:
+            values = rng.random(n)
+        columns[feature.name] = pa.array(values, schema.field(feature.name).type)
+    return pa.table(columns, schema=schema)
+
+
+def identity_chunk(lo: int, hi: int) -> pa.Table:
+    i = np.arange(lo, hi)
+    partners = partner_of(i)
+    persona = persona_ids(lo, hi)
+    first = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+
+    def rows(kind: str, values: list[str], scoped: bool, pick: np.ndarray) -> pa.Table:
+        n = int(pick.sum())
+        seen = pa.array([[p] for p in partners[pick]], pa.list_(pa.string()))
+        return pa.table({"identifier_type": pa.repeat(pa.scalar(kind), n), "identifier": pa.array(values, pa.string()),
+                         "partner_id": pa.array(partners[pick] if scoped else [None] * n, pa.string()),
+                         "persona_id": persona.filter(pa.array(pick)), "first_seen": pa.repeat(pa.scalar(first, TS), n),
+                         "last_seen": pa.repeat(pa.scalar(first, TS), n), "n_events": pa.repeat(pa.scalar(5), n),
+                         "seen_at_partners": seen}, schema=IDENTITY_MAP_SCHEMA)
+
+    every = np.ones(len(i), bool)
+    emails = i % 4 == 0
+    return pa.concat_tables([rows("device", [f"dev-{k}" for k in i], False, every),
+                             rows("customer", [f"c-{k}" for k in i], True, every),
+                             rows("email", [f"user{k}@shop.test" for k in i[emails]], False, emails)])
+
+
+def events_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
+    n = hi - lo
+    end = np.datetime64(dt.datetime.combine(AS_OF, dt.time()), "us")
+    ts = end - (rng.uniform(0.5, 20, n) * 86_400e6).astype("timedelta64[us]")
+    cats = np.array(CATEGORIES, dtype=object)[rng.integers(0, len(CATEGORIES), n)]
+    return pa.table({"event_id": pa.array([f"e-{k}" for k in range(lo, hi)]),
+                     "partner_id": partner_of(np.arange(lo, hi)), "persona_id": persona_ids(lo, hi), "ts": pa.array(ts, TS),
+                     "event_type": pa.repeat(pa.scalar("product_view"), n),
+                     "category": pa.array([f"{c}/sub" for c in cats]),
+                     "brand": pa.array(np.array(["Acme", "Globex", "Initech"], dtype=object)[rng.integers(0, 3, n)])})
+
+
+def build_run(root: str, n: int, storage: StorageConfig) -> str:
+    """The synthetic finished run (see the module docstring); the driver holds one chunk at a time."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(11)
+    layout = RunLayout.for_run(root, RUN_ID)
+    names = [f.name for f in catalog(FeaturesConfig())]
+    sample = None
+    with writing(layout.table("features"), storage, {"as_of": AS_OF.isoformat(), "categories": CATEGORIES}) as w:
+        for k, lo in enumerate(range(0, n, CHUNK)):
+            chunk = feature_chunk(lo, min(n, lo + CHUNK), rng)
+            sample = chunk.slice(0, 20_000) if sample is None else sample
+            w.write_arrow(chunk, name=f"part-{k:05d}")
+    with writing(layout.table("identity_map"), storage) as w:
+        for k, lo in enumerate(range(0, n, CHUNK)):
+            w.write_arrow(identity_chunk(lo, min(n, lo + CHUNK)), name=f"part-{k:05d}")
+    with writing(layout.table("identity_audit"), storage) as w:
+        w.write_arrow(pa.Table.from_pylist([{"identifier_type": "device", "identifier": "dev-shared", "partner_id": None,
+                                             "rule": "shared_device", "figure": 9.0, "threshold": 3.0, "n_events": 40}],
+                                           schema=AUDIT_SCHEMA))
+    with writing(layout.table("events_resolved"), storage) as w:
+        for k, lo in enumerate(range(0, n, CHUNK)):
+            w.write_arrow(events_chunk(lo, min(n, lo + CHUNK), rng), name=f"part-{k:05d}")
+    boosters, versions = {}, {}
+    x = feature_matrix(sample, names)
+    signal = sample.column("product_views_7d").to_numpy() + 2 * sample.column("carts_7d").to_numpy()
+    for k, segment in enumerate(SEGMENTS):
+        y = (signal + rng.normal(0, 1, len(signal)) > np.median(signal)).astype(np.float32)
+        booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": k},
+                            xgb.DMatrix(x, label=y, feature_names=names), 30)
+        raw = bytes(booster.save_raw("json"))
+        versions[segment.name] = hashlib.sha256(raw).hexdigest()[:12]
+        boosters[segment.name] = booster
+        folder = join(layout.run_dir, "models", segment.name)
+        write_bytes(join(folder, "model.json"), raw, storage)
+        write_json(join(folder, "model_card.json"), {
+            "segment": segment.name, "status": "trained", "reason": None, "model_version": versions[segment.name],
+            "definition": segment.model_dump(mode="json"), "feature_names": names, "feature_types": None,
+            "feature_categories": CATEGORIES}, storage)
+    # scores: every chunk predicted, percentiles from all scores of a segment (a few MB per segment)
+    from jobs.storage import read_dataset
+
+    features = read_dataset(layout.table("features"), storage)
+    per_segment: dict[str, list] = {s.name: [] for s in SEGMENTS}
+    for batch in features.iter_batches(batch_size=CHUNK, batch_format="pyarrow"):
+        for segment in SEGMENTS:
+            mask = eligible_mask(segment, batch, CATEGORIES)
+            rows = batch.filter(pa.array(mask))
+            score = boosters[segment.name].inplace_predict(feature_matrix(rows, names, order="F"))
+            per_segment[segment.name].append((rows.column("persona_id"), np.asarray(score, np.float64)))
+    with writing(layout.table("scores"), storage, {"as_of": AS_OF.isoformat(), "segments": versions}) as w:
+        for k, segment in enumerate(SEGMENTS):
+            ids = pa.chunked_array([p for p, _ in per_segment[segment.name]])
+            score = np.concatenate([s for _, s in per_segment[segment.name]])
+            rank = np.empty(len(score))
+            rank[score.argsort(kind="stable")] = np.arange(len(score))
+            pct = 100.0 * (rank + 0.5) / len(score)
+            w.write_arrow(pa.table({"persona_id": ids, "segment": pa.repeat(pa.scalar(segment.name), len(score)),
+                                    "score": score, "percentile": pct,
+                                    "model_version": pa.repeat(pa.scalar(versions[segment.name]), len(score)),
+                                    "member": pct >= 90.0}), name=f"part-{k:05d}")
+    return layout.run_dir
+
+
+# ------------------------------------------------------------------------------------------ load
+
+def summary(latencies_s: list[float], statuses: list[int], elapsed: float, target: float) -> dict:
+    ms = np.asarray(latencies_s) * 1000
+    ok = sum(1 for s in statuses if s in (200, 202))
+    return {"target_rps": target, "requests": len(statuses), "achieved_rps": round(len(statuses) / elapsed, 1),
+            "errors": len(statuses) - ok, "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+async def open_loop(session, make_request, rate: float, seconds: float, time_limit: float) -> dict:
+    """`rate * seconds` requests sent on schedule (open loop, so a slow server cannot slow the senders)."""
+    loop = asyncio.get_running_loop()
+    count = int(rate * seconds)
+    latencies, statuses = [], []
+
+    async def one(i: int) -> None:
+        method, url, headers, body = make_request(i)
+        started = time.perf_counter()
+        try:
+            async with session.request(method, url, headers=headers, data=body) as response:
+                await response.read()
+                statuses.append(response.status)
+        except Exception:  # noqa: BLE001 - a failed request is counted, the load goes on
+            statuses.append(599)
+        latencies.append(time.perf_counter() - started)
+
+    start = loop.time()
+    tasks = []
+    for i in range(count):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if loop.time() - start > time_limit:
+            break
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return summary(latencies, statuses, loop.time() - start, rate)
+
+
+async def load_steps(url: str, keys: dict[str, str], personas: int, rates: list[float], seconds: float,
+                     events_share: float) -> list[dict]:
+    import aiohttp
+
+    rnd = random.Random(5)
+    counter = iter(range(10**9))
+
+    def make_request(_i: int):
+        k = rnd.randrange(personas)
+        partner = PARTNERS[k % len(PARTNERS)]
+        headers = {"Authorization": f"Bearer {keys[partner]}"}
+        if rnd.random() < events_share:
+            body = json.dumps([{"event_id": f"bench-{next(counter)}", "ts": "2026-11-30T10:00:00Z",
+                                "partner_id": partner, "event_type": "product_view", "customer_id": f"c-{k}",
+                                "category": "toys/bench", "brand": "Acme"}])
+            return "POST", f"{url}/v1/events", {**headers, "Content-Type": "application/json"}, body
+        return "GET", f"{url}/v1/profile?customer_id=c-{k}", headers, None
+
+    out = []
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await open_loop(session, make_request, 100, 2, 10)  # warm-up: connections, replica caches
+        for rate in rates:
+            step = await open_loop(session, make_request, rate, seconds, seconds * 3)
+            log.info("  %s", step)
+            out.append(step)
+            if step["p99_ms"] > 60 or step["errors"]:
+                break  # far past the target: higher rates only queue
+    return out
+
+
+def best_rate(steps: list[dict], p99_ms: float = 20.0) -> float | None:
+    good = [s["achieved_rps"] for s in steps if s["p99_ms"] <= p99_ms and not s["errors"]
+            and s["achieved_rps"] >= 0.95 * s["target_rps"]]
+    return max(good) if good else None
+
+
+async def event_to_profile(url: str, keys: dict[str, str], personas: int, trials: int) -> dict:
+    import aiohttp
+
+    rnd = random.Random(9)
+    seconds = []
+    async with aiohttp.ClientSession() as session:
+        for t in range(trials):
+            k = rnd.randrange(personas)
+            partner = PARTNERS[k % len(PARTNERS)]
+            headers = {"Authorization": f"Bearer {keys[partner]}"}
+            category = f"bench/trial-{t}"
+            event = [{"event_id": f"e2p-{t}-{time.time_ns()}", "ts": "2026-11-30T12:00:00Z", "partner_id": partner,
+                      "event_type": "purchase", "customer_id": f"c-{k}", "category": category, "brand": "Zed",
+                      "price": 999.0}]
+            started = time.perf_counter()
+            async with session.post(f"{url}/v1/events", data=json.dumps(event),
+                                    headers={**headers, "Content-Type": "application/json"}) as response:
+                assert response.status == 202, await response.text()
+            while time.perf_counter() - started < 5:
+                async with session.get(f"{url}/v1/profile?customer_id=c-{k}", headers=headers) as response:
+                    body = await response.json()
+                if body["intents"]["categories"] and body["intents"]["categories"][0]["name"] == category:
+                    break
+                await asyncio.sleep(0.005)
+            seconds.append(time.perf_counter() - started)
+    ms = np.asarray(seconds) * 1000
+    return {"trials": trials, "p50_ms": round(float(np.percentile(ms, 50)), 1), "max_ms": round(float(ms.max()), 1)}
+
+
+async def in_process(config: JobConfig, root: str, personas: int, count: int) -> dict:
+    """The replica's own lookup path, called directly: no proxy, no HTTP, no Ray."""
+    from jobs.serving.app import ProfileService
+
+    started = time.perf_counter()
+    service = ProfileService(config, root)
+    await service.start(background=False)
+    load_s = time.perf_counter() - started
+    rnd = random.Random(5)
+    latencies = []
+    for _ in range(count):
+        k = rnd.randrange(personas)
+        t0 = time.perf_counter()
+        await service.profile(PARTNERS[k % len(PARTNERS)], [("customer_id", f"c-{k}")])
+        latencies.append(time.perf_counter() - t0)
+    ms = np.asarray(latencies) * 1000
+    out = {"lookups": count, "p50_ms": round(float(np.percentile(ms, 50)), 3),
+           "p99_ms": round(float(np.percentile(ms, 99)), 3), "release_load_s": round(load_s, 1),
+           "lookups_per_s_one_core": round(count / ms.sum() * 1000)}
+    await service.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--personas", type=int, default=1_000_000)
+    parser.add_argument("--out", default="/tmp/bench-serve")
+    parser.add_argument("--reuse", action="store_true", help="reuse the run and release already in --out")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--cpus-per-replica", type=float, default=0.5)
+    parser.add_argument("--rates", default="250,500,750,1000,1500,2000")
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds of load per rate step")
+    parser.add_argument("--port", type=int, default=8321)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("ray", "jobs", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")  # what `segments serve` sets (jobs.serving.app)
+    os.environ.setdefault("SEGMENTS_PROGRESS", "0")
+    import ray
+    from ray import serve
+
+    from jobs.serving.app import build_app
+    from jobs.serving.partner_keys import create_key
+    from jobs.serving.publish import run_publish
+
+    root = str(Path(args.out).resolve())
+    storage = StorageConfig()
+    config = JobConfig(root=root, segments=SEGMENTS, serving={
+        "replicas": args.replicas, "cpus_per_replica": args.cpus_per_replica, "port": args.port,
+        "max_ongoing_requests": 256, "num_partitions": 16})
+    results: dict = {"personas": args.personas, "replicas": args.replicas, "cpus": os.cpu_count()}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    run_dir = RunLayout.for_run(root, RUN_ID).run_dir
+    if not (args.reuse and read_json_or_none(f"{root}/online/current.json", storage)):
+        started = time.perf_counter()
+        build_run(root, args.personas, storage)
+        results["synthetic_run_s"] = round(time.perf_counter() - started, 1)
+        log.info("synthetic run of %d personas written in %.1fs", args.personas, results["synthetic_run_s"])
+        started = time.perf_counter()
+        results["publish"] = run_publish(config, run_dir)
+        results["publish_s"] = round(time.perf_counter() - started, 1)
+        log.info("published in %.1fs", results["publish_s"])
+    keys = {p: create_key(config, p, root) for p in PARTNERS}
+    results["in_process"] = asyncio.run(in_process(config, root, args.personas, 20_000))
+    log.info("in-process lookups: %s", results["in_process"])
+
+    started = time.perf_counter()
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.run(build_app(config, root), name="bench", route_prefix="/")
+    results["deploy_s"] = round(time.perf_counter() - started, 1)
+    url = f"http://127.0.0.1:{args.port}"
+    rates = [float(r) for r in args.rates.split(",")]
+    log.info("lookups only:")
+    results["lookups"] = asyncio.run(load_steps(url, keys, args.personas, rates, args.seconds, 0.0))
+    log.info("90%% lookups + 10%% events:")
+    results["mixed"] = asyncio.run(load_steps(url, keys, args.personas, rates, args.seconds, 0.1))
+    results["event_to_profile"] = asyncio.run(event_to_profile(url, keys, args.personas, 20))
+    import urllib.request
+
+    memory = {}
+    for _ in range(40):
+        request = urllib.request.Request(f"{url}/v1/health", headers={"Authorization": f"Bearer {keys['p1']}"})
+        with urllib.request.urlopen(request) as response:
+            memory[response.headers["x-segments-replica"]] = json.loads(response.read())["memory_mb"]
+        if len(memory) == args.replicas:
+            break
+    per_million = 1e6 / args.personas
+    results["replica_memory_mb"] = list(memory.values())
+    results["replica_memory_mb_per_million_personas"] = {
+        "process_rss": round(max(m["process_rss"] for m in memory.values()) * per_million),
+        "release_arrays": round(max(m["release"] for m in memory.values()) * per_million)}
+    lookups_p50 = next((s["p50_ms"] for s in results["lookups"] if s["target_rps"] == rates[0]), None)
+    results["verdict"] = {
+        "max_lookups_rps_p99_le_20ms": best_rate(results["lookups"]),
+        "max_mixed_rps_p99_le_20ms": best_rate(results["mixed"]),
+        "http_over_in_process_p50": round(lookups_p50 / results["in_process"]["p50_ms"], 1) if lookups_p50 else None,
+        "event_to_profile_max_ms": results["event_to_profile"]["max_ms"],
+        "target_500_lookups_rps": (best_rate(results["lookups"]) or 0) >= 500,
+        "target_event_to_profile_1s": results["event_to_profile"]["max_ms"] <= 1000}
+    serve.shutdown()
+    ray.shutdown()
+    Path(args.out, "bench_serve.json").write_text(json.dumps(results, indent=2, default=str))
+    shown = ("in_process", "event_to_profile", "replica_memory_mb_per_million_personas", "verdict")
+    log.info("%s", json.dumps({k: results[k] for k in shown}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
