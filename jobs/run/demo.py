@@ -43,8 +43,7 @@ def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
     events = join(out, "events")
     config = JobConfig(events=events, root=out, run_id=RUN_ID)
     ensure_sample(events, persons, storage)
-    stages = pipeline()
-    summary = run_pipeline(config, stages, names=[stage.name for stage in stages])
+    summary = run_pipeline(config, pipeline())
     layout = RunLayout(summary["run_dir"])
     exports_root = ExportView.from_config(config).root
     partners = exported_partners(exports_root, storage)

@@ -18,7 +18,6 @@ class Catalogue:
     leaf_names: list[str]  # "top/leaf"
     leaf_top: np.ndarray  # leaf -> top category
     brand_names: list[str]
-    top_brand_start: np.ndarray  # top -> its first brand
     top_brand_count: np.ndarray  # top -> how many brands it has
     top_leaf_start: np.ndarray  # top -> its first leaf
     top_leaf_w: np.ndarray  # (top, leaf within top) -> weight
@@ -67,7 +66,6 @@ def build_catalogue(rng: np.random.Generator) -> Catalogue:
         leaf_names=leaf_names,
         leaf_top=leaf_top_arr,
         brand_names=brand_names,
-        top_brand_start=top_brand_start,
         top_brand_count=top_brand_count,
         top_leaf_start=top_leaf_start,
         top_leaf_w=top_leaf_w,
