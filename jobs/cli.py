@@ -222,7 +222,9 @@ def export(
 
 
 def _exports_root(config: JobConfig) -> str:
-    return config.export.root or config.root
+    from jobs.config import ExportView
+
+    return ExportView.from_config(config).root
 
 
 @exports_app.command("list")
@@ -256,6 +258,23 @@ def exports_url(
         config = _config(config_file, **{"export.root": root, "export.url_expires_seconds": expires})
         return presigned_urls(_exports_root(config), partner, segment, config.storage,
                               config.export.url_expires_seconds)
+
+    _invoke(run)
+
+
+@exports_app.command("keys")
+def exports_keys(
+    email: Annotated[Optional[str], typer.Option("--email", help="an email as your store has it")] = None,
+    phone: Annotated[Optional[str], typer.Option("--phone", help="a phone as your store has it")] = None,
+    country: Annotated[Optional[str], typer.Option("--country", help="the contact's country (ISO 3166-1 alpha-2)")] = None,
+) -> None:
+    """The export keys a partner computes for its own contacts (the manifests' key_recipe)."""
+    from jobs.exports.keys import KEY_RECIPE, contact_keys
+
+    def run() -> Any:
+        if email is None and phone is None:
+            raise UserError("`segments exports keys` needs --email and/or --phone (with --country for national numbers).")
+        return {"key_recipe": KEY_RECIPE["version"], **contact_keys(email=email, phone=phone, country=country)}
 
     _invoke(run)
 

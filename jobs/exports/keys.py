@@ -17,12 +17,55 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.contract.normalise import normalise_emails, normalise_phone_value
+
 KEY_TYPES = {
     "customer_id": "the partner's own customer id, as the partner sent it",
     "subscriber_id": "the partner's own subscriber id, as the partner sent it",
-    "email_sha256": "sha256 hex of the normalised email (trimmed, lowercased) that this partner sent",
-    "phone_sha256": "sha256 hex of the normalised phone (E.164, e.g. +4915112345678) that this partner sent",
+    "email_sha256": "sha256 hex of the email this partner sent, normalised by key_recipe.email_sha256",
+    "phone_sha256": "sha256 hex of the phone this partner sent, normalised by key_recipe.phone_sha256 (E.164)",
 }
+# How a partner computes the same keys for its own contacts: every rule `jobs.contract.normalise` applies, in
+# order. A change to the normaliser is a new version here (partners match keys across runs by it).
+KEY_RECIPE = {
+    "version": "v1",
+    "email_sha256": [
+        "remove every whitespace character",
+        "lowercase",
+        "it must read LOCAL@DOMAIN: LOCAL has no '@' or whitespace; DOMAIN is dot-separated labels of a-z, 0-9 "
+        "and '-' ending in a label of 2+ letters a-z; otherwise there is no key",
+        "drop everything from the first '+' in LOCAL",
+        "DOMAIN googlemail.com becomes gmail.com",
+        "for gmail.com remove every '.' in LOCAL",
+        "LOCAL must not be empty; otherwise there is no key",
+        "key = sha256 hex (lowercase) of the UTF-8 bytes of LOCAL@DOMAIN",
+    ],
+    "phone_sha256": [
+        "trim surrounding whitespace; a number with no digit has no key",
+        "a leading '00' becomes '+'",
+        "without a leading '+' and without a country, a number of more than 10 digits is read as '+' + digits",
+        "parse with Google's libphonenumber, the event's country (ISO 3166-1 alpha-2) as the default region",
+        "it must be a possible number (libphonenumber is_possible_number); otherwise there is no key",
+        "format as E.164, e.g. +359888123456",
+        "key = sha256 hex (lowercase) of the UTF-8 bytes of the E.164 string",
+    ],
+    "customer_id": ["the id exactly as the partner sent it (no hashing)"],
+    "subscriber_id": ["the id exactly as the partner sent it (no hashing)"],
+}
+
+
+def contact_keys(email: str | None = None, phone: str | None = None, country: str | None = None) -> dict[str, str]:
+    """The export keys a partner computes for one contact of its own (`segments exports keys`)."""
+    keys: dict[str, str] = {}
+    if email is not None:
+        normalised, valid = normalise_emails(pa.array([email], pa.string()))
+        if valid[0].as_py():
+            keys["email_sha256"] = hashlib.sha256(normalised[0].as_py().encode("utf-8")).hexdigest()
+    if phone is not None:
+        e164, valid = normalise_phone_value(phone, country)
+        if valid:
+            keys["phone_sha256"] = hashlib.sha256(e164.encode("utf-8")).hexdigest()
+    return keys
 KEYS_SCHEMA = pa.schema(
     [("persona_id", pa.string()), ("partner_id", pa.string()), ("key_type", pa.string()), ("key", pa.string())]
 )

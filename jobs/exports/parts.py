@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.exports.keys import KEY_TYPES
+from jobs.exports.keys import KEY_RECIPE, KEY_TYPES
 from jobs.run.naming import validate_partner_id, validate_segment_name
 
 FORMAT_VERSION = 1
@@ -91,6 +91,7 @@ def manifest(
         "created_at": created_at,
         "schema": [{"name": f.name, "type": str(f.type)} for f in EXPORT_SCHEMA],
         "key_types": KEY_TYPES,
+        "key_recipe": KEY_RECIPE,
         "membership": membership,
         "parts": listed,
         "rows": sum(p["rows"] for p in listed),
