@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -37,9 +36,11 @@ from features.matrix import feature_matrix
 from jobs.config import FeaturesConfig, JobConfig, SegmentConfig, StorageConfig
 from jobs.identity.junk import AUDIT_SCHEMA
 from jobs.identity.personas import IDENTITY_MAP_SCHEMA
+from jobs.model import bundle
+from jobs.model.booster import model_version
 from jobs.run.layout import RunLayout
 from jobs.segments import eligible_mask
-from jobs.storage import join, read_json_or_none, write_bytes, write_json, writing
+from jobs.storage import read_json_or_none, writing
 
 log = logging.getLogger("bench_serve")
 
@@ -109,7 +110,8 @@ def events_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
     ts = end - (rng.uniform(0.5, 20, n) * 86_400e6).astype("timedelta64[us]")
     cats = np.array(CATEGORIES, dtype=object)[rng.integers(0, len(CATEGORIES), n)]
     return pa.table({"event_id": pa.array([f"e-{k}" for k in range(lo, hi)]),
-                     "partner_id": partner_of(np.arange(lo, hi)), "persona_id": persona_ids(lo, hi), "ts": pa.array(ts, TS),
+                     "partner_id": partner_of(np.arange(lo, hi)), "persona_id": persona_ids(lo, hi),
+                     "ts": pa.array(ts, TS),
                      "event_type": pa.repeat(pa.scalar("product_view"), n),
                      "category": pa.array([f"{c}/sub" for c in cats]),
                      "brand": pa.array(np.array(["Acme", "Globex", "Initech"], dtype=object)[rng.integers(0, 3, n)])})
@@ -123,37 +125,40 @@ def build_run(root: str, n: int, storage: StorageConfig) -> str:
     layout = RunLayout.for_run(root, RUN_ID)
     names = [f.name for f in catalog(FeaturesConfig())]
     sample = None
-    with writing(layout.table("features"), storage, {"as_of": AS_OF.isoformat(), "categories": CATEGORIES}) as w:
+    with writing(layout.table("features"), storage, {"categories": CATEGORIES}) as w:
         for k, lo in enumerate(range(0, n, CHUNK)):
             chunk = feature_chunk(lo, min(n, lo + CHUNK), rng)
             sample = chunk.slice(0, 20_000) if sample is None else sample
-            w.write_arrow(chunk, name=f"part-{k:05d}")
+            w.write_arrow(chunk, partition={"as_of": AS_OF}, name=f"part-{k:05d}")
     with writing(layout.table("identity_map"), storage) as w:
         for k, lo in enumerate(range(0, n, CHUNK)):
             w.write_arrow(identity_chunk(lo, min(n, lo + CHUNK)), name=f"part-{k:05d}")
     with writing(layout.table("identity_audit"), storage) as w:
-        w.write_arrow(pa.Table.from_pylist([{"identifier_type": "device", "identifier": "dev-shared", "partner_id": None,
-                                             "rule": "shared_device", "figure": 9.0, "threshold": 3.0, "n_events": 40}],
-                                           schema=AUDIT_SCHEMA))
+        shared = {"identifier_type": "device", "identifier": "dev-shared", "partner_id": None,
+                  "rule": "shared_device", "figure": 9.0, "threshold": 3.0, "n_events": 40}
+        w.write_arrow(pa.Table.from_pylist([shared], schema=AUDIT_SCHEMA))
     with writing(layout.table("events_resolved"), storage) as w:
         for k, lo in enumerate(range(0, n, CHUNK)):
             w.write_arrow(events_chunk(lo, min(n, lo + CHUNK), rng), name=f"part-{k:05d}")
     boosters, versions = {}, {}
     x = feature_matrix(sample, names)
     signal = sample.column("product_views_7d").to_numpy() + 2 * sample.column("carts_7d").to_numpy()
-    for k, segment in enumerate(SEGMENTS):
-        y = (signal + rng.normal(0, 1, len(signal)) > np.median(signal)).astype(np.float32)
-        booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": k},
-                            xgb.DMatrix(x, label=y, feature_names=names), 30)
-        raw = bytes(booster.save_raw("json"))
-        versions[segment.name] = hashlib.sha256(raw).hexdigest()[:12]
-        boosters[segment.name] = booster
-        folder = join(layout.run_dir, "models", segment.name)
-        write_bytes(join(folder, "model.json"), raw, storage)
-        write_json(join(folder, "model_card.json"), {
-            "segment": segment.name, "status": "trained", "reason": None, "model_version": versions[segment.name],
-            "definition": segment.model_dump(mode="json"), "feature_names": names, "feature_types": None,
-            "feature_categories": CATEGORIES}, storage)
+    entries = {}
+    with writing(layout.table("models"), storage) as w:
+        for k, segment in enumerate(SEGMENTS):
+            y = (signal + rng.normal(0, 1, len(signal)) > np.median(signal)).astype(np.float32)
+            booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": k},
+                                xgb.DMatrix(x, label=y, feature_names=names), 30)
+            raw = bytes(booster.save_raw("json"))
+            versions[segment.name] = model_version(raw)
+            boosters[segment.name] = booster
+            entries[segment.name] = {"status": bundle.TRAINED, "model_version": versions[segment.name]}
+            card = {"segment": segment.name, "status": bundle.TRAINED, "reason": None,
+                    "model_version": versions[segment.name], "definition": segment.model_dump(mode="json"),
+                    "feature_names": names, "feature_types": None, "feature_categories": CATEGORIES}
+            w.write_file(RunLayout.model_file(segment.name, bundle.MODEL), raw)
+            w.write_file(RunLayout.model_file(segment.name, bundle.CARD), json.dumps(card).encode())
+        w.extra.update({"segments": entries, "categories": CATEGORIES})
     # scores: every chunk predicted, percentiles from all scores of a segment (a few MB per segment)
     from jobs.storage import read_dataset
 

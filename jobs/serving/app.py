@@ -1,7 +1,9 @@
 """The Ray Serve application: `GET /v1/health`, `GET /v1/profile`, `POST /v1/events` (serving contract).
 
 One deployment, `Profiles`, whose replicas each hold a `LiveState` (the current release and the live
-events applied to it) and run three background loops on their event loop:
+events applied to it). Requests run on the replica's event loop and only read; validating events and
+applying micro-batches (linking, rescoring) run on one applier thread, so a lookup never queues behind a
+rescoring. Three background loops:
   * release watcher: every `poll_release_seconds` reads ROOT/online/current.json; on a new release it loads
     it fully (in a thread, while requests keep using the old one), replays the event log onto it, then
     swaps one reference: a request sees one release from start to end, and no request fails for a switch;
@@ -22,7 +24,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
@@ -41,6 +45,7 @@ from jobs.storage import read_json, read_json_or_none
 log = logging.getLogger(__name__)
 
 KEYRING_RELOAD_SECONDS = 2.0
+RELEASE_GRACE_SECONDS = 30.0
 
 
 class GroupCommit:
@@ -106,6 +111,11 @@ class ProfileService:
         self.state: LiveState | None = None
         self.secret = b""
         self.tasks: list[asyncio.Task] = []
+        self.applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-apply")
+
+    async def on_applier(self, fn, *args):
+        """Run `fn(*args)` on the applier thread (one at a time: the live state has one writer)."""
+        return await asyncio.get_running_loop().run_in_executor(self.applier, fn, *args)
 
     # --- life cycle -------------------------------------------------------------------------------
     async def start(self, background: bool = True) -> None:
@@ -125,6 +135,7 @@ class ProfileService:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        self.applier.shutdown(wait=False)
         if self.state is not None:
             await self.state.release.close()
 
@@ -147,11 +158,16 @@ class ProfileService:
 
         state = await asyncio.to_thread(build)
         as_of = dt.date.fromisoformat(meta["as_of"]) - dt.timedelta(days=1)  # events are foldered by arrival day
-        files = await asyncio.to_thread(self.event_log.since, as_of)
-        for path in sorted(files):
-            await state.apply_file(path)
+
+        def replay() -> int:  # the new state is not visible yet: its own thread may write it
+            files = self.event_log.since(as_of)
+            for path in sorted(files):
+                state.apply_file(path)
+            return len(files)
+
+        replayed = await asyncio.to_thread(replay)
         log.info("release %s loaded in %.1fs: %d personas, %d live micro-batches replayed", release_id,
-                 time.perf_counter() - started, meta["personas"], len(files))
+                 time.perf_counter() - started, meta["personas"], replayed)
         return state
 
     async def _check_release(self) -> None:
@@ -161,21 +177,26 @@ class ProfileService:
         fresh = await self._load(current["release_id"])
         old, self.state = self.state, fresh
         await self.catch_up()
+        self.tasks.append(asyncio.create_task(self._close_later(old)))
+
+    async def _close_later(self, old: LiveState) -> None:
+        """Requests that began on the old release may still be reading it: close it once they are done."""
+        await asyncio.sleep(RELEASE_GRACE_SECONDS)
         await old.release.close()
 
     async def catch_up(self) -> None:
         """Apply micro-batches of the last two minutes that this replica has not applied yet."""
         state = self.state
         files = await asyncio.to_thread(self.event_log.recent)
-        for path in sorted(files):
-            if path not in state.files:
-                await state.apply_file(path)
+        fresh = [path for path in sorted(files) if path not in state.files]
+        if fresh:
+            await self.on_applier(lambda: [state.apply_file(path) for path in fresh])
 
     async def _reload_keys(self) -> None:
         await asyncio.to_thread(self.keyring.reload)
 
     async def _written(self, path: str, table: pa.Table) -> None:
-        await self.state.apply_file(path, table)
+        await self.on_applier(self.state.apply_file, path, table)
 
     # --- requests ---------------------------------------------------------------------------------
     def partner_of(self, authorization: str | None) -> str:
@@ -216,25 +237,23 @@ class ProfileService:
 
     def render(self, state: LiveState, partner: str, base, live) -> dict[str, Any]:
         meta = state.meta
-        rescored = live is not None and live.score is not None
+        scored = live.scored if live is not None else None  # one read: the applier swaps the whole tuple
+        score, percentile, member, updated_s = scored or (base.score, base.percentile, base.member, None)
         segments = []
         for j, entry in enumerate(meta["segments"]):
             if entry["partner_id"] is not None and entry["partner_id"] != partner:
                 continue  # a segment restricted to another partner
-            score = live.score[j] if rescored else base.score[j]
-            if math.isnan(score):
+            if math.isnan(score[j]):
                 continue  # not eligible for this segment
-            item = {"segment": entry["name"], "score": _number(score, 6),
-                    "percentile": _number(live.percentile[j] if rescored else base.percentile[j], 2),
-                    "member": bool(live.member[j] if rescored else base.member[j])}
+            item = {"segment": entry["name"], "score": _number(score[j], 6),
+                    "percentile": _number(percentile[j], 2), "member": bool(member[j])}
             if base.reasons is not None:
                 item["reasons"] = list(base.reasons[j] or [])
             segments.append(item)
         shown = self.config.serving.intents_shown
         intents = {kind: shown_intents(base.intents.get(kind), live.intents[kind] if live else None, shown)
                    for kind in INTENT_KINDS}
-        updated = event_time_iso(live.updated_at) if live is not None and live.updated_at \
-            else meta["published_at"].replace("+00:00", "Z")
+        updated = event_time_iso(updated_s) if updated_s else meta["published_at"].replace("+00:00", "Z")
         return {"persona": persona_token(self.secret, partner, base.persona_id), "run_id": meta["run_id"],
                 "updated_at": updated, "segments": segments, "intents": intents}
 
@@ -242,7 +261,8 @@ class ProfileService:
         if len(body) > self.config.serving.max_body_bytes:
             raise RequestError(413, "too_large", f"the body has {len(body)} bytes; at most "
                                f"{self.config.serving.max_body_bytes}")
-        result = intake(body, partner, self.state.seen, self.config.serving.max_events_per_request)
+        limit = self.config.serving.max_events_per_request
+        result = await self.on_applier(intake, body, partner, self.state.seen, limit)
         if result.accepted.num_rows:
             try:
                 await self.committer.commit(result.accepted)
@@ -256,6 +276,9 @@ class Profiles:
 
     async def __init__(self, config: dict, root: str) -> None:
         logging.getLogger("jobs").setLevel(logging.INFO)
+        # the applier thread holds the GIL in slices of this length: short slices keep a lookup that
+        # arrives during a rescoring from waiting the default 5 ms
+        sys.setswitchinterval(0.0005)
         self.service = ProfileService(JobConfig.model_validate(config), root)
         await self.service.start()
 

@@ -28,7 +28,6 @@ two personas merges nothing (that is the next batch run's decision) and is only 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import json
@@ -43,7 +42,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.matrix import feature_matrix
 from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
 from jobs.contract.reading import normalise_batch
 from jobs.contract.schema import CONTRACT_SCHEMA, REASON
@@ -224,10 +222,8 @@ class PersonaLive:
     ref: Any
     events: LiveEvents = field(default_factory=LiveEvents.empty)
     intents: dict[str, dict[str, float]] = field(default_factory=lambda: {k: {} for k in INTENT_KINDS})
-    score: np.ndarray | None = None  # per release segment, after rescoring
-    percentile: np.ndarray | None = None
-    member: np.ndarray | None = None
-    updated_at: float | None = None
+    # (score, percentile, member) per release segment and the time they were computed at, after rescoring
+    scored: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +260,10 @@ class LiveState:
         self.config = config
         self.segments = load_segments(self.meta, online, config.storage)
         self.feature_names = list(self.meta["feature_names"])
+        position = {name: i for i, name in enumerate(self.feature_names)}
+        # per model: the positions of its features in the release's vectors (None: the same order)
+        self.columns = [None if list(s.feature_names) == self.feature_names
+                        else np.array([position[name] for name in s.feature_names]) for s in self.segments]
         self.categories = self.meta.get("categories")
         # the run's category slots decide the catalogue's cat-slot features; the release names those it moves
         features = config.features.model_copy(update={"categories": self.categories}) if self.categories \
@@ -289,15 +289,17 @@ class LiveState:
         return found if found is not None else self.keys.get(h)
 
     # --- applying micro-batches ---------------------------------------------------------------------
-    async def apply_file(self, path: str, table: pa.Table | None = None) -> int:
+    # Applying runs on one thread per replica (the app's applier), never on the request loop: requests only
+    # read the dicts below and swap-in tuples, so a lookup never waits for a rescoring.
+    def apply_file(self, path: str, table: pa.Table | None = None) -> int:
         if path in self.files:
             return 0
         self.files.add(path)
         if table is None:
-            table = await asyncio.to_thread(read_parquet_file, path, self.config.storage)
-        return await self.apply(table, committed_at(path))
+            table = read_parquet_file(path, self.config.storage)
+        return self.apply(table, committed_at(path))
 
-    async def apply(self, table: pa.Table, committed_s: float) -> int:
+    def apply(self, table: pa.Table, committed_s: float) -> int:
         """Apply one micro-batch (see the module docstring); returns the personas it changed."""
         if table.num_rows == 0:
             return 0
@@ -317,7 +319,7 @@ class LiveState:
         identifiers = [_identifiers(row) for row in slim.to_pylist()]
         flat = sorted({h for ids in identifiers for (h, _, _) in ids})
         junk = set(np.asarray(flat, np.uint64)[self.release.junk_of(flat)].tolist()) if flat else set()
-        known = dict(zip(flat, await self.release.lookup_links(flat))) if flat else {}
+        known = dict(zip(flat, self.release.links_blocking(flat))) if flat else {}
         ts = (table.column("ts").cast(pa.int64()).to_numpy() / 1e6).tolist()
         rows = table.select(["partner_id", "event_type", "category", "brand", "order_id", "event_id", "quantity",
                              "price"]).to_pylist()
@@ -353,19 +355,22 @@ class LiveState:
             touched[persona_id] = live
             self.applied += 1
         if touched:
-            await self._rescore(list(touched.values()))
+            self._rescore(list(touched.values()))
         return len(touched)
 
-    async def _rescore(self, personas: Sequence[PersonaLive]) -> None:
-        bases = await self.release.bases([p.ref for p in personas])
+    def _rescore(self, personas: Sequence[PersonaLive]) -> None:
+        bases = self.release.bases_blocking([p.ref for p in personas])
         rows, times = [], []
         for live, base in zip(personas, bases):
             row, t = updated_features(base.inputs, self.feature_names, self.online, live.events, self.as_of_s,
                                       self.categories)
             rows.append(row)
             times.append(t)
-        matrix = np.vstack(rows)
-        table = pa.table({name: matrix[:, j] for j, name in enumerate(self.feature_names)})
+        # the release's vectors are already the float32 matrix XGBoost reads (features.matrix's convention:
+        # NaN = missing), so each model takes its columns by position; the Arrow table is only for eligibility
+        matrix = np.vstack(rows).astype(np.float32)
+        table = pa.Table.from_arrays([pa.array(matrix[:, j], pa.float64()) for j in range(matrix.shape[1])],
+                                     names=self.feature_names)
         n = len(personas)
         score = np.full((n, len(self.segments)), np.nan)
         pct = np.full((n, len(self.segments)), np.nan)
@@ -374,15 +379,14 @@ class LiveState:
             eligible = np.asarray(eligible_mask(seg.segment, table, seg.categories), bool)
             if not eligible.any():
                 continue
-            rows_in = table.filter(pa.array(eligible))
-            predicted = np.asarray(seg.booster.inplace_predict(feature_matrix(rows_in, seg.feature_names, "C")),
-                                   np.float64)
+            inputs = matrix[np.ix_(eligible, self.columns[j])] if self.columns[j] is not None else matrix[eligible]
+            predicted = np.asarray(seg.booster.inplace_predict(inputs), np.float64)
             score[eligible, j] = predicted
             if seg.curve is not None:
                 pct[eligible, j] = np.interp(predicted, seg.curve[0], seg.curve[1])
             member[eligible, j] = membership(predicted, pct[eligible, j], self.scoring)
         for i, (live, t) in enumerate(zip(personas, times)):
-            live.score, live.percentile, live.member, live.updated_at = score[i], pct[i], member[i], t
+            live.scored = (score[i], pct[i], member[i], t)  # one assignment: readers see old or new
 
 
 def _identifiers(slim_row: dict) -> list[tuple[int, str, str]]:

@@ -1,9 +1,10 @@
 """Where replicas read a release: `embedded` (each replica's memory) or `redis` (a Redis/Valkey server).
 
-Both answer the same three questions, so the application and its tests do not care which one runs:
-  lookup_key(hash)      partner-scoped lookup key -> persona (id, store reference) or None
-  lookup_links(hashes)  link ids -> personas (live events link new identifiers through them)
-  bases(refs)           the release's profile of each persona: scores, kept intents, feature vector
+Both answer the same questions, so the application and its tests do not care which one runs:
+  lookup_key(hash)        partner-scoped lookup key -> persona (id, store reference) or None   (request loop)
+  bases(refs)             the release's profile of each persona: scores, kept intents, feature vector
+  links_blocking(hashes)  link ids -> personas (live events link new identifiers through them) (applier thread)
+  bases_blocking(refs)    as bases, for the applier thread
 
 Embedded: the release's Parquet parts (local or s3://) are read once per release into numpy arrays: keys
 and links as sorted 64-bit hashes with the row they point to (a hash that points to two rows, a
@@ -153,7 +154,7 @@ class EmbeddedRelease:
         row = self.key_row_of(hash_value)
         return None if row < 0 else (self.ids[row].as_py(), row)
 
-    async def lookup_links(self, hashes: Sequence[int]) -> list[tuple[str, Ref] | None]:
+    def links_blocking(self, hashes: Sequence[int]) -> list[tuple[str, Ref] | None]:
         at = _find(self.link_hash, np.asarray(hashes, np.uint64))
         return [None if a < 0 else (self.ids[int(self.link_row[a])].as_py(), int(self.link_row[a])) for a in at]
 
@@ -169,6 +170,9 @@ class EmbeddedRelease:
             inputs=self.inputs[row])
 
     async def bases(self, refs: Sequence[Ref]) -> list[BaseProfile]:
+        return self.bases_blocking(refs)
+
+    def bases_blocking(self, refs: Sequence[Ref]) -> list[BaseProfile]:
         return [self.base_of(int(r)) for r in refs]
 
     async def close(self) -> None:
@@ -291,7 +295,7 @@ class RedisRelease:
             raise RuntimeError(f"release {meta['release_id']} is not complete in Redis (no meta key)")
         raw = sync.get(f"{self.namespace}:junk") or b""
         self.junk = np.frombuffer(raw, "<u8").astype(np.uint64)
-        sync.close()
+        self.sync = sync  # the applier thread's client; requests use the asyncio one
         self.client = redis.asyncio.Redis.from_url(config.serving.redis_url)
 
     def nbytes(self) -> int:
@@ -301,17 +305,22 @@ class RedisRelease:
         persona = await self.client.get(f"{self.namespace}:k:{_hex(hash_value)}")
         return None if persona is None else (persona.decode(), persona.decode())
 
-    async def lookup_links(self, hashes: Sequence[int]) -> list[tuple[str, Ref] | None]:
+    def links_blocking(self, hashes: Sequence[int]) -> list[tuple[str, Ref] | None]:
         if not hashes:
             return []
-        found = await self.client.mget([f"{self.namespace}:l:{_hex(h)}" for h in hashes])
+        found = self.sync.mget([f"{self.namespace}:l:{_hex(h)}" for h in hashes])
         return [None if p is None else (p.decode(), p.decode()) for p in found]
 
     def junk_of(self, hashes: Sequence[int]) -> np.ndarray:
         return _find(self.junk, np.asarray(hashes, np.uint64)) >= 0
 
     async def bases(self, refs: Sequence[Ref]) -> list[BaseProfile]:
-        raw = await self.client.mget([f"{self.namespace}:p:{r}" for r in refs])
+        return self._decode(await self.client.mget([f"{self.namespace}:p:{r}" for r in refs]))
+
+    def bases_blocking(self, refs: Sequence[Ref]) -> list[BaseProfile]:
+        return self._decode(self.sync.mget([f"{self.namespace}:p:{r}" for r in refs]))
+
+    def _decode(self, raw: list) -> list[BaseProfile]:
         out = []
         for blob in raw:
             if blob is None:
@@ -331,6 +340,7 @@ class RedisRelease:
 
     async def close(self) -> None:
         await self.client.aclose()
+        self.sync.close()
 
 
 def open_release(meta: dict[str, Any], online: OnlineLayout, config: JobConfig):
