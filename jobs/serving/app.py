@@ -7,7 +7,8 @@ rescoring. Three background loops:
   * release watcher: every `poll_release_seconds` reads ROOT/online/current.json; on a new release it loads
     it fully (in a thread, while requests keep using the old one), replays the event log onto it, then
     swaps one reference: a request sees one release from start to end, and no request fails for a switch;
-  * event tail: every `poll_events_seconds` applies the other replicas' new micro-batches (`jobs.serving.live`);
+  * event tail: every `poll_events_seconds` applies the other replicas' new micro-batches (`jobs.serving.live`),
+    listing the last two minute folders (once a minute, every folder since yesterday);
   * key ring: reloads the API key hashes every few seconds.
 Live events are written through a group commit (`commit_window_ms`), applied here, then acknowledged.
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 KEYRING_RELOAD_SECONDS = 2.0
 RELEASE_GRACE_SECONDS = 30.0
+FULL_SCAN_SECONDS = 60.0
 
 
 class GroupCommit:
@@ -112,6 +114,7 @@ class ProfileService:
         self.secret = b""
         self.tasks: list[asyncio.Task] = []
         self.applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-apply")
+        self.full_scan_at = time.monotonic()
 
     async def on_applier(self, fn, *args):
         """Run `fn(*args)` on the applier thread (one at a time: the live state has one writer)."""
@@ -185,9 +188,15 @@ class ProfileService:
         await old.release.close()
 
     async def catch_up(self) -> None:
-        """Apply micro-batches of the last two minutes that this replica has not applied yet."""
+        """Apply micro-batches of the last two minutes that this replica has not applied yet; once a minute,
+        of the whole log since yesterday (a replica stalled for longer than the window still converges)."""
         state = self.state
-        files = await asyncio.to_thread(self.event_log.recent)
+        if time.monotonic() - self.full_scan_at > FULL_SCAN_SECONDS:
+            self.full_scan_at = time.monotonic()
+            yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+            files = await asyncio.to_thread(self.event_log.since, yesterday)
+        else:
+            files = await asyncio.to_thread(self.event_log.recent)
         fresh = [path for path in sorted(files) if path not in state.files]
         if fresh:
             await self.on_applier(lambda: [state.apply_file(path) for path in fresh])
