@@ -1,7 +1,8 @@
 """One published fixture run per store, each served by its own Serve application (2 replicas) over HTTP.
 
 `deployed[store]` gives the application's URL, ROOT, config and one API key per partner. Both
-applications live for the session (deploying costs seconds) and are deleted at its end.
+applications live for the module that uses them (test_app.py) and are deleted after it, so their replicas
+do not hold CPUs while the rest of the suite runs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _deploy(store: str, root: str, serve_url: str, redis_url: str) -> Deployed:
     return deployed
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def deployed(tmp_path_factory, serve_url, redis_url):
     from ray import serve
 
