@@ -1,14 +1,14 @@
 """Train stage on a real local Ray: Ray Train XGBoost per segment from the features and labels TABLES, gates,
-the models bundle, honest alarms, S3, `--segment` carry-over; then score and report on the same run.
+the models bundle, honest alarms, S3, `--segment` carry-over.
 
 events_resolved and features/ are published by hand (`segment_tables`); labels/ comes from the real labels
-stage, so the chain labels -> train -> score -> report runs as the pipeline runs it.
+stage, so labels -> train runs as the pipeline runs it (test_segment_stages_on_real_upstream runs them all
+after the real resolve, plan and features stages).
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -27,13 +27,13 @@ from features.catalog import feature_names
 from jobs.config import JobConfig, SegmentConfig, TrainView
 from jobs.errors import UserError
 from jobs.model.booster import load_booster, model_version
-from jobs.run.layout import EVENTS_RESOLVED, FEATURES, LABELS, MODELS, SCORES, RunLayout
+from jobs.run.layout import EVENTS_RESOLVED, FEATURES, LABELS, MODELS, RunLayout
 from jobs.run.pipeline import run_pipeline
 from jobs.run.stage import Stage, ordered
-from jobs.stages import labels, report, score, train
+from jobs.stages import labels, train
 from jobs.storage import TableIn, TableOut, list_files, read_json, write_json
 
-STAGES = ordered([Stage.of(m.run) for m in (labels, train, score, report)])
+STAGES = ordered([Stage.of(m.run) for m in (labels, train)])
 
 
 def prepare_run(config: JobConfig, run_dir: str, personas: int, seed: int, leak: bool = False) -> RunLayout:
@@ -56,7 +56,7 @@ def card_of(layout: RunLayout, config: JobConfig, segment: str) -> dict:
 
 
 @pytest.mark.slow
-def test_train_publishes_one_bundle_skips_thin_segments_then_scores_and_reports(ray_cluster, tmp_path):
+def test_train_publishes_one_bundle_and_skips_thin_segments(ray_cluster, tmp_path):
     segments = [
         SegmentConfig(name="buyers", kind="ecommerce_buyers"),
         SegmentConfig(name="fashion_lovers", kind="category_lovers", category="fashion"),
@@ -64,7 +64,7 @@ def test_train_publishes_one_bundle_skips_thin_segments_then_scores_and_reports(
     ]
     config = small_config(tmp_path, segments)
     layout = prepare_run(config, str(tmp_path / "runs" / "r1"), personas=1500, seed=11)
-    summary = run_pipeline(config, STAGES, names=["labels", "train", "score", "report"], layout=layout)
+    summary = run_pipeline(config, STAGES, names=["labels", "train"], layout=layout)
     assert summary["status"] == "succeeded"
     stage_result = read_json(layout.summary, config.storage)["stages"]["train"]["result"]
     results = {name: read_json_metrics(layout, config, name) for name in ("buyers", "fashion_lovers", "ghost_brand")}
@@ -137,25 +137,6 @@ def test_train_publishes_one_bundle_skips_thin_segments_then_scores_and_reports(
     assert booster.feature_names == names
     assert booster.inplace_predict(np.zeros((3, len(names)), np.float32)).shape == (3,)
     assert list_files(layout.train_scratch, config.storage) == []  # Ray Train checkpoints removed after success
-
-    # score: the trained segments only, with the bundle's versions; the skipped one is said so
-    scores = TableIn(SCORES, layout.table(SCORES), config.storage)
-    assert scores.marker["segments"] == {
-        n: card_of(layout, config, n)["model_version"] for n in ("buyers", "fashion_lovers")
-    }
-    assert [s["segment"] for s in scores.marker["skipped"]] == ["ghost_brand"]
-    table = scores.arrow().to_pandas()
-    assert table.groupby("segment")["persona_id"].nunique().to_dict() == table.groupby("segment").size().to_dict()
-
-    # the run's report: every segment on one page, with charts and who was scored
-    page = (tmp_path / "runs" / "r1" / "report.html").read_text()
-    assert all(name in page for name in ("buyers", "fashion_lovers", "ghost_brand")) and "<svg" in page
-    buyers_row = re.search(r'<tr><td><a href="#buyers">buyers</a></td>.*?</tr>', page).group(0)
-    scored, members = (
-        int((table["segment"] == "buyers").sum()),
-        int(table[table["segment"] == "buyers"]["member"].sum()),
-    )
-    assert f"<td>{scored:,}</td><td>{members:,}</td>" in buyers_row and "<th>scored</th>" in page
 
     # unchanged inputs and config: the rerun skips the stage and keeps the models
     again = run_pipeline(config, STAGES, names=["labels", "train"], layout=layout)
