@@ -55,6 +55,14 @@ ExportsRootOpt = Annotated[Optional[str], typer.Option("--root", help="exports R
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (an embedding caller may swap it, then close it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 class _WithoutTraceback(logging.Formatter):
     """The console's lines: a record's message without its traceback (the log file keeps that)."""
 
@@ -69,9 +77,9 @@ class _WithoutTraceback(logging.Formatter):
 
 def _configure_logging() -> str:
     """Console: our INFO lines; the command's log file (returned) also keeps tracebacks."""
-    # force: each invocation binds to the current stderr (an embedding caller may swap it between calls)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
-    logging.getLogger().handlers[0].setFormatter(_WithoutTraceback(LOG_FORMAT))
+    console = _CurrentStderr()
+    console.setFormatter(_WithoutTraceback(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[console], force=True)
     for noisy in ("ray", "botocore", "s3fs", "aiobotocore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     folder = Path(tempfile.gettempdir()) / "segments-logs"

@@ -37,7 +37,8 @@ def _rows(table: pa.Table) -> list[str]:
 
 def _strip(value):
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE and not k.endswith("write_id")}
+        return {k: _strip(v) for k, v in value.items()
+                if k not in VOLATILE and k != "inputs" and not k.endswith("write_id")}  # inputs: write ids
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -54,7 +55,8 @@ def run_contents(root: Path, run_id: str) -> dict[str, object]:
             contents[str(table.relative_to(run))] = _rows(read_arrow(str(table), storage))
     for card in sorted(run.rglob("model_card.json")):
         contents[card.parent.name + "/model_card.json"] = _strip(json.loads(card.read_text()))
-    contents["plan.json"] = json.loads((run / "plan.json").read_text())
+    if (run / "plan.json").exists():
+        contents["plan.json"] = json.loads((run / "plan.json").read_text())
     exports = root / "exports"
     for manifest in sorted(exports.rglob("manifest.json")) if exports.exists() else []:
         folder = manifest.parent
