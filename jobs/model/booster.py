@@ -1,4 +1,5 @@
-"""The one way a model's bytes become an XGBoost booster, and the one definition of a model's version.
+"""The one way a model's bytes become an XGBoost booster, the one definition of a model's version, and the
+threads a booster may use inside a Ray worker.
 
 A model is the JSON document `model.json` of the models bundle; its version is the first 12 hex digits of
 the sha256 of those bytes, so a version names exactly one model and anyone holding the bytes can check it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import xgboost
+from threadpoolctl import threadpool_limits
 
 
 def model_version(raw: bytes) -> str:
@@ -28,3 +30,14 @@ def load_booster(raw: bytes, nthread: int | None = None) -> xgboost.Booster:
 def model_bytes(booster: xgboost.Booster) -> bytes:
     """The bytes `model.json` holds for a booster (XGBoost's JSON model format)."""
     return bytes(booster.save_raw("json"))
+
+
+def openmp_threads(n: int) -> threadpool_limits:
+    """Let XGBoost in this Ray worker use `n` threads; usable as a context manager (or held for an actor's life).
+
+    Ray starts a worker with OMP_NUM_THREADS set to its task's CPU reservation (1 for the fractional CPUs
+    we give Train workers and scoring actors), and XGBoost caps its `nthread` at OpenMP's maximum, so
+    without this a Train worker asked for 2 threads trains on 1. threadpoolctl raises the limit of the
+    OpenMP runtime XGBoost has loaded (this module imports xgboost first).
+    """
+    return threadpool_limits(limits=int(n), user_api="openmp")

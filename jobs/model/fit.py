@@ -27,10 +27,9 @@ from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
 from features.matrix import feature_matrix
 from jobs.config import TrainingConfig
-from jobs.model.booster import load_booster, model_bytes
+from jobs.model.booster import load_booster, model_bytes, openmp_threads
 from jobs.model.bundle import MODEL
 from jobs.model.examples import LABEL, SAMPLE, VALID
-from jobs.raykit.session import openmp_threads
 
 SHUFFLED_PREFIX = "shuffled-"
 FINAL_FILE = "final.json"

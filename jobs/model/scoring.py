@@ -25,10 +25,9 @@ import ray.data
 
 from features.matrix import feature_matrix
 from jobs.config import ScoringConfig
-from jobs.model.booster import load_booster
+from jobs.model.booster import load_booster, openmp_threads
 from jobs.model.bundle import ModelSpec
 from jobs.raykit.reduce import tree_reduce
-from jobs.raykit.session import openmp_threads
 from jobs.segments.definitions import eligible_mask
 from jobs.segments.membership import SCORED_SCHEMA, Lookup, assign, bin_counts, merge_histograms, percentile_lookup
 
@@ -41,7 +40,7 @@ class Scorer:
     def __init__(self, specs: Sequence[ModelSpec], nthread: int = 1, batch_size: int | None = None) -> None:
         self.batch_size = batch_size
         self.models = [(spec, load_booster(spec.raw, nthread)) for spec in specs]
-        self.threads = openmp_threads(nthread)  # held for the actor's life (see jobs.raykit.session)
+        self.threads = openmp_threads(nthread)  # held for the actor's life
 
     def __call__(self, block: pa.Table) -> pa.Table:
         if block.num_rows == 0 or not self.models:

@@ -97,14 +97,14 @@ def join_labels(features_ds: ray.data.Dataset, labels_ds: ray.data.Dataset | Non
 class LabelledSnapshots:
     """Labelled snapshots by cut-off, each built (one join) and materialized once, shared by every segment."""
 
-    def __init__(self, open_snapshot: Callable[[dt.date], ray.data.Dataset]) -> None:
-        self._open = open_snapshot
+    def __init__(self, build_snapshot: Callable[[dt.date], ray.data.Dataset]) -> None:
+        self._build = build_snapshot
         self._done: dict[dt.date, ray.data.Dataset] = {}
 
     def at(self, as_of: dt.date) -> ray.data.Dataset:
         if as_of not in self._done:
             log.info("train: labelled snapshot as of %s", as_of)
-            self._done[as_of] = self._open(as_of).materialize()
+            self._done[as_of] = self._build(as_of).materialize()
         return self._done[as_of]
 
 

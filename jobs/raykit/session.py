@@ -52,17 +52,3 @@ def ray_session(config: RayConfig) -> Iterator[None]:
     finally:
         if started_here:
             ray.shutdown()
-
-
-def openmp_threads(n: int):
-    """Let OpenMP code in this Ray worker (XGBoost) use `n` threads; usable as a context manager.
-
-    Ray starts a worker with OMP_NUM_THREADS set to its task's CPU reservation (1 for the fractional CPUs
-    we give Train workers and scoring actors), and XGBoost caps its `nthread` at OpenMP's maximum, so
-    without this a Train worker asked for 2 threads trains on 1. threadpoolctl raises the limit of the
-    OpenMP runtime already loaded (import xgboost first).
-    """
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=int(n), user_api="openmp")
-
