@@ -90,9 +90,9 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
     scratch = TrainScratch(scratch_path, fs if is_s3(scratch_dir) else None)
     inputs = {"features": features.version, "labels": labels.version}
     previous = TableIn(models.name, models.path, models.storage)
-    previous_segments = (
-        (previous.marker.get("segments", {}) if previous.version else {}) if view.training.only_segments else {}
-    )
+    previous_segments = {}
+    if view.training.only_segments and previous.version:  # the segments not refitted keep their files
+        previous_segments = previous.marker.get("segments", {})
 
     results: dict[str, dict] = {}
     extra = {"segments": {}, "categories": list(plan.categories), "carried_over": []}
