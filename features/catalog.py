@@ -127,135 +127,435 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
     for w in W:
         add(f"orders_{w}d", "rfm", INT, w, f"distinct orders (partner + order_id) in {_window_text(w)}", "orders")
     for w in W:
-        add(f"items_{w}d", "rfm", INT, w, f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}",
-            "items")
+        add(
+            f"items_{w}d", "rfm", INT, w, f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}", "items"
+        )
     for w in W:
-        add(f"revenue_{w}d", "rfm", FLOAT, w, f"spend (sum of price x quantity of purchases) in {_window_text(w)}",
-            "revenue")
+        add(
+            f"revenue_{w}d",
+            "rfm",
+            FLOAT,
+            w,
+            f"spend (sum of price x quantity of purchases) in {_window_text(w)}",
+            "revenue",
+        )
     for w in W:
         add(f"aov_{w}d", "rfm", FLOAT, w, f"average order value in {_window_text(w)}", "aov", missing=nan_no_orders)
     for label, types in (("event", None), ("view", VIEW), ("cart", CART), ("purchase", PURCHASE), ("click", CLICK)):
         what = "any event" if types is None else f"the last {'/'.join(types)}"
-        add(f"days_since_last_{label}", "rfm", FLOAT, None, f"days from {what} to the cut-off (fractional)",
-            "days_since", missing=f"NaN (no {label} ever)", types=types, which="last")
-    add("days_since_first_event", "rfm", FLOAT, None, "tenure: days from the first event to the cut-off",
-        "days_since", missing="NaN (no events)", types=None, which="first")
-    add("interpurchase_days_mean_365d", "rfm", FLOAT, 365, "mean days between consecutive orders in the last 365 days",
-        "interpurchase", missing="NaN (fewer than 2 orders)", how="mean")
-    add("interpurchase_days_std_365d", "rfm", FLOAT, 365,
+        add(
+            f"days_since_last_{label}",
+            "rfm",
+            FLOAT,
+            None,
+            f"days from {what} to the cut-off (fractional)",
+            "days_since",
+            missing=f"NaN (no {label} ever)",
+            types=types,
+            which="last",
+        )
+    add(
+        "days_since_first_event",
+        "rfm",
+        FLOAT,
+        None,
+        "tenure: days from the first event to the cut-off",
+        "days_since",
+        missing="NaN (no events)",
+        types=None,
+        which="first",
+    )
+    add(
+        "interpurchase_days_mean_365d",
+        "rfm",
+        FLOAT,
+        365,
+        "mean days between consecutive orders in the last 365 days",
+        "interpurchase",
+        missing="NaN (fewer than 2 orders)",
+        how="mean",
+    )
+    add(
+        "interpurchase_days_std_365d",
+        "rfm",
+        FLOAT,
+        365,
         "population standard deviation of the days between consecutive orders in the last 365 days",
-        "interpurchase", missing="NaN (fewer than 3 orders)", how="std")
+        "interpurchase",
+        missing="NaN (fewer than 3 orders)",
+        how="std",
+    )
     for measure in ("orders", "revenue", "views"):
-        add(f"{measure}_trend_30d_vs_90d", "rfm", FLOAT, 90,
+        add(
+            f"{measure}_trend_30d_vs_90d",
+            "rfm",
+            FLOAT,
+            90,
             f"(r - e) / (r + e) with r = {measure} per day in the last 30 days and e = {measure} per day in the "
             "30 to 90 days before the cut-off: +1 only recent, -1 only earlier",
-            "trend", missing=f"NaN (no {measure} in 90 days)", measure=measure, recent=30)
+            "trend",
+            missing=f"NaN (no {measure} in 90 days)",
+            measure=measure,
+            recent=30,
+        )
 
     # --- Engagement and funnel --------------------------------------------------------------------
     for w in W:
         add(f"events_{w}d", "engagement", INT, w, f"events of any type in {_window_text(w)}", "count", types=None)
     for w in W:
-        add(f"sessions_{w}d", "engagement", INT, w, f"distinct sessions (session_key) in {_window_text(w)}",
-            "distinct", key="session", types=None)
+        add(
+            f"sessions_{w}d",
+            "engagement",
+            INT,
+            w,
+            f"distinct sessions (session_key) in {_window_text(w)}",
+            "distinct",
+            key="session",
+            types=None,
+        )
     for w in W:
-        add(f"product_views_{w}d", "engagement", INT, w, f"product_view events in {_window_text(w)}", "count",
-            types=VIEW)
+        add(
+            f"product_views_{w}d",
+            "engagement",
+            INT,
+            w,
+            f"product_view events in {_window_text(w)}",
+            "count",
+            types=VIEW,
+        )
     for w in W:
         add(f"carts_{w}d", "engagement", INT, w, f"add_to_cart events in {_window_text(w)}", "count", types=CART)
     for w in W:
-        add(f"active_days_{w}d", "engagement", INT, w, f"distinct UTC days with an event in {_window_text(w)}",
-            "distinct", key="day", types=None)
+        add(
+            f"active_days_{w}d",
+            "engagement",
+            INT,
+            w,
+            f"distinct UTC days with an event in {_window_text(w)}",
+            "distinct",
+            key="day",
+            types=None,
+        )
     for w in WL:
-        add(f"view_to_cart_rate_{w}d", "engagement", FLOAT, w,
-            f"add_to_cart / product_view events in {_window_text(w)}", "ratio",
-            missing="NaN (no product views)", num=CART, den=VIEW)
+        add(
+            f"view_to_cart_rate_{w}d",
+            "engagement",
+            FLOAT,
+            w,
+            f"add_to_cart / product_view events in {_window_text(w)}",
+            "ratio",
+            missing="NaN (no product views)",
+            num=CART,
+            den=VIEW,
+        )
     for w in WL:
-        add(f"cart_to_purchase_rate_{w}d", "engagement", FLOAT, w,
-            f"purchase lines / add_to_cart events in {_window_text(w)}", "ratio",
-            missing="NaN (no carts)", num=PURCHASE, den=CART)
+        add(
+            f"cart_to_purchase_rate_{w}d",
+            "engagement",
+            FLOAT,
+            w,
+            f"purchase lines / add_to_cart events in {_window_text(w)}",
+            "ratio",
+            missing="NaN (no carts)",
+            num=PURCHASE,
+            den=CART,
+        )
     for w in WL:
-        add(f"view_to_purchase_rate_{w}d", "engagement", FLOAT, w,
-            f"purchase lines / product_view events in {_window_text(w)}", "ratio", missing="NaN (no product views)",
-            num=PURCHASE, den=VIEW)
-    add("session_minutes_mean_90d", "engagement", FLOAT, 90,
+        add(
+            f"view_to_purchase_rate_{w}d",
+            "engagement",
+            FLOAT,
+            w,
+            f"purchase lines / product_view events in {_window_text(w)}",
+            "ratio",
+            missing="NaN (no product views)",
+            num=PURCHASE,
+            den=VIEW,
+        )
+    add(
+        "session_minutes_mean_90d",
+        "engagement",
+        FLOAT,
+        90,
         "mean session length (first to last event of a session_key, minutes) over sessions in the last 90 days",
-        "session_minutes", missing="NaN (no sessions)")
-    add("events_per_session_90d", "engagement", FLOAT, 90,
-        "events with a session_key per distinct session, last 90 days", "events_per_session",
-        missing="NaN (no sessions)")
-    add("products_viewed_90d", "engagement", INT, 90, "distinct products viewed in the last 90 days",
-        "distinct", key="product", types=VIEW)
+        "session_minutes",
+        missing="NaN (no sessions)",
+    )
+    add(
+        "events_per_session_90d",
+        "engagement",
+        FLOAT,
+        90,
+        "events with a session_key per distinct session, last 90 days",
+        "events_per_session",
+        missing="NaN (no sessions)",
+    )
+    add(
+        "products_viewed_90d",
+        "engagement",
+        INT,
+        90,
+        "distinct products viewed in the last 90 days",
+        "distinct",
+        key="product",
+        types=VIEW,
+    )
     for source in TRAFFIC_SOURCES:
-        add(f"traffic_{source}_share_365d", "engagement", FLOAT, 365,
-            f"share of events with a traffic_source that came from {source!r}, last 365 days", "share",
-            missing="NaN (no traffic_source)", key="traffic_source", values=(source,))
-    add("main_traffic_source", "engagement", FLOAT, 365,
-        f"most frequent traffic_source in the last 365 days; codes {_codes_text(TRAFFIC_SOURCES)}", "mode",
-        kind="c", missing="NaN (no traffic_source)", key="traffic_source", types=None)
+        add(
+            f"traffic_{source}_share_365d",
+            "engagement",
+            FLOAT,
+            365,
+            f"share of events with a traffic_source that came from {source!r}, last 365 days",
+            "share",
+            missing="NaN (no traffic_source)",
+            key="traffic_source",
+            values=(source,),
+        )
+    add(
+        "main_traffic_source",
+        "engagement",
+        FLOAT,
+        365,
+        f"most frequent traffic_source in the last 365 days; codes {_codes_text(TRAFFIC_SOURCES)}",
+        "mode",
+        kind="c",
+        missing="NaN (no traffic_source)",
+        key="traffic_source",
+        types=None,
+    )
 
     # --- Categories and brands --------------------------------------------------------------------
     for slot in range(category_slots(config)):
         c = f"cat{slot:02d}"
-        add(f"{c}_views_90d", "categories", INT, 90, f"product views in feature category {slot}, last 90 days",
-            "cat_count", slot=slot, types=VIEW)
-        add(f"{c}_purchases_365d", "categories", INT, 365, f"purchase lines in feature category {slot}, last 365 days",
-            "cat_count", slot=slot, types=PURCHASE)
-        add(f"{c}_spend_share_365d", "categories", FLOAT, 365, f"share of the 365-day spend in feature category {slot}",
-            "cat_spend_share", missing="NaN (no spend)", slot=slot)
-        add(f"{c}_months_bought_6m", "categories", INT, 180,
+        add(
+            f"{c}_views_90d",
+            "categories",
+            INT,
+            90,
+            f"product views in feature category {slot}, last 90 days",
+            "cat_count",
+            slot=slot,
+            types=VIEW,
+        )
+        add(
+            f"{c}_purchases_365d",
+            "categories",
+            INT,
+            365,
+            f"purchase lines in feature category {slot}, last 365 days",
+            "cat_count",
+            slot=slot,
+            types=PURCHASE,
+        )
+        add(
+            f"{c}_spend_share_365d",
+            "categories",
+            FLOAT,
+            365,
+            f"share of the 365-day spend in feature category {slot}",
+            "cat_spend_share",
+            missing="NaN (no spend)",
+            slot=slot,
+        )
+        add(
+            f"{c}_months_bought_6m",
+            "categories",
+            INT,
+            180,
             f"of the six 30-day blocks before the cut-off, those with a purchase in feature category {slot}",
-            "cat_months", slot=slot, months=6)
-    add("favourite_category", "categories", FLOAT, 365,
+            "cat_months",
+            slot=slot,
+            months=6,
+        )
+    add(
+        "favourite_category",
+        "categories",
+        FLOAT,
+        365,
         "feature category with the most view/cart/purchase events in the last 365 days: its slot number, "
-        f"{category_slots(config)} = another category", "favourite_category", kind="c",
-        missing="NaN (no categorised events)")
-    add("categories_viewed_90d", "categories", INT, 90, "distinct top-level categories viewed in the last 90 days",
-        "distinct", key="category", types=VIEW)
-    add("categories_bought_365d", "categories", INT, 365, "distinct top-level categories bought in the last 365 days",
-        "distinct", key="category", types=PURCHASE)
-    add("category_view_hhi_90d", "categories", FLOAT, 90,
+        f"{category_slots(config)} = another category",
+        "favourite_category",
+        kind="c",
+        missing="NaN (no categorised events)",
+    )
+    add(
+        "categories_viewed_90d",
+        "categories",
+        INT,
+        90,
+        "distinct top-level categories viewed in the last 90 days",
+        "distinct",
+        key="category",
+        types=VIEW,
+    )
+    add(
+        "categories_bought_365d",
+        "categories",
+        INT,
+        365,
+        "distinct top-level categories bought in the last 365 days",
+        "distinct",
+        key="category",
+        types=PURCHASE,
+    )
+    add(
+        "category_view_hhi_90d",
+        "categories",
+        FLOAT,
+        90,
         "concentration of product views over top-level categories (sum of squared shares), last 90 days",
-        "hhi", missing="NaN (no categorised views)", key="category", types=VIEW, weight="count")
-    add("new_categories_bought_90d", "categories", INT, 90,
-        "top-level categories bought in the last 90 days and never bought before that window", "new_categories")
-    add("brands_viewed_90d", "categories", INT, 90, "distinct brands viewed in the last 90 days",
-        "distinct", key="brand", types=VIEW)
-    add("brands_bought_365d", "categories", INT, 365, "distinct brands bought in the last 365 days",
-        "distinct", key="brand", types=PURCHASE)
-    add("brand_view_hhi_90d", "categories", FLOAT, 90,
+        "hhi",
+        missing="NaN (no categorised views)",
+        key="category",
+        types=VIEW,
+        weight="count",
+    )
+    add(
+        "new_categories_bought_90d",
+        "categories",
+        INT,
+        90,
+        "top-level categories bought in the last 90 days and never bought before that window",
+        "new_categories",
+    )
+    add(
+        "brands_viewed_90d",
+        "categories",
+        INT,
+        90,
+        "distinct brands viewed in the last 90 days",
+        "distinct",
+        key="brand",
+        types=VIEW,
+    )
+    add(
+        "brands_bought_365d",
+        "categories",
+        INT,
+        365,
+        "distinct brands bought in the last 365 days",
+        "distinct",
+        key="brand",
+        types=PURCHASE,
+    )
+    add(
+        "brand_view_hhi_90d",
+        "categories",
+        FLOAT,
+        90,
         "concentration of product views over brands (sum of squared shares), last 90 days",
-        "hhi", missing="NaN (no branded views)", key="brand", types=VIEW, weight="count")
-    add("brand_spend_hhi_365d", "categories", FLOAT, 365,
+        "hhi",
+        missing="NaN (no branded views)",
+        key="brand",
+        types=VIEW,
+        weight="count",
+    )
+    add(
+        "brand_spend_hhi_365d",
+        "categories",
+        FLOAT,
+        365,
         "concentration of spend over brands (sum of squared shares), last 365 days",
-        "hhi", missing="NaN (no branded spend)", key="brand", types=PURCHASE, weight="revenue")
-    add("top_brand_spend_share_365d", "categories", FLOAT, 365, "share of the branded 365-day spend on the top brand",
-        "top_share", missing="NaN (no branded spend)", key="brand", types=PURCHASE, weight="revenue")
+        "hhi",
+        missing="NaN (no branded spend)",
+        key="brand",
+        types=PURCHASE,
+        weight="revenue",
+    )
+    add(
+        "top_brand_spend_share_365d",
+        "categories",
+        FLOAT,
+        365,
+        "share of the branded 365-day spend on the top brand",
+        "top_share",
+        missing="NaN (no branded spend)",
+        key="brand",
+        types=PURCHASE,
+        weight="revenue",
+    )
 
     # --- Cross-partner behaviour ------------------------------------------------------------------
     for w in WL:
-        add(f"partners_visited_{w}d", "cross_partner", INT, w, f"distinct partners with any event in {_window_text(w)}",
-            "distinct", key="partner", types=None)
+        add(
+            f"partners_visited_{w}d",
+            "cross_partner",
+            INT,
+            w,
+            f"distinct partners with any event in {_window_text(w)}",
+            "distinct",
+            key="partner",
+            types=None,
+        )
     for w in (90, 365):
-        add(f"partners_bought_{w}d", "cross_partner", INT, w, f"distinct partners bought from in {_window_text(w)}",
-            "distinct", key="partner", types=PURCHASE)
-    add("partner_event_hhi_365d", "cross_partner", FLOAT, 365,
-        "concentration of events over partners (sum of squared shares), last 365 days", "hhi",
-        missing="NaN (no events)", key="partner", types=None, weight="count")
-    add("multi_partner_products_90d", "cross_partner", INT, 90, "distinct products viewed at 2+ partners, last 90 days",
-        "multi_partner_products")
-    add("price_spread_seen_90d", "cross_partner", FLOAT, 90,
+        add(
+            f"partners_bought_{w}d",
+            "cross_partner",
+            INT,
+            w,
+            f"distinct partners bought from in {_window_text(w)}",
+            "distinct",
+            key="partner",
+            types=PURCHASE,
+        )
+    add(
+        "partner_event_hhi_365d",
+        "cross_partner",
+        FLOAT,
+        365,
+        "concentration of events over partners (sum of squared shares), last 365 days",
+        "hhi",
+        missing="NaN (no events)",
+        key="partner",
+        types=None,
+        weight="count",
+    )
+    add(
+        "multi_partner_products_90d",
+        "cross_partner",
+        INT,
+        90,
+        "distinct products viewed at 2+ partners, last 90 days",
+        "multi_partner_products",
+    )
+    add(
+        "price_spread_seen_90d",
+        "cross_partner",
+        FLOAT,
+        90,
         "mean over products viewed at 2+ partners in the last 90 days of (max - min) / min viewed price",
-        "price_spread", missing="NaN (no product viewed at 2+ partners)")
+        "price_spread",
+        missing="NaN (no product viewed at 2+ partners)",
+    )
     days = config.comparison_days
-    add("compared_purchases_365d", "cross_partner", INT, 365,
+    add(
+        "compared_purchases_365d",
+        "cross_partner",
+        INT,
+        365,
         f"purchase lines whose product was viewed at 2+ partners within {days} days before (last 365 days)",
-        "compared_purchases")
-    add("compared_purchase_share_365d", "cross_partner", FLOAT, 365,
+        "compared_purchases",
+    )
+    add(
+        "compared_purchase_share_365d",
+        "cross_partner",
+        FLOAT,
+        365,
         "share of the 365-day purchase lines bought after such a comparison (the price-hunter signal)",
-        "compared_share", missing="NaN (no purchases)")
-    add("bought_cheapest_share_365d", "cross_partner", FLOAT, 365,
+        "compared_share",
+        missing="NaN (no purchases)",
+    )
+    add(
+        "bought_cheapest_share_365d",
+        "cross_partner",
+        FLOAT,
+        365,
         "of the compared purchase lines (last 365 days), the share bought at or below the lowest price viewed "
-        "in the comparison", "cheapest_share", missing="NaN (no compared purchases)")
+        "in the comparison",
+        "cheapest_share",
+        missing="NaN (no compared purchases)",
+    )
 
     # --- Identity and devices ---------------------------------------------------------------------
     for key, text in (
@@ -265,98 +565,320 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         ("customer", "distinct partner customer records (partner + customer_id)"),
         ("subscriber", "distinct partner subscriber records (partner + subscriber_id)"),
     ):
-        add(f"{key}s", "identity", INT, None, f"{text} seen, all history before the cut-off", "distinct", key=key,
-            types=None)
-    add("subscribe_events", "identity", INT, None, "subscribe events, all history before the cut-off",
-        "count", types=("subscribe",))
+        add(
+            f"{key}s",
+            "identity",
+            INT,
+            None,
+            f"{text} seen, all history before the cut-off",
+            "distinct",
+            key=key,
+            types=None,
+        )
+    add(
+        "subscribe_events",
+        "identity",
+        INT,
+        None,
+        "subscribe events, all history before the cut-off",
+        "count",
+        types=("subscribe",),
+    )
     add("logins_90d", "identity", INT, 90, "login events in the last 90 days", "count", types=("login",))
     for device in DEVICE_TYPES:
-        add(f"{device}_share_365d", "identity", FLOAT, 365,
-            f"share of events with a device_type that came from a {device}, last 365 days", "share",
-            missing="NaN (no device_type)", key="device_type", values=(device,))
-    add("main_device_type", "identity", FLOAT, 365,
-        f"most frequent device_type in the last 365 days; codes {_codes_text(DEVICE_TYPES)}", "mode", kind="c",
-        missing="NaN (no device_type)", key="device_type", types=None)
+        add(
+            f"{device}_share_365d",
+            "identity",
+            FLOAT,
+            365,
+            f"share of events with a device_type that came from a {device}, last 365 days",
+            "share",
+            missing="NaN (no device_type)",
+            key="device_type",
+            values=(device,),
+        )
+    add(
+        "main_device_type",
+        "identity",
+        FLOAT,
+        365,
+        f"most frequent device_type in the last 365 days; codes {_codes_text(DEVICE_TYPES)}",
+        "mode",
+        kind="c",
+        missing="NaN (no device_type)",
+        key="device_type",
+        types=None,
+    )
     for w in (90, 365):
-        add(f"messages_received_{w}d", "identity", INT, w,
-            f"campaign messages sent to the persona in {_window_text(w)}", "count", types=SENT)
+        add(
+            f"messages_received_{w}d",
+            "identity",
+            INT,
+            w,
+            f"campaign messages sent to the persona in {_window_text(w)}",
+            "count",
+            types=SENT,
+        )
     for w in (90, 365):
-        add(f"campaign_clicks_{w}d", "identity", INT, w, f"campaign message clicks in {_window_text(w)}", "count",
-            types=CLICK)
+        add(
+            f"campaign_clicks_{w}d",
+            "identity",
+            INT,
+            w,
+            f"campaign message clicks in {_window_text(w)}",
+            "count",
+            types=CLICK,
+        )
     for w in (90, 365):
-        add(f"campaign_click_rate_{w}d", "identity", FLOAT, w,
-            f"message_click / message_sent events in {_window_text(w)}", "ratio",
-            missing="NaN (no messages received)", num=CLICK, den=SENT)
+        add(
+            f"campaign_click_rate_{w}d",
+            "identity",
+            FLOAT,
+            w,
+            f"message_click / message_sent events in {_window_text(w)}",
+            "ratio",
+            missing="NaN (no messages received)",
+            num=CLICK,
+            den=SENT,
+        )
 
     # --- Time habits (UTC: the contract carries no time zone) -------------------------------------
     for name, lo, hi in DAYPARTS:
-        add(f"{name}_share_365d", "time", FLOAT, 365,
-            f"share of events between {lo:02d}:00 and {hi:02d}:00 UTC, last 365 days", "hour_share",
-            missing="NaN (no events)", lo=lo, hi=hi)
+        add(
+            f"{name}_share_365d",
+            "time",
+            FLOAT,
+            365,
+            f"share of events between {lo:02d}:00 and {hi:02d}:00 UTC, last 365 days",
+            "hour_share",
+            missing="NaN (no events)",
+            lo=lo,
+            hi=hi,
+        )
     for day_index, day in enumerate(WEEKDAYS):
-        add(f"{day}_share_365d", "time", FLOAT, 365, f"share of events on {day.capitalize()} (UTC), last 365 days",
-            "weekday_share", missing="NaN (no events)", days=(day_index,))
-    add("weekend_share_365d", "time", FLOAT, 365, "share of events on Saturday or Sunday (UTC), last 365 days",
-        "weekday_share", missing="NaN (no events)", days=(5, 6))
-    add("peak_hour_365d", "time", FLOAT, 365,
-        "UTC hour (0-23) with the most events in the last 365 days (lowest on ties)", "peak",
-        missing="NaN (no events)", key="hour")
-    add("peak_weekday_365d", "time", FLOAT, 365,
+        add(
+            f"{day}_share_365d",
+            "time",
+            FLOAT,
+            365,
+            f"share of events on {day.capitalize()} (UTC), last 365 days",
+            "weekday_share",
+            missing="NaN (no events)",
+            days=(day_index,),
+        )
+    add(
+        "weekend_share_365d",
+        "time",
+        FLOAT,
+        365,
+        "share of events on Saturday or Sunday (UTC), last 365 days",
+        "weekday_share",
+        missing="NaN (no events)",
+        days=(5, 6),
+    )
+    add(
+        "peak_hour_365d",
+        "time",
+        FLOAT,
+        365,
+        "UTC hour (0-23) with the most events in the last 365 days (lowest on ties)",
+        "peak",
+        missing="NaN (no events)",
+        key="hour",
+    )
+    add(
+        "peak_weekday_365d",
+        "time",
+        FLOAT,
+        365,
         "weekday with the most events in the last 365 days (lowest on ties); codes 0 = mon ... 6 = sun",
-        "peak", kind="c", missing="NaN (no events)", key="weekday")
+        "peak",
+        kind="c",
+        missing="NaN (no events)",
+        key="weekday",
+    )
 
     # --- Geography and payment --------------------------------------------------------------------
-    add("country", "geo_payment", FLOAT, 365,
+    add(
+        "country",
+        "geo_payment",
+        FLOAT,
+        365,
         "most frequent country in the last 365 days; code (A..Z) * 26 + (A..Z) of the alpha-2 code (BG = 32), "
-        f"{COUNTRY_OTHER} = not two letters", "mode", kind="c", missing="NaN (no country)", key="country", types=None)
-    add("countries_365d", "geo_payment", INT, 365, "distinct countries in the last 365 days", "distinct",
-        key="country", types=None)
-    add("cities_365d", "geo_payment", INT, 365, "distinct cities (country + city) in the last 365 days",
-        "distinct", key="city", types=None)
+        f"{COUNTRY_OTHER} = not two letters",
+        "mode",
+        kind="c",
+        missing="NaN (no country)",
+        key="country",
+        types=None,
+    )
+    add(
+        "countries_365d",
+        "geo_payment",
+        INT,
+        365,
+        "distinct countries in the last 365 days",
+        "distinct",
+        key="country",
+        types=None,
+    )
+    add(
+        "cities_365d",
+        "geo_payment",
+        INT,
+        365,
+        "distinct cities (country + city) in the last 365 days",
+        "distinct",
+        key="city",
+        types=None,
+    )
     for method in PAYMENT_METHODS + ("other",):
         what = f"paid with {method!r}" if method != "other" else "paid with a method outside the vocabulary"
-        add(f"pay_{method}_share_365d", "geo_payment", FLOAT, 365,
-            f"share of the 365-day orders with a payment_method {what}", "payment_share",
-            missing="NaN (no orders with a payment_method)", method=method)
-    add("installment_orders_365d", "geo_payment", INT, 365, "orders paid in installments in the last 365 days",
-        "orders", payment="installments")
-    add("main_payment_method", "geo_payment", FLOAT, 365,
+        add(
+            f"pay_{method}_share_365d",
+            "geo_payment",
+            FLOAT,
+            365,
+            f"share of the 365-day orders with a payment_method {what}",
+            "payment_share",
+            missing="NaN (no orders with a payment_method)",
+            method=method,
+        )
+    add(
+        "installment_orders_365d",
+        "geo_payment",
+        INT,
+        365,
+        "orders paid in installments in the last 365 days",
+        "orders",
+        payment="installments",
+    )
+    add(
+        "main_payment_method",
+        "geo_payment",
+        FLOAT,
+        365,
         f"most frequent payment_method of purchase lines in the last 365 days; codes {_codes_text(PAYMENT_METHODS)}",
-        "mode", kind="c", missing="NaN (no purchases with a payment_method)", key="payment_method", types=PURCHASE)
+        "mode",
+        kind="c",
+        missing="NaN (no purchases with a payment_method)",
+        key="payment_method",
+        types=PURCHASE,
+    )
 
     # --- Purchasing power -------------------------------------------------------------------------
-    add("viewed_price_rel_median_90d", "purchasing_power", FLOAT, 90,
+    add(
+        "viewed_price_rel_median_90d",
+        "purchasing_power",
+        FLOAT,
+        90,
         "mean over product views (last 90 days) of price / the median offer price of the view's category",
-        "price_rel_median", missing="NaN (no priced views)", types=VIEW)
-    add("bought_price_rel_median_365d", "purchasing_power", FLOAT, 365,
+        "price_rel_median",
+        missing="NaN (no priced views)",
+        types=VIEW,
+    )
+    add(
+        "bought_price_rel_median_365d",
+        "purchasing_power",
+        FLOAT,
+        365,
         "mean over purchase lines (last 365 days) of price / the median offer price of the line's category",
-        "price_rel_median", missing="NaN (no priced purchases)", types=PURCHASE)
-    add("premium_purchase_share_365d", "purchasing_power", FLOAT, 365,
+        "price_rel_median",
+        missing="NaN (no priced purchases)",
+        types=PURCHASE,
+    )
+    add(
+        "premium_purchase_share_365d",
+        "purchasing_power",
+        FLOAT,
+        365,
         "share of priced purchase lines (last 365 days) above 1.5 x their category's median offer price",
-        "premium_share", missing="NaN (no priced purchases)", factor=1.5)
-    add("max_order_value_365d", "purchasing_power", FLOAT, 365, "largest order value in the last 365 days",
-        "max_order_value", missing=nan_no_orders)
-    add("max_item_price_365d", "purchasing_power", FLOAT, 365, "highest unit price bought in the last 365 days",
-        "price_stat", missing="NaN (no priced purchases)", how="max", types=PURCHASE)
-    add("mean_item_price_365d", "purchasing_power", FLOAT, 365,
-        "mean unit price of purchase lines in the last 365 days", "price_stat",
-        missing="NaN (no priced purchases)", how="mean", types=PURCHASE)
+        "premium_share",
+        missing="NaN (no priced purchases)",
+        factor=1.5,
+    )
+    add(
+        "max_order_value_365d",
+        "purchasing_power",
+        FLOAT,
+        365,
+        "largest order value in the last 365 days",
+        "max_order_value",
+        missing=nan_no_orders,
+    )
+    add(
+        "max_item_price_365d",
+        "purchasing_power",
+        FLOAT,
+        365,
+        "highest unit price bought in the last 365 days",
+        "price_stat",
+        missing="NaN (no priced purchases)",
+        how="max",
+        types=PURCHASE,
+    )
+    add(
+        "mean_item_price_365d",
+        "purchasing_power",
+        FLOAT,
+        365,
+        "mean unit price of purchase lines in the last 365 days",
+        "price_stat",
+        missing="NaN (no priced purchases)",
+        how="mean",
+        types=PURCHASE,
+    )
 
     # --- Social influence (a message_sent's click_token clicked by another persona) ---------------
-    add("forwarded_clicks_365d", "social", INT, 365,
+    add(
+        "forwarded_clicks_365d",
+        "social",
+        INT,
+        365,
         "clicks by other personas on campaign messages sent to this persona (forwarded links), last 365 days",
-        "social", role="sender", measure="clicks")
-    add("forwarded_clickers_365d", "social", INT, 365,
+        "social",
+        role="sender",
+        measure="clicks",
+    )
+    add(
+        "forwarded_clickers_365d",
+        "social",
+        INT,
+        365,
         "distinct other personas who clicked this persona's campaign messages, last 365 days",
-        "social", role="sender", measure="others")
-    add("messages_forwarded_365d", "social", INT, 365,
+        "social",
+        role="sender",
+        measure="others",
+    )
+    add(
+        "messages_forwarded_365d",
+        "social",
+        INT,
+        365,
         "distinct campaign messages of this persona clicked by another persona, last 365 days",
-        "social", role="sender", measure="messages")
-    add("forward_rate_365d", "social", FLOAT, 365,
-        "messages_forwarded_365d / messages_received_365d", "forward_rate", missing="NaN (no messages received)")
-    add("clicks_on_others_messages_365d", "social", INT, 365,
+        "social",
+        role="sender",
+        measure="messages",
+    )
+    add(
+        "forward_rate_365d",
+        "social",
+        FLOAT,
+        365,
+        "messages_forwarded_365d / messages_received_365d",
+        "forward_rate",
+        missing="NaN (no messages received)",
+    )
+    add(
+        "clicks_on_others_messages_365d",
+        "social",
+        INT,
+        365,
         "this persona's clicks on campaign messages that were sent to another persona, last 365 days",
-        "social", role="clicker", measure="clicks")
+        "social",
+        role="clicker",
+        measure="clicks",
+    )
 
     names = [f.name for f in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -98,8 +98,12 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
     index = {f.name: i for i, f in enumerate(features, start=1)}
     for group, title in GROUPS.items():
         members = [f for f in features if f.group == group]
-        out += [f"## {title} ({len(members)})", "", "| # | feature | type | window | missing | description |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            f"## {title} ({len(members)})",
+            "",
+            "| # | feature | type | window | missing | description |",
+            "|---|---|---|---|---|---|",
+        ]
         out += [
             f"| {index[f.name]} | `{f.name}` | {_type(f)} | {_window(f)} | {f.missing} | {f.description} |"
             for f in members

@@ -120,8 +120,14 @@ class Partition:
         self.persona_ids = persona.dictionary.take(pa.array(order, pa.int64()))
         self.P = len(order)
         # Canonical row order: per-persona float sums then never depend on the order rows arrived in.
-        keyed = pa.table({"p": pidx, "ts": table.column("ts"), "partner_id": table.column("partner_id"),
-                          "event_id": table.column("event_id")})
+        keyed = pa.table(
+            {
+                "p": pidx,
+                "ts": table.column("ts"),
+                "partner_id": table.column("partner_id"),
+                "event_id": table.column("event_id"),
+            }
+        )
         # Columns stay in arrival order; every per-row array derived from them is permuted by `_order`
         # (integer codes are far cheaper to permute than strings).
         self._rows = table
@@ -247,17 +253,25 @@ class Partition:
             }[name]
             inner, outer = self.encode(value, normalise), self.key(scope)
             return np.where((inner >= 0) & (outer >= 0), outer * (int(inner.max(initial=-1)) + 1) + inner, -1)
-        source = {"session": "session_key", "device": "device_id", "partner": "partner_id", "brand": "brand",
-                  "product": "product_id"}[name]
+        source = {
+            "session": "session_key",
+            "device": "device_id",
+            "partner": "partner_id",
+            "brand": "brand",
+            "product": "product_id",
+        }[name]
         return self.encode(source)
 
     @property
     def category_median(self) -> np.ndarray:
         """Median offer price of each row's category path (NaN when unknown)."""
+
         def make() -> np.ndarray:
             medians = self._medians
-            lookup = {} if medians is None else dict(
-                zip(medians.column("category").to_pylist(), medians.column("median_price").to_pylist())
+            lookup = (
+                {}
+                if medians is None
+                else dict(zip(medians.column("category").to_pylist(), medians.column("median_price").to_pylist()))
             )
             return self.lookup("category", lookup.get, np.float64, np.nan)
 
@@ -266,6 +280,7 @@ class Partition:
     @property
     def orders(self) -> dict[str, np.ndarray]:
         """One entry per order (partner + order_id; a purchase row without order_id is its own order)."""
+
         def make() -> dict[str, np.ndarray]:
             purchase = self.of_type(PURCHASE)
             rows = np.flatnonzero(purchase)
@@ -294,6 +309,7 @@ class Partition:
     def comparisons(self) -> dict[str, np.ndarray]:
         """Per purchase row with a product: the partners that showed the product within comparison_days before
         it, and the lowest price they showed."""
+
         def make() -> dict[str, np.ndarray]:
             product = self.key("product")
             width = int(product.max(initial=-1)) + 1
@@ -302,8 +318,9 @@ class Partition:
             view = np.flatnonzero(self.of_type(VIEW) & (product >= 0))
             view = view[np.isin(key[view], key[purchase])]
             bought = pa.table({"k": key[purchase], "row": purchase, "pts": self.ts[purchase]})
-            seen = pa.table({"k": key[view], "vts": self.ts[view], "partner": self.key("partner")[view],
-                             "vprice": self.price[view]})
+            seen = pa.table(
+                {"k": key[view], "vts": self.ts[view], "partner": self.key("partner")[view], "vprice": self.price[view]}
+            )
             pairs = bought.join(seen, keys="k", join_type="inner")
             gap = pc.subtract(pairs.column("pts"), pairs.column("vts"))
             keep = pc.and_(pc.greater_equal(gap, 0), pc.less_equal(gap, self.config.comparison_days * DAY_US))
@@ -321,6 +338,7 @@ class Partition:
     @property
     def social(self) -> pa.Table:
         """This partition's forwarded-click links (`social_links` rows) before the cut-off, `p` = persona index."""
+
         def make() -> pa.Table:
             links = LINK_SCHEMA.empty_table() if self._social is None else self._social.cast(LINK_SCHEMA)
             index = pc.index_in(links.column("persona_id"), value_set=self.persona_ids)

@@ -19,8 +19,13 @@ from jobs.contract.schema import TS_TYPE
 
 OFFER_KEYS = ["category", "product_id", "partner_id", "price"]
 OFFER_SCHEMA = pa.schema(
-    [("category", pa.string()), ("product_id", pa.string()), ("partner_id", pa.string()), ("price", pa.float64()),
-     ("first_seen", TS_TYPE)]
+    [
+        ("category", pa.string()),
+        ("product_id", pa.string()),
+        ("partner_id", pa.string()),
+        ("price", pa.float64()),
+        ("first_seen", TS_TYPE),
+    ]
 )
 MEDIAN_SCHEMA = pa.schema([("category", pa.string()), ("median_price", pa.float64())])
 

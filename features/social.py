@@ -19,12 +19,25 @@ from jobs.contract.schema import TS_TYPE
 
 TOKEN_KEYS = ["partner_id", "click_token"]
 TOKEN_SCHEMA = pa.schema(
-    [("partner_id", pa.string()), ("click_token", pa.string()), ("persona_id", pa.string()),
-     ("event_type", pa.string()), ("event_id", pa.string()), ("ts", TS_TYPE)]
+    [
+        ("partner_id", pa.string()),
+        ("click_token", pa.string()),
+        ("persona_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_id", pa.string()),
+        ("ts", TS_TYPE),
+    ]
 )
 LINK_SCHEMA = pa.schema(
-    [("persona_id", pa.string()), ("role", pa.string()), ("other_persona_id", pa.string()),
-     ("partner_id", pa.string()), ("click_token", pa.string()), ("click_id", pa.string()), ("ts", TS_TYPE)]
+    [
+        ("persona_id", pa.string()),
+        ("role", pa.string()),
+        ("other_persona_id", pa.string()),
+        ("partner_id", pa.string()),
+        ("click_token", pa.string()),
+        ("click_id", pa.string()),
+        ("ts", TS_TYPE),
+    ]
 )
 SNAPSHOT_LINK_SCHEMA = LINK_SCHEMA.append(pa.field("as_of", pa.date32()))
 

@@ -252,6 +252,7 @@ def _new_categories(p: Partition, f: Feature) -> np.ndarray:
 
 def _multi_partner_views(p: Partition, window: int) -> tuple[Groups, np.ndarray, np.ndarray, np.ndarray]:
     """Products viewed in the window per persona: partners that showed each, its lowest and highest price."""
+
     def make():
         g = p.groups(p.key("product"), p.rows(window, VIEW))
         partner = p.key("partner")[g.rows]
@@ -330,10 +331,15 @@ def _price_stat(p: Partition, f: Feature) -> np.ndarray:
 def _social_count(p: Partition, window: int, role: str, measure: str) -> np.ndarray:
     """Distinct clicks / other personas / messages per persona among its forwarded-click links in the window."""
     links = p.social
-    keep = pc.and_(pc.equal(links.column("role"), role),
-                   pc.greater_equal(links.column("ts").cast(pa.int64()), p.cutoff - window * DAY_US))
-    distinct = {"clicks": ["partner_id", "click_id"], "others": ["other_persona_id"],
-                "messages": ["partner_id", "click_token"]}[measure]
+    keep = pc.and_(
+        pc.equal(links.column("role"), role),
+        pc.greater_equal(links.column("ts").cast(pa.int64()), p.cutoff - window * DAY_US),
+    )
+    distinct = {
+        "clicks": ["partner_id", "click_id"],
+        "others": ["other_persona_id"],
+        "messages": ["partner_id", "click_token"],
+    }[measure]
     counted = links.filter(keep).group_by(["p", *distinct]).aggregate([]).group_by("p").aggregate([([], "count_all")])
     out = np.zeros(p.P, np.int64)
     out[counted.column("p").to_numpy()] = counted.column("count_all").to_numpy()
@@ -347,6 +353,7 @@ def _social(p: Partition, f: Feature) -> np.ndarray:
 
 @stat("forward_rate")
 def _forward_rate(p: Partition, f: Feature) -> np.ndarray:
-    return p.divide(_social_count(p, f.window, "sender", "messages").astype(np.float64),
-                    p.count(p.rows(f.window, ("message_sent",))).astype(np.float64))
-
+    return p.divide(
+        _social_count(p, f.window, "sender", "messages").astype(np.float64),
+        p.count(p.rows(f.window, ("message_sent",))).astype(np.float64),
+    )

@@ -18,23 +18,26 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-import yaml
 
 from jobs.config import JobConfig, describe_config, load_config
-from jobs.errors import SegmentsError, UserError, classify
+from jobs.errors import UserError, classify
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Cross-partner personas and look-alike smart segments on Ray.")
-features_app = typer.Typer(no_args_is_help=False,
-                           help="Feature table as of a cut-off date; `features list` shows the catalogue.")
-exports_app = typer.Typer(no_args_is_help=True,
-                          help="What partners pull: list exports, presigned URLs, bucket policies.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Cross-partner personas and look-alike smart segments on Ray."
+)
+features_app = typer.Typer(
+    no_args_is_help=False, help="Feature table as of a cut-off date; `features list` shows the catalogue."
+)
+exports_app = typer.Typer(
+    no_args_is_help=True, help="What partners pull: list exports, presigned URLs, bucket policies."
+)
 config_app = typer.Typer(no_args_is_help=True, help="The resolved job config.")
-serve_app = typer.Typer(no_args_is_help=False,
-                        help="Profiles and live events on Ray Serve; `serve keys create` makes a partner API key.")
+serve_app = typer.Typer(
+    no_args_is_help=False, help="Profiles and live events on Ray Serve; `serve keys create` makes a partner API key."
+)
 serve_keys_app = typer.Typer(no_args_is_help=True, help="Partner API keys of the online API (only hashes are stored).")
 app.add_typer(features_app, name="features")
 app.add_typer(exports_app, name="exports")
@@ -42,14 +45,21 @@ app.add_typer(config_app, name="config")
 app.add_typer(serve_app, name="serve")
 serve_app.add_typer(serve_keys_app, name="keys")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML job config; flags override it")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML job config; flags override it")]
 RunOpt = Annotated[str, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID (local or s3://)")]
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")]
-RunDateOpt = Annotated[Optional[dt.datetime], typer.Option(
-    "--run-date", formats=["%Y-%m-%d"],
-    help="schedule date YYYY-MM-DD (the run id when none is given, and the exports' RUN_DATE): for backfills")]
-DateOpt = Annotated[Optional[dt.datetime], typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
-ExportsRootOpt = Annotated[Optional[str], typer.Option("--root", help="exports ROOT (default: config export.root)")]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+]
+RunDateOpt = Annotated[
+    dt.datetime | None,
+    typer.Option(
+        "--run-date",
+        formats=["%Y-%m-%d"],
+        help="schedule date YYYY-MM-DD (the run id when none is given, and the exports' RUN_DATE): for backfills",
+    ),
+]
+DateOpt = Annotated[dt.datetime | None, typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
+ExportsRootOpt = Annotated[str | None, typer.Option("--root", help="exports ROOT (default: config export.root)")]
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -113,7 +123,7 @@ def _invoke(fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _config(config_file: Optional[Path], **overrides: Any) -> JobConfig:
+def _config(config_file: Path | None, **overrides: Any) -> JobConfig:
     return load_config(config_file, overrides)
 
 
@@ -145,8 +155,11 @@ def generate(
     """Synthetic cross-partner event logs in the input contract, with `true_person_id` ground truth."""
     from jobs.synthetic import write_events
 
-    _invoke(lambda: write_events(out, _config(config_file).storage, persons=persons, partners=partners, days=days,
-                                 seed=seed))
+    _invoke(
+        lambda: write_events(
+            out, _config(config_file).storage, persons=persons, partners=partners, days=days, seed=seed
+        )
+    )
 
 
 @app.command()
@@ -163,19 +176,22 @@ def resolve(
 @app.command("evaluate-personas")
 def evaluate_personas(
     run: RunOpt,
-    truth_column: Annotated[Optional[str], typer.Option("--truth-column", help="ground-truth person column")] = None,
+    truth_column: Annotated[str | None, typer.Option("--truth-column", help="ground-truth person column")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Pairwise precision / recall / F1 of the personas against ground truth."""
-    _invoke(lambda: _stages(_config(config_file, **{"evaluation.truth_column": truth_column, "ray.address": address}),
-                            ["evaluate"], run))
+    _invoke(
+        lambda: _stages(
+            _config(config_file, **{"evaluation.truth_column": truth_column, "ray.address": address}), ["evaluate"], run
+        )
+    )
 
 
 @features_app.callback(invoke_without_command=True)
 def features(
     ctx: typer.Context,
-    run: Annotated[Optional[str], typer.Option("--run", help="run folder: ROOT/runs/RUN_ID")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID")] = None,
     as_of: DateOpt = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
@@ -203,7 +219,7 @@ def features_list(
 @app.command()
 def train(
     run: RunOpt,
-    segment: Annotated[Optional[str], typer.Option("--segment", help="train only this segment")] = None,
+    segment: Annotated[str | None, typer.Option("--segment", help="train only this segment")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
@@ -256,7 +272,7 @@ def exports_url(
     partner: Annotated[str, typer.Option("--partner", help="partner id")],
     segment: Annotated[str, typer.Option("--segment", help="segment name")],
     root: ExportsRootOpt = None,
-    expires: Annotated[Optional[int], typer.Option("--expires", help="seconds the URLs stay valid")] = None,
+    expires: Annotated[int | None, typer.Option("--expires", help="seconds the URLs stay valid")] = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Presigned URLs for the partner's latest export of a segment."""
@@ -264,24 +280,27 @@ def exports_url(
 
     def run() -> Any:
         config = _config(config_file, **{"export.root": root, "export.url_expires_seconds": expires})
-        return presigned_urls(_exports_root(config), partner, segment, config.storage,
-                              config.export.url_expires_seconds)
+        return presigned_urls(
+            _exports_root(config), partner, segment, config.storage, config.export.url_expires_seconds
+        )
 
     _invoke(run)
 
 
 @exports_app.command("keys")
 def exports_keys(
-    email: Annotated[Optional[str], typer.Option("--email", help="an email as your store has it")] = None,
-    phone: Annotated[Optional[str], typer.Option("--phone", help="a phone as your store has it")] = None,
-    country: Annotated[Optional[str], typer.Option("--country", help="the contact's country (ISO 3166-1 alpha-2)")] = None,
+    email: Annotated[str | None, typer.Option("--email", help="an email as your store has it")] = None,
+    phone: Annotated[str | None, typer.Option("--phone", help="a phone as your store has it")] = None,
+    country: Annotated[str | None, typer.Option("--country", help="the contact's country (ISO 3166-1 alpha-2)")] = None,
 ) -> None:
     """The export keys a partner computes for its own contacts (the manifests' key_recipe)."""
     from jobs.exports.keys import KEY_RECIPE, contact_keys
 
     def run() -> Any:
         if email is None and phone is None:
-            raise UserError("`segments exports keys` needs --email and/or --phone (with --country for national numbers).")
+            raise UserError(
+                "`segments exports keys` needs --email and/or --phone (with --country for national numbers)."
+            )
         return {"key_recipe": KEY_RECIPE["version"], **contact_keys(email=email, phone=phone, country=country)}
 
     _invoke(run)
@@ -291,7 +310,7 @@ def exports_keys(
 def exports_policy(
     partner: Annotated[str, typer.Option("--partner", help="partner id")],
     principal: Annotated[str, typer.Option("--principal", help="the partner's AWS principal ARN")],
-    root: Annotated[Optional[str], typer.Option("--root", help="exports ROOT (s3://bucket/prefix)")] = None,
+    root: Annotated[str | None, typer.Option("--root", help="exports ROOT (s3://bucket/prefix)")] = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """The partner's S3 bucket policy as JSON: read-only on its own prefix."""
@@ -303,7 +322,9 @@ def exports_policy(
 @app.command("run")
 def run_command(
     config_file: Annotated[Path, typer.Option("--config", help="YAML job config")],
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="run id (default: from config or the run date)")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="run id (default: from config or the run date)")
+    ] = None,
     run_date: RunDateOpt = None,
     address: AddressOpt = None,
 ) -> None:
@@ -324,8 +345,12 @@ def config_show(config_file: ConfigOpt = None) -> None:
 @app.command()
 def demo(
     out: Annotated[str, typer.Option("--out", help="where the demo writes (local folder)")] = "demo-out",
-    persons: Annotated[int, typer.Option(
-        min=1000, help="people in the sample (fewer than 1000 leave the segments below their training minimums)")] = 3000,
+    persons: Annotated[
+        int,
+        typer.Option(
+            min=1000, help="people in the sample (fewer than 1000 leave the segments below their training minimums)"
+        ),
+    ] = 3000,
 ) -> None:
     """Generate a sample, run the whole pipeline on a local Ray, print where everything landed."""
     from jobs.run.demo import run_demo
@@ -343,8 +368,11 @@ def submit(
     """Submit the whole pipeline to a Ray cluster as a Ray Job."""
     from jobs.run.submit import submit_job
 
-    _invoke(lambda: submit_job(address=address, config_file=config_file,
-                               run_date=run_date.date() if run_date else None, wait=wait))
+    _invoke(
+        lambda: submit_job(
+            address=address, config_file=config_file, run_date=run_date.date() if run_date else None, wait=wait
+        )
+    )
 
 
 @app.command()
@@ -372,7 +400,7 @@ def logs(
 @app.command()
 def publish(
     run: RunOpt,
-    store: Annotated[Optional[str], typer.Option("--store", help="embedded (default) or redis")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="embedded (default) or redis")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
@@ -385,8 +413,8 @@ def publish(
 @serve_app.callback(invoke_without_command=True)
 def serve(
     ctx: typer.Context,
-    root: Annotated[Optional[str], typer.Option("--root", help="ROOT holding online/ (local or s3://)")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="HTTP port of the Serve proxy (default 8000)")] = None,
+    root: Annotated[str | None, typer.Option("--root", help="ROOT holding online/ (local or s3://)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="HTTP port of the Serve proxy (default 8000)")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:

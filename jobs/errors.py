@@ -20,8 +20,15 @@ class InfraError(SegmentsError):
     exit_code = 3
 
 
-_INFRA_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                "ProxyConnectionError", "ClientConnectorError", "ServerDisconnectedError")
+_INFRA_NAMES = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ProxyConnectionError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+)
 
 
 def _causes(exc: BaseException):
@@ -47,11 +54,15 @@ def classify(exc: BaseException) -> SegmentsError | None:
         if isinstance(cause, SegmentsError):
             return cause
         if type(cause).__name__ in _INFRA_NAMES or isinstance(cause, (ConnectionError, TimeoutError)):
-            return InfraError(f"the object store or cluster did not answer after retries ({type(cause).__name__}: "
-                              f"{str(cause)[:300]}). Check that the endpoint is up and reachable, then run again: "
-                              "finished stages are kept.")
+            return InfraError(
+                f"the object store or cluster did not answer after retries ({type(cause).__name__}: "
+                f"{str(cause)[:300]}). Check that the endpoint is up and reachable, then run again: "
+                "finished stages are kept."
+            )
         if isinstance(cause, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
             what = f"path {cause.filename}: {cause.strerror}" if cause.filename else str(cause)
-            return UserError(f"a path cannot be used ({type(cause).__name__}): {what[:400]}. Choose another path "
-                             "or fix its permissions.")
+            return UserError(
+                f"a path cannot be used ({type(cause).__name__}): {what[:400]}. Choose another path "
+                "or fix its permissions."
+            )
     return None

@@ -146,20 +146,27 @@ def main() -> None:
             assert ray_personas == personas, (ray_personas, personas)
             paired = sorted(r[0] / b[0] for r, b in zip(runs, base))
             row = {
-                "events": size["events"], "personas": personas, "as_of": size["as_of"].isoformat(),
-                "baseline_s": round(base_s, 3), "ray_s": round(ray_s, 3), "ratio": round(ray_s / base_s, 3),
+                "events": size["events"],
+                "personas": personas,
+                "as_of": size["as_of"].isoformat(),
+                "baseline_s": round(base_s, 3),
+                "ray_s": round(ray_s, 3),
+                "ratio": round(ray_s / base_s, 3),
                 "ratio_median_of_pairs": round(paired[len(paired) // 2], 3),
                 "baseline_events_per_s": round(size["events"] / base_s),
                 "ray_events_per_s": round(size["events"] / ray_s),
-                "baseline_personas_per_s": round(personas / base_s), "ray_personas_per_s": round(personas / ray_s),
+                "baseline_personas_per_s": round(personas / base_s),
+                "ray_personas_per_s": round(personas / ray_s),
                 "baseline_s_per_m_events": round(base_s / size["events"] * 1e6, 3),
                 "ray_s_per_m_events": round(ray_s / size["events"] * 1e6, 3),
-                "all_baseline_s": [round(b[0], 3) for b in base], "all_ray_s": [round(r[0], 3) for r in runs],
+                "all_baseline_s": [round(b[0], 3) for b in base],
+                "all_ray_s": [round(r[0], 3) for r in runs],
                 **read_times(size["folder"]),
             }
             if cold is not None:
-                row.update(ray_cold_s=round(cold, 3), ray_startup_s=round(startup, 3),
-                           ratio_cold=round(cold / base_s, 3))
+                row.update(
+                    ray_cold_s=round(cold, 3), ray_startup_s=round(startup, 3), ratio_cold=round(cold / base_s, 3)
+                )
             results.append(row)
             print(json.dumps(row), flush=True)
             del blocks, events
@@ -169,20 +176,28 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print()
-    print(f"{'events':>10} {'personas':>9} {'baseline s':>11} {'ray s':>7} {'ratio':>6} {'pairs':>6} {'ray ev/s':>10} "
-          f"{'ray pers/s':>10} {'base s/M ev':>11} {'ray s/M ev':>10}")
+    print(
+        f"{'events':>10} {'personas':>9} {'baseline s':>11} {'ray s':>7} {'ratio':>6} {'pairs':>6} {'ray ev/s':>10} "
+        f"{'ray pers/s':>10} {'base s/M ev':>11} {'ray s/M ev':>10}"
+    )
     for r in results:
-        print(f"{r['events']:>10,} {r['personas']:>9,} {r['baseline_s']:>11.2f} {r['ray_s']:>7.2f} {r['ratio']:>6.2f} "
-              f"{r['ratio_median_of_pairs']:>6.2f} {r['ray_events_per_s']:>10,} {r['ray_personas_per_s']:>10,} "
-              f"{r['baseline_s_per_m_events']:>11.2f} {r['ray_s_per_m_events']:>10.2f}")
+        print(
+            f"{r['events']:>10,} {r['personas']:>9,} {r['baseline_s']:>11.2f} {r['ray_s']:>7.2f} {r['ratio']:>6.2f} "
+            f"{r['ratio_median_of_pairs']:>6.2f} {r['ray_events_per_s']:>10,} {r['ray_personas_per_s']:>10,} "
+            f"{r['baseline_s_per_m_events']:>11.2f} {r['ray_s_per_m_events']:>10.2f}"
+        )
     print("ratio = best ray / best baseline; pairs = median of the interleaved runs' ray / baseline")
     first = results[0]
     if "ray_cold_s" in first:
-        print(f"with Ray start-up ({first['ray_startup_s']:.1f}s init + first run): {first['ray_cold_s']:.2f}s, "
-              f"ratio {first['ratio_cold']:.2f} at {first['events']:,} events")
+        print(
+            f"with Ray start-up ({first['ray_startup_s']:.1f}s init + first run): {first['ray_cold_s']:.2f}s, "
+            f"ratio {first['ratio_cold']:.2f} at {first['events']:,} events"
+        )
     for r in results:
-        print(f"reading {r['events']:,} events: pyarrow {r['read_pyarrow_s']:.2f}s, "
-              f"ray.data.read_parquet {r['read_ray_data_s']:.2f}s")
+        print(
+            f"reading {r['events']:,} events: pyarrow {r['read_pyarrow_s']:.2f}s, "
+            f"ray.data.read_parquet {r['read_ray_data_s']:.2f}s"
+        )
     print(f"load average at the end: {report['load_avg_1m']:.1f} on {report['machine_cpus']} CPUs")
 
 

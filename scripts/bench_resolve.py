@@ -51,8 +51,13 @@ def child_local(events: str, out: str) -> dict:
     for name in ("events_resolved", "identity_map", "identity_audit", "personas", "quarantine"):
         pq.write_table(result[name], os.path.join(out, f"{name}.parquet"))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "read_seconds": read, "rows": table.num_rows, "personas": result["personas"].num_rows,
-            "peak_rss_mb": _rss_mb()}
+    return {
+        "seconds": seconds,
+        "read_seconds": read,
+        "rows": table.num_rows,
+        "personas": result["personas"].num_rows,
+        "peak_rss_mb": _rss_mb(),
+    }
 
 
 def child_ray(events: str, out: str, partitions: int) -> dict:
@@ -78,15 +83,27 @@ def child_ray(events: str, out: str, partitions: int) -> dict:
     run_pipeline(config, [Stage.of(resolve.run)], names=["resolve"], layout=layout)
     seconds = time.perf_counter() - started
     summary = read_json(layout.summary, config.storage)["stages"]["resolve"]["result"]
-    return {"seconds": seconds, "ray_start_seconds": ray_start, "rows": summary["rows_in"],
-            "stage_seconds": summary["stage_seconds"], "rss_after": summary["driver_rss_mb_after"],
-            "personas": summary["personas"], "cc_rounds": summary["cc_rounds"], "peak_rss_mb": _rss_mb(),
-            "cpus": int(ray.cluster_resources().get("CPU", 0))}
+    return {
+        "seconds": seconds,
+        "ray_start_seconds": ray_start,
+        "rows": summary["rows_in"],
+        "stage_seconds": summary["stage_seconds"],
+        "rss_after": summary["driver_rss_mb_after"],
+        "personas": summary["personas"],
+        "cc_rounds": summary["cc_rounds"],
+        "peak_rss_mb": _rss_mb(),
+        "cpus": int(ray.cluster_resources().get("CPU", 0)),
+    }
 
 
 def run_child(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"},
+    )
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"benchmark child {args[0]} failed")
@@ -126,27 +143,48 @@ def main() -> None:
         dist = run_child("ray", events, str(work / f"run-{size}"), str(args.partitions))
         assert local["rows"] == dist["rows"] and local["personas"] == dist["personas"], (local, dist)
         work_s = dist["seconds"] - dist["ray_start_seconds"]
-        rows.append({
-            "events": local["rows"], "personas": local["personas"], "cpus": dist["cpus"],
-            "single_s": round(local["seconds"], 2), "single_events_per_s": round(local["rows"] / local["seconds"]),
-            "ray_s": round(dist["seconds"], 2), "ray_events_per_s": round(dist["rows"] / dist["seconds"]),
-            "ray_start_s": round(dist["ray_start_seconds"], 2), "ray_work_s": round(work_s, 2),
-            "ratio_incl_start": round(dist["seconds"] / local["seconds"], 2),
-            "ratio_excl_start": round(work_s / local["seconds"], 2),
-            "driver_peak_rss_mb": dist["peak_rss_mb"], "single_peak_rss_mb": local["peak_rss_mb"],
-            "cc_rounds": dist["cc_rounds"], "ray_stage_seconds": dist["stage_seconds"],
-            "driver_rss_mb_after": dist["rss_after"],
-        })
-    header = ["events", "single_s", "single_events_per_s", "ray_s", "ray_events_per_s", "ray_start_s",
-              "ratio_incl_start", "ratio_excl_start", "driver_peak_rss_mb", "single_peak_rss_mb"]
+        rows.append(
+            {
+                "events": local["rows"],
+                "personas": local["personas"],
+                "cpus": dist["cpus"],
+                "single_s": round(local["seconds"], 2),
+                "single_events_per_s": round(local["rows"] / local["seconds"]),
+                "ray_s": round(dist["seconds"], 2),
+                "ray_events_per_s": round(dist["rows"] / dist["seconds"]),
+                "ray_start_s": round(dist["ray_start_seconds"], 2),
+                "ray_work_s": round(work_s, 2),
+                "ratio_incl_start": round(dist["seconds"] / local["seconds"], 2),
+                "ratio_excl_start": round(work_s / local["seconds"], 2),
+                "driver_peak_rss_mb": dist["peak_rss_mb"],
+                "single_peak_rss_mb": local["peak_rss_mb"],
+                "cc_rounds": dist["cc_rounds"],
+                "ray_stage_seconds": dist["stage_seconds"],
+                "driver_rss_mb_after": dist["rss_after"],
+            }
+        )
+    header = [
+        "events",
+        "single_s",
+        "single_events_per_s",
+        "ray_s",
+        "ray_events_per_s",
+        "ray_start_s",
+        "ratio_incl_start",
+        "ratio_excl_start",
+        "driver_peak_rss_mb",
+        "single_peak_rss_mb",
+    ]
     print(" | ".join(f"{h:>18}" for h in header))
     for r in rows:
         print(" | ".join(f"{r[h]!s:>18}" for h in header))
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         growth = (b["ray_work_s"] / a["ray_work_s"]) / (b["events"] / a["events"])
-        print(f"Ray work time grows {growth:.2f}x as fast as events between {a['events']} and {b['events']} "
-              f"(<= 1 is linear or better); driver RSS {a['driver_peak_rss_mb']} -> {b['driver_peak_rss_mb']} MB")
+        print(
+            f"Ray work time grows {growth:.2f}x as fast as events between {a['events']} and {b['events']} "
+            f"(<= 1 is linear or better); driver RSS {a['driver_peak_rss_mb']} -> {b['driver_peak_rss_mb']} MB"
+        )
     (work / "resolve.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -92,8 +92,14 @@ def train(table: pa.Table, names: list[str], rounds: int, sample: int, seed: int
     rng = np.random.default_rng(seed)
     logit = 0.8 * np.nan_to_num(x[:, 0]) - 0.05 * np.nan_to_num(x[:, 1]) + 0.3 * np.nan_to_num(x[:, 9]) - 1.0
     y = (rng.random(len(x)) < 1 / (1 + np.exp(-logit))).astype(int)
-    params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.1,
-              "subsample": 0.8, "colsample_bytree": 0.8}
+    params = {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": 6,
+        "eta": 0.1,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+    }
     return xgb.train(params, xgb.DMatrix(x, label=y, feature_names=names), rounds)
 
 
@@ -112,8 +118,9 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the score_dataset (percentiles) timing")
     parser.add_argument("--reuse", action="store_true", help="reuse the table and model of an earlier run in --out")
     parser.add_argument("--files", type=int, default=16, help="Parquet files of the features table")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="interleaved baseline / Ray rounds (the median is judged)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="interleaved baseline / Ray rounds (the median is judged)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("SEGMENTS_PROGRESS", "0")
@@ -126,12 +133,21 @@ def main() -> None:
         segments=[segment],
         storage=storage,
         ray=RayConfig(num_cpus=args.num_cpus),
-        scoring=ScoringConfig(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                              threads_per_actor=args.threads_per_actor, batch_size=args.batch_size),
+        scoring=ScoringConfig(
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            threads_per_actor=args.threads_per_actor,
+            batch_size=args.batch_size,
+        ),
     )
-    report: dict[str, object] = {"rows": args.rows, "features": args.features, "trees": args.rounds,
-                                 "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                                 "scoring": config.scoring.model_dump()}
+    report: dict[str, object] = {
+        "rows": args.rows,
+        "features": args.features,
+        "trees": args.rounds,
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "scoring": config.scoring.model_dump(),
+    }
 
     features = TableIn("features", join(run_dir, "features"), storage)
     models = TableIn("models", join(run_dir, "models"), storage)
@@ -151,8 +167,11 @@ def main() -> None:
 
         t = time.perf_counter()
         raw = model_bytes(train(table, names, args.rounds, 50_000, args.seed))
-        with writing(models.path, storage, {"segments": {segment.name: {"status": "trained",
-                                                                        "model_version": model_version(raw)}}}) as w:
+        with writing(
+            models.path,
+            storage,
+            {"segments": {segment.name: {"status": "trained", "model_version": model_version(raw)}}},
+        ) as w:
             w.write_file(model_file, raw)
         report["train_s"] = round(time.perf_counter() - t, 2)
     booster = load_booster(raw, nthread=os.cpu_count() or 1)
@@ -160,8 +179,12 @@ def main() -> None:
     spec = ModelSpec(segment, raw, model_version(raw), tuple(names), ("q",) * len(names), ())
 
     small_rows = max(10_000, args.rows // 50)
-    features_small = write_table(table.slice(0, small_rows), join(run_dir, "features_small"), storage,
-                                 max(1, round(args.files * small_rows / args.rows)))
+    features_small = write_table(
+        table.slice(0, small_rows),
+        join(run_dir, "features_small"),
+        storage,
+        max(1, round(args.files * small_rows / args.rows)),
+    )
     del table
 
     def baseline() -> tuple[float, float, np.ndarray]:
@@ -204,12 +227,18 @@ def main() -> None:
             big_s, out = ray_execution(features)
             small_s, _ = ray_execution(features_small)
             marginal_s = (big_s - small_s) * args.rows / (args.rows - small_rows)
-            rounds.append({"baseline_same_work_s": round(base_s, 3), "baseline_predict_only_s": round(predict_s, 3),
-                           "ray_execution_s": round(big_s, 3), f"ray_execution_{small_rows}_rows_s": round(small_s, 3),
-                           "ratio_without_startup": round(marginal_s / base_s, 2),
-                           "ratio_execution": round(big_s / base_s, 2),
-                           "ratio_vs_predict_only": round(big_s / predict_s, 2),
-                           "load_avg_1m": round(os.getloadavg()[0], 2)})
+            rounds.append(
+                {
+                    "baseline_same_work_s": round(base_s, 3),
+                    "baseline_predict_only_s": round(predict_s, 3),
+                    "ray_execution_s": round(big_s, 3),
+                    f"ray_execution_{small_rows}_rows_s": round(small_s, 3),
+                    "ratio_without_startup": round(marginal_s / base_s, 2),
+                    "ratio_execution": round(big_s / base_s, 2),
+                    "ratio_vs_predict_only": round(big_s / predict_s, 2),
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                }
+            )
         ids = np.array([int(p[1:]) for p in out.column("persona_id").to_pylist()])
         max_diff = float(np.max(np.abs(out.column("score").to_numpy() - expected[ids].astype(np.float64))))
         full_s = None

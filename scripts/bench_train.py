@@ -50,9 +50,13 @@ def plain_fit(X, y, valid, names, params, rounds, nthread) -> float:
     started = time.perf_counter()
     dtrain = xgboost.QuantileDMatrix(X[~valid], label=y[~valid], feature_names=names, nthread=nthread)
     dvalid = xgboost.QuantileDMatrix(X[valid], label=y[valid], ref=dtrain, feature_names=names, nthread=nthread)
-    booster = xgboost.train({**params, "nthread": nthread}, dtrain, num_boost_round=rounds,
-                            evals=[(dvalid, "validation")],
-                            verbose_eval=False)
+    booster = xgboost.train(
+        {**params, "nthread": nthread},
+        dtrain,
+        num_boost_round=rounds,
+        evals=[(dvalid, "validation")],
+        verbose_eval=False,
+    )
     booster.save_raw("json")
     return time.perf_counter() - started
 
@@ -67,9 +71,17 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
     started = time.perf_counter()
     dataset = ray.data.from_arrow(pa.table({**{n: X[:, j] for j, n in enumerate(names)}, LABEL: y, VALID: valid}))
     with tempfile.TemporaryDirectory() as storage:
-        models, _ = fit_booster(dataset, training=config.training, feature_names=names,
-                                feature_types=["q"] * len(names), scale_pos_weight=spw, storage_path=storage,
-                                storage_filesystem=None, name=f"bench-{len(y)}", shuffled_label_runs=0)
+        models, _ = fit_booster(
+            dataset,
+            training=config.training,
+            feature_names=names,
+            feature_types=["q"] * len(names),
+            scale_pos_weight=spw,
+            storage_path=storage,
+            storage_filesystem=None,
+            name=f"bench-{len(y)}",
+            shuffled_label_runs=0,
+        )
     assert models
     return time.perf_counter() - started
 
@@ -80,8 +92,9 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=110)
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: training.num_boost_round)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="interleaved plain/Ray pairs per size; the median pair counts")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="interleaved plain/Ray pairs per size; the median pair counts"
+    )
     parser.add_argument("--out", default=".bench/bench_train.json")
     args = parser.parse_args()
 
@@ -93,8 +106,13 @@ def main() -> None:
     nthread = os.cpu_count() or 1
     base = JobConfig()
     args.rounds = args.rounds or base.training.num_boost_round
-    config = base.model_copy(update={"training": base.training.model_copy(
-        update={"num_boost_round": args.rounds, "early_stopping_rounds": None, "nthread": nthread})})
+    config = base.model_copy(
+        update={
+            "training": base.training.model_copy(
+                update={"num_boost_round": args.rounds, "early_stopping_rounds": None, "nthread": nthread}
+            )
+        }
+    )
     params = {k: v for k, v in config.training.params.items()}
     names = [f"f{j:03d}" for j in range(args.cols)]
     results = []
@@ -118,10 +136,19 @@ def main() -> None:
                 ray_started = time.perf_counter() - t0
             pairs.append((plain, ray_fit(X, y, valid, names, config, args.rounds, spw)))
         plain, warm = sorted(pairs, key=lambda p: p[1] / p[0])[len(pairs) // 2]  # the median pair
-        row = {"rows": rows, "cols": args.cols, "rounds": args.rounds, "nthread": nthread, "repeat": args.repeat,
-               "plain_s": round(plain, 2), "ray_warm_s": round(warm, 2), "ray_startup_s": round(ray_started, 2),
-               "ratio_warm": round(warm / plain, 3), "ratio_with_startup": round((warm + ray_started) / plain, 3),
-               "pairs": [[round(a, 2), round(b, 2)] for a, b in pairs]}
+        row = {
+            "rows": rows,
+            "cols": args.cols,
+            "rounds": args.rounds,
+            "nthread": nthread,
+            "repeat": args.repeat,
+            "plain_s": round(plain, 2),
+            "ray_warm_s": round(warm, 2),
+            "ray_startup_s": round(ray_started, 2),
+            "ratio_warm": round(warm / plain, 3),
+            "ratio_with_startup": round((warm + ray_started) / plain, 3),
+            "pairs": [[round(a, 2), round(b, 2)] for a, b in pairs],
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
     import ray
@@ -129,8 +156,10 @@ def main() -> None:
     ray.shutdown()
     print(f"\n{'rows':>10} {'plain s':>9} {'ray s':>9} {'ratio':>7} {'+start s':>9} {'ratio':>7}")
     for r in results:
-        print(f"{r['rows']:>10,} {r['plain_s']:>9.2f} {r['ray_warm_s']:>9.2f} {r['ratio_warm']:>7.2f} "
-              f"{r['ray_warm_s'] + r['ray_startup_s']:>9.2f} {r['ratio_with_startup']:>7.2f}")
+        print(
+            f"{r['rows']:>10,} {r['plain_s']:>9.2f} {r['ray_warm_s']:>9.2f} {r['ratio_warm']:>7.2f} "
+            f"{r['ray_warm_s'] + r['ray_startup_s']:>9.2f} {r['ratio_with_startup']:>7.2f}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "machine": {"cpus": os.cpu_count()}}, indent=2))

@@ -33,14 +33,16 @@ def test_node_types_s3_access_and_install(cluster):
     types = cluster["available_node_types"]
     assert cluster["head_node_type"] in types
     workers = {name: t for name, t in types.items() if name != cluster["head_node_type"]}
-    assert any(t.get("max_workers", 0) > t.get("min_workers", 0) for t in workers.values()), "no autoscaling worker type"
+    assert any(t.get("max_workers", 0) > t.get("min_workers", 0) for t in workers.values()), (
+        "no autoscaling worker type"
+    )
     gpu = [t for t in workers.values() if t["node_config"]["InstanceType"].startswith(("g", "p"))]
     assert gpu and all(t.get("min_workers", 0) == 0 for t in gpu), "the GPU type is optional: min_workers 0"
     for name, node_type in types.items():
         assert "instance-profile/" in node_type["node_config"]["IamInstanceProfile"]["Arn"], name
     setup = " ".join(cluster["setup_commands"])
     mounted = [remote for remote, local in cluster["file_mounts"].items() if local == "."]
-    assert mounted and f"pip install" in setup and mounted[0] in setup
+    assert mounted and "pip install" in setup and mounted[0] in setup
     start = " ".join(cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"])
     assert start.count("--object-store-memory") == 2
     text = (REPO / "cluster.yaml").read_text()
@@ -83,11 +85,17 @@ def test_kuberay_manifests_run_the_pipeline_with_the_mounted_config(name, tmp_pa
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     assert all(g["template"]["spec"]["serviceAccountName"] == account for g in groups)
     assert all(isinstance(v, str) for g in groups for v in g["rayStartParams"].values()), "rayStartParams are strings"
-    gpu = [g for g in cluster["workerGroupSpecs"] if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    gpu = [
+        g
+        for g in cluster["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
     assert gpu and all(g["minReplicas"] == 0 for g in gpu)
 
 
 def test_cron_example_submits_with_wait():
-    lines = [l for l in (REPO / "scripts" / "cron.example").read_text().splitlines() if l and l[0].isdigit()]
-    assert lines and all("submit --address" in l and "--config" in l and "--wait" in l for l in lines)
-    assert all("%" not in l.replace("\\%", "") for l in lines), "a bare % ends a crontab command"
+    lines = [
+        line for line in (REPO / "scripts" / "cron.example").read_text().splitlines() if line and line[0].isdigit()
+    ]
+    assert lines and all("submit --address" in line and "--config" in line and "--wait" in line for line in lines)
+    assert all("%" not in line.replace("\\%", "") for line in lines), "a bare % ends a crontab command"

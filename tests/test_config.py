@@ -30,4 +30,6 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_segment_names_unique():
     with pytest.raises(UserError, match="unique"):
-        load_config(None, {"segments": [{"name": "a", "kind": "price_hunters"}, {"name": "a", "kind": "ecommerce_buyers"}]})
+        load_config(
+            None, {"segments": [{"name": "a", "kind": "price_hunters"}, {"name": "a", "kind": "ecommerce_buyers"}]}
+        )

@@ -18,7 +18,7 @@ def test_hash_partition_over_ray_groups_keys_across_blocks(ray_cluster):
     parts = ray_cluster.get(hash_partition(blocks, ["k"], 3))
     assert sum(p.num_rows for p in parts) == 400
     owners = [set(p.column("k").to_pylist()) for p in parts]
-    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1 :])
     counts = ray_cluster.get(map_partitions(lambda t: t.num_rows, hash_partition(blocks, ["k"], 3)))
     assert sum(counts) == 400
 
@@ -35,6 +35,6 @@ def test_map_exchange_splits_keyed_outputs_and_passes_the_rest_through(ray_clust
     parts = ray_cluster.get(keyed)
     assert sum(p.num_rows for p in parts) == 150
     owners = [set(p.column("k").to_pylist()) for p in parts]
-    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1 :])
     assert [t.column("v")[0].as_py() for t in ray_cluster.get(unkeyed)] == [0, 50, 100]
     assert ray_cluster.get(counts) == [50, 50, 50]

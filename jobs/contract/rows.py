@@ -93,8 +93,9 @@ def merge_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def check_quarantine_share(rows_in: int, reasons: dict[str, int], max_share: float, source: str,
-                           quarantine_table: str) -> float:
+def check_quarantine_share(
+    rows_in: int, reasons: dict[str, int], max_share: float, source: str, quarantine_table: str
+) -> float:
     """The quarantined share of the input; a UserError when there are no rows or the share passes the limit."""
     if rows_in == 0:
         raise UserError(f"input {source} holds no rows.")

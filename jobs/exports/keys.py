@@ -66,6 +66,8 @@ def contact_keys(email: str | None = None, phone: str | None = None, country: st
         if valid:
             keys["phone_sha256"] = hashlib.sha256(e164.encode("utf-8")).hexdigest()
     return keys
+
+
 KEYS_SCHEMA = pa.schema(
     [("persona_id", pa.string()), ("partner_id", pa.string()), ("key_type", pa.string()), ("key", pa.string())]
 )

@@ -34,8 +34,10 @@ def _uv(u: np.ndarray, v: np.ndarray) -> pa.Table:
 
 
 def _arrays(table: pa.Table, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    return (table.column(a).to_numpy().astype(np.uint64, copy=False),
-            table.column(b).to_numpy().astype(np.uint64, copy=False))
+    return (
+        table.column(a).to_numpy().astype(np.uint64, copy=False),
+        table.column(b).to_numpy().astype(np.uint64, copy=False),
+    )
 
 
 def _unique_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +60,7 @@ def _min_label_components(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.
     nodes, inverse = np.unique(np.concatenate([u, v]), return_inverse=True)
     if len(nodes) == 0:
         return nodes, nodes
-    iu, iv = inverse[: len(u)], inverse[len(u):]
+    iu, iv = inverse[: len(u)], inverse[len(u) :]
     graph = coo_matrix((np.ones(len(iu), dtype=np.int8), (iu, iv)), shape=(len(nodes), len(nodes))).tocsr()
     _, comp = scipy_components(graph, directed=False)
     # nodes are sorted, so the first node of each component in node order is its minimum

@@ -35,8 +35,9 @@ class RayExecutor:
         return connected_components_distributed(edges, self.num_partitions)
 
 
-def connected_components_distributed(edge_blocks: list, num_partitions: int, max_rounds: int = 100
-                                     ) -> tuple[list, dict[str, Any]]:
+def connected_components_distributed(
+    edge_blocks: list, num_partitions: int, max_rounds: int = 100
+) -> tuple[list, dict[str, Any]]:
     """Labels (node, label = min node of its component) as `num_partitions` refs partitioned by node.
 
     `edge_blocks` are refs of tables with uint64 columns `src`, `dst`; nodes without an edge do not appear.

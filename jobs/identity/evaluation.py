@@ -69,8 +69,12 @@ def truth_side(part: pa.Table) -> dict[str, float]:
     totals = np.bincount(truth_codes, weights=n).astype(np.int64)
     best = np.zeros(len(totals), np.int64)
     np.maximum.at(best, truth_codes[has_p], n[has_p])
-    return {"true_pairs": _pairs(totals), "completeness_sum": float((best / np.maximum(totals, 1)).sum()),
-            "persons": int(len(totals)), "events": int(n.sum())}
+    return {
+        "true_pairs": _pairs(totals),
+        "completeness_sum": float((best / np.maximum(totals, 1)).sum()),
+        "persons": int(len(totals)),
+        "events": int(n.sum()),
+    }
 
 
 def persona_side(part: pa.Table) -> dict[str, float]:
@@ -84,8 +88,13 @@ def persona_side(part: pa.Table) -> dict[str, float]:
     totals = np.bincount(codes, weights=n).astype(np.int64)
     best = np.zeros(len(totals), np.int64)
     np.maximum.at(best, codes, n)
-    return {"pred_pairs": _pairs(totals), "tp_pairs": _pairs(n), "purity_sum": float((best / totals).sum()),
-            "personas": int(len(totals)), "events_with_persona": int(n.sum())}
+    return {
+        "pred_pairs": _pairs(totals),
+        "tp_pairs": _pairs(n),
+        "purity_sum": float((best / totals).sum()),
+        "personas": int(len(totals)),
+        "events_with_persona": int(n.sum()),
+    }
 
 
 def combine(truth_parts: list[dict], persona_parts: list[dict]) -> dict[str, Any]:
@@ -96,12 +105,15 @@ def combine(truth_parts: list[dict], persona_parts: list[dict]) -> dict[str, Any
     recall = p["tp_pairs"] / t["true_pairs"] if t["true_pairs"] else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "pairwise_precision": round(precision, 5), "pairwise_recall": round(recall, 5), "pairwise_f1": round(f1, 5),
+        "pairwise_precision": round(precision, 5),
+        "pairwise_recall": round(recall, 5),
+        "pairwise_f1": round(f1, 5),
         "person_completeness": round(t["completeness_sum"] / t["persons"], 5) if t["persons"] else None,
         "persona_purity": round(p["purity_sum"] / p["personas"], 5) if p["personas"] else None,
         "events": t["events"],
         "events_with_persona_share": round(p["events_with_persona"] / t["events"], 5) if t["events"] else None,
-        "true_persons": t["persons"], "personas": p["personas"],
+        "true_persons": t["persons"],
+        "personas": p["personas"],
     }
 
 
@@ -115,14 +127,20 @@ def pairwise_metrics(ex: Executor, blocks: list, truth_column: str) -> dict[str,
 
 def truth_rows(block: pa.Table, truth_column: str) -> pa.Table:
     """(partner_id, event_id, _truth) of resolved events."""
-    return pa.table({"partner_id": block.column("partner_id"), "event_id": block.column("event_id"),
-                     TRUTH: pc.cast(block.column(truth_column), pa.string())})
+    return pa.table(
+        {
+            "partner_id": block.column("partner_id"),
+            "event_id": block.column("event_id"),
+            TRUTH: pc.cast(block.column(truth_column), pa.string()),
+        }
+    )
 
 
 def join_truth(event_persona: pa.Table, truth: pa.Table) -> pa.Table:
     """Co-partitioned by (partner_id, event_id): (persona_id, _truth) of the oracle's personas."""
     joined = event_persona.select(["partner_id", "event_id", "persona_id"]).join(
-        truth, ["partner_id", "event_id"], join_type="inner", use_threads=False)
+        truth, ["partner_id", "event_id"], join_type="inner", use_threads=False
+    )
     return joined.select(["persona_id", TRUTH])
 
 

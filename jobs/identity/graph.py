@@ -27,25 +27,51 @@ DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK = "device", "email", "phone", 
 IDENTIFIER_TYPES = (DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK)
 SCOPED = (CUSTOMER, SUBSCRIBER, CLICK)
 TYPE_RANK = {t: i for i, t in enumerate((EMAIL, PHONE, CUSTOMER, SUBSCRIBER, DEVICE, CLICK))}
-_SOURCE_COLUMN = {DEVICE: "device_id", EMAIL: "email_n", PHONE: "phone_n", CUSTOMER: "customer_id",
-                  SUBSCRIBER: "subscriber_id", CLICK: "click_token"}
+_SOURCE_COLUMN = {
+    DEVICE: "device_id",
+    EMAIL: "email_n",
+    PHONE: "phone_n",
+    CUSTOMER: "customer_id",
+    SUBSCRIBER: "subscriber_id",
+    CLICK: "click_token",
+}
 _FLAG_COLUMN = {EMAIL: "email_flag", PHONE: "phone_flag"}
 TRUTH = "_truth"
 
-SLIM_SCHEMA = pa.schema([
-    ("partner_id", pa.string()), ("event_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
-    ("session_id", pa.string()), ("device_id", pa.string()), ("customer_id", pa.string()),
-    ("subscriber_id", pa.string()), ("click_token", pa.string()), ("email_n", pa.string()),
-    ("email_flag", pa.string()), ("phone_n", pa.string()), ("phone_flag", pa.string()),
-])
+SLIM_SCHEMA = pa.schema(
+    [
+        ("partner_id", pa.string()),
+        ("event_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("session_id", pa.string()),
+        ("device_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("subscriber_id", pa.string()),
+        ("click_token", pa.string()),
+        ("email_n", pa.string()),
+        ("email_flag", pa.string()),
+        ("phone_n", pa.string()),
+        ("phone_flag", pa.string()),
+    ]
+)
 
-OCC_SCHEMA = pa.schema([
-    ("anchor", pa.uint64()), ("node", pa.uint64()), ("identifier_type", pa.string()), ("identifier", pa.string()),
-    ("scope", pa.string()), ("partner_id", pa.string()), ("flag", pa.string()),
-    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")), ("n_events", pa.int64()),
-])
-PAIR_SCHEMA = pa.schema([("node", pa.uint64()), ("other", pa.uint64()), ("other_type", pa.string()),
-                         ("other_scope", pa.string())])
+OCC_SCHEMA = pa.schema(
+    [
+        ("anchor", pa.uint64()),
+        ("node", pa.uint64()),
+        ("identifier_type", pa.string()),
+        ("identifier", pa.string()),
+        ("scope", pa.string()),
+        ("partner_id", pa.string()),
+        ("flag", pa.string()),
+        ("first_seen", pa.timestamp("us", tz="UTC")),
+        ("last_seen", pa.timestamp("us", tz="UTC")),
+        ("n_events", pa.int64()),
+    ]
+)
+PAIR_SCHEMA = pa.schema(
+    [("node", pa.uint64()), ("other", pa.uint64()), ("other_type", pa.string()), ("other_scope", pa.string())]
+)
 
 
 def _clean(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -54,26 +80,43 @@ def _clean(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
 
 
-def slim_events(events: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str],
-                truth_column: str | None = None) -> pa.Table:
+def slim_events(
+    events: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str], truth_column: str | None = None
+) -> pa.Table:
     """Only what identity needs, identifiers normalised and flagged (`invalid_*` / `blocklist`)."""
     email_n, email_ok = normalise_emails(events.column("email"))
     phone_n, phone_ok = normalise_phones(events.column("phone"), events.column("country"))
-    email_flag = pc.if_else(pc.is_in(email_n, pa.array(blocklist_emails, pa.string())), pa.scalar("blocklist"),
-                            pc.if_else(email_ok, pa.scalar(None, pa.string()), pa.scalar("invalid_email")))
+    email_flag = pc.if_else(
+        pc.is_in(email_n, pa.array(blocklist_emails, pa.string())),
+        pa.scalar("blocklist"),
+        pc.if_else(email_ok, pa.scalar(None, pa.string()), pa.scalar("invalid_email")),
+    )
     email_flag = pc.if_else(pc.is_null(email_n), pa.scalar(None, pa.string()), email_flag)
     digits = phone_digits(events.column("phone"))
     e164_digits = pc.replace_substring_regex(phone_n, r"\D+", "")
-    blocked_phone = pc.or_(pc.fill_null(pc.is_in(digits, pa.array(blocklist_phones, pa.string())), False),
-                           pc.fill_null(_national_digits_blocked(phone_n, e164_digits, blocklist_phones), False))
-    phone_flag = pc.if_else(blocked_phone, pa.scalar("blocklist"),
-                            pc.if_else(phone_ok, pa.scalar(None, pa.string()), pa.scalar("invalid_phone")))
+    blocked_phone = pc.or_(
+        pc.fill_null(pc.is_in(digits, pa.array(blocklist_phones, pa.string())), False),
+        pc.fill_null(_national_digits_blocked(phone_n, e164_digits, blocklist_phones), False),
+    )
+    phone_flag = pc.if_else(
+        blocked_phone,
+        pa.scalar("blocklist"),
+        pc.if_else(phone_ok, pa.scalar(None, pa.string()), pa.scalar("invalid_phone")),
+    )
     phone_flag = pc.if_else(pc.is_null(phone_n), pa.scalar(None, pa.string()), phone_flag)
     arrays = [
-        events.column("partner_id").combine_chunks(), events.column("event_id").combine_chunks(),
-        events.column("ts").combine_chunks(), _clean(events.column("session_id")), _clean(events.column("device_id")),
-        _clean(events.column("customer_id")), _clean(events.column("subscriber_id")),
-        _clean(events.column("click_token")), email_n, email_flag, phone_n, phone_flag,
+        events.column("partner_id").combine_chunks(),
+        events.column("event_id").combine_chunks(),
+        events.column("ts").combine_chunks(),
+        _clean(events.column("session_id")),
+        _clean(events.column("device_id")),
+        _clean(events.column("customer_id")),
+        _clean(events.column("subscriber_id")),
+        _clean(events.column("click_token")),
+        email_n,
+        email_flag,
+        phone_n,
+        phone_flag,
     ]
     out = pa.table(arrays, schema=SLIM_SCHEMA)
     if truth_column:
@@ -94,9 +137,15 @@ def session_partition_key(slim: pa.Table) -> pa.Table:
     """Adds `_skey`: rows of one session (and of one partner + device without session_id) share it."""
     sid = slim.column("session_id")
     dev = slim.column("device_id")
-    key = pc.if_else(pc.is_valid(sid), pc.binary_join_element_wise(pa.scalar("s:"), sid, ""),
-                     pc.if_else(pc.is_valid(dev), pc.binary_join_element_wise(pa.scalar("d:"), dev, ""),
-                                pc.binary_join_element_wise(pa.scalar("e:"), slim.column("event_id"), "")))
+    key = pc.if_else(
+        pc.is_valid(sid),
+        pc.binary_join_element_wise(pa.scalar("s:"), sid, ""),
+        pc.if_else(
+            pc.is_valid(dev),
+            pc.binary_join_element_wise(pa.scalar("d:"), dev, ""),
+            pc.binary_join_element_wise(pa.scalar("e:"), slim.column("event_id"), ""),
+        ),
+    )
     return slim.append_column("_skey", key)
 
 
@@ -141,15 +190,19 @@ def hash_strings(*columns: pa.Array | pa.ChunkedArray) -> np.ndarray:
         c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
         enc = pc.dictionary_encode(pc.cast(c, pa.string()))
         uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
-        hashed_uniq = (pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False) if len(uniq)
-                       else np.zeros(0, np.uint64))
+        hashed_uniq = (
+            pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False) if len(uniq) else np.zeros(0, np.uint64)
+        )
         codes = enc.indices.to_numpy(zero_copy_only=False)
         valid = pc.is_valid(enc.indices).to_numpy(zero_copy_only=False)
         hashed = np.full(len(c), np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
         if len(uniq):
             hashed[valid] = hashed_uniq[codes[valid].astype(np.int64)]
-        combined = hashed if combined is None else pd.util.hash_array(combined * np.uint64(1_000_003) ^ hashed,
-                                                                     hash_key=_HASH_KEY)
+        combined = (
+            hashed
+            if combined is None
+            else pd.util.hash_array(combined * np.uint64(1_000_003) ^ hashed, hash_key=_HASH_KEY)
+        )
     return combined if combined is not None else np.zeros(0, np.uint64)
 
 
@@ -218,12 +271,18 @@ def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -
         sub_ident = col.filter(mask)
         partner = slim.column("partner_id").combine_chunks().filter(mask)
         scope = partner if t in SCOPED else pa.nulls(len(sub_ident), pa.string())
-        flag = (slim.column(_FLAG_COLUMN[t]).combine_chunks().filter(mask) if t in _FLAG_COLUMN
-                else pa.nulls(len(sub_ident), pa.string()))
+        flag = (
+            slim.column(_FLAG_COLUMN[t]).combine_chunks().filter(mask)
+            if t in _FLAG_COLUMN
+            else pa.nulls(len(sub_ident), pa.string())
+        )
         cols = {
             "anchor": anchor_arr.filter(mask),
             "identifier_type": pa.array([t] * len(sub_ident), pa.string()),
-            "identifier": sub_ident, "scope": scope, "partner_id": partner, "flag": flag,
+            "identifier": sub_ident,
+            "scope": scope,
+            "partner_id": partner,
+            "flag": flag,
             "ts": slim.column("ts").combine_chunks().filter(mask),
         }
         if keep_truth:
@@ -245,15 +304,25 @@ def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -
     kept = ["identifier_type", "identifier", "scope", "partner_id"] + ([TRUTH] if keep_truth else [])
     out = long.select(kept).take(pa.array(first))
     flag_max = np.maximum.reduceat(flag_codes[order], starts) if len(starts) else np.zeros(0, np.int64)
-    flag = (flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict)
-            else pa.nulls(len(starts), pa.string()))
-    flag = (pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string())) if len(starts)
-            else pa.nulls(0, pa.string()))
+    flag = (
+        flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0)))
+        if len(flag_dict)
+        else pa.nulls(len(starts), pa.string())
+    )
+    flag = (
+        pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string()))
+        if len(starts)
+        else pa.nulls(0, pa.string())
+    )
     ts_type = pa.timestamp("us", tz="UTC")
     cols = {
-        "anchor": pa.array(anchor[first], pa.uint64()), "node": pa.array(node[first], pa.uint64()),
-        "identifier_type": out.column("identifier_type"), "identifier": out.column("identifier"),
-        "scope": out.column("scope"), "partner_id": out.column("partner_id"), "flag": flag,
+        "anchor": pa.array(anchor[first], pa.uint64()),
+        "node": pa.array(node[first], pa.uint64()),
+        "identifier_type": out.column("identifier_type"),
+        "identifier": out.column("identifier"),
+        "scope": out.column("scope"),
+        "partner_id": out.column("partner_id"),
+        "flag": flag,
         "first_seen": pa.array(np.minimum.reduceat(ts, starts) if len(starts) else ts[:0], pa.int64()).cast(ts_type),
         "last_seen": pa.array(np.maximum.reduceat(ts, starts) if len(starts) else ts[:0], pa.int64()).cast(ts_type),
         "n_events": pa.array(np.diff(np.r_[starts, len(order)]).astype(np.int64)),
@@ -288,11 +357,22 @@ def cooccurrence_pairs(occ: pa.Table) -> pa.Table:
     d_node = dev.column("node").to_numpy()[d_idx]
     o_type = others.column("identifier_type").take(pa.array(o_idx))
     o_scope = others.column("scope").take(pa.array(o_idx))
-    to_dev = pa.table({"node": pa.array(o_node, pa.uint64()), "other": pa.array(d_node, pa.uint64()),
-                       "other_type": pa.array([DEVICE] * len(o_idx), pa.string()),
-                       "other_scope": pa.nulls(len(o_idx), pa.string())})
-    from_dev = pa.table({"node": pa.array(d_node, pa.uint64()), "other": pa.array(o_node, pa.uint64()),
-                         "other_type": o_type, "other_scope": o_scope})
+    to_dev = pa.table(
+        {
+            "node": pa.array(o_node, pa.uint64()),
+            "other": pa.array(d_node, pa.uint64()),
+            "other_type": pa.array([DEVICE] * len(o_idx), pa.string()),
+            "other_scope": pa.nulls(len(o_idx), pa.string()),
+        }
+    )
+    from_dev = pa.table(
+        {
+            "node": pa.array(d_node, pa.uint64()),
+            "other": pa.array(o_node, pa.uint64()),
+            "other_type": o_type,
+            "other_scope": o_scope,
+        }
+    )
     pairs = pa.concat_tables([to_dev, from_dev]).cast(PAIR_SCHEMA)
     _, starts = sorted_runs(pairs.column("other").to_numpy(), pairs.column("node").to_numpy())
     order = np.lexsort((pairs.column("other").to_numpy(), pairs.column("node").to_numpy()))
@@ -315,14 +395,20 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
         idx = np.flatnonzero(has_dev)
         per_event[idx] = np.isin(slim.column(f"_n_{DEVICE}").to_numpy()[idx], junk)
     anchors = anchor_ids(slim, per_event)
-    event_map = pa.table({"partner_id": slim.column("partner_id"), "event_id": slim.column("event_id"),
-                          "anchor": pa.array(anchors, pa.uint64()), "session_key": slim.column("session_key")})
+    event_map = pa.table(
+        {
+            "partner_id": slim.column("partner_id"),
+            "event_id": slim.column("event_id"),
+            "anchor": pa.array(anchors, pa.uint64()),
+            "session_key": slim.column("session_key"),
+        }
+    )
     occ = occurrences(slim, anchors)
     ok = pc.is_null(occ.column("flag")).to_numpy(zero_copy_only=False)
     nodes = occ.column("node").to_numpy()
     if len(junk):
         ok &= ~np.isin(nodes, junk)
-    weak = (occ.column("identifier_type").to_numpy(zero_copy_only=False) == CLICK)
+    weak = occ.column("identifier_type").to_numpy(zero_copy_only=False) == CLICK
     src = occ.column("anchor").to_numpy()
     return _edges(src[ok & ~weak], nodes[ok & ~weak]), _edges(src[ok & weak], nodes[ok & weak]), event_map
 

@@ -35,18 +35,38 @@ from jobs.identity.graph import (
     sorted_runs,
 )
 
-AUDIT_SCHEMA = pa.schema([
-    ("identifier_type", pa.string()), ("identifier", pa.string()), ("partner_id", pa.string()),
-    ("rule", pa.string()), ("figure", pa.float64()), ("threshold", pa.float64()), ("n_events", pa.int64()),
-])
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("identifier_type", pa.string()),
+        ("identifier", pa.string()),
+        ("partner_id", pa.string()),
+        ("rule", pa.string()),
+        ("figure", pa.float64()),
+        ("threshold", pa.float64()),
+        ("n_events", pa.int64()),
+    ]
+)
 
-STATS_SCHEMA = pa.schema([
-    ("node", pa.uint64()), ("identifier_type", pa.string()), ("identifier", pa.string()), ("partner_id", pa.string()),
-    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")),
-    ("n_events", pa.int64()), ("seen_at_partners", pa.list_(pa.string())), ("flag", pa.string()),
-    ("n_anchors", pa.int64()), ("n_devices", pa.int64()), ("n_emails", pa.int64()), ("n_phones", pa.int64()),
-    ("n_customers", pa.int64()), ("max_customers_at_partner", pa.int64()), ("n_variants", pa.int64()),
-])
+STATS_SCHEMA = pa.schema(
+    [
+        ("node", pa.uint64()),
+        ("identifier_type", pa.string()),
+        ("identifier", pa.string()),
+        ("partner_id", pa.string()),
+        ("first_seen", pa.timestamp("us", tz="UTC")),
+        ("last_seen", pa.timestamp("us", tz="UTC")),
+        ("n_events", pa.int64()),
+        ("seen_at_partners", pa.list_(pa.string())),
+        ("flag", pa.string()),
+        ("n_anchors", pa.int64()),
+        ("n_devices", pa.int64()),
+        ("n_emails", pa.int64()),
+        ("n_phones", pa.int64()),
+        ("n_customers", pa.int64()),
+        ("max_customers_at_partner", pa.int64()),
+        ("n_variants", pa.int64()),
+    ]
+)
 
 # (rule, identifier type, figure column) for the learned rules.
 FANOUT_RULES = (
@@ -89,8 +109,11 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     ne = occ.column("n_events").to_numpy()[order]
     flag_codes, flag_dict = dictionary_codes(occ.column("flag"))
     flag_max = np.maximum.reduceat(flag_codes[order], starts)
-    flag = (flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0))) if len(flag_dict)
-            else pa.nulls(len(starts), pa.string()))
+    flag = (
+        flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0)))
+        if len(flag_dict)
+        else pa.nulls(len(starts), pa.string())
+    )
     flag = pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string()))
     # seen_at_partners: sorted distinct partners per node, as a list column built from offsets
     p_codes, p_dict = dictionary_codes(occ.column("partner_id"))
@@ -106,12 +129,16 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     ts_type = pa.timestamp("us", tz="UTC")
     firsts = occ.select(["identifier_type", "identifier", "scope"]).take(pa.array(first))
     cols = {
-        "node": pa.array(nodes, pa.uint64()), "identifier_type": firsts.column("identifier_type"),
-        "identifier": firsts.column("identifier"), "partner_id": firsts.column("scope"),
+        "node": pa.array(nodes, pa.uint64()),
+        "identifier_type": firsts.column("identifier_type"),
+        "identifier": firsts.column("identifier"),
+        "partner_id": firsts.column("scope"),
         "first_seen": pa.array(np.minimum.reduceat(fs, starts), pa.int64()).cast(ts_type),
         "last_seen": pa.array(np.maximum.reduceat(ls, starts), pa.int64()).cast(ts_type),
-        "n_events": pa.array(np.add.reduceat(ne, starts).astype(np.int64)), "seen_at_partners": partners,
-        "flag": flag, "n_anchors": pa.array(n_anchors),
+        "n_events": pa.array(np.add.reduceat(ne, starts).astype(np.int64)),
+        "seen_at_partners": partners,
+        "flag": flag,
+        "n_anchors": pa.array(n_anchors),
     }
     # figures from co-occurrence pairs
     zeros = np.zeros(len(nodes), np.int64)
@@ -160,8 +187,9 @@ def lookup(keys: np.ndarray, table_keys: np.ndarray, table_values: np.ndarray, d
 
 
 def figure_values(stats: pa.Table, identifier_type: str, figure: str) -> np.ndarray:
-    sub = stats.filter(pc.and_(pc.equal(stats.column("identifier_type"), identifier_type),
-                               pc.is_null(stats.column("flag"))))
+    sub = stats.filter(
+        pc.and_(pc.equal(stats.column("identifier_type"), identifier_type), pc.is_null(stats.column("flag")))
+    )
     if figure == "n_people":
         return np.maximum(sub.column("n_emails").to_numpy(), sub.column("n_phones").to_numpy()).astype(np.int64)
     return sub.column(figure).to_numpy().astype(np.int64)
@@ -174,8 +202,9 @@ def histograms(stats: pa.Table) -> dict[str, np.ndarray]:
         values = figure_values(stats, t, fig)
         values = values[values > 0]
         out[rule] = np.bincount(np.minimum(values, HIST_CAP)) if len(values) else np.zeros(1, np.int64)
-    out["hash_collisions"] = np.array([int(pc.sum(pc.greater(stats.column("n_variants"), 1)).as_py() or 0)
-                                       if stats.num_rows else 0])
+    out["hash_collisions"] = np.array(
+        [int(pc.sum(pc.greater(stats.column("n_variants"), 1)).as_py() or 0) if stats.num_rows else 0]
+    )
     return out
 
 
@@ -210,14 +239,20 @@ class Thresholds:
 
 def learn_thresholds(hists: dict[str, np.ndarray], config: IdentityConfig) -> Thresholds:
     overrides = {
-        "email_fanout": config.max_people_per_email, "phone_fanout": config.max_people_per_email,
-        "customer_fanout": config.max_people_per_email, "subscriber_fanout": config.max_people_per_email,
-        "shared_device": config.max_people_per_device, "forwarded_click": config.max_devices_per_click_token,
+        "email_fanout": config.max_people_per_email,
+        "phone_fanout": config.max_people_per_email,
+        "customer_fanout": config.max_people_per_email,
+        "subscriber_fanout": config.max_people_per_email,
+        "shared_device": config.max_people_per_device,
+        "forwarded_click": config.max_devices_per_click_token,
     }
     floors = {
-        "email_fanout": config.min_fanout_devices, "phone_fanout": config.min_fanout_devices,
-        "customer_fanout": config.min_fanout_devices, "subscriber_fanout": config.min_fanout_devices,
-        "shared_device": config.min_people_per_shared_device - 1, "forwarded_click": 1,
+        "email_fanout": config.min_fanout_devices,
+        "phone_fanout": config.min_fanout_devices,
+        "customer_fanout": config.min_fanout_devices,
+        "subscriber_fanout": config.min_fanout_devices,
+        "shared_device": config.min_people_per_shared_device - 1,
+        "forwarded_click": 1,
     }
     values, learned = {}, {}
     for rule, _t, _f in FANOUT_RULES:
@@ -227,9 +262,16 @@ def learn_thresholds(hists: dict[str, np.ndarray], config: IdentityConfig) -> Th
         auto = max(float(floors[rule]), math.floor(fence))
         chosen = float(overrides[rule]) if overrides[rule] else auto
         values[rule] = chosen
-        learned[rule] = {"q1": q1, "median": med, "q3": q3, "fence": fence, "floor": floors[rule],
-                         "threshold": chosen, "source": "config" if overrides[rule] else "learned",
-                         "identifiers": int(hist.sum())}
+        learned[rule] = {
+            "q1": q1,
+            "median": med,
+            "q3": q3,
+            "fence": fence,
+            "floor": floors[rule],
+            "threshold": chosen,
+            "source": "config" if overrides[rule] else "learned",
+            "identifiers": int(hist.sum()),
+        }
     values["customers_at_partner"] = float(config.max_customers_per_device_partner)
     learned["customers_at_partner"] = {"threshold": values["customers_at_partner"], "source": "config"}
     return Thresholds(values, learned)
@@ -266,14 +308,19 @@ def decide_junk(stats: pa.Table, thresholds: Thresholds, oracle: bool = False) -
     junk = np.array([r is not None for r in rule], dtype=bool)
     idx = np.flatnonzero(junk)
     sub = stats.take(pa.array(idx))
-    audit = pa.table({
-        "identifier_type": sub.column("identifier_type"), "identifier": sub.column("identifier"),
-        "partner_id": sub.column("partner_id"), "rule": pa.array(rule[idx].tolist(), pa.string()),
-        "figure": pa.array(figure[idx], pa.float64()), "threshold": pa.array(threshold[idx], pa.float64()),
-        "n_events": sub.column("n_events"),
-    }, schema=AUDIT_SCHEMA)
+    audit = pa.table(
+        {
+            "identifier_type": sub.column("identifier_type"),
+            "identifier": sub.column("identifier"),
+            "partner_id": sub.column("partner_id"),
+            "rule": pa.array(rule[idx].tolist(), pa.string()),
+            "figure": pa.array(figure[idx], pa.float64()),
+            "threshold": pa.array(threshold[idx], pa.float64()),
+            "n_events": sub.column("n_events"),
+        },
+        schema=AUDIT_SCHEMA,
+    )
     return audit, stats.column("node").to_numpy()[idx].astype(np.uint64)
-
 
 
 def weak_link_decisions(weak: pa.Table, stats: pa.Table) -> tuple[pa.Table, np.ndarray]:
@@ -295,9 +342,16 @@ def weak_link_decisions(weak: pa.Table, stats: pa.Table) -> tuple[pa.Table, np.n
     order = np.argsort(s_nodes, kind="stable")
     pos = order[np.minimum(np.searchsorted(s_nodes[order], ids), len(order) - 1)]
     rows = stats.take(pa.array(pos))
-    audit = pa.table({
-        "identifier_type": rows.column("identifier_type"), "identifier": rows.column("identifier"),
-        "partner_id": rows.column("partner_id"), "rule": pa.array(["forwarded_click"] * len(ids), pa.string()),
-        "figure": pa.array(figure), "threshold": pa.array([1.0] * len(ids)), "n_events": rows.column("n_events"),
-    }, schema=AUDIT_SCHEMA)
+    audit = pa.table(
+        {
+            "identifier_type": rows.column("identifier_type"),
+            "identifier": rows.column("identifier"),
+            "partner_id": rows.column("partner_id"),
+            "rule": pa.array(["forwarded_click"] * len(ids), pa.string()),
+            "figure": pa.array(figure),
+            "threshold": pa.array([1.0] * len(ids)),
+            "n_events": rows.column("n_events"),
+        },
+        schema=AUDIT_SCHEMA,
+    )
     return audit, ids

@@ -16,22 +16,57 @@ import pyarrow.compute as pc
 from jobs.identity.graph import CLICK, CUSTOMER, DEVICE, EMAIL, PHONE, SUBSCRIBER, TYPE_RANK
 
 TS = pa.timestamp("us", tz="UTC")
-PERSONA_SCHEMA = pa.schema([
-    ("persona_id", pa.string()), ("current_email", pa.string()), ("current_phone", pa.string()),
-    ("n_devices", pa.int64()), ("n_emails", pa.int64()), ("n_phones", pa.int64()), ("n_customers", pa.int64()),
-    ("n_subscribers", pa.int64()), ("n_click_tokens", pa.int64()), ("partners", pa.list_(pa.string())),
-    ("first_seen", TS), ("last_seen", TS),
-])
-IDENTITY_MAP_SCHEMA = pa.schema([
-    ("identifier_type", pa.string()), ("identifier", pa.string()), ("partner_id", pa.string()),
-    ("persona_id", pa.string()), ("first_seen", TS), ("last_seen", TS), ("n_events", pa.int64()),
-    ("seen_at_partners", pa.list_(pa.string())),
-])
+PERSONA_SCHEMA = pa.schema(
+    [
+        ("persona_id", pa.string()),
+        ("current_email", pa.string()),
+        ("current_phone", pa.string()),
+        ("n_devices", pa.int64()),
+        ("n_emails", pa.int64()),
+        ("n_phones", pa.int64()),
+        ("n_customers", pa.int64()),
+        ("n_subscribers", pa.int64()),
+        ("n_click_tokens", pa.int64()),
+        ("partners", pa.list_(pa.string())),
+        ("first_seen", TS),
+        ("last_seen", TS),
+    ]
+)
+IDENTITY_MAP_SCHEMA = pa.schema(
+    [
+        ("identifier_type", pa.string()),
+        ("identifier", pa.string()),
+        ("partner_id", pa.string()),
+        ("persona_id", pa.string()),
+        ("first_seen", TS),
+        ("last_seen", TS),
+        ("n_events", pa.int64()),
+        ("seen_at_partners", pa.list_(pa.string())),
+    ]
+)
 ANCHOR_PERSONA_SCHEMA = pa.schema([("anchor", pa.uint64()), ("persona_id", pa.string()), ("identified", pa.bool_())])
-HUB_SCHEMA = pa.schema([("node", pa.uint64()), ("identifier_type", pa.string()), ("identifier", pa.string()),
-                        ("partner_id", pa.string()), ("figure", pa.float64()), ("n_events", pa.int64())])
-IDENT_COLUMNS = ["node", "label", "identifier_type", "identifier", "partner_id", "first_seen", "last_seen",
-                 "n_events", "seen_at_partners", "n_anchors"]
+HUB_SCHEMA = pa.schema(
+    [
+        ("node", pa.uint64()),
+        ("identifier_type", pa.string()),
+        ("identifier", pa.string()),
+        ("partner_id", pa.string()),
+        ("figure", pa.float64()),
+        ("n_events", pa.int64()),
+    ]
+)
+IDENT_COLUMNS = [
+    "node",
+    "label",
+    "identifier_type",
+    "identifier",
+    "partner_id",
+    "first_seen",
+    "last_seen",
+    "n_events",
+    "seen_at_partners",
+    "n_anchors",
+]
 
 
 def persona_hex(nodes: np.ndarray) -> pa.Array:
@@ -59,12 +94,20 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     components above the size cap that glue it together: the candidates the size-cap rule removes).
     """
     if idents.num_rows == 0:
-        empty_anchor = pa.table({
-            "anchor": anchors.column("node"), "persona_id": pa.nulls(anchors.num_rows, pa.string()),
-            "identified": pa.array(np.zeros(anchors.num_rows, bool)),
-        }, schema=ANCHOR_PERSONA_SCHEMA)
-        return {"personas": PERSONA_SCHEMA.empty_table(), "identity_map": IDENTITY_MAP_SCHEMA.empty_table(),
-                "anchor_persona": empty_anchor, "hubs": HUB_SCHEMA.empty_table()}
+        empty_anchor = pa.table(
+            {
+                "anchor": anchors.column("node"),
+                "persona_id": pa.nulls(anchors.num_rows, pa.string()),
+                "identified": pa.array(np.zeros(anchors.num_rows, bool)),
+            },
+            schema=ANCHOR_PERSONA_SCHEMA,
+        )
+        return {
+            "personas": PERSONA_SCHEMA.empty_table(),
+            "identity_map": IDENTITY_MAP_SCHEMA.empty_table(),
+            "anchor_persona": empty_anchor,
+            "hubs": HUB_SCHEMA.empty_table(),
+        }
     label = idents.column("label").to_numpy()
     node = idents.column("node").to_numpy()
     first_seen = idents.column("first_seen").cast(pa.int64()).to_numpy()
@@ -77,17 +120,30 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     pid_by_label = persona_hex(node[first])
     pos = np.searchsorted(labels_sorted, label)
     persona_of_row = pid_by_label.take(pa.array(pos))
-    identity_map = pa.table({
-        "identifier_type": idents.column("identifier_type"), "identifier": idents.column("identifier"),
-        "partner_id": idents.column("partner_id"), "persona_id": persona_of_row,
-        "first_seen": idents.column("first_seen"), "last_seen": idents.column("last_seen"),
-        "n_events": idents.column("n_events"), "seen_at_partners": idents.column("seen_at_partners"),
-    }, schema=IDENTITY_MAP_SCHEMA)
+    identity_map = pa.table(
+        {
+            "identifier_type": idents.column("identifier_type"),
+            "identifier": idents.column("identifier"),
+            "partner_id": idents.column("partner_id"),
+            "persona_id": persona_of_row,
+            "first_seen": idents.column("first_seen"),
+            "last_seen": idents.column("last_seen"),
+            "n_events": idents.column("n_events"),
+            "seen_at_partners": idents.column("seen_at_partners"),
+        },
+        schema=IDENTITY_MAP_SCHEMA,
+    )
     # counts per label and type
     n_labels = len(labels_sorted)
     counts = {}
-    for name, t in (("n_devices", DEVICE), ("n_emails", EMAIL), ("n_phones", PHONE), ("n_customers", CUSTOMER),
-                    ("n_subscribers", SUBSCRIBER), ("n_click_tokens", CLICK)):
+    for name, t in (
+        ("n_devices", DEVICE),
+        ("n_emails", EMAIL),
+        ("n_phones", PHONE),
+        ("n_customers", CUSTOMER),
+        ("n_subscribers", SUBSCRIBER),
+        ("n_click_tokens", CLICK),
+    ):
         counts[name] = np.bincount(pos[types == t], minlength=n_labels).astype(np.int64)
     fs = np.full(n_labels, np.iinfo(np.int64).max)
     np.minimum.at(fs, pos, first_seen)
@@ -100,8 +156,9 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
         values = np.full(n_labels, None, dtype=object)
         if len(rows):
             # latest used: max last_seen, then most events, then the identifier text
-            best = _first_per_group(pos[rows], -last_seen[rows], -idents.column("n_events").to_numpy()[rows],
-                                    node[rows])
+            best = _first_per_group(
+                pos[rows], -last_seen[rows], -idents.column("n_events").to_numpy()[rows], node[rows]
+            )
             values[pos[rows][best]] = ident_col.take(pa.array(rows[best])).to_numpy(zero_copy_only=False)
         current[name] = pa.array(values, pa.string())
     # partners: union of seen_at_partners
@@ -113,12 +170,20 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     partners = np.full(n_labels, None, dtype=object)
     for g, plist in zip(pagg.column("g").to_pylist(), pagg.column("p_distinct").to_pylist()):
         partners[g] = sorted(plist)
-    personas = pa.table({
-        "persona_id": pid_by_label, **{k: current[k] for k in ("current_email", "current_phone")},
-        **{k: pa.array(v) for k, v in counts.items()},
-        "partners": pa.array(partners.tolist(), pa.list_(pa.string())),
-        "first_seen": pa.array(fs, pa.int64()).cast(TS), "last_seen": pa.array(ls, pa.int64()).cast(TS),
-    }).select(PERSONA_SCHEMA.names).cast(PERSONA_SCHEMA)
+    personas = (
+        pa.table(
+            {
+                "persona_id": pid_by_label,
+                **{k: current[k] for k in ("current_email", "current_phone")},
+                **{k: pa.array(v) for k, v in counts.items()},
+                "partners": pa.array(partners.tolist(), pa.list_(pa.string())),
+                "first_seen": pa.array(fs, pa.int64()).cast(TS),
+                "last_seen": pa.array(ls, pa.int64()).cast(TS),
+            }
+        )
+        .select(PERSONA_SCHEMA.names)
+        .cast(PERSONA_SCHEMA)
+    )
     # anchors -> persona (null where the component holds no identifier)
     a_label = anchors.column("label").to_numpy()
     a_pos = np.searchsorted(labels_sorted, a_label)
@@ -128,8 +193,10 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     a_pid = pc.if_else(pa.array(found), a_pid, pa.scalar(None, pa.string()))
     identified = (counts["n_emails"] + counts["n_phones"] + counts["n_customers"] + counts["n_subscribers"]) > 0
     a_ident = found & identified[a_pos_c] if n_labels else np.zeros(len(a_label), bool)
-    anchor_persona = pa.table({"anchor": anchors.column("node"), "persona_id": a_pid, "identified": pa.array(a_ident)},
-                              schema=ANCHOR_PERSONA_SCHEMA)
+    anchor_persona = pa.table(
+        {"anchor": anchors.column("node"), "persona_id": a_pid, "identified": pa.array(a_ident)},
+        schema=ANCHOR_PERSONA_SCHEMA,
+    )
     # size cap: identifiers other than click tokens
     people_ids = sum(counts[k] for k in ("n_devices", "n_emails", "n_phones", "n_customers", "n_subscribers"))
     big = np.flatnonzero(people_ids > max_identifiers)
@@ -146,8 +213,15 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
             chosen.append(pick)
         pick = np.concatenate(chosen)
         sub = idents.take(pa.array(pick))
-        hubs = pa.table({"node": sub.column("node"), "identifier_type": sub.column("identifier_type"),
-                         "identifier": sub.column("identifier"), "partner_id": sub.column("partner_id"),
-                         "figure": pa.array(people_ids[pos[pick]].astype(float)), "n_events": sub.column("n_events")},
-                        schema=HUB_SCHEMA)
+        hubs = pa.table(
+            {
+                "node": sub.column("node"),
+                "identifier_type": sub.column("identifier_type"),
+                "identifier": sub.column("identifier"),
+                "partner_id": sub.column("partner_id"),
+                "figure": pa.array(people_ids[pos[pick]].astype(float)),
+                "n_events": sub.column("n_events"),
+            },
+            schema=HUB_SCHEMA,
+        )
     return {"personas": personas, "identity_map": identity_map, "anchor_persona": anchor_persona, "hubs": hubs}

@@ -49,14 +49,13 @@ class Executor(Protocol):
     the connected components of a list of edge tables (`src`, `dst`) as node partitions of (node, label).
     """
 
-    def map(self, fn: Callable, calls: Sequence[tuple], keys: Sequence[Keys], scalar_outputs: int = 0) -> list[list]:
-        ...
+    def map(
+        self, fn: Callable, calls: Sequence[tuple], keys: Sequence[Keys], scalar_outputs: int = 0
+    ) -> list[list]: ...
 
-    def get(self, values: list) -> list:
-        ...
+    def get(self, values: list) -> list: ...
 
-    def components(self, edges: list) -> tuple[list, dict[str, Any]]:
-        ...
+    def components(self, edges: list) -> tuple[list, dict[str, Any]]: ...
 
 
 class LocalExecutor:
@@ -95,8 +94,12 @@ class CheckedRows:
 
 def check_rows(ex: Executor, parts: list, blocklists: tuple[list[str], list[str]]) -> CheckedRows:
     """Canonical rows partitioned by (partner_id, event_id) -> the rows kept, quarantined, and for identity."""
-    kept, slim, bad, counts = ex.map(steps.validate_partition, [(p, *blocklists) for p in parts],
-                                     [None, ["partner_id", "_skey"], None], scalar_outputs=1)
+    kept, slim, bad, counts = ex.map(
+        steps.validate_partition,
+        [(p, *blocklists) for p in parts],
+        [None, ["partner_id", "_skey"], None],
+        scalar_outputs=1,
+    )
     counts = ex.get(counts)
     return CheckedRows(kept, slim, bad, sum(c["kept"] for c in counts), merge_counts(c["reasons"] for c in counts))
 
@@ -128,25 +131,33 @@ class _Pass:
 def _components_pass(ex: Executor, edges: list, linked: list, removed: list, cap: int) -> tuple[_Pass, int]:
     """Connected components of the edges -> personas, the removed identifiers left out; and the CC rounds."""
     labels, info = ex.components(edges)
-    idents, anchors = ex.map(steps.join_labels, [(s, lab, *removed) for s, lab in zip(linked, labels)],
-                             [["label"], ["label"]])
-    outputs = ex.map(steps.personas_step, [(i, a, cap) for i, a in zip(idents, anchors)],
-                     [None, None, ["anchor"], None], scalar_outputs=2)
+    idents, anchors = ex.map(
+        steps.join_labels, [(s, lab, *removed) for s, lab in zip(linked, labels)], [["label"], ["label"]]
+    )
+    outputs = ex.map(
+        steps.personas_step,
+        [(i, a, cap) for i, a in zip(idents, anchors)],
+        [None, None, ["anchor"], None],
+        scalar_outputs=2,
+    )
     return _Pass(labels, *outputs), info["rounds"]
 
 
-def resolve_identity(ex: Executor, slim_parts: list, config: IdentityConfig, truth: bool = False,
-                     oracle: bool = False) -> Identity:
+def resolve_identity(
+    ex: Executor, slim_parts: list, config: IdentityConfig, truth: bool = False, oracle: bool = False
+) -> Identity:
     """Slim identity rows partitioned by (partner_id, `_skey`) -> personas, identity_map, audit and
     event -> persona. `oracle`: the ground truth (`_truth`, kept when `truth`) replaces the junk rules."""
     cap = config.max_persona_identifiers
-    sess, occ, pairs = ex.map(steps.session_step, [(p, config.session_gap_minutes, truth) for p in slim_parts],
-                              [None, ["node"], ["node"]])
+    sess, occ, pairs = ex.map(
+        steps.session_step, [(p, config.session_gap_minutes, truth) for p in slim_parts], [None, ["node"], ["node"]]
+    )
     stats, hists = ex.map(steps.stats_step, [(o, q, truth) for o, q in zip(occ, pairs)], [None], scalar_outputs=1)
     merged = junk.merge_histograms(ex.get(hists))
     thresholds = junk.learn_thresholds(merged, config)
-    audits, linked, junk_ids = ex.map(steps.junk_step, [(s, thresholds, oracle) for s in stats], [None, None],
-                                      scalar_outputs=1)
+    audits, linked, junk_ids = ex.map(
+        steps.junk_step, [(s, thresholds, oracle) for s in stats], [None, None], scalar_outputs=1
+    )
     del stats, occ, pairs
     removed: list = []  # ids of identifiers the rounds removed (forwarded click tokens, size-cap hubs)
     cc_rounds = []
@@ -155,10 +166,12 @@ def resolve_identity(ex: Executor, slim_parts: list, config: IdentityConfig, tru
     strong, weak, event_map = ex.map(steps.edges_step, [(s, *junk_ids) for s in sess], [None, ["src"], ["anchor"]])
     found, rounds = _components_pass(ex, strong, linked, removed, cap)
     cc_rounds.append(rounds)
-    (weak_personas,) = ex.map(graph.weak_with_personas, [(w, a) for w, a in zip(weak, found.anchor_persona)],
-                              [["node"]])
-    weak_audit, weak_ids = ex.map(steps.weak_link_step, [(w, s) for w, s in zip(weak_personas, linked)], [None],
-                                  scalar_outputs=1)
+    (weak_personas,) = ex.map(
+        graph.weak_with_personas, [(w, a) for w, a in zip(weak, found.anchor_persona)], [["node"]]
+    )
+    weak_audit, weak_ids = ex.map(
+        steps.weak_link_step, [(w, s) for w, s in zip(weak_personas, linked)], [None], scalar_outputs=1
+    )
     audits += weak_audit
     removed += weak_ids
 
@@ -178,13 +191,15 @@ def resolve_identity(ex: Executor, slim_parts: list, config: IdentityConfig, tru
         (cap_audit,) = ex.map(steps.size_cap_audit, [(h, cap) for h in found.hubs], [None])
         audits += cap_audit
         removed += found.hub_ids
-        strong, weak, event_map = ex.map(steps.edges_step, [(s, *junk_ids, *removed) for s in sess],
-                                         [None, ["src"], ["anchor"]])
+        strong, weak, event_map = ex.map(
+            steps.edges_step, [(s, *junk_ids, *removed) for s in sess], [None, ["src"], ["anchor"]]
+        )
         found, rounds = _components_pass(ex, strong + weak, linked, removed, cap)
         cc_rounds.append(rounds)
 
-    (event_personas,) = ex.map(steps.event_personas, [(e, a) for e, a in zip(event_map, found.anchor_persona)],
-                               [["partner_id", "event_id"]])
+    (event_personas,) = ex.map(
+        steps.event_personas, [(e, a) for e, a in zip(event_map, found.anchor_persona)], [["partner_id", "event_id"]]
+    )
     counts = ex.get(found.counts)
     figures = {
         "personas": sum(c["personas"] for c in counts),
@@ -208,8 +223,7 @@ class Resolved:
 
 def attach_personas(ex: Executor, kept: list, event_personas: list) -> Resolved:
     """Kept rows and event -> persona, both by (partner_id, event_id) -> the events_resolved rows."""
-    parts, counts = ex.map(steps.attach_step, [(k, e) for k, e in zip(kept, event_personas)], [None],
-                           scalar_outputs=1)
+    parts, counts = ex.map(steps.attach_step, [(k, e) for k, e in zip(kept, event_personas)], [None], scalar_outputs=1)
     counts = ex.get(counts)
     return Resolved(parts, sum(c["rows"] for c in counts), sum(c["with_persona"] for c in counts))
 

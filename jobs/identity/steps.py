@@ -15,9 +15,14 @@ from jobs.contract.rows import dedupe, reason_counts
 from jobs.contract.schema import INTERNAL_COLUMNS, canonical_schema
 from jobs.identity import graph, junk, personas
 
-EVENT_PERSONA_SCHEMA = pa.schema([
-    ("partner_id", pa.string()), ("event_id", pa.string()), ("persona_id", pa.string()), ("session_key", pa.string()),
-])
+EVENT_PERSONA_SCHEMA = pa.schema(
+    [
+        ("partner_id", pa.string()),
+        ("event_id", pa.string()),
+        ("persona_id", pa.string()),
+        ("session_key", pa.string()),
+    ]
+)
 
 
 def _ids(parts: tuple) -> np.ndarray:
@@ -34,8 +39,9 @@ def num_rows(table: pa.Table) -> int:
     return table.num_rows
 
 
-def validate_partition(part: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str]
-                       ) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
+def validate_partition(
+    part: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str]
+) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
     """One (partner_id, event_id) partition of canonical rows -> (kept rows, slim identity rows with
     `_skey`, quarantined rows, {"kept": rows kept, "reasons": quarantined rows per reason})."""
     kept, bad = dedupe(part)
@@ -43,8 +49,9 @@ def validate_partition(part: pa.Table, blocklist_emails: list[str], blocklist_ph
     return kept, slim, bad, {"kept": kept.num_rows, "reasons": reason_counts(bad)}
 
 
-def slim_with_truth(block: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str],
-                    truth_column: str) -> pa.Table:
+def slim_with_truth(
+    block: pa.Table, blocklist_emails: list[str], blocklist_phones: list[str], truth_column: str
+) -> pa.Table:
     """Resolved events -> slim identity rows with `_skey` that carry the ground truth (the oracle's input)."""
     slim = graph.slim_events(block, blocklist_emails, blocklist_phones, truth_column=truth_column)
     return graph.session_partition_key(slim)
@@ -63,8 +70,9 @@ def stats_step(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> tupl
     return stats, junk.histograms(stats)
 
 
-def junk_step(stats: pa.Table, thresholds: junk.Thresholds, oracle: bool = False
-              ) -> tuple[pa.Table, pa.Table, np.ndarray]:
+def junk_step(
+    stats: pa.Table, thresholds: junk.Thresholds, oracle: bool = False
+) -> tuple[pa.Table, pa.Table, np.ndarray]:
     """One node partition of stats -> (audit rows, stats of the identifiers that link, junk ids)."""
     audit, junk_ids = junk.decide_junk(stats, thresholds, oracle=oracle)
     keep = pc.invert(pc.is_in(stats.column("node"), pa.array(junk_ids, pa.uint64())))
@@ -107,14 +115,21 @@ def join_labels(stats: pa.Table, labels: pa.Table, *removed: np.ndarray) -> tupl
     return idents, anchors
 
 
-def personas_step(idents: pa.Table, anchors: pa.Table, max_identifiers: int
-                  ) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, np.ndarray, dict]:
+def personas_step(
+    idents: pa.Table, anchors: pa.Table, max_identifiers: int
+) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, np.ndarray, dict]:
     """One label partition -> (personas, identity_map, anchor -> persona, size-cap hubs, hub ids, counts)."""
     out = personas.build_personas(idents, anchors, max_identifiers)
     hubs = out["hubs"]
     counts = {"personas": out["personas"].num_rows, "identifiers": out["identity_map"].num_rows, "hubs": hubs.num_rows}
-    return (out["personas"], out["identity_map"], out["anchor_persona"], hubs,
-            hubs.column("node").to_numpy().astype(np.uint64), counts)
+    return (
+        out["personas"],
+        out["identity_map"],
+        out["anchor_persona"],
+        hubs,
+        hubs.column("node").to_numpy().astype(np.uint64),
+        counts,
+    )
 
 
 def weak_link_step(weak_with_persona: pa.Table, stats: pa.Table) -> tuple[pa.Table, np.ndarray]:
@@ -124,12 +139,18 @@ def weak_link_step(weak_with_persona: pa.Table, stats: pa.Table) -> tuple[pa.Tab
 
 def size_cap_audit(hubs: pa.Table, cap: int) -> pa.Table:
     """Audit rows (`size_cap`) of the hubs removed from components above the size cap."""
-    return pa.table({
-        "identifier_type": hubs.column("identifier_type"), "identifier": hubs.column("identifier"),
-        "partner_id": hubs.column("partner_id"), "rule": pa.array(["size_cap"] * hubs.num_rows, pa.string()),
-        "figure": hubs.column("figure"), "threshold": pa.array([float(cap)] * hubs.num_rows),
-        "n_events": hubs.column("n_events"),
-    }, schema=junk.AUDIT_SCHEMA)
+    return pa.table(
+        {
+            "identifier_type": hubs.column("identifier_type"),
+            "identifier": hubs.column("identifier"),
+            "partner_id": hubs.column("partner_id"),
+            "rule": pa.array(["size_cap"] * hubs.num_rows, pa.string()),
+            "figure": hubs.column("figure"),
+            "threshold": pa.array([float(cap)] * hubs.num_rows),
+            "n_events": hubs.column("n_events"),
+        },
+        schema=junk.AUDIT_SCHEMA,
+    )
 
 
 def event_personas(event_map: pa.Table, anchor_persona: pa.Table) -> pa.Table:
@@ -143,7 +164,8 @@ def attach(kept: pa.Table, event_persona: pa.Table) -> pa.Table:
     base = kept.drop_columns([c for c in INTERNAL_COLUMNS if c in kept.column_names])
     if base.num_rows == 0:
         return base.append_column("persona_id", pa.array([], pa.string())).append_column(
-            "session_key", pa.array([], pa.string()))
+            "session_key", pa.array([], pa.string())
+        )
     joined = base.join(event_persona, ["partner_id", "event_id"], join_type="left outer", use_threads=False)
     return joined.select(base.column_names + ["persona_id", "session_key"])
 

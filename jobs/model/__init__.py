@@ -1,13 +1,13 @@
 """Look-alike models, one concept per module:
 
-    booster      the one load path (`load_booster`), the one `model_version`, XGBoost's threads in a Ray worker
-    bundle       the `models/` bundle's files and the checks a reader makes before scoring with a model
-    examples     a labelled snapshot's rows as one segment's model sees them (eligibility, label, hash split)
-    fit          fitting on Ray Train (XGBoostTrainer), with the shuffled-label twins
-    calibration  the base-margin shift that makes the saved model predict probabilities
-    baselines    the RFM baseline a model must beat
-    quality      metrics, lift, alarms, the leakage check, importance
-    report       the HTML quality page
-    training     one segment from labelled snapshots to a model, its card and its figures
-    scoring      every trained model over a feature table on Ray (actor pool, fused read, percentiles)
+booster      the one load path (`load_booster`), the one `model_version`, XGBoost's threads in a Ray worker
+bundle       the `models/` bundle's files and the checks a reader makes before scoring with a model
+examples     a labelled snapshot's rows as one segment's model sees them (eligibility, label, hash split)
+fit          fitting on Ray Train (XGBoostTrainer), with the shuffled-label twins
+calibration  the base-margin shift that makes the saved model predict probabilities
+baselines    the RFM baseline a model must beat
+quality      metrics, lift, alarms, the leakage check, importance
+report       the HTML quality page
+training     one segment from labelled snapshots to a model, its card and its figures
+scoring      every trained model over a feature table on Ray (actor pool, fused read, percentiles)
 """

@@ -10,7 +10,7 @@ by `num_partitions`, not by the data.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,8 @@ def hash_columns(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
         else:
             values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
             hashed = pd.util.hash_array(values.astype(object), hash_key=_HASH_KEY, categorize=False)
-        combined = hashed if combined is None else pd.util.hash_array(
-            combined * np.uint64(31) + hashed, hash_key=_HASH_KEY
+        combined = (
+            hashed if combined is None else pd.util.hash_array(combined * np.uint64(31) + hashed, hash_key=_HASH_KEY)
         )
     assert combined is not None, "hash_columns needs at least one key"
     return combined
@@ -71,8 +71,9 @@ def _flatten(outs, specs: Sequence[Keys], num_partitions: int) -> tuple:
     return tuple(flat)
 
 
-def map_exchange(fn: Callable, calls: Sequence[tuple], specs: Sequence[Keys], num_partitions: int,
-                 scalar_outputs: int = 0) -> list[list]:
+def map_exchange(
+    fn: Callable, calls: Sequence[tuple], specs: Sequence[Keys], num_partitions: int, scalar_outputs: int = 0
+) -> list[list]:
     """Run `fn(*call)` for every call as a Ray task that hash-splits its own outputs on the spot.
 
     `fn` returns tables (one per spec) then `scalar_outputs` small values. Returns one list per output: for
@@ -112,9 +113,7 @@ def _unchanged(table: pa.Table) -> pa.Table:
     return table
 
 
-def hash_partition(
-    blocks: Sequence[ray.ObjectRef], keys: Sequence[str], num_partitions: int
-) -> list[ray.ObjectRef]:
+def hash_partition(blocks: Sequence[ray.ObjectRef], keys: Sequence[str], num_partitions: int) -> list[ray.ObjectRef]:
     """Re-partition blocks so that every key lands in exactly one of `num_partitions` partitions."""
     (partitions,) = map_exchange(_unchanged, [(b,) for b in blocks], [list(keys)], num_partitions)
     return partitions

@@ -21,11 +21,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from jobs.storage import delete, read_json_or_none, write_json
 from jobs.config import StorageConfig
 from jobs.errors import UserError
+from jobs.storage import delete, read_json_or_none, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ def holder_is_alive(lease: dict[str, Any]) -> bool:
 
 def _describe(lease: dict[str, Any]) -> str:
     age = time.time() - float(lease.get("heartbeat", 0))
-    return (f"host {lease.get('host')} pid {lease.get('pid')} (started {lease.get('started_at')}, "
-            f"last heartbeat {age:.0f}s ago)")
+    return (
+        f"host {lease.get('host')} pid {lease.get('pid')} (started {lease.get('started_at')}, "
+        f"last heartbeat {age:.0f}s ago)"
+    )
 
 
 @contextlib.contextmanager
@@ -73,14 +76,21 @@ def run_lease(path: str, run_id: str, storage: StorageConfig) -> Iterator[dict[s
                 "heartbeat, or delete the file."
             )
         log.warning("run %s: taking over a stale lease of %s", run_id, _describe(current))
-    lease = {"owner": uuid.uuid4().hex, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "heartbeat": time.time()}
+    lease = {
+        "owner": uuid.uuid4().hex,
+        "run_id": run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "heartbeat": time.time(),
+    }
     write_json(path, lease, storage)
     time.sleep(SETTLE_S)
     holder = read_json_or_none(path, storage) or {}
     if holder.get("owner") != lease["owner"]:
-        raise UserError(f"run {run_id} was started twice at the same moment; the other runner ({_describe(holder)}) "
-                        "keeps it.")
+        raise UserError(
+            f"run {run_id} was started twice at the same moment; the other runner ({_describe(holder)}) keeps it."
+        )
 
     stop = threading.Event()
 

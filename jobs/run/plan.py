@@ -194,8 +194,13 @@ def block_facts(events: pa.Table) -> pa.Table:
     heads = pa.array([top_level(c) for c in encoded.dictionary.to_pylist()], pa.string())
     category = heads.take(encoded.indices)
     counted = pc.and_(pc.is_valid(events.column("persona_id")), pc.is_valid(category)).combine_chunks()
-    rows = pa.table({"day": days, "category": pc.if_else(counted, category, pa.scalar(None, pa.string())),
-                     "events": pc.cast(counted, pa.int64())})
+    rows = pa.table(
+        {
+            "day": days,
+            "category": pc.if_else(counted, category, pa.scalar(None, pa.string())),
+            "events": pc.cast(counted, pa.int64()),
+        }
+    )
     return merge_facts(rows)
 
 

@@ -13,5 +13,6 @@ def pipeline() -> tuple[Stage, ...]:
     """Every stage of a run, each after the stages that write what it reads."""
     from jobs.stages import evaluate, export, features, labels, plan, report, resolve, score, train
 
-    return ordered([Stage.of(module.run) for module in (resolve, evaluate, plan, features, labels, train, score,
-                                                        report, export)])
+    return ordered(
+        [Stage.of(module.run) for module in (resolve, evaluate, plan, features, labels, train, score, report, export)]
+    )

@@ -21,8 +21,9 @@ from jobs.storage import TableIn
 log = logging.getLogger(__name__)
 
 
-def run(view: EvaluateView, events_resolved: TableIn, identity_audit: TableIn, persona_evaluation: FileOut
-        ) -> dict[str, Any]:
+def run(
+    view: EvaluateView, events_resolved: TableIn, identity_audit: TableIn, persona_evaluation: FileOut
+) -> dict[str, Any]:
     truth_column = view.evaluation.truth_column
     events = events_resolved.dataset()
     columns = events.schema().names
@@ -35,10 +36,18 @@ def run(view: EvaluateView, events_resolved: TableIn, identity_audit: TableIn, p
     result = pairwise_metrics(ex, blocks, truth_column)
     result["oracle"] = oracle_metrics(ex, blocks, view.identity, truth_column)
     del blocks
-    result.update(rows=events_resolved.marker["rows"], identifiers_audited=identity_audit.marker["rows"],
-                  truth_column=truth_column)
+    result.update(
+        rows=events_resolved.marker["rows"],
+        identifiers_audited=identity_audit.marker["rows"],
+        truth_column=truth_column,
+    )
     persona_evaluation.write(json.dumps(result, indent=2, sort_keys=True).encode())
-    log.info("evaluate-personas: precision %.4f recall %.4f F1 %.4f (oracle %.4f / %.4f)",
-             result["pairwise_precision"], result["pairwise_recall"], result["pairwise_f1"],
-             result["oracle"]["pairwise_precision"], result["oracle"]["pairwise_recall"])
+    log.info(
+        "evaluate-personas: precision %.4f recall %.4f F1 %.4f (oracle %.4f / %.4f)",
+        result["pairwise_precision"],
+        result["pairwise_recall"],
+        result["pairwise_f1"],
+        result["oracle"]["pairwise_precision"],
+        result["oracle"]["pairwise_recall"],
+    )
     return {"rows_in": result["rows"], **result}

@@ -51,5 +51,9 @@ def run(view: FeaturesView, plan: RunPlan, events_resolved: TableIn, features: T
                 writer.write_arrow(feature_schema(config).empty_table(), partition={"as_of": as_of})
             personas[as_of.isoformat()] = rows
     log.info("features: %s features; personas per snapshot %s", extra["features"], personas)
-    return {"rows_in": events_resolved.marker.get("rows"), "rows_out": sum(personas.values()), "personas": personas,
-            **extra}
+    return {
+        "rows_in": events_resolved.marker.get("rows"),
+        "rows_out": sum(personas.values()),
+        "personas": personas,
+        **extra,
+    }

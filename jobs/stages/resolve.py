@@ -30,14 +30,22 @@ from jobs.storage import TableOut
 log = logging.getLogger(__name__)
 
 
-def run(view: ResolveView, events: InputEvents, quarantine: TableOut, events_resolved: TableOut,
-        identity_map: TableOut, identity_audit: TableOut, personas: TableOut) -> dict[str, Any]:
+def run(
+    view: ResolveView,
+    events: InputEvents,
+    quarantine: TableOut,
+    events_resolved: TableOut,
+    identity_map: TableOut,
+    identity_audit: TableOut,
+    personas: TableOut,
+) -> dict[str, Any]:
     clock = _Clock()
     plan = plan_input(events.path, events.storage)
     ex = RayExecutor(view.num_partitions)
     blocks = read_events(plan, events.storage).to_arrow_refs()
-    parts, block_rows = ex.map(steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]],
-                               scalar_outputs=1)
+    parts, block_rows = ex.map(
+        steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1
+    )
     del blocks
     rows_in = sum(ex.get(block_rows))
     clock.mark("read")
@@ -49,8 +57,7 @@ def run(view: ResolveView, events: InputEvents, quarantine: TableOut, events_res
     (quarantined,) = ex.map(to_quarantine, [(b, plan.extra_columns) for b in rows.quarantined], [None])
     _publish(quarantine, quarantined, rows_quarantined, quarantine_schema(plan.extra_columns))
     log.info("read %d rows: %d valid, %d quarantined", rows_in, rows.rows_kept, rows_quarantined)
-    share = check_quarantine_share(rows_in, rows.reasons, view.input.max_quarantine_share, events.path,
-                                   quarantine.path)
+    share = check_quarantine_share(rows_in, rows.reasons, view.input.max_quarantine_share, events.path, quarantine.path)
     clock.mark("validate+quarantine")
     identity = resolve_identity(ex, rows.slim, view.identity)
     resolved = attach_personas(ex, rows.kept, identity.event_personas)
@@ -65,11 +72,19 @@ def run(view: ResolveView, events: InputEvents, quarantine: TableOut, events_res
     (rule_counts,) = ex.map(reason_counts, [(a, "rule") for a in identity.audit], [None])
     clock.mark("write")
     return {
-        "rows_in": rows_in, "rows_out": resolved.rows, "quarantined": rows_quarantined, "reasons": rows.reasons,
-        "quarantined_share": round(share, 6), "rows_with_persona": resolved.rows_with_persona,
-        "identifiers_audited": audited, "audited_by_rule": merge_counts(ex.get(rule_counts)),
-        "files": len(plan.files), "partitions": view.num_partitions, **identity.figures,
-        "stage_seconds": clock.seconds, "driver_rss_mb_after": clock.rss_mb,
+        "rows_in": rows_in,
+        "rows_out": resolved.rows,
+        "quarantined": rows_quarantined,
+        "reasons": rows.reasons,
+        "quarantined_share": round(share, 6),
+        "rows_with_persona": resolved.rows_with_persona,
+        "identifiers_audited": audited,
+        "audited_by_rule": merge_counts(ex.get(rule_counts)),
+        "files": len(plan.files),
+        "partitions": view.num_partitions,
+        **identity.figures,
+        "stage_seconds": clock.seconds,
+        "driver_rss_mb_after": clock.rss_mb,
     }
 
 

@@ -59,16 +59,20 @@ def _s3fs(endpoint_url: str | None, region: str | None, retries: int, connect_ti
     return s3fs.S3FileSystem(
         client_kwargs=client_kwargs,
         # bounded waits: a store that stops answering fails after the retries instead of hanging the run
-        config_kwargs={"retries": {"max_attempts": max(retries, 1), "mode": "standard"},
-                       "connect_timeout": connect_timeout, "read_timeout": read_timeout},
+        config_kwargs={
+            "retries": {"max_attempts": max(retries, 1), "mode": "standard"},
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+        },
         use_listings_cache=False,
     )
 
 
 def s3fs_for(storage: StorageConfig):
     """The s3fs filesystem (presigned URLs, bucket checks); credentials from the AWS chain only."""
-    return _s3fs(storage.endpoint_url, storage.region, storage.retries, storage.connect_timeout_s,
-                 storage.read_timeout_s)
+    return _s3fs(
+        storage.endpoint_url, storage.region, storage.retries, storage.connect_timeout_s, storage.read_timeout_s
+    )
 
 
 def filesystem_for(path: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:

@@ -63,7 +63,8 @@ def test_catalogue_shape():
     assert all(f.missing == "0" or f.missing.startswith("NaN (") for f in features)
     assert len(xgboost_feature_types(FeaturesConfig())) == len(features)
     assert {"main_device_type", "main_payment_method", "country", "favourite_category"} <= {
-        f.name for f in features if f.kind == "c"}
+        f.name for f in features if f.kind == "c"
+    }
 
 
 def test_catalogue_follows_the_config():
@@ -86,8 +87,14 @@ def test_xgboost_reads_the_table_directly():
     table = compute_local(hand_table(), AS_OF, FeaturesConfig(), CATEGORIES)
     names, types = feature_names(FeaturesConfig()), xgboost_feature_types(FeaturesConfig())
     matrix = np.column_stack([table.column(n).to_numpy().astype(np.float64) for n in names])
-    data = xgboost.DMatrix(np.vstack([matrix] * 4), label=np.tile([1.0, 0.0, 1.0], 4), feature_names=names,
-                           feature_types=types, enable_categorical=True, missing=np.nan)
+    data = xgboost.DMatrix(
+        np.vstack([matrix] * 4),
+        label=np.tile([1.0, 0.0, 1.0], 4),
+        feature_names=names,
+        feature_types=types,
+        enable_categorical=True,
+        missing=np.nan,
+    )
     booster = xgboost.train({"tree_method": "hist", "max_cat_to_onehot": 1}, data, num_boost_round=2)
     assert booster.num_features() == len(names)
 

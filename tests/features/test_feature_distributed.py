@@ -107,8 +107,11 @@ def _rewrite_the_future(events: pa.Table, as_of: dt.date) -> pa.Table:
     for name, values in replaced.items():
         later = later.set_column(later.schema.get_field_index(name), name, values.cast(later.schema.field(name).type))
     later = later.filter(pa.array(np.arange(n) % 3 != 0))
-    ghost = later.slice(0, 50).set_column(later.schema.get_field_index("persona_id"), "persona_id",
-                                          pa.array(["ghost"] * 50, later.schema.field("persona_id").type))
+    ghost = later.slice(0, 50).set_column(
+        later.schema.get_field_index("persona_id"),
+        "persona_id",
+        pa.array(["ghost"] * 50, later.schema.field("persona_id").type),
+    )
     return pa.concat_tables([later, past, ghost])  # the row order changes too
 
 
@@ -140,8 +143,11 @@ def test_events_without_persona_or_before_the_history_are_ignored(ray_cluster):
 def test_true_person_id_is_never_read():
     assert "true_person_id" not in INPUT_COLUMNS  # the stage reads exactly these columns
     table = hand_table()
-    scrambled = table.set_column(table.schema.get_field_index("true_person_id"), "true_person_id",
-                                 pa.array([f"x{i}" for i in range(table.num_rows)]))
+    scrambled = table.set_column(
+        table.schema.get_field_index("true_person_id"),
+        "true_person_id",
+        pa.array([f"x{i}" for i in range(table.num_rows)]),
+    )
     assert _bytes(compute_local(scrambled, AS_OF, CONFIG, CATEGORIES)) == _bytes(
         compute_local(table, AS_OF, CONFIG, CATEGORIES)
     )

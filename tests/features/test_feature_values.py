@@ -31,10 +31,26 @@ INTERVALS = [102 + 1 / 24, 38 + 11 / 24, 54 + 5 / 24]  # days between A's orders
 
 EXPECTED_A: dict[str, float] = {
     # RFM
-    "orders_7d": 1, "orders_30d": 1, "orders_90d": 2, "orders_180d": 3, "orders_365d": 4,
-    "items_7d": 1, "items_30d": 1, "items_90d": 2, "items_180d": 5, "items_365d": 6,
-    "revenue_7d": 45.0, "revenue_30d": 45.0, "revenue_90d": 545.0, "revenue_180d": 695.0, "revenue_365d": 715.0,
-    "aov_7d": 45.0, "aov_30d": 45.0, "aov_90d": 272.5, "aov_180d": 695 / 3, "aov_365d": 178.75,
+    "orders_7d": 1,
+    "orders_30d": 1,
+    "orders_90d": 2,
+    "orders_180d": 3,
+    "orders_365d": 4,
+    "items_7d": 1,
+    "items_30d": 1,
+    "items_90d": 2,
+    "items_180d": 5,
+    "items_365d": 6,
+    "revenue_7d": 45.0,
+    "revenue_30d": 45.0,
+    "revenue_90d": 545.0,
+    "revenue_180d": 695.0,
+    "revenue_365d": 715.0,
+    "aov_7d": 45.0,
+    "aov_30d": 45.0,
+    "aov_90d": 272.5,
+    "aov_180d": 695 / 3,
+    "aov_365d": 178.75,
     "days_since_last_event": 0.25,
     "days_since_last_view": 6 - 20 / 24,
     "days_since_last_cart": 20 - 23.5 / 24,
@@ -47,33 +63,77 @@ EXPECTED_A: dict[str, float] = {
     "revenue_trend_30d_vs_90d": -41 / 59,  # r = 45/30, e = 500/60
     "views_trend_30d_vs_90d": 1.0,  # both views of the last 90 days are in the last 30
     # engagement
-    "events_7d": 5, "events_30d": 8, "events_90d": 11, "events_180d": 15, "events_365d": 16,
-    "sessions_7d": 4, "sessions_30d": 5, "sessions_90d": 7, "sessions_180d": 10, "sessions_365d": 11,
-    "product_views_7d": 1, "product_views_30d": 2, "product_views_90d": 2, "product_views_180d": 4,
+    "events_7d": 5,
+    "events_30d": 8,
+    "events_90d": 11,
+    "events_180d": 15,
+    "events_365d": 16,
+    "sessions_7d": 4,
+    "sessions_30d": 5,
+    "sessions_90d": 7,
+    "sessions_180d": 10,
+    "sessions_365d": 11,
+    "product_views_7d": 1,
+    "product_views_30d": 2,
+    "product_views_90d": 2,
+    "product_views_180d": 4,
     "product_views_365d": 4,
-    "carts_7d": 0, "carts_30d": 1, "carts_90d": 2, "carts_180d": 2, "carts_365d": 2,
-    "active_days_7d": 5, "active_days_30d": 7, "active_days_90d": 9, "active_days_180d": 11, "active_days_365d": 12,
-    "view_to_cart_rate_30d": 0.5, "view_to_cart_rate_90d": 1.0, "view_to_cart_rate_180d": 0.5,
+    "carts_7d": 0,
+    "carts_30d": 1,
+    "carts_90d": 2,
+    "carts_180d": 2,
+    "carts_365d": 2,
+    "active_days_7d": 5,
+    "active_days_30d": 7,
+    "active_days_90d": 9,
+    "active_days_180d": 11,
+    "active_days_365d": 12,
+    "view_to_cart_rate_30d": 0.5,
+    "view_to_cart_rate_90d": 1.0,
+    "view_to_cart_rate_180d": 0.5,
     "view_to_cart_rate_365d": 0.5,
-    "cart_to_purchase_rate_30d": 1.0, "cart_to_purchase_rate_90d": 1.0, "cart_to_purchase_rate_180d": 2.0,
+    "cart_to_purchase_rate_30d": 1.0,
+    "cart_to_purchase_rate_90d": 1.0,
+    "cart_to_purchase_rate_180d": 2.0,
     "cart_to_purchase_rate_365d": 2.5,
-    "view_to_purchase_rate_30d": 0.5, "view_to_purchase_rate_90d": 1.0, "view_to_purchase_rate_180d": 1.0,
+    "view_to_purchase_rate_30d": 0.5,
+    "view_to_purchase_rate_90d": 1.0,
+    "view_to_purchase_rate_180d": 1.0,
     "view_to_purchase_rate_365d": 1.25,
     "session_minutes_mean_90d": 90 / 7,  # s5 60 min, s6 30 min, five one-event sessions
     "events_per_session_90d": 9 / 7,
     "products_viewed_90d": 1,
-    "traffic_direct_share_365d": 5 / 14, "traffic_search_share_365d": 3 / 14, "traffic_social_share_365d": 1 / 14,
-    "traffic_ads_share_365d": 2 / 14, "traffic_email_share_365d": 3 / 14, "traffic_sms_share_365d": 0.0,
-    "traffic_viber_share_365d": 0.0, "traffic_referral_share_365d": 0.0,
+    "traffic_direct_share_365d": 5 / 14,
+    "traffic_search_share_365d": 3 / 14,
+    "traffic_social_share_365d": 1 / 14,
+    "traffic_ads_share_365d": 2 / 14,
+    "traffic_email_share_365d": 3 / 14,
+    "traffic_sms_share_365d": 0.0,
+    "traffic_viber_share_365d": 0.0,
+    "traffic_referral_share_365d": 0.0,
     "main_traffic_source": 0,
     # categories and brands (slots: 0 books, 1 electronics, 2 fashion, 3 home, 4-9 empty)
-    "cat00_views_90d": 0, "cat01_views_90d": 0, "cat02_views_90d": 2, "cat03_views_90d": 0,
-    "cat00_purchases_365d": 1, "cat01_purchases_365d": 2, "cat02_purchases_365d": 1, "cat03_purchases_365d": 1,
-    "cat00_spend_share_365d": 20 / 715, "cat01_spend_share_365d": 590 / 715, "cat02_spend_share_365d": 45 / 715,
+    "cat00_views_90d": 0,
+    "cat01_views_90d": 0,
+    "cat02_views_90d": 2,
+    "cat03_views_90d": 0,
+    "cat00_purchases_365d": 1,
+    "cat01_purchases_365d": 2,
+    "cat02_purchases_365d": 1,
+    "cat03_purchases_365d": 1,
+    "cat00_spend_share_365d": 20 / 715,
+    "cat01_spend_share_365d": 590 / 715,
+    "cat02_spend_share_365d": 45 / 715,
     "cat03_spend_share_365d": 60 / 715,
-    "cat00_months_bought_6m": 0, "cat01_months_bought_6m": 2, "cat02_months_bought_6m": 1, "cat03_months_bought_6m": 1,
-    **{f"cat{k:02d}_{name}": value for k in range(4, 10) for name, value in
-       (("views_90d", 0), ("purchases_365d", 0), ("spend_share_365d", 0.0), ("months_bought_6m", 0))},
+    "cat00_months_bought_6m": 0,
+    "cat01_months_bought_6m": 2,
+    "cat02_months_bought_6m": 1,
+    "cat03_months_bought_6m": 1,
+    **{
+        f"cat{k:02d}_{name}": value
+        for k in range(4, 10)
+        for name, value in (("views_90d", 0), ("purchases_365d", 0), ("spend_share_365d", 0.0), ("months_bought_6m", 0))
+    },
     "favourite_category": 1,
     "categories_viewed_90d": 1,
     "categories_bought_365d": 4,
@@ -85,8 +145,12 @@ EXPECTED_A: dict[str, float] = {
     "brand_spend_hhi_365d": (20**2 + 590**2 + 60**2 + 45**2) / 715**2,
     "top_brand_spend_share_365d": 590 / 715,
     # cross-partner
-    "partners_visited_30d": 2, "partners_visited_90d": 2, "partners_visited_180d": 3, "partners_visited_365d": 3,
-    "partners_bought_90d": 2, "partners_bought_365d": 3,
+    "partners_visited_30d": 2,
+    "partners_visited_90d": 2,
+    "partners_visited_180d": 3,
+    "partners_visited_365d": 3,
+    "partners_bought_90d": 2,
+    "partners_bought_365d": 3,
     "partner_event_hhi_365d": (7**2 + 6**2 + 3**2) / 16**2,
     "multi_partner_products_90d": 1,  # F1 at P1 (50) and P2 (45)
     "price_spread_seen_90d": (50 - 45) / 45,
@@ -94,25 +158,48 @@ EXPECTED_A: dict[str, float] = {
     "compared_purchase_share_365d": 1 / 5,
     "bought_cheapest_share_365d": 1.0,
     # identity and devices
-    "devices": 2, "emails": 2, "phones": 1, "customers": 2, "subscribers": 2, "subscribe_events": 1,
+    "devices": 2,
+    "emails": 2,
+    "phones": 1,
+    "customers": 2,
+    "subscribers": 2,
+    "subscribe_events": 1,
     "logins_90d": 1,
-    "desktop_share_365d": 4 / 14, "mobile_share_365d": 10 / 14, "tablet_share_365d": 0.0,
+    "desktop_share_365d": 4 / 14,
+    "mobile_share_365d": 10 / 14,
+    "tablet_share_365d": 0.0,
     "main_device_type": 1,
-    "messages_received_90d": 2, "messages_received_365d": 2,
-    "campaign_clicks_90d": 1, "campaign_clicks_365d": 1,
-    "campaign_click_rate_90d": 0.5, "campaign_click_rate_365d": 0.5,
+    "messages_received_90d": 2,
+    "messages_received_365d": 2,
+    "campaign_clicks_90d": 1,
+    "campaign_clicks_365d": 1,
+    "campaign_click_rate_90d": 0.5,
+    "campaign_click_rate_365d": 0.5,
     # time habits
-    "night_share_365d": 1 / 16, "morning_share_365d": 5 / 16, "afternoon_share_365d": 4 / 16,
+    "night_share_365d": 1 / 16,
+    "morning_share_365d": 5 / 16,
+    "afternoon_share_365d": 4 / 16,
     "evening_share_365d": 6 / 16,
-    "mon_share_365d": 3 / 16, "tue_share_365d": 2 / 16, "wed_share_365d": 2 / 16, "thu_share_365d": 3 / 16,
-    "fri_share_365d": 1 / 16, "sat_share_365d": 3 / 16, "sun_share_365d": 2 / 16, "weekend_share_365d": 5 / 16,
+    "mon_share_365d": 3 / 16,
+    "tue_share_365d": 2 / 16,
+    "wed_share_365d": 2 / 16,
+    "thu_share_365d": 3 / 16,
+    "fri_share_365d": 1 / 16,
+    "sat_share_365d": 3 / 16,
+    "sun_share_365d": 2 / 16,
+    "weekend_share_365d": 5 / 16,
     "peak_hour_365d": 8,  # hours 8, 10, 12, 20, 23 have two events each: the lowest wins
     "peak_weekday_365d": 0,  # mon, thu, sat have three: mon
     # geography and payment
     "country": 32,  # BG: B = 1, G = 6 -> 1 * 26 + 6
-    "countries_365d": 2, "cities_365d": 2,
-    "pay_card_share_365d": 0.5, "pay_cash_on_delivery_share_365d": 0.0, "pay_bank_transfer_share_365d": 0.0,
-    "pay_installments_share_365d": 0.25, "pay_wallet_share_365d": 0.0, "pay_other_share_365d": 0.25,
+    "countries_365d": 2,
+    "cities_365d": 2,
+    "pay_card_share_365d": 0.5,
+    "pay_cash_on_delivery_share_365d": 0.0,
+    "pay_bank_transfer_share_365d": 0.0,
+    "pay_installments_share_365d": 0.25,
+    "pay_wallet_share_365d": 0.0,
+    "pay_other_share_365d": 0.25,
     "installment_orders_365d": 1,
     "main_payment_method": 0,  # card and installments both have two lines: the lower code
     # purchasing power
@@ -123,19 +210,34 @@ EXPECTED_A: dict[str, float] = {
     "max_item_price_365d": 500.0,
     "mean_item_price_365d": (20 + 90 + 30 + 500 + 45) / 5,
     # social influence
-    "forwarded_clicks_365d": 1, "forwarded_clickers_365d": 1, "messages_forwarded_365d": 1,
+    "forwarded_clicks_365d": 1,
+    "forwarded_clickers_365d": 1,
+    "messages_forwarded_365d": 1,
     "forward_rate_365d": 0.5,
     "clicks_on_others_messages_365d": 0,  # A clicked only its own message
 }
 
 EXPECTED_B = {
-    "clicks_on_others_messages_365d": 1, "forwarded_clicks_365d": 0, "forward_rate_365d": NAN,
-    "bought_price_rel_median_365d": 200 / 105, "premium_purchase_share_365d": 1.0,
-    "viewed_price_rel_median_90d": 110 / 105, "pay_card_share_365d": 1.0, "orders_365d": 1,
-    "compared_purchases_365d": 0, "compared_purchase_share_365d": 0.0, "bought_cheapest_share_365d": NAN,
-    "multi_partner_products_90d": 0, "price_spread_seen_90d": NAN, "interpurchase_days_mean_365d": NAN,
-    "interpurchase_days_std_365d": NAN, "campaign_click_rate_365d": NAN, "campaign_clicks_365d": 1,
-    "new_categories_bought_90d": 1, "main_device_type": 1, "mobile_share_365d": 1.0,
+    "clicks_on_others_messages_365d": 1,
+    "forwarded_clicks_365d": 0,
+    "forward_rate_365d": NAN,
+    "bought_price_rel_median_365d": 200 / 105,
+    "premium_purchase_share_365d": 1.0,
+    "viewed_price_rel_median_90d": 110 / 105,
+    "pay_card_share_365d": 1.0,
+    "orders_365d": 1,
+    "compared_purchases_365d": 0,
+    "compared_purchase_share_365d": 0.0,
+    "bought_cheapest_share_365d": NAN,
+    "multi_partner_products_90d": 0,
+    "price_spread_seen_90d": NAN,
+    "interpurchase_days_mean_365d": NAN,
+    "interpurchase_days_std_365d": NAN,
+    "campaign_click_rate_365d": NAN,
+    "campaign_clicks_365d": 1,
+    "new_categories_bought_90d": 1,
+    "main_device_type": 1,
+    "mobile_share_365d": 1.0,
 }
 
 # C has one page view (P1, 15 days before the cut-off at 16:00, a Tuesday) and nothing else: every other
@@ -144,10 +246,17 @@ EXPECTED_C_SET = {
     **{f"events_{w}d": 1 for w in (30, 90, 180, 365)},
     **{f"active_days_{w}d": 1 for w in (30, 90, 180, 365)},
     **{f"partners_visited_{w}d": 1 for w in (30, 90, 180, 365)},
-    "days_since_last_event": 15 - 16 / 24, "days_since_first_event": 15 - 16 / 24,
-    "night_share_365d": 0.0, "morning_share_365d": 0.0, "afternoon_share_365d": 1.0, "evening_share_365d": 0.0,
+    "days_since_last_event": 15 - 16 / 24,
+    "days_since_first_event": 15 - 16 / 24,
+    "night_share_365d": 0.0,
+    "morning_share_365d": 0.0,
+    "afternoon_share_365d": 1.0,
+    "evening_share_365d": 0.0,
     **{f"{d}_share_365d": 0.0 for d in ("mon", "wed", "thu", "fri", "sat", "sun", "weekend")},
-    "tue_share_365d": 1.0, "peak_hour_365d": 16, "peak_weekday_365d": 1, "partner_event_hhi_365d": 1.0,
+    "tue_share_365d": 1.0,
+    "peak_hour_365d": 16,
+    "peak_weekday_365d": 1,
+    "partner_event_hhi_365d": 1.0,
 }
 
 
@@ -267,11 +376,15 @@ def test_who_is_a_recipient_depends_on_the_cut_off():
 
 def test_median_prices_count_each_offer_once_from_when_it_was_first_seen():
     phone = dict(category="electronics/phones", product_id="E1")
-    first = [ev("A", "v1", 20, "10:00", "P1", "product_view", price=100.0, **phone),
-             ev("A", "v2", 10, "10:00", "P2", "product_view", price=300.0, **phone)]
-    second = [ev("B", "v3", 15, "10:00", "P1", "purchase", price=100.0, **phone),  # the same offer again
-              ev("B", "v4", 2, "10:00", "P1", "product_view", price=900.0, **phone),
-              ev("B", "v5", 2, "10:00", "P1", "product_view", price=0.0, **phone)]  # unpriced: no offer
+    first = [
+        ev("A", "v1", 20, "10:00", "P1", "product_view", price=100.0, **phone),
+        ev("A", "v2", 10, "10:00", "P2", "product_view", price=300.0, **phone),
+    ]
+    second = [
+        ev("B", "v3", 15, "10:00", "P1", "purchase", price=100.0, **phone),  # the same offer again
+        ev("B", "v4", 2, "10:00", "P1", "product_view", price=900.0, **phone),
+        ev("B", "v5", 2, "10:00", "P1", "product_view", price=0.0, **phone),
+    ]  # unpriced: no offer
     offers = [price_offers(pa.Table.from_pylist(rows, schema=SCHEMA)) for rows in (first, second)]
 
     def median(days_before: int) -> list:
@@ -285,8 +398,9 @@ def test_median_prices_count_each_offer_once_from_when_it_was_first_seen():
 
 def test_another_category_is_coded_past_the_last_slot():
     # 10 slots, one category in the plan: toys is "another category" (code 10), never slot 1
-    rows = [ev("T", f"t{i}", 3 + i, "10:00", "P1", "product_view", category="toys/lego", product_id="T1")
-            for i in range(3)]
+    rows = [
+        ev("T", f"t{i}", 3 + i, "10:00", "P1", "product_view", category="toys/lego", product_id="T1") for i in range(3)
+    ]
     rows.append(ev("T", "b1", 2, "10:00", "P1", "product_view", category="books/novels", product_id="X1"))
     row = _rows(compute_local(pa.Table.from_pylist(rows, schema=SCHEMA), AS_OF, FeaturesConfig(), ["books"]))["T"]
     assert row["favourite_category"] == 10
@@ -297,8 +411,17 @@ def test_another_category_is_coded_past_the_last_slot():
 
 def test_emails_and_phones_count_as_identity_resolution_normalises_them():
     rows = [
-        ev("N", "n1", 9, "10:00", "P1", "login", email="Foo.Bar+shop@GoogleMail.com", phone="0881 234 567",
-           country="BG"),
+        ev(
+            "N",
+            "n1",
+            9,
+            "10:00",
+            "P1",
+            "login",
+            email="Foo.Bar+shop@GoogleMail.com",
+            phone="0881 234 567",
+            country="BG",
+        ),
         ev("N", "n2", 8, "10:00", "P1", "login", email=" foobar@gmail.com", phone="+359 88 123 4567"),
         ev("N", "n3", 7, "10:00", "P2", "login", email="not-an-email", phone="00359881234567", country="RO"),
         ev("N", "n4", 6, "10:00", "P2", "login", email="foo.bar@example.com", phone="0881 234 567", country="RO"),

@@ -19,8 +19,10 @@ def _sorted(table: pa.Table) -> list[dict]:
 def test_the_tree_gives_the_one_merge(ray_cluster, fan_in):
     day = dt.date(2026, 6, 1)
     partials = [
-        pa.table({"day": [day + dt.timedelta(days=i % 4), day], "category": [f"c{i % 7}", None], "events": [i, 0]},
-                 schema=FACTS_SCHEMA)
+        pa.table(
+            {"day": [day + dt.timedelta(days=i % 4), day], "category": [f"c{i % 7}", None], "events": [i, 0]},
+            schema=FACTS_SCHEMA,
+        )
         for i in range(23)
     ]
     refs = [ray_cluster.put(p) for p in partials]

@@ -37,8 +37,9 @@ def _rows(table: pa.Table) -> list[str]:
 
 def _strip(value):
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items()
-                if k not in VOLATILE and k != "inputs" and not k.endswith("write_id")}  # inputs: write ids
+        return {
+            k: _strip(v) for k, v in value.items() if k not in VOLATILE and k != "inputs" and not k.endswith("write_id")
+        }  # inputs: write ids
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -62,18 +63,30 @@ def run_contents(root: Path, run_id: str) -> dict[str, object]:
         folder = manifest.parent
         parts = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))]
         contents[str(folder.relative_to(root))] = _rows(pa.concat_tables(parts)) if parts else []
-        contents[str(manifest.relative_to(root))] = _strip({k: v for k, v in json.loads(manifest.read_text()).items()
-                                                            if k not in {"parts", "run_id"}})
+        contents[str(manifest.relative_to(root))] = _strip(
+            {k: v for k, v in json.loads(manifest.read_text()).items() if k not in {"parts", "run_id"}}
+        )
     return contents
 
 
 def small_job(events: Path, root: Path, **extra) -> dict:
-    return {"events": str(events), "root": str(root), "run_id": "r", "run_date": "2026-03-20", "stages": STAGE_NAMES,
-            "ray": {"num_partitions": 2},
-            "segments": [{"name": "ecommerce_buyers", "kind": "ecommerce_buyers"}],  # one model keeps it quick
-            "training": {"min_positives": 5, "min_negatives": 5, "num_boost_round": 10, "early_stopping_rounds": 5,
-                         "report_every": 5},
-            **extra}
+    return {
+        "events": str(events),
+        "root": str(root),
+        "run_id": "r",
+        "run_date": "2026-03-20",
+        "stages": STAGE_NAMES,
+        "ray": {"num_partitions": 2},
+        "segments": [{"name": "ecommerce_buyers", "kind": "ecommerce_buyers"}],  # one model keeps it quick
+        "training": {
+            "min_positives": 5,
+            "min_negatives": 5,
+            "num_boost_round": 10,
+            "early_stopping_rounds": 5,
+            "report_every": 5,
+        },
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +206,9 @@ def test_stage_survives_a_killed_ray_worker(reference, ray_cluster):
     assert summary["stages"]["resolve"]["status"] == "ran"
     contents = run_contents(root, "r")
     for table in ("events_resolved", "personas", "identity_map", "quarantine"):
-        assert contents[table] == reference["contents"][table], f"{table} differs after a worker was killed ({killed[0]})"
+        assert contents[table] == reference["contents"][table], (
+            f"{table} differs after a worker was killed ({killed[0]})"
+        )
 
 
 def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
@@ -282,8 +297,12 @@ def _recipe_phone_key(raw: str, country: str | None) -> str | None:
 def test_every_export_key_is_rederived_from_the_manifest_recipe(reference):
     """A partner following the manifest's key recipe reproduces 100% of the contact keys of its export."""
     base = reference["base"]
-    events = pa.concat_tables([pq.read_table(p, columns=["partner_id", "email", "phone", "country"])
-                               for p in sorted(Path(reference["events"]).rglob("*.parquet"))]).to_pylist()
+    events = pa.concat_tables(
+        [
+            pq.read_table(p, columns=["partner_id", "email", "phone", "country"])
+            for p in sorted(Path(reference["events"]).rglob("*.parquet"))
+        ]
+    ).to_pylist()
     derived: dict[str, set[str]] = {}
     for row in events:
         keys = derived.setdefault(row["partner_id"], set())
@@ -308,8 +327,10 @@ def test_every_export_key_is_rederived_from_the_manifest_recipe(reference):
 
     from jobs.cli import app
 
-    shown = CliRunner().invoke(app, ["exports", "keys", "--email", " Ann.Lee+promo@GoogleMail.com", "--phone",
-                                     "0888 123 456", "--country", "BG"])
+    shown = CliRunner().invoke(
+        app,
+        ["exports", "keys", "--email", " Ann.Lee+promo@GoogleMail.com", "--phone", "0888 123 456", "--country", "BG"],
+    )
     assert shown.exit_code == 0, shown.output
     printed = json.loads(shown.stdout)
     assert printed["email_sha256"] == _recipe_email_key(" Ann.Lee+promo@GoogleMail.com")

@@ -45,8 +45,9 @@ def toy_plan(view: PlanView, identity: RunIdentity, events_resolved: TableIn) ->
     _count("toy_plan")
     as_of = dt.date(2026, 3, 1)
     cutoffs = {s.name: SegmentCutoffs(s.horizon_days, as_of, as_of, as_of, True) for s in view.segments}
-    return RunPlan(identity.run_id, identity.run_date, as_of, tuple(sorted({s.category or "-" for s in view.segments})),
-                   cutoffs)
+    return RunPlan(
+        identity.run_id, identity.run_date, as_of, tuple(sorted({s.category or "-" for s in view.segments})), cutoffs
+    )
 
 
 def toy_features(view: FeaturesView, plan: RunPlan, events_resolved: TableIn, features: TableOut) -> dict:
@@ -73,7 +74,9 @@ def toy_score(view: ScoreView, models: TableIn, scores: TableOut) -> dict:
 
 def toy_export(view: ExportView, identity: RunIdentity, scores: TableIn, personas: TableOut) -> dict:
     _count("toy_export")
-    personas.write_arrow(scores.arrow().append_column("run_date", pa.array([identity.run_date] * scores.marker["rows"])))
+    personas.write_arrow(
+        scores.arrow().append_column("run_date", pa.array([identity.run_date] * scores.marker["rows"]))
+    )
     return {}
 
 
@@ -152,8 +155,12 @@ def test_rerun_skips_finished_stages_and_a_changed_view_reruns_what_reads_it(toy
 
     # a setting only the features stage reads: features and what reads its output rerun, nothing else
     changed = config.model_copy(update={"features": config.features.model_copy(update={"comparison_days": 3})})
-    assert ran(run_pipeline(changed, stages, names=STAGE_NAMES)) == ["toy_features", "toy_train", "toy_score",
-                                                                     "toy_export"]
+    assert ran(run_pipeline(changed, stages, names=STAGE_NAMES)) == [
+        "toy_features",
+        "toy_train",
+        "toy_score",
+        "toy_export",
+    ]
     assert read_json(str(run / "summary.json"), config.storage)["stages"]["toy_resolve"]["status"] == "skipped"
 
     # a tuning field (partitions) decides nothing: nothing reruns
@@ -171,8 +178,13 @@ def test_a_changed_segment_list_changes_the_plan_and_reruns_what_reads_it(toy):
     run_pipeline(config, stages, names=STAGE_NAMES)
     segments = [*config.segments, config.segments[0].model_copy(update={"name": "toys", "category": "toys"})]
     changed = config.model_copy(update={"segments": segments})
-    assert ran(run_pipeline(changed, stages, names=STAGE_NAMES)) == ["toy_plan", "toy_features", "toy_train",
-                                                                     "toy_score", "toy_export"]
+    assert ran(run_pipeline(changed, stages, names=STAGE_NAMES)) == [
+        "toy_plan",
+        "toy_features",
+        "toy_train",
+        "toy_score",
+        "toy_export",
+    ]
 
 
 def test_changed_events_or_a_republished_table_rerun_from_there(toy, tmp_path):
@@ -180,8 +192,14 @@ def test_changed_events_or_a_republished_table_rerun_from_there(toy, tmp_path):
     run_pipeline(config, stages, names=STAGE_NAMES)
     time.sleep(0.01)
     pq.write_table(pa.table({"x": [1, 2, 3, 4]}), tmp_path / "events" / "events-p1-0000.parquet")
-    assert ran(run_pipeline(config, stages, names=STAGE_NAMES)) == ["toy_resolve", "toy_plan", "toy_features",
-                                                                    "toy_train", "toy_score", "toy_export"]
+    assert ran(run_pipeline(config, stages, names=STAGE_NAMES)) == [
+        "toy_resolve",
+        "toy_plan",
+        "toy_features",
+        "toy_train",
+        "toy_score",
+        "toy_export",
+    ]
     # someone republished an output by hand: that stage's marker no longer matches its output
     layout = RunLayout.for_run(config.root, "r1")
     TableOut("models", layout.table("models"), config.storage).write_arrow(pa.table({"x": [9]}))
@@ -196,8 +214,10 @@ def test_markers_and_summary_on_s3(toy, s3_bucket, storage):
     assert ran(run_pipeline(changed, stages, names=STAGE_NAMES)) == ["toy_score", "toy_export"]
     layout = RunLayout.for_run(config.root, "r1")
     assert read_json(layout.summary, storage)["stages"]["toy_resolve"]["status"] == "skipped"
-    assert read_json(layout.stage_marker("toy_export"), storage)["inputs"]["scores"] == \
-        read_marker(layout.table("scores"), storage)["write_id"]
+    assert (
+        read_json(layout.stage_marker("toy_export"), storage)["inputs"]["scores"]
+        == read_marker(layout.table("scores"), storage)["write_id"]
+    )
 
 
 def test_a_failed_stage_resumes_where_it_stopped(toy):
@@ -209,8 +229,12 @@ def test_a_failed_stage_resumes_where_it_stopped(toy):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["stages"]["toy_train"]["status"] == "failed"
     assert "toy_train broke" in summary["stages"]["toy_train"]["error"]
-    assert sorted(p.stem for p in (run / "_stages").glob("*.json")) == ["run", "toy_features", "toy_plan",
-                                                                       "toy_resolve"]
+    assert sorted(p.stem for p in (run / "_stages").glob("*.json")) == [
+        "run",
+        "toy_features",
+        "toy_plan",
+        "toy_resolve",
+    ]
     FAIL.clear()
     assert ran(run_pipeline(config, stages, names=STAGE_NAMES)) == ["toy_train", "toy_score", "toy_export"]
     assert CALLS == {**dict.fromkeys(STAGE_NAMES, 1), "toy_train": 2}
@@ -218,7 +242,9 @@ def test_a_failed_stage_resumes_where_it_stopped(toy):
 
 def test_a_stage_alone_runs_the_plan_it_needs_and_refuses_missing_inputs(toy):
     config, stages = toy
-    with pytest.raises(UserError, match="reads events_resolved of run r1, which the toy_resolve stage has not produced"):
+    with pytest.raises(
+        UserError, match="reads events_resolved of run r1, which the toy_resolve stage has not produced"
+    ):
         run_pipeline(config, stages, names=["toy_features"])
     run_pipeline(config, stages, names=["toy_resolve"])
     summary = run_pipeline(config, stages, names=["toy_features"])
@@ -240,12 +266,18 @@ def test_run_ids_come_from_the_run_date_and_a_run_keeps_its_first_date(toy):
     named = config.model_copy(update={"run_id": "named"})
     first = run_pipeline(named, stages, names=["toy_resolve"])
     assert first["run_date"] == today
-    (Path(first["run_dir"]) / "_stages" / "run.json").write_text(json.dumps({"run_id": "named", "run_date": "2026-01-31"}))
+    (Path(first["run_dir"]) / "_stages" / "run.json").write_text(
+        json.dumps({"run_id": "named", "run_date": "2026-01-31"})
+    )
     assert run_pipeline(named, stages, names=["toy_resolve"])["run_date"] == "2026-01-31"
 
     # a run folder given by hand (not ROOT/runs/ID) is named after its folder
-    by_hand = run_pipeline(config.model_copy(update={"run_id": None}), stages, names=["toy_resolve"],
-                           layout=RunLayout(str(Path(config.root) / "elsewhere" / "x7")))
+    by_hand = run_pipeline(
+        config.model_copy(update={"run_id": None}),
+        stages,
+        names=["toy_resolve"],
+        layout=RunLayout(str(Path(config.root) / "elsewhere" / "x7")),
+    )
     assert by_hand["run_id"] == "x7"
 
 
@@ -258,8 +290,14 @@ def test_a_live_lease_stops_a_second_run_and_a_dead_one_is_taken_over(toy, monke
     config, stages = toy
     lease_file = Path(RunLayout.for_run(config.root, "r1").lease)
     lease_file.parent.mkdir(parents=True)
-    holder = {"owner": "other", "run_id": "r1", "host": "worker-7", "pid": 4242,
-              "started_at": "2026-03-01T03:00:00+00:00", "heartbeat": time.time()}
+    holder = {
+        "owner": "other",
+        "run_id": "r1",
+        "host": "worker-7",
+        "pid": 4242,
+        "started_at": "2026-03-01T03:00:00+00:00",
+        "heartbeat": time.time(),
+    }
     lease_file.write_text(json.dumps(holder))
     with pytest.raises(UserError, match=r"run r1 is already running: host worker-7 pid 4242.*lease.json"):
         run_pipeline(config, stages, names=STAGE_NAMES)

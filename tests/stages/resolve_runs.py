@@ -34,8 +34,8 @@ def run_stages(config: JobConfig, run_dir: str, names=("resolve",)) -> dict:
 
 def resolved(run_dir: str, storage) -> dict:
     """(partner_id, event_id) -> persona_id of a run's events_resolved."""
-    table = read_arrow(RunLayout(run_dir).table("events_resolved"), storage,
-                       columns=["partner_id", "event_id", "persona_id"])
+    table = read_arrow(
+        RunLayout(run_dir).table("events_resolved"), storage, columns=["partner_id", "event_id", "persona_id"]
+    )
     keys = zip(table.column("partner_id").to_pylist(), table.column("event_id").to_pylist())
     return dict(zip(keys, table.column("persona_id").to_pylist()))
-

@@ -19,8 +19,19 @@ from jobs.storage import MARKER, exists, join, read_arrow
 from jobs.synthetic import generate_events
 
 TABLES = ("quarantine", "events_resolved", "identity_map", "identity_audit", "personas")
-RULES = {"blocklist", "invalid_email", "invalid_phone", "email_fanout", "phone_fanout", "customer_fanout",
-         "subscriber_fanout", "shared_device", "shared_device_customers", "forwarded_click", "size_cap"}
+RULES = {
+    "blocklist",
+    "invalid_email",
+    "invalid_phone",
+    "email_fanout",
+    "phone_fanout",
+    "customer_fanout",
+    "subscriber_fanout",
+    "shared_device",
+    "shared_device_customers",
+    "forwarded_click",
+    "size_cap",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +47,10 @@ def test_resolve_stage_tables_and_figures(ray_cluster, sample, tmp_path):
     result = stage["result"]
     assert result["rows_in"] == sample.num_rows == result["rows_out"] + result["quarantined"]
     assert (stage["rows_in"], stage["rows_out"], stage["quarantined"]) == (
-        result["rows_in"], result["rows_out"], result["quarantined"])
+        result["rows_in"],
+        result["rows_out"],
+        result["quarantined"],
+    )
     assert result["reasons"] == {} or sum(result["reasons"].values()) == result["quarantined"]
     assert result["personas"] > PERSONS * 0.8 and result["identifiers_audited"] > 0
     assert result["partitions"] == 3 and result["files"] == 3 and result["hash_collisions"] == 0
@@ -69,8 +83,12 @@ def test_resolve_stage_tables_and_figures(ray_cluster, sample, tmp_path):
     # the distributed run gives exactly the single-process answer
     plan = plan_input(str(tmp_path / "events"), storage)
     local = resolve_local(read_events_local(plan, storage), config.identity)["events_resolved"]
-    local_map = dict(zip(zip(local.column("partner_id").to_pylist(), local.column("event_id").to_pylist()),
-                         local.column("persona_id").to_pylist()))
+    local_map = dict(
+        zip(
+            zip(local.column("partner_id").to_pylist(), local.column("event_id").to_pylist()),
+            local.column("persona_id").to_pylist(),
+        )
+    )
     assert local_map == resolved(run_dir, storage)
 
 
@@ -93,8 +111,11 @@ def test_same_input_same_ids_and_a_later_day_keeps_ids(ray_cluster, sample, tmp_
     for key, pid in after.items():
         if key in before:
             groups_after.setdefault(pid, set()).add(key)
-    unchanged = [pid for pid, keys in groups_before.items()
-                 if pid is not None and groups_after.get(after[next(iter(keys))]) == keys]
+    unchanged = [
+        pid
+        for pid, keys in groups_before.items()
+        if pid is not None and groups_after.get(after[next(iter(keys))]) == keys
+    ]
     assert len(unchanged) > 0.9 * len([p for p in groups_before if p is not None])
     for pid in unchanged:  # a persona that neither merged nor split keeps its id
         assert {after[k] for k in groups_before[pid]} == {pid}
@@ -110,8 +131,16 @@ def test_resolve_stage_reads_from_and_writes_to_s3(ray_cluster, sample, storage,
         sink = pa.BufferOutputStream()
         pq.write_table(part, sink)
         s3.put_object(Bucket=bucket, Key=f"in/events-{i}.parquet", Body=sink.getvalue().to_pybytes())
-    line = json.dumps({"event_id": "j1", "ts": "2026-01-03T10:00:00+00:00", "partner_id": "px", "event_type": "login",
-                       "email": "S3.Reader@Example.com", "device_id": "dj"})
+    line = json.dumps(
+        {
+            "event_id": "j1",
+            "ts": "2026-01-03T10:00:00+00:00",
+            "partner_id": "px",
+            "event_type": "login",
+            "email": "S3.Reader@Example.com",
+            "device_id": "dj",
+        }
+    )
     s3.put_object(Bucket=bucket, Key="in/extra.jsonl", Body=line.encode())
     config = JobConfig(events=f"{s3_bucket}/in/", storage=storage, ray={"num_partitions": 2})
     result = run_stages(config, f"{s3_bucket}/runs/r1")["resolve"]["result"]
@@ -125,8 +154,16 @@ def test_resolve_stage_reads_from_and_writes_to_s3(ray_cluster, sample, storage,
 
 def test_quarantine_share_limit_fails_after_writing_quarantine(ray_cluster, tmp_path):
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    records = [{"event_id": f"e{i}", "ts": t0 + dt.timedelta(minutes=i), "partner_id": "p1",
-                "event_type": "page_view" if i < 10 else "teleport", "device_id": f"d{i}"} for i in range(12)]
+    records = [
+        {
+            "event_id": f"e{i}",
+            "ts": t0 + dt.timedelta(minutes=i),
+            "partner_id": "p1",
+            "event_type": "page_view" if i < 10 else "teleport",
+            "device_id": f"d{i}",
+        }
+        for i in range(12)
+    ]
     (tmp_path / "in").mkdir()
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "in" / "events.parquet")
     run_dir = str(tmp_path / "run")
@@ -142,10 +179,13 @@ def test_quarantine_share_limit_fails_after_writing_quarantine(ray_cluster, tmp_
     assert result["reasons"] == {"unknown_event_type": 2}
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: str(p / "missing"), "does not exist"),
-    (lambda p: "s3://no-such-bucket-xyz/events", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: str(p / "missing"), "does not exist"),
+        (lambda p: "s3://no-such-bucket-xyz/events", "does not exist"),
+    ],
+)
 def test_bad_input_is_a_user_error(ray_cluster, tmp_path, storage, make, message):
     config = JobConfig(events=make(tmp_path), storage=storage)
     with pytest.raises(UserError, match=message) as error:
