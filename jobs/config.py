@@ -247,16 +247,21 @@ class ServingConfig(Section):
     host: str = Field("127.0.0.1", description="address the Serve HTTP proxy listens on")
     port: int = Field(8000, ge=1, le=65535, description="port of the Serve HTTP proxy")
     app_name: str = Field("segments", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Ray Serve application name")
-    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9_/-]*$", description="HTTP path the application is served under")
+    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9_/-]*$", description="HTTP path the application is under")
     replicas: int = Field(1, ge=1, description="replicas when autoscaling is off")
     autoscaling: bool = Field(False, description="let Ray Serve scale replicas between min_replicas and max_replicas")
     min_replicas: int = Field(1, ge=1, description="autoscaling: fewest replicas")
     max_replicas: int = Field(4, ge=1, description="autoscaling: most replicas")
-    target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling: in-flight requests per replica it aims for")
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="autoscaling: in-flight requests per replica it aims for"
+    )
     cpus_per_replica: float = Field(
         0.5, gt=0, description="CPUs reserved per replica; fractional so a 2-core machine keeps room for Ray Data"
     )
     max_ongoing_requests: int = Field(64, ge=1, description="requests one replica works on at once")
+    access_log: bool = Field(
+        False, description="Serve's per-request access log lines (method, path, status, latency; never the query)"
+    )
     poll_release_seconds: float = Field(1.0, gt=0, description="how often replicas look for a newer current release")
     poll_events_seconds: float = Field(
         0.1, gt=0, description="how often replicas read other replicas' live events from ROOT/online/events"
@@ -267,7 +272,9 @@ class ServingConfig(Section):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest POST /v1/events body (413 above it)")
     max_events_per_request: int = Field(1000, ge=1, description="most events in one POST /v1/events (413 above it)")
     intent_days: int = Field(30, ge=1, le=365, description="window of the intents (top categories and brands)")
-    intent_half_life_days: float = Field(7.0, gt=0, description="an event's weight in the intents halves over this time")
+    intent_half_life_days: float = Field(
+        7.0, gt=0, description="an event's weight in the intents halves over this time"
+    )
     intents_kept: int = Field(20, ge=1, le=200, description="categories and brands kept per persona in a release")
     intents_shown: int = Field(5, ge=1, le=50, description="categories and brands a profile shows")
     num_partitions: int = Field(8, ge=1, le=4096, description="publish: persona partitions (one Parquet part each)")

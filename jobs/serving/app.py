@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -69,17 +70,20 @@ class GroupCommit:
         await asyncio.sleep(self.window_s)
         while self.pending:
             batch, self.pending = self.pending, []
+            table = pa.concat_tables([t for t, _ in batch])
             try:
-                table = pa.concat_tables([t for t, _ in batch])
                 path = await asyncio.to_thread(self.event_log.write, table)
-                await self.on_written(path, table)
-            except Exception as exc:  # noqa: BLE001 - every waiting request must hear about it
-                rows = sum(t.num_rows for t, _ in batch)
-                log.exception("live events: a micro-batch of %d rows could not be written", rows)
+            except Exception as exc:  # noqa: BLE001 - every waiting request must hear about it: none is acknowledged
+                log.error("live events: a micro-batch of %d rows could not be written (%s)", table.num_rows,
+                          type(exc).__name__)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            try:
+                await self.on_written(path, table)
+            except Exception:  # noqa: BLE001 - stored is what the caller is promised; applying is logged
+                log.error("live events: applying %s failed:\n%s", path, traceback.format_exc(limit=8))
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
@@ -115,6 +119,7 @@ class ProfileService:
         self.tasks: list[asyncio.Task] = []
         self.applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-apply")
         self.full_scan_at = time.monotonic()
+        self.failed_release: str | None = None
 
     async def on_applier(self, fn, *args):
         """Run `fn(*args)` on the applier thread (one at a time: the live state has one writer)."""
@@ -175,9 +180,16 @@ class ProfileService:
 
     async def _check_release(self) -> None:
         current = await asyncio.to_thread(read_json_or_none, self.online.current, self.storage)
-        if not current or self.state is None or current["release_id"] == self.state.meta["release_id"]:
+        if not current or self.state is None or current["release_id"] in (self.state.meta["release_id"],
+                                                                          self.failed_release):
             return
-        fresh = await self._load(current["release_id"])
+        try:
+            fresh = await self._load(current["release_id"])
+        except Exception:  # noqa: BLE001 - keep serving the current release; retried when current.json moves
+            self.failed_release = current["release_id"]
+            log.error("release %s could not be loaded; still serving %s:\n%s", current["release_id"],
+                      self.state.meta["release_id"], traceback.format_exc(limit=8))
+            return
         old, self.state = self.state, fresh
         await self.catch_up()
         self.tasks.append(asyncio.create_task(self._close_later(old)))
@@ -323,8 +335,10 @@ class Profiles:
             return _error(404, "no_route", f"{path} is not an endpoint; see the serving contract")
         except RequestError as exc:
             return _error(exc.status, exc.code, exc.detail)
-        except Exception:  # noqa: BLE001 - logged with its traceback; the caller gets JSON, never a crash page
-            log.exception("request to %s failed", path)
+        except Exception as exc:  # noqa: BLE001 - the caller gets JSON, never a crash page
+            # the stack without the exception's message: a message may quote a value from the request
+            log.error("request to %s failed with %s:\n%s", path, type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
             return _error(500, "internal", "the server failed to answer; retry")
 
     async def __del__(self) -> None:
@@ -344,10 +358,18 @@ def deployment_options(config: JobConfig) -> dict[str, Any]:
     return options
 
 
+def serve_logging(config: JobConfig) -> dict[str, Any]:
+    """Serve's own logs: per-request access lines only when asked for (they cost CPU at hundreds of
+    requests per second, bench_serve); they never hold a query string or a header either way."""
+    return {"enable_access_log": config.serving.access_log, "log_level": "INFO" if config.serving.access_log
+            else "WARNING"}
+
+
 def build_app(config: JobConfig, root: str):
     from ray import serve
 
-    deployment = serve.deployment(name="Profiles", **deployment_options(config))(Profiles)
+    options = deployment_options(config)
+    deployment = serve.deployment(name="Profiles", logging_config=serve_logging(config), **options)(Profiles)
     return deployment.bind(config.model_dump(mode="json"), root)
 
 
@@ -359,7 +381,7 @@ def deploy(config: JobConfig, root: str) -> str:
         raise UserError(f"nothing is published under {OnlineLayout(root).base}: run `segments publish --run "
                         "ROOT/runs/RUN_ID` first.")
     serving = config.serving
-    serve.start(http_options={"host": serving.host, "port": serving.port})
+    serve.start(http_options={"host": serving.host, "port": serving.port}, logging_config=serve_logging(config))
     serve.run(build_app(config, root), name=serving.app_name, route_prefix=serving.route_prefix)
     prefix = serving.route_prefix.rstrip("/")
     return f"http://{serving.host}:{serving.port}{prefix}"

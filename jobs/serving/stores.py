@@ -189,17 +189,19 @@ def _hex(value: int) -> str:
     return f"{int(value):016x}"
 
 
-def _pack_profile(table: pa.Table, row: int, segments: Sequence[str], with_reasons: bool) -> bytes:
-    scores = []
-    for s in segments:
-        reasons = table.column(score_column(s, "reasons"))[row].as_py() if with_reasons else None
-        scores.append([table.column(score_column(s, "score"))[row].as_py(),
-                       table.column(score_column(s, "percentile"))[row].as_py(),
-                       table.column(score_column(s, "member"))[row].as_py(), reasons])
-    return msgpack.packb([table.column("persona_id")[row].as_py(), scores,
-                          [[i["name"], i["weight"]] for i in table.column("intent_categories")[row].as_py()],
-                          [[i["name"], i["weight"]] for i in table.column("intent_brands")[row].as_py()],
-                          table.column("inputs")[row].as_py()])
+def _packed_profiles(table: pa.Table, segments: Sequence[str], with_reasons: bool) -> list[bytes]:
+    """One msgpack blob per profile row: [persona, [[score, percentile, member, reasons] per segment],
+    [[category, weight]...], [[brand, weight]...], float32 feature vector bytes]."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    n = table.num_rows
+    per_segment = [(columns[score_column(s, "score")], columns[score_column(s, "percentile")],
+                    columns[score_column(s, "member")],
+                    columns[score_column(s, "reasons")] if with_reasons else [None] * n) for s in segments]
+    return [msgpack.packb([columns["persona_id"][row], [[sc[row], pc_[row], mb[row], rs[row]]
+                                                        for sc, pc_, mb, rs in per_segment],
+                           [[i["name"], i["weight"]] for i in columns["intent_categories"][row]],
+                           [[i["name"], i["weight"]] for i in columns["intent_brands"][row]],
+                           columns["inputs"][row]]) for row in range(n)]
 
 
 def _write_part_to_redis(batch: dict, profiles: dict, keys: dict, links: dict, storage: StorageConfig,
@@ -214,8 +216,8 @@ def _write_part_to_redis(batch: dict, profiles: dict, keys: dict, links: dict, s
         ids = table.column("persona_id").to_pylist()
         count = 0
         pipe = client.pipeline(transaction=False)
-        for row in range(table.num_rows):
-            pipe.set(f"{namespace}:p:{ids[row]}", _pack_profile(table, row, segments, with_reasons))
+        for persona, blob in zip(ids, _packed_profiles(table, segments, with_reasons)):
+            pipe.set(f"{namespace}:p:{persona}", blob)
             count += 1
             if count % batch_rows == 0:
                 pipe.execute()
