@@ -59,7 +59,7 @@ TS = pa.timestamp("us", tz="UTC")
 
 
 def persona_ids(lo: int, hi: int) -> pa.Array:
-    return pa.array([f"{0x5eed000000 + i:016x}" for i in range(lo, hi)], pa.string())
+    return pa.array([f"{0x5EED000000 + i:016x}" for i in range(lo, hi)], pa.string())
 
 
 def partner_of(i: np.ndarray) -> np.ndarray:
@@ -92,17 +92,29 @@ def identity_chunk(lo: int, hi: int) -> pa.Table:
     def rows(kind: str, values: list[str], scoped: bool, pick: np.ndarray) -> pa.Table:
         n = int(pick.sum())
         seen = pa.array([[p] for p in partners[pick]], pa.list_(pa.string()))
-        return pa.table({"identifier_type": pa.repeat(pa.scalar(kind), n), "identifier": pa.array(values, pa.string()),
-                         "partner_id": pa.array(partners[pick] if scoped else [None] * n, pa.string()),
-                         "persona_id": persona.filter(pa.array(pick)), "first_seen": pa.repeat(pa.scalar(first, TS), n),
-                         "last_seen": pa.repeat(pa.scalar(first, TS), n), "n_events": pa.repeat(pa.scalar(5), n),
-                         "seen_at_partners": seen}, schema=IDENTITY_MAP_SCHEMA)
+        return pa.table(
+            {
+                "identifier_type": pa.repeat(pa.scalar(kind), n),
+                "identifier": pa.array(values, pa.string()),
+                "partner_id": pa.array(partners[pick] if scoped else [None] * n, pa.string()),
+                "persona_id": persona.filter(pa.array(pick)),
+                "first_seen": pa.repeat(pa.scalar(first, TS), n),
+                "last_seen": pa.repeat(pa.scalar(first, TS), n),
+                "n_events": pa.repeat(pa.scalar(5), n),
+                "seen_at_partners": seen,
+            },
+            schema=IDENTITY_MAP_SCHEMA,
+        )
 
     every = np.ones(len(i), bool)
     emails = i % 4 == 0
-    return pa.concat_tables([rows("device", [f"dev-{k}" for k in i], False, every),
-                             rows("customer", [f"c-{k}" for k in i], True, every),
-                             rows("email", [f"user{k}@shop.test" for k in i[emails]], False, emails)])
+    return pa.concat_tables(
+        [
+            rows("device", [f"dev-{k}" for k in i], False, every),
+            rows("customer", [f"c-{k}" for k in i], True, every),
+            rows("email", [f"user{k}@shop.test" for k in i[emails]], False, emails),
+        ]
+    )
 
 
 def events_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
@@ -110,12 +122,17 @@ def events_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
     end = np.datetime64(dt.datetime.combine(AS_OF, dt.time()), "us")
     ts = end - (rng.uniform(0.5, 20, n) * 86_400e6).astype("timedelta64[us]")
     cats = np.array(CATEGORIES, dtype=object)[rng.integers(0, len(CATEGORIES), n)]
-    return pa.table({"event_id": pa.array([f"e-{k}" for k in range(lo, hi)]),
-                     "partner_id": partner_of(np.arange(lo, hi)), "persona_id": persona_ids(lo, hi),
-                     "ts": pa.array(ts, TS),
-                     "event_type": pa.repeat(pa.scalar("product_view"), n),
-                     "category": pa.array([f"{c}/sub" for c in cats]),
-                     "brand": pa.array(np.array(["Acme", "Globex", "Initech"], dtype=object)[rng.integers(0, 3, n)])})
+    return pa.table(
+        {
+            "event_id": pa.array([f"e-{k}" for k in range(lo, hi)]),
+            "partner_id": partner_of(np.arange(lo, hi)),
+            "persona_id": persona_ids(lo, hi),
+            "ts": pa.array(ts, TS),
+            "event_type": pa.repeat(pa.scalar("product_view"), n),
+            "category": pa.array([f"{c}/sub" for c in cats]),
+            "brand": pa.array(np.array(["Acme", "Globex", "Initech"], dtype=object)[rng.integers(0, 3, n)]),
+        }
+    )
 
 
 def build_run(root: str, n: int, storage: StorageConfig) -> str:
@@ -135,8 +152,15 @@ def build_run(root: str, n: int, storage: StorageConfig) -> str:
         for k, lo in enumerate(range(0, n, CHUNK)):
             w.write_arrow(identity_chunk(lo, min(n, lo + CHUNK)), name=f"part-{k:05d}")
     with writing(layout.table("identity_audit"), storage) as w:
-        shared = {"identifier_type": "device", "identifier": "dev-shared", "partner_id": None,
-                  "rule": "shared_device", "figure": 9.0, "threshold": 3.0, "n_events": 40}
+        shared = {
+            "identifier_type": "device",
+            "identifier": "dev-shared",
+            "partner_id": None,
+            "rule": "shared_device",
+            "figure": 9.0,
+            "threshold": 3.0,
+            "n_events": 40,
+        }
         w.write_arrow(pa.Table.from_pylist([shared], schema=AUDIT_SCHEMA))
     with writing(layout.table("events_resolved"), storage) as w:
         for k, lo in enumerate(range(0, n, CHUNK)):
@@ -148,15 +172,25 @@ def build_run(root: str, n: int, storage: StorageConfig) -> str:
     with writing(layout.table("models"), storage) as w:
         for k, segment in enumerate(SEGMENTS):
             y = (signal + rng.normal(0, 1, len(signal)) > np.median(signal)).astype(np.float32)
-            booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": k},
-                                xgb.DMatrix(x, label=y, feature_names=names), 30)
+            booster = xgb.train(
+                {"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": k},
+                xgb.DMatrix(x, label=y, feature_names=names),
+                30,
+            )
             raw = bytes(booster.save_raw("json"))
             versions[segment.name] = model_version(raw)
             boosters[segment.name] = booster
             entries[segment.name] = {"status": bundle.TRAINED, "model_version": versions[segment.name]}
-            card = {"segment": segment.name, "status": bundle.TRAINED, "reason": None,
-                    "model_version": versions[segment.name], "definition": segment.model_dump(mode="json"),
-                    "feature_names": names, "feature_types": None, "feature_categories": CATEGORIES}
+            card = {
+                "segment": segment.name,
+                "status": bundle.TRAINED,
+                "reason": None,
+                "model_version": versions[segment.name],
+                "definition": segment.model_dump(mode="json"),
+                "feature_names": names,
+                "feature_types": None,
+                "feature_categories": CATEGORIES,
+            }
             w.write_file(RunLayout.model_file(segment.name, bundle.MODEL), raw)
             w.write_file(RunLayout.model_file(segment.name, bundle.CARD), json.dumps(card).encode())
         w.extra.update({"segments": entries, "categories": CATEGORIES})
@@ -178,21 +212,37 @@ def build_run(root: str, n: int, storage: StorageConfig) -> str:
             rank = np.empty(len(score))
             rank[score.argsort(kind="stable")] = np.arange(len(score))
             pct = 100.0 * (rank + 0.5) / len(score)
-            w.write_arrow(pa.table({"persona_id": ids, "segment": pa.repeat(pa.scalar(segment.name), len(score)),
-                                    "score": score, "percentile": pct,
-                                    "model_version": pa.repeat(pa.scalar(versions[segment.name]), len(score)),
-                                    "member": pct >= 90.0}), name=f"part-{k:05d}")
+            w.write_arrow(
+                pa.table(
+                    {
+                        "persona_id": ids,
+                        "segment": pa.repeat(pa.scalar(segment.name), len(score)),
+                        "score": score,
+                        "percentile": pct,
+                        "model_version": pa.repeat(pa.scalar(versions[segment.name]), len(score)),
+                        "member": pct >= 90.0,
+                    }
+                ),
+                name=f"part-{k:05d}",
+            )
     return layout.run_dir
 
 
 # ------------------------------------------------------------------------------------------ load
 
+
 def summary(latencies_s: list[float], statuses: list[int], elapsed: float, target: float) -> dict:
     ms = np.asarray(latencies_s) * 1000
     ok = sum(1 for s in statuses if s in (200, 202))
-    return {"target_rps": target, "requests": len(statuses), "achieved_rps": round(len(statuses) / elapsed, 1),
-            "errors": len(statuses) - ok, "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {
+        "target_rps": target,
+        "requests": len(statuses),
+        "achieved_rps": round(len(statuses) / elapsed, 1),
+        "errors": len(statuses) - ok,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 async def open_loop(session, make_request, rate: float, seconds: float, time_limit: float) -> dict:
@@ -225,8 +275,9 @@ async def open_loop(session, make_request, rate: float, seconds: float, time_lim
     return summary(latencies, statuses, loop.time() - start, rate)
 
 
-async def load_steps(url: str, keys: dict[str, str], personas: int, rates: list[float], seconds: float,
-                     events_share: float) -> list[dict]:
+async def load_steps(
+    url: str, keys: dict[str, str], personas: int, rates: list[float], seconds: float, events_share: float
+) -> list[dict]:
     import aiohttp
 
     rnd = random.Random(5)
@@ -237,9 +288,19 @@ async def load_steps(url: str, keys: dict[str, str], personas: int, rates: list[
         partner = PARTNERS[k % len(PARTNERS)]
         headers = {"Authorization": f"Bearer {keys[partner]}"}
         if rnd.random() < events_share:
-            body = json.dumps([{"event_id": f"bench-{next(counter)}", "ts": "2026-11-30T10:00:00Z",
-                                "partner_id": partner, "event_type": "product_view", "customer_id": f"c-{k}",
-                                "category": "toys/bench", "brand": "Acme"}])
+            body = json.dumps(
+                [
+                    {
+                        "event_id": f"bench-{next(counter)}",
+                        "ts": "2026-11-30T10:00:00Z",
+                        "partner_id": partner,
+                        "event_type": "product_view",
+                        "customer_id": f"c-{k}",
+                        "category": "toys/bench",
+                        "brand": "Acme",
+                    }
+                ]
+            )
             return "POST", f"{url}/v1/events", {**headers, "Content-Type": "application/json"}, body
         return "GET", f"{url}/v1/profile?customer_id=c-{k}", headers, None
 
@@ -262,8 +323,11 @@ async def load_steps(url: str, keys: dict[str, str], personas: int, rates: list[
 
 
 def best_rate(steps: list[dict], p99_ms: float = 20.0) -> float | None:
-    good = [s["achieved_rps"] for s in steps if s["p99_ms"] <= p99_ms and not s["errors"]
-            and s["achieved_rps"] >= 0.95 * s["target_rps"]]
+    good = [
+        s["achieved_rps"]
+        for s in steps
+        if s["p99_ms"] <= p99_ms and not s["errors"] and s["achieved_rps"] >= 0.95 * s["target_rps"]
+    ]
     return max(good) if good else None
 
 
@@ -278,12 +342,22 @@ async def event_to_profile(url: str, keys: dict[str, str], personas: int, trials
             partner = PARTNERS[k % len(PARTNERS)]
             headers = {"Authorization": f"Bearer {keys[partner]}"}
             category = f"bench/trial-{t}"
-            event = [{"event_id": f"e2p-{t}-{time.time_ns()}", "ts": "2026-11-30T12:00:00Z", "partner_id": partner,
-                      "event_type": "purchase", "customer_id": f"c-{k}", "category": category, "brand": "Zed",
-                      "price": 999.0}]
+            event = [
+                {
+                    "event_id": f"e2p-{t}-{time.time_ns()}",
+                    "ts": "2026-11-30T12:00:00Z",
+                    "partner_id": partner,
+                    "event_type": "purchase",
+                    "customer_id": f"c-{k}",
+                    "category": category,
+                    "brand": "Zed",
+                    "price": 999.0,
+                }
+            ]
             started = time.perf_counter()
-            async with session.post(f"{url}/v1/events", data=json.dumps(event),
-                                    headers={**headers, "Content-Type": "application/json"}) as response:
+            async with session.post(
+                f"{url}/v1/events", data=json.dumps(event), headers={**headers, "Content-Type": "application/json"}
+            ) as response:
                 assert response.status == 202, await response.text()
             while time.perf_counter() - started < 5:
                 async with session.get(f"{url}/v1/profile?customer_id=c-{k}", headers=headers) as response:
@@ -312,9 +386,13 @@ async def in_process(config: JobConfig, root: str, personas: int, count: int) ->
         await service.profile(PARTNERS[k % len(PARTNERS)], [("customer_id", f"c-{k}")])
         latencies.append(time.perf_counter() - t0)
     ms = np.asarray(latencies) * 1000
-    out = {"lookups": count, "p50_ms": round(float(np.percentile(ms, 50)), 3),
-           "p99_ms": round(float(np.percentile(ms, 99)), 3), "release_load_s": round(load_s, 1),
-           "lookups_per_s_one_core": round(count / ms.sum() * 1000)}
+    out = {
+        "lookups": count,
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "release_load_s": round(load_s, 1),
+        "lookups_per_s_one_core": round(count / ms.sum() * 1000),
+    }
     await service.stop()
     return out
 
@@ -345,9 +423,17 @@ def main() -> None:
 
     root = str(Path(args.out).resolve())
     storage = StorageConfig()
-    config = JobConfig(root=root, segments=SEGMENTS, serving={
-        "replicas": args.replicas, "cpus_per_replica": args.cpus_per_replica, "port": args.port,
-        "max_ongoing_requests": 256, "num_partitions": 16})
+    config = JobConfig(
+        root=root,
+        segments=SEGMENTS,
+        serving={
+            "replicas": args.replicas,
+            "cpus_per_replica": args.cpus_per_replica,
+            "port": args.port,
+            "max_ongoing_requests": 256,
+            "num_partitions": 16,
+        },
+    )
     results: dict = {"personas": args.personas, "replicas": args.replicas, "cpus": os.cpu_count()}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     run_dir = RunLayout.for_run(root, RUN_ID).run_dir
@@ -388,7 +474,8 @@ def main() -> None:
     results["replica_memory_mb"] = list(memory.values())
     results["replica_memory_mb_per_million_personas"] = {
         "process_rss": round(max(m["process_rss"] for m in memory.values()) * per_million),
-        "release_arrays": round(max(m["release"] for m in memory.values()) * per_million)}
+        "release_arrays": round(max(m["release"] for m in memory.values()) * per_million),
+    }
     lookups_p50 = next((s["p50_ms"] for s in results["lookups"] if s["target_rps"] == rates[0]), None)
     results["verdict"] = {
         "max_lookups_rps_p99_le_20ms": best_rate(results["lookups"]),
@@ -396,7 +483,8 @@ def main() -> None:
         "http_over_in_process_p50": round(lookups_p50 / results["in_process"]["p50_ms"], 1) if lookups_p50 else None,
         "event_to_profile_max_ms": results["event_to_profile"]["max_ms"],
         "target_500_lookups_rps": (best_rate(results["lookups"]) or 0) >= 500,
-        "target_event_to_profile_1s": results["event_to_profile"]["max_ms"] <= 1000}
+        "target_event_to_profile_1s": results["event_to_profile"]["max_ms"] <= 1000,
+    }
     serve.shutdown()
     ray.shutdown()
     Path(args.out, "bench_serve.json").write_text(json.dumps(results, indent=2, default=str))

@@ -74,8 +74,11 @@ class GroupCommit:
             try:
                 path = await asyncio.to_thread(self.event_log.write, table)
             except Exception as exc:  # noqa: BLE001 - every waiting request must hear about it: none is acknowledged
-                log.error("live events: a micro-batch of %d rows could not be written (%s)", table.num_rows,
-                          type(exc).__name__)
+                log.error(
+                    "live events: a micro-batch of %d rows could not be written (%s)",
+                    table.num_rows,
+                    type(exc).__name__,
+                )
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -92,8 +95,9 @@ class GroupCommit:
 def _json(status: int, payload: dict[str, Any]):
     from starlette.responses import Response
 
-    return Response(json.dumps(payload, separators=(",", ":"), allow_nan=False), status_code=status,
-                    media_type="application/json")
+    return Response(
+        json.dumps(payload, separators=(",", ":"), allow_nan=False), status_code=status, media_type="application/json"
+    )
 
 
 def _error(status: int, code: str, detail: str):
@@ -136,9 +140,11 @@ class ProfileService:
         self.state = await self._load(current["release_id"])
         if background:
             serving = self.config.serving
-            self.tasks = [asyncio.create_task(self._loop(self._check_release, serving.poll_release_seconds)),
-                          asyncio.create_task(self._loop(self.catch_up, serving.poll_events_seconds)),
-                          asyncio.create_task(self._loop(self._reload_keys, KEYRING_RELOAD_SECONDS))]
+            self.tasks = [
+                asyncio.create_task(self._loop(self._check_release, serving.poll_release_seconds)),
+                asyncio.create_task(self._loop(self.catch_up, serving.poll_events_seconds)),
+                asyncio.create_task(self._loop(self._reload_keys, KEYRING_RELOAD_SECONDS)),
+            ]
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -174,21 +180,33 @@ class ProfileService:
             return len(files)
 
         replayed = await asyncio.to_thread(replay)
-        log.info("release %s loaded in %.1fs: %d personas, %d live micro-batches replayed", release_id,
-                 time.perf_counter() - started, meta["personas"], replayed)
+        log.info(
+            "release %s loaded in %.1fs: %d personas, %d live micro-batches replayed",
+            release_id,
+            time.perf_counter() - started,
+            meta["personas"],
+            replayed,
+        )
         return state
 
     async def _check_release(self) -> None:
         current = await asyncio.to_thread(read_json_or_none, self.online.current, self.storage)
-        if not current or self.state is None or current["release_id"] in (self.state.meta["release_id"],
-                                                                          self.failed_release):
+        if (
+            not current
+            or self.state is None
+            or current["release_id"] in (self.state.meta["release_id"], self.failed_release)
+        ):
             return
         try:
             fresh = await self._load(current["release_id"])
         except Exception:  # noqa: BLE001 - keep serving the current release; retried when current.json moves
             self.failed_release = current["release_id"]
-            log.error("release %s could not be loaded; still serving %s:\n%s", current["release_id"],
-                      self.state.meta["release_id"], traceback.format_exc(limit=8))
+            log.error(
+                "release %s could not be loaded; still serving %s:\n%s",
+                current["release_id"],
+                self.state.meta["release_id"],
+                traceback.format_exc(limit=8),
+            )
             return
         old, self.state = self.state, fresh
         await self.catch_up()
@@ -223,28 +241,44 @@ class ProfileService:
     def partner_of(self, authorization: str | None) -> str:
         if not authorization or not authorization.startswith("Bearer "):
             raise RequestError(401, "unauthorized", "send `Authorization: Bearer KEY` with a partner API key")
-        partner = self.keyring.partner_of(authorization[len("Bearer "):].strip())
+        partner = self.keyring.partner_of(authorization[len("Bearer ") :].strip())
         if partner is None:
             raise RequestError(401, "unauthorized", "the API key is not valid")
         return partner
 
     def health(self) -> dict[str, Any]:
         meta = self.state.meta
-        return {"run_id": meta["run_id"], "release_id": meta["release_id"], "published_at": meta["published_at"],
-                "store": meta["store"], "personas": meta["personas"],
-                "model_versions": {s["name"]: s["model_version"] for s in meta["segments"]},
-                "live_events_seen": len(self.state.seen), "live_events_applied": self.state.applied,
-                "memory_mb": {"process_rss": round(psutil.Process().memory_info().rss / 2**20, 1),
-                              "release": round(self.state.release.nbytes() / 2**20, 1)}}
+        return {
+            "run_id": meta["run_id"],
+            "release_id": meta["release_id"],
+            "published_at": meta["published_at"],
+            "store": meta["store"],
+            "personas": meta["personas"],
+            "model_versions": {s["name"]: s["model_version"] for s in meta["segments"]},
+            "live_events_seen": len(self.state.seen),
+            "live_events_applied": self.state.applied,
+            "memory_mb": {
+                "process_rss": round(psutil.Process().memory_info().rss / 2**20, 1),
+                "release": round(self.state.release.nbytes() / 2**20, 1),
+            },
+        }
 
     async def profile(self, partner: str, query: list[tuple[str, str]]) -> dict[str, Any]:
         unknown = sorted({k for k, _ in query if k not in KEY_TYPES})
         if unknown:
-            raise RequestError(400, "unknown_key_type", f"unknown query parameter(s) {', '.join(unknown)}; "
-                               f"look a visitor up by exactly one of {', '.join(KEY_TYPES)}")
+            raise RequestError(
+                400,
+                "unknown_key_type",
+                f"unknown query parameter(s) {', '.join(unknown)}; "
+                f"look a visitor up by exactly one of {', '.join(KEY_TYPES)}",
+            )
         if len(query) != 1:
-            raise RequestError(400, "one_key", f"{'no key' if not query else 'several keys'} given; look a visitor "
-                               f"up by exactly one of {', '.join(KEY_TYPES)}")
+            raise RequestError(
+                400,
+                "one_key",
+                f"{'no key' if not query else 'several keys'} given; look a visitor "
+                f"up by exactly one of {', '.join(KEY_TYPES)}",
+            )
         key_type, key = query[0]
         if not key.strip():
             raise RequestError(400, "empty_key", f"{key_type} is empty")
@@ -266,22 +300,34 @@ class ProfileService:
                 continue  # a segment restricted to another partner
             if math.isnan(score[j]):
                 continue  # not eligible for this segment
-            item = {"segment": entry["name"], "score": _number(score[j], 6),
-                    "percentile": _number(percentile[j], 2), "member": bool(member[j])}
+            item = {
+                "segment": entry["name"],
+                "score": _number(score[j], 6),
+                "percentile": _number(percentile[j], 2),
+                "member": bool(member[j]),
+            }
             if base.reasons is not None:
                 item["reasons"] = list(base.reasons[j] or [])
             segments.append(item)
         shown = self.config.serving.intents_shown
-        intents = {kind: shown_intents(base.intents.get(kind), live.intents[kind] if live else None, shown)
-                   for kind in INTENT_KINDS}
+        intents = {
+            kind: shown_intents(base.intents.get(kind), live.intents[kind] if live else None, shown)
+            for kind in INTENT_KINDS
+        }
         updated = event_time_iso(updated_s) if updated_s else meta["published_at"].replace("+00:00", "Z")
-        return {"persona": persona_token(self.secret, partner, base.persona_id), "run_id": meta["run_id"],
-                "updated_at": updated, "segments": segments, "intents": intents}
+        return {
+            "persona": persona_token(self.secret, partner, base.persona_id),
+            "run_id": meta["run_id"],
+            "updated_at": updated,
+            "segments": segments,
+            "intents": intents,
+        }
 
     async def events(self, partner: str, body: bytes) -> dict[str, Any]:
         if len(body) > self.config.serving.max_body_bytes:
-            raise RequestError(413, "too_large", f"the body has {len(body)} bytes; at most "
-                               f"{self.config.serving.max_body_bytes}")
+            raise RequestError(
+                413, "too_large", f"the body has {len(body)} bytes; at most {self.config.serving.max_body_bytes}"
+            )
         limit = self.config.serving.max_events_per_request
         result = await self.on_applier(intake, body, partner, self.state.seen, limit)
         if result.accepted.num_rows:
@@ -314,7 +360,7 @@ class Profiles:
         path = request.scope.get("path", "")
         root_path = request.scope.get("root_path", "")
         if root_path and path.startswith(root_path):
-            path = path[len(root_path):]
+            path = path[len(root_path) :]
         path = "/" + path.strip("/")
         try:
             if path == "/v1/health" and request.method == "GET":
@@ -327,8 +373,11 @@ class Profiles:
                 partner = service.partner_of(request.headers.get("authorization"))
                 declared = request.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > service.config.serving.max_body_bytes:
-                    raise RequestError(413, "too_large", f"the body has {declared} bytes; at most "
-                                       f"{service.config.serving.max_body_bytes}")
+                    raise RequestError(
+                        413,
+                        "too_large",
+                        f"the body has {declared} bytes; at most {service.config.serving.max_body_bytes}",
+                    )
                 return _json(202, await service.events(partner, await request.body()))
             if path in ("/v1/health", "/v1/profile", "/v1/events"):
                 return _error(405, "method_not_allowed", f"{request.method} is not allowed on {path}")
@@ -337,8 +386,12 @@ class Profiles:
             return _error(exc.status, exc.code, exc.detail)
         except Exception as exc:  # noqa: BLE001 - the caller gets JSON, never a crash page
             # the stack without the exception's message: a message may quote a value from the request
-            log.error("request to %s failed with %s:\n%s", path, type(exc).__name__,
-                      "".join(traceback.format_tb(exc.__traceback__)))
+            log.error(
+                "request to %s failed with %s:\n%s",
+                path,
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
             return _error(500, "internal", "the server failed to answer; retry")
 
     async def __del__(self) -> None:
@@ -347,12 +400,18 @@ class Profiles:
 
 def deployment_options(config: JobConfig) -> dict[str, Any]:
     serving = config.serving
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": serving.cpus_per_replica},
-                               "max_ongoing_requests": serving.max_ongoing_requests,
-                               "health_check_period_s": 2.0, "graceful_shutdown_timeout_s": 5.0}
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": serving.cpus_per_replica},
+        "max_ongoing_requests": serving.max_ongoing_requests,
+        "health_check_period_s": 2.0,
+        "graceful_shutdown_timeout_s": 5.0,
+    }
     if serving.autoscaling:
-        options["autoscaling_config"] = {"min_replicas": serving.min_replicas, "max_replicas": serving.max_replicas,
-                                         "target_ongoing_requests": serving.target_ongoing_requests}
+        options["autoscaling_config"] = {
+            "min_replicas": serving.min_replicas,
+            "max_replicas": serving.max_replicas,
+            "target_ongoing_requests": serving.target_ongoing_requests,
+        }
     else:
         options["num_replicas"] = serving.replicas
     return options
@@ -361,8 +420,10 @@ def deployment_options(config: JobConfig) -> dict[str, Any]:
 def serve_logging(config: JobConfig) -> dict[str, Any]:
     """Serve's own logs: per-request access lines only when asked for (they cost CPU at hundreds of
     requests per second, bench_serve); they never hold a query string or a header either way."""
-    return {"enable_access_log": config.serving.access_log, "log_level": "INFO" if config.serving.access_log
-            else "WARNING"}
+    return {
+        "enable_access_log": config.serving.access_log,
+        "log_level": "INFO" if config.serving.access_log else "WARNING",
+    }
 
 
 def build_app(config: JobConfig, root: str):
@@ -378,8 +439,10 @@ def deploy(config: JobConfig, root: str) -> str:
     from ray import serve
 
     if read_json_or_none(OnlineLayout(root).current, config.storage) is None:
-        raise UserError(f"nothing is published under {OnlineLayout(root).base}: run `segments publish --run "
-                        "ROOT/runs/RUN_ID` first.")
+        raise UserError(
+            f"nothing is published under {OnlineLayout(root).base}: run `segments publish --run "
+            "ROOT/runs/RUN_ID` first."
+        )
     serving = config.serving
     serve.start(http_options={"host": serving.host, "port": serving.port}, logging_config=serve_logging(config))
     serve.run(build_app(config, root), name=serving.app_name, route_prefix=serving.route_prefix)

@@ -63,10 +63,12 @@ def lookup_keys(identity: pa.Table) -> pa.Table:
     """
     keyed = partner_keys(identity)
     persona = [keyed.column("persona_id")]
-    text = [pc.binary_join_element_wise(keyed.column("partner_id"), keyed.column("key_type"), keyed.column("key"),
-                                        _SEP)]
-    devices = identity.filter(pc.and_(pc.equal(identity.column("identifier_type"), "device"),
-                                      pc.is_valid(identity.column("persona_id"))))
+    text = [
+        pc.binary_join_element_wise(keyed.column("partner_id"), keyed.column("key_type"), keyed.column("key"), _SEP)
+    ]
+    devices = identity.filter(
+        pc.and_(pc.equal(identity.column("identifier_type"), "device"), pc.is_valid(identity.column("persona_id")))
+    )
     if devices.num_rows:
         seen = devices.column("seen_at_partners").combine_chunks()
         parent = pc.list_parent_indices(seen)
@@ -74,8 +76,11 @@ def lookup_keys(identity: pa.Table) -> pa.Table:
         present = pc.is_valid(partners)
         parent, partners = parent.filter(present), partners.filter(present)
         persona.append(devices.column("persona_id").take(parent))
-        text.append(pc.binary_join_element_wise(partners, pa.scalar("device_id"),
-                                                devices.column("identifier").take(parent), _SEP))
+        text.append(
+            pc.binary_join_element_wise(
+                partners, pa.scalar("device_id"), devices.column("identifier").take(parent), _SEP
+            )
+        )
     persona_ids = pa.chunked_array(persona, pa.string()).combine_chunks()
     texts = pa.chunked_array(text, pa.string()).combine_chunks()
     return pa.table([persona_ids, _hashes(texts.to_pylist())], schema=KEY_ROWS)
@@ -87,12 +92,14 @@ def link_ids(identity: pa.Table) -> pa.Table:
     usable = pc.and_(pc.is_in(kinds, pa.array(LINK_TYPES)), pc.is_valid(identity.column("identifier")))
     rows = identity.filter(usable)
     scoped = pc.is_in(rows.column("identifier_type"), pa.array(SCOPED_LINK_TYPES))
-    scope = pc.if_else(scoped, pc.fill_null(rows.column("partner_id").cast(pa.string()), ""),
-                       pa.scalar("", pa.string()))
+    scope = pc.if_else(
+        scoped, pc.fill_null(rows.column("partner_id").cast(pa.string()), ""), pa.scalar("", pa.string())
+    )
     text = pc.binary_join_element_wise(rows.column("identifier_type"), scope, rows.column("identifier"), _SEP)
     persona = rows.column("persona_id") if "persona_id" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
-    return pa.table([pa.chunked_array([persona], pa.string()).combine_chunks(), _hashes(text.to_pylist())],
-                    schema=LINK_ROWS)
+    return pa.table(
+        [pa.chunked_array([persona], pa.string()).combine_chunks(), _hashes(text.to_pylist())], schema=LINK_ROWS
+    )
 
 
 def contact_key(value: str) -> str:

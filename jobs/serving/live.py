@@ -76,6 +76,7 @@ class RequestError(Exception):
 
 # -------------------------------------------------------------------------------------------- intake
 
+
 def parse_events(body: bytes) -> tuple[list[dict | None], list[dict]]:
     """(rows, rejected): a JSON array / object, or JSON Lines; a line that is not a JSON object is None."""
     text = body.decode("utf-8", errors="replace").strip()
@@ -112,8 +113,9 @@ def _column(values: list) -> pa.Array:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         # mixed types: text, as the batch's JSON reader would hand a string column to the normaliser
-        return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values],
-                        pa.string())
+        return pa.array(
+            [None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string()
+        )
 
 
 @dataclass
@@ -130,8 +132,17 @@ def intake(body: bytes, partner_id: str, seen: set[int], max_events: int) -> Int
         raise RequestError(413, "too_many_events", f"{len(rows)} events in one request; at most {max_events}")
     index = [i for i, row in enumerate(rows) if row is not None]
     objects = [rows[i] for i in index]
-    raw = pa.table({c: _column([row.get(c) for row in objects]) for c in CONTRACT_SCHEMA.names
-                    if any(c in row for row in objects)}) if objects else pa.table({})
+    raw = (
+        pa.table(
+            {
+                c: _column([row.get(c) for row in objects])
+                for c in CONTRACT_SCHEMA.names
+                if any(c in row for row in objects)
+            }
+        )
+        if objects
+        else pa.table({})
+    )
     table = normalise_batch(raw, extra_columns=[]) if objects else None
     if table is None or table.num_rows == 0:
         return Intake(CONTRACT_SCHEMA.empty_table(), 0, sorted(rejected, key=lambda r: r["index"]))
@@ -139,8 +150,11 @@ def intake(body: bytes, partner_id: str, seen: set[int], max_events: int) -> Int
     partners = table.column("partner_id").to_pylist()
     foreign = [index[i] for i, (p, r) in enumerate(zip(partners, reasons)) if p is not None and p != partner_id]
     if foreign:
-        raise RequestError(403, "foreign_partner", f"rows {foreign[:10]} carry another partner's partner_id; "
-                           "a key sends only its own partner's events")
+        raise RequestError(
+            403,
+            "foreign_partner",
+            f"rows {foreign[:10]} carry another partner's partner_id; a key sends only its own partner's events",
+        )
     keep, duplicates = [], 0
     in_request: set[int] = set()
     event_ids = table.column("event_id").to_pylist()
@@ -163,6 +177,7 @@ def event_key(partner_id: str, event_id: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ the log
+
 
 class EventLog:
     """Parquet micro-batches under ROOT/online/events/YYYY-MM-DD/HH/MM/, named `UNIXMS-WRITER-SEQ.parquet`."""
@@ -216,6 +231,7 @@ def committed_at(path: str) -> float:
 
 # ------------------------------------------------------------------------------------ live state
 
+
 @dataclass
 class PersonaLive:
     persona_id: str
@@ -243,11 +259,15 @@ def load_segments(meta: dict[str, Any], online: OnlineLayout, storage: StorageCo
         if model_version(raw) != entry["model_version"]:
             raise RuntimeError(f"release {meta['release_id']}: model of {entry['name']} is not the version published")
         curve = entry.get("curve")
-        out.append(SegmentRuntime(
-            segment=SegmentConfig.model_validate(entry["definition"]), booster=load_booster(raw, nthread=1),
-            feature_names=tuple(entry["feature_names"]),
-            categories=tuple(entry["categories"]) if entry.get("categories") is not None else None,
-            curve=(np.asarray(curve["score"]), np.asarray(curve["percentile"])) if curve else None))
+        out.append(
+            SegmentRuntime(
+                segment=SegmentConfig.model_validate(entry["definition"]),
+                booster=load_booster(raw, nthread=1),
+                feature_names=tuple(entry["feature_names"]),
+                categories=tuple(entry["categories"]) if entry.get("categories") is not None else None,
+                curve=(np.asarray(curve["score"]), np.asarray(curve["percentile"])) if curve else None,
+            )
+        )
     return out
 
 
@@ -262,16 +282,22 @@ class LiveState:
         self.feature_names = list(self.meta["feature_names"])
         position = {name: i for i, name in enumerate(self.feature_names)}
         # per model: the positions of its features in the release's vectors (None: the same order)
-        self.columns = [None if list(s.feature_names) == self.feature_names
-                        else np.array([position[name] for name in s.feature_names]) for s in self.segments]
+        self.columns = [
+            None
+            if list(s.feature_names) == self.feature_names
+            else np.array([position[name] for name in s.feature_names])
+            for s in self.segments
+        ]
         self.categories = self.meta.get("categories")
         # the run's category slots decide the catalogue's cat-slot features; the release names those it moves
-        features = config.features.model_copy(update={"categories": self.categories}) if self.categories \
-            else config.features
+        features = (
+            config.features.model_copy(update={"categories": self.categories}) if self.categories else config.features
+        )
         published = set(self.meta.get("online_features") or [])
         self.online = [f for f in online_features(features, self.feature_names) if f.name in published]
-        self.as_of_s = dt.datetime.combine(dt.date.fromisoformat(self.meta["as_of"]), dt.time(),
-                                           dt.timezone.utc).timestamp()
+        self.as_of_s = dt.datetime.combine(
+            dt.date.fromisoformat(self.meta["as_of"]), dt.time(), dt.timezone.utc
+        ).timestamp()
         self.half_life = float(self.meta["intents"]["half_life_days"])
         self.scoring = ScoringConfig(**self.meta["membership"])
         self.blocklists = blocklists(config.identity)
@@ -321,8 +347,9 @@ class LiveState:
         junk = set(np.asarray(flat, np.uint64)[self.release.junk_of(flat)].tolist()) if flat else set()
         known = dict(zip(flat, self.release.links_blocking(flat))) if flat else {}
         ts = (table.column("ts").cast(pa.int64()).to_numpy() / 1e6).tolist()
-        rows = table.select(["partner_id", "event_type", "category", "brand", "order_id", "event_id", "quantity",
-                             "price"]).to_pylist()
+        rows = table.select(
+            ["partner_id", "event_type", "category", "brand", "order_id", "event_id", "quantity", "price"]
+        ).to_pylist()
         touched: dict[str, PersonaLive] = {}
         for row, ids, t in zip(rows, identifiers, ts):
             usable = [(h, kt, kv) for (h, kt, kv) in ids if h not in junk]
@@ -362,15 +389,17 @@ class LiveState:
         bases = self.release.bases_blocking([p.ref for p in personas])
         rows, times = [], []
         for live, base in zip(personas, bases):
-            row, t = updated_features(base.inputs, self.feature_names, self.online, live.events, self.as_of_s,
-                                      self.categories)
+            row, t = updated_features(
+                base.inputs, self.feature_names, self.online, live.events, self.as_of_s, self.categories
+            )
             rows.append(row)
             times.append(t)
         # the release's vectors are already the float32 matrix XGBoost reads (features.matrix's convention:
         # NaN = missing), so each model takes its columns by position; the Arrow table is only for eligibility
         matrix = np.vstack(rows).astype(np.float32)
-        table = pa.Table.from_arrays([pa.array(matrix[:, j], pa.float64()) for j in range(matrix.shape[1])],
-                                     names=self.feature_names)
+        table = pa.Table.from_arrays(
+            [pa.array(matrix[:, j], pa.float64()) for j in range(matrix.shape[1])], names=self.feature_names
+        )
         n = len(personas)
         score = np.full((n, len(self.segments)), np.nan)
         pct = np.full((n, len(self.segments)), np.nan)
@@ -407,4 +436,3 @@ def _identifiers(slim_row: dict) -> list[tuple[int, str, str]]:
 
 def event_time_iso(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-

@@ -77,8 +77,15 @@ class LiveEvents:
     def empty(cls) -> LiveEvents:
         return cls([], [], [], [], [], [])
 
-    def add(self, ts: float, event_type: str, category: str | None, order_key: str | None,
-            quantity: float | None, price: float | None) -> None:
+    def add(
+        self,
+        ts: float,
+        event_type: str,
+        category: str | None,
+        order_key: str | None,
+        quantity: float | None,
+        price: float | None,
+    ) -> None:
         self.ts.append(ts)
         self.event_type.append(event_type)
         self.slot_category.append(top_level(category) if category else None)
@@ -87,8 +94,14 @@ class LiveEvents:
         self.price.append(0.0 if price is None or price != price else float(price))
 
 
-def updated_features(base: np.ndarray, names: Sequence[str], online: Sequence[Feature], live: LiveEvents,
-                     as_of_s: float, categories: Sequence[str] | None) -> tuple[np.ndarray, float]:
+def updated_features(
+    base: np.ndarray,
+    names: Sequence[str],
+    online: Sequence[Feature],
+    live: LiveEvents,
+    as_of_s: float,
+    categories: Sequence[str] | None,
+) -> tuple[np.ndarray, float]:
     """(the persona's feature row with the online features moved by its live events, the time t used)."""
     row = np.array(base, dtype=np.float64)
     if not live.ts:
@@ -130,18 +143,25 @@ def intent_scale(ts_s: np.ndarray, as_of_s: float, half_life_days: float) -> np.
     return np.exp2((ts_s - as_of_s) / (half_life_days * DAY_S))
 
 
-INTENT_PARTIALS = pa.schema([("persona_id", pa.string()), ("kind", pa.string()), ("name", pa.string()),
-                             ("weight", pa.float64())])
+INTENT_PARTIALS = pa.schema(
+    [("persona_id", pa.string()), ("kind", pa.string()), ("name", pa.string()), ("weight", pa.float64())]
+)
 
 
 def intent_partials(events: pa.Table, as_of: dt.date, days: int, half_life_days: float) -> pa.Table:
     """events_resolved rows -> (persona_id, kind, name, weight) summed within this block."""
     end = dt.datetime.combine(as_of, dt.time(), dt.timezone.utc)
     start = end - dt.timedelta(days=days)
-    keep = pc.and_(pc.and_(pc.greater_equal(events.column("ts"), pa.scalar(start, events.column("ts").type)),
-                           pc.less(events.column("ts"), pa.scalar(end, events.column("ts").type))),
-                   pc.and_(pc.is_in(events.column("event_type"), pa.array(list(INTENT_WEIGHTS))),
-                           pc.is_valid(events.column("persona_id"))))
+    keep = pc.and_(
+        pc.and_(
+            pc.greater_equal(events.column("ts"), pa.scalar(start, events.column("ts").type)),
+            pc.less(events.column("ts"), pa.scalar(end, events.column("ts").type)),
+        ),
+        pc.and_(
+            pc.is_in(events.column("event_type"), pa.array(list(INTENT_WEIGHTS))),
+            pc.is_valid(events.column("persona_id")),
+        ),
+    )
     rows = events.filter(keep)
     if rows.num_rows == 0:
         return INTENT_PARTIALS.empty_table()
@@ -152,9 +172,14 @@ def intent_partials(events: pa.Table, as_of: dt.date, days: int, half_life_days:
     for kind, column in INTENT_SOURCE.items():
         names = pc.utf8_trim_whitespace(rows.column(column))
         named = pc.fill_null(pc.greater(pc.utf8_length(names), 0), False)
-        part = pa.table({"persona_id": rows.column("persona_id").filter(named),
-                         "kind": pa.repeat(pa.scalar(kind), int(pc.sum(named).as_py() or 0)),
-                         "name": names.filter(named), "weight": pa.array(weight).filter(named)})
+        part = pa.table(
+            {
+                "persona_id": rows.column("persona_id").filter(named),
+                "kind": pa.repeat(pa.scalar(kind), int(pc.sum(named).as_py() or 0)),
+                "name": names.filter(named),
+                "weight": pa.array(weight).filter(named),
+            }
+        )
         parts.append(part.cast(INTENT_PARTIALS))
     summed = pa.concat_tables(parts).group_by(["persona_id", "kind", "name"]).aggregate([("weight", "sum")])
     summed = summed.rename_columns(["persona_id", "kind", "name", "weight"])

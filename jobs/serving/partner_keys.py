@@ -32,9 +32,17 @@ def create_key(config: JobConfig, partner: str, root: str) -> str:
     partner = validate_partner_id(partner)
     key_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_hex(16)
     online = OnlineLayout(root)
-    write_json(online.key_file(key_id), {
-        "key_id": key_id, "partner_id": partner, "salt": salt, "sha256": _digest(salt, secret),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, config.storage)
+    write_json(
+        online.key_file(key_id),
+        {
+            "key_id": key_id,
+            "partner_id": partner,
+            "salt": salt,
+            "sha256": _digest(salt, secret),
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        config.storage,
+    )
     return f"sk_{key_id}_{secret}"
 
 

@@ -70,12 +70,14 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 # ------------------------------------------------------------------------------- map side (one file)
 
+
 def _feature_rows(path: str, names: Sequence[str], storage: StorageConfig) -> pa.Table:
     table = read_parquet_file(path, storage, ["persona_id", *names])
     matrix = np.ascontiguousarray(feature_matrix(table, names, order="C"))
     width = 4 * len(names)
-    vectors = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), table.num_rows,
-                                                   [None, pa.py_buffer(matrix.tobytes())])
+    vectors = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), table.num_rows, [None, pa.py_buffer(matrix.tobytes())]
+    )
     return pa.table({"persona_id": table.column("persona_id").combine_chunks(), "inputs": vectors})
 
 
@@ -96,6 +98,7 @@ def _identity_rows(path: str, storage: StorageConfig) -> tuple[pa.Table, pa.Tabl
 
 # ----------------------------------------------------------------------------- reduce side (partition)
 
+
 def _top_intents(partials: pa.Table | None, personas: pd.Index, kind: str, kept: int) -> pa.Array:
     """list<struct<name, weight>> per persona (largest `kept` weights), aligned with `personas`."""
     n = len(personas)
@@ -108,8 +111,10 @@ def _top_intents(partials: pa.Table | None, personas: pd.Index, kind: str, kept:
     df = df[df.groupby("row").cumcount() < kept]
     counts = np.bincount(df["row"].to_numpy(), minlength=n)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    values = pa.StructArray.from_arrays([pa.array(df["name"].to_numpy(), pa.string()),
-                                         pa.array(df["weight"].to_numpy(), pa.float64())], names=["name", "weight"])
+    values = pa.StructArray.from_arrays(
+        [pa.array(df["name"].to_numpy(), pa.string()), pa.array(df["weight"].to_numpy(), pa.float64())],
+        names=["name", "weight"],
+    )
     return pa.ListArray.from_arrays(offsets, values).cast(INTENT_TYPE)
 
 
@@ -119,15 +124,34 @@ def _curve_partial(scores: pa.Table, segment: str) -> pa.Table:
     pct = rows.column("percentile").to_numpy(zero_copy_only=False).astype(np.float64)
     ok = ~(np.isnan(score) | np.isnan(pct))
     if not ok.any():
-        return pa.table({"segment": pa.array([], pa.string()), "bin": pa.array([], pa.int64()),
-                         "lo": pa.array([], pa.float64()), "hi": pa.array([], pa.float64()),
-                         "plo": pa.array([], pa.float64()), "phi": pa.array([], pa.float64())})
-    df = pd.DataFrame({"bin": np.clip((pct[ok] / 100 * CURVE_BINS).astype(np.int64), 0, CURVE_BINS),
-                       "score": score[ok], "pct": pct[ok]})
+        return pa.table(
+            {
+                "segment": pa.array([], pa.string()),
+                "bin": pa.array([], pa.int64()),
+                "lo": pa.array([], pa.float64()),
+                "hi": pa.array([], pa.float64()),
+                "plo": pa.array([], pa.float64()),
+                "phi": pa.array([], pa.float64()),
+            }
+        )
+    df = pd.DataFrame(
+        {
+            "bin": np.clip((pct[ok] / 100 * CURVE_BINS).astype(np.int64), 0, CURVE_BINS),
+            "score": score[ok],
+            "pct": pct[ok],
+        }
+    )
     agg = df.groupby("bin").agg(lo=("score", "min"), hi=("score", "max"), plo=("pct", "min"), phi=("pct", "max"))
-    return pa.table({"segment": pa.repeat(pa.scalar(segment), len(agg)), "bin": pa.array(agg.index.to_numpy()),
-                     "lo": agg["lo"].to_numpy(), "hi": agg["hi"].to_numpy(), "plo": agg["plo"].to_numpy(),
-                     "phi": agg["phi"].to_numpy()})
+    return pa.table(
+        {
+            "segment": pa.repeat(pa.scalar(segment), len(agg)),
+            "bin": pa.array(agg.index.to_numpy()),
+            "lo": agg["lo"].to_numpy(),
+            "hi": agg["hi"].to_numpy(),
+            "plo": agg["plo"].to_numpy(),
+            "phi": agg["phi"].to_numpy(),
+        }
+    )
 
 
 def _rows_of(table: pa.Table | None, hash_column: str, personas: pd.Index) -> pa.Table:
@@ -135,13 +159,21 @@ def _rows_of(table: pa.Table | None, hash_column: str, personas: pd.Index) -> pa
         return PART_ROWS.empty_table()
     row = personas.get_indexer(table.column("persona_id").to_pandas())
     keep = row >= 0
-    return pa.table({"key_hash": table.column(hash_column).to_numpy()[keep], "row": row[keep].astype(np.int32)},
-                    schema=PART_ROWS)
+    return pa.table(
+        {"key_hash": table.column(hash_column).to_numpy()[keep], "row": row[keep].astype(np.int32)}, schema=PART_ROWS
+    )
 
 
-def build_partition(part: int, features: pa.Table, scores: pa.Table | None, intents: pa.Table | None,
-                    keys: pa.Table | None, links: pa.Table | None, segments: Sequence[str],
-                    intents_kept: int) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+def build_partition(
+    part: int,
+    features: pa.Table,
+    scores: pa.Table | None,
+    intents: pa.Table | None,
+    keys: pa.Table | None,
+    links: pa.Table | None,
+    segments: Sequence[str],
+    intents_kept: int,
+) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
     """One persona partition -> (profiles, keys, links, curve partials): pure, so it is tested directly."""
     features = features.sort_by("persona_id")
     personas = pd.Index(features.column("persona_id").to_pandas())
@@ -172,28 +204,47 @@ def build_partition(part: int, features: pa.Table, scores: pa.Table | None, inte
         columns[score_column(segment, "percentile")] = pa.array(pct)
         columns[score_column(segment, "member")] = pa.array(member)
         if with_reasons:
-            columns[score_column(segment, "reasons")] = reasons if reasons is not None else pa.nulls(
-                len(personas), pa.list_(pa.string()))
+            columns[score_column(segment, "reasons")] = (
+                reasons if reasons is not None else pa.nulls(len(personas), pa.list_(pa.string()))
+            )
     for kind in INTENT_KINDS:
         columns[f"intent_{kind}"] = _top_intents(intents, personas, kind, intents_kept)
     profiles = pa.table(columns)
-    curve = pa.concat_tables(curves) if curves else _curve_partial(pa.table({
-        "segment": pa.array([], pa.string()), "score": pa.array([], pa.float64()),
-        "percentile": pa.array([], pa.float64())}), "")
+    curve = (
+        pa.concat_tables(curves)
+        if curves
+        else _curve_partial(
+            pa.table(
+                {
+                    "segment": pa.array([], pa.string()),
+                    "score": pa.array([], pa.float64()),
+                    "percentile": pa.array([], pa.float64()),
+                }
+            ),
+            "",
+        )
+    )
     return profiles, _rows_of(keys, "key_hash", personas), _rows_of(links, "link_hash", personas), curve
 
 
-def _write_partition(part: int, refs: list, folders: dict[str, str], segments: Sequence[str], intents_kept: int,
-                     storage: StorageConfig) -> dict[str, Any]:
+def _write_partition(
+    part: int, refs: list, folders: dict[str, str], segments: Sequence[str], intents_kept: int, storage: StorageConfig
+) -> dict[str, Any]:
     import ray
 
     features, scores, intents, keys, links = (ray.get(r) if r is not None else None for r in refs)
-    profiles, key_rows, link_rows, curve = build_partition(part, features, scores, intents, keys, links, segments,
-                                                           intents_kept)
+    profiles, key_rows, link_rows, curve = build_partition(
+        part, features, scores, intents, keys, links, segments, intents_kept
+    )
     for name, table in (("profiles", profiles), ("keys", key_rows), ("links", link_rows)):
         write_bytes(f"{folders[name]}/{part_name(part)}", _parquet_bytes(table), storage)
-    return {"part": part, "profiles": profiles.num_rows, "keys": key_rows.num_rows, "links": link_rows.num_rows,
-            "curve": curve}
+    return {
+        "part": part,
+        "profiles": profiles.num_rows,
+        "keys": key_rows.num_rows,
+        "links": link_rows.num_rows,
+        "curve": curve,
+    }
 
 
 def _write_junk(part: int, path: str, folder: str, storage: StorageConfig) -> int:
@@ -221,56 +272,103 @@ def merge_curves(partials: Sequence[pa.Table]) -> dict[str, dict[str, list[float
 
 # ------------------------------------------------------------------------------------------- driver
 
+
 def ensure_secret(online: OnlineLayout, storage: StorageConfig) -> None:
     """Create the server secret behind partner-scoped persona ids once; it outlives releases."""
     if read_json_or_none(online.secret, storage) is None:
-        write_json(online.secret, {"secret": secrets.token_hex(32),
-                                   "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-                   storage)
+        write_json(
+            online.secret,
+            {
+                "secret": secrets.token_hex(32),
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+            storage,
+        )
 
 
 def _segment_entry(model: SegmentModel, curves: dict) -> dict[str, Any]:
     segment = model.segment
-    return {"name": segment.name, "kind": segment.kind, "partner_id": segment.partner_id,
-            "model_version": model.model_version, "feature_names": list(model.feature_names),
-            "categories": list(model.categories) if model.categories is not None else None,
-            "definition": segment.model_dump(mode="json"), "curve": curves.get(segment.name)}
+    return {
+        "name": segment.name,
+        "kind": segment.kind,
+        "partner_id": segment.partner_id,
+        "model_version": model.model_version,
+        "feature_names": list(model.feature_names),
+        "categories": list(model.categories) if model.categories is not None else None,
+        "definition": segment.model_dump(mode="json"),
+        "curve": curves.get(segment.name),
+    }
 
 
-def build_release(source: RunSource, online: OnlineLayout, release_id: str, names: Sequence[str],
-                  models: Sequence[SegmentModel], config: JobConfig) -> dict[str, Any]:
+def build_release(
+    source: RunSource,
+    online: OnlineLayout,
+    release_id: str,
+    names: Sequence[str],
+    models: Sequence[SegmentModel],
+    config: JobConfig,
+) -> dict[str, Any]:
     """Write profiles/, keys/, links/ and junk/ of a release with Ray tasks; returns counts and curves."""
     import ray
 
     storage, serving = config.storage, config.serving
     P = serving.num_partitions
     segments = [m.segment.name for m in models]
-    (features,) = map_exchange(_feature_rows, [(f, list(names), storage) for f in source.feature_files()],
-                               [["persona_id"]], P)
-    scores = map_exchange(_score_rows, [(f, segments, storage) for f in source.score_files()],
-                          [["persona_id"]], P)[0] if segments else [None] * P
+    (features,) = map_exchange(
+        _feature_rows, [(f, list(names), storage) for f in source.feature_files()], [["persona_id"]], P
+    )
+    scores = (
+        map_exchange(_score_rows, [(f, segments, storage) for f in source.score_files()], [["persona_id"]], P)[0]
+        if segments
+        else [None] * P
+    )
     event_files = source.event_files()
-    intents = map_exchange(_intent_rows, [(f, source.as_of, serving.intent_days, serving.intent_half_life_days,
-                                           storage) for f in event_files], [["persona_id"]], P)[0] \
-        if event_files else [None] * P
-    keys, links = map_exchange(_identity_rows, [(f, storage) for f in source.identity_files()],
-                               [["persona_id"], ["persona_id"]], P)
-    writers = {name: TableWriter(online.release_table(release_id, name), storage)
-               for name in ("profiles", "keys", "links", "junk")}
+    intents = (
+        map_exchange(
+            _intent_rows,
+            [(f, source.as_of, serving.intent_days, serving.intent_half_life_days, storage) for f in event_files],
+            [["persona_id"]],
+            P,
+        )[0]
+        if event_files
+        else [None] * P
+    )
+    keys, links = map_exchange(
+        _identity_rows, [(f, storage) for f in source.identity_files()], [["persona_id"], ["persona_id"]], P
+    )
+    writers = {
+        name: TableWriter(online.release_table(release_id, name), storage)
+        for name in ("profiles", "keys", "links", "junk")
+    }
     folders = {name: writer.folder() for name, writer in writers.items()}
     write = ray.remote(_write_partition)
-    done = ray.get([write.remote(p, [features[p], scores[p], intents[p], keys[p], links[p]], folders, segments,
-                                 serving.intents_kept, storage) for p in range(P)])
-    junk = ray.get([ray.remote(_write_junk).remote(i, f, folders["junk"], storage)
-                    for i, f in enumerate(source.audit_files())])
+    done = ray.get(
+        [
+            write.remote(
+                p,
+                [features[p], scores[p], intents[p], keys[p], links[p]],
+                folders,
+                segments,
+                serving.intents_kept,
+                storage,
+            )
+            for p in range(P)
+        ]
+    )
+    junk = ray.get(
+        [ray.remote(_write_junk).remote(i, f, folders["junk"], storage) for i, f in enumerate(source.audit_files())]
+    )
     if not junk:
         empty = pa.table({"link_hash": pa.array([], pa.uint64())})
         write_bytes(f"{folders['junk']}/{part_name(0)}", _parquet_bytes(empty), storage)
     for writer in writers.values():
         writer.publish()
     done.sort(key=lambda d: d["part"])
-    return {"parts": [{k: d[k] for k in ("part", "profiles", "keys", "links")} for d in done],
-            "curves": merge_curves([d["curve"] for d in done]), "junk": int(sum(junk))}
+    return {
+        "parts": [{k: d[k] for k in ("part", "profiles", "keys", "links")} for d in done],
+        "curves": merge_curves([d["curve"] for d in done]),
+        "junk": int(sum(junk)),
+    }
 
 
 def run_publish(config: JobConfig, run_dir: str, store: str | None = None) -> dict[str, Any]:
@@ -295,17 +393,30 @@ def run_publish(config: JobConfig, run_dir: str, store: str | None = None) -> di
             write_bytes(online.release_model(release_id, model.segment.name), model.model, storage)
         as_of = source.as_of
         meta = {
-            "format": FORMAT_VERSION, "release_id": release_id, "run_id": source.run_id, "run_dir": run_dir,
-            "as_of": as_of.isoformat(), "store": store,
+            "format": FORMAT_VERSION,
+            "release_id": release_id,
+            "run_id": source.run_id,
+            "run_dir": run_dir,
+            "as_of": as_of.isoformat(),
+            "store": store,
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "feature_names": list(names), "categories": source.categories, "online_features": online_names,
-            "segments": [_segment_entry(m, built["curves"]) for m in models], "skipped": skipped,
+            "feature_names": list(names),
+            "categories": source.categories,
+            "online_features": online_names,
+            "segments": [_segment_entry(m, built["curves"]) for m in models],
+            "skipped": skipped,
             "membership": config.scoring.model_dump(mode="json", include={"membership", "top_percent", "threshold"}),
-            "intents": {"days": config.serving.intent_days, "half_life_days": config.serving.intent_half_life_days,
-                        "kept": config.serving.intents_kept},
-            "parts": built["parts"], "personas": sum(p["profiles"] for p in built["parts"]),
-            "keys": sum(p["keys"] for p in built["parts"]), "links": sum(p["links"] for p in built["parts"]),
-            "junk": built["junk"], "with_reasons": source.scores_have_reasons(),
+            "intents": {
+                "days": config.serving.intent_days,
+                "half_life_days": config.serving.intent_half_life_days,
+                "kept": config.serving.intents_kept,
+            },
+            "parts": built["parts"],
+            "personas": sum(p["profiles"] for p in built["parts"]),
+            "keys": sum(p["keys"] for p in built["parts"]),
+            "links": sum(p["links"] for p in built["parts"]),
+            "junk": built["junk"],
+            "with_reasons": source.scores_have_reasons(),
         }
         write_json(online.release_meta(release_id), meta, storage)  # the release is complete once this exists
         if store == "redis":
@@ -314,18 +425,37 @@ def run_publish(config: JobConfig, run_dir: str, store: str | None = None) -> di
             try:
                 meta["redis_keys"] = publish_to_redis(config, online, meta)
             except OSError as exc:
-                raise InfraError(f"Redis at {config.serving.redis_url} is unreachable ({type(exc).__name__}); "
-                                 "the release was written but not made current.") from None
+                raise InfraError(
+                    f"Redis at {config.serving.redis_url} is unreachable ({type(exc).__name__}); "
+                    "the release was written but not made current."
+                ) from None
     previous = read_json_or_none(online.current, storage)
-    write_json(online.current, {"release_id": release_id, "run_id": source.run_id, "store": store,
-                                "published_at": meta["published_at"]}, storage)
+    write_json(
+        online.current,
+        {"release_id": release_id, "run_id": source.run_id, "store": store, "published_at": meta["published_at"]},
+        storage,
+    )
     _prune(online, storage, keep={release_id, (previous or {}).get("release_id")}, config=config)
-    log.info("publish: release %s of run %s: %d personas, %d keys, %d segments", release_id, source.run_id,
-             meta["personas"], meta["keys"], len(models))
-    return {"release_id": release_id, "run_id": source.run_id, "store": store, "personas": meta["personas"],
-            "keys": meta["keys"], "segments": {m.segment.name: m.model_version for m in models},
-            "skipped": skipped, "online_features": len(online_names), "current": online.current,
-            "seconds": round(time.perf_counter() - started, 2)}
+    log.info(
+        "publish: release %s of run %s: %d personas, %d keys, %d segments",
+        release_id,
+        source.run_id,
+        meta["personas"],
+        meta["keys"],
+        len(models),
+    )
+    return {
+        "release_id": release_id,
+        "run_id": source.run_id,
+        "store": store,
+        "personas": meta["personas"],
+        "keys": meta["keys"],
+        "segments": {m.segment.name: m.model_version for m in models},
+        "skipped": skipped,
+        "online_features": len(online_names),
+        "current": online.current,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def _prune(online: OnlineLayout, storage: StorageConfig, keep: set, config: JobConfig) -> None:

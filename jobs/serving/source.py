@@ -56,8 +56,10 @@ class RunSource:
         self.storage = storage
         for table in ("scores", "identity_map", "features", "models"):
             if marker_or_none(self.layout.table(table), storage) is None:
-                raise UserError(f"{run_dir} is not a finished run: its {table}/ table is not published "
-                                f"({self.layout.table(table)} has no _SUCCESS marker); run the pipeline first.")
+                raise UserError(
+                    f"{run_dir} is not a finished run: its {table}/ table is not published "
+                    f"({self.layout.table(table)} has no _SUCCESS marker); run the pipeline first."
+                )
         self._scores_marker = read_marker(self.layout.table("scores"), storage)
         self._features_marker = read_marker(self.layout.table("features"), storage)
 
@@ -69,8 +71,10 @@ class RunSource:
     def root(self) -> str:
         root = self.layout.root
         if root is None:
-            raise UserError(f"--run {self.run_dir} is not of the form ROOT/runs/RUN_ID: the online tables go under "
-                            "ROOT/online/, so publish a run folder inside a ROOT.")
+            raise UserError(
+                f"--run {self.run_dir} is not of the form ROOT/runs/RUN_ID: the online tables go under "
+                "ROOT/online/, so publish a run folder inside a ROOT."
+            )
         return root
 
     @property
@@ -78,8 +82,10 @@ class RunSource:
         """The cut-off of the scored features: the online path applies only events at or after it."""
         stamp = self._scores_marker.get("as_of") or self._features_marker.get("as_of")
         if not stamp:
-            raise UserError(f"{self.layout.table('scores')} does not say which cut-off it scored (no as_of): "
-                            "rerun `segments score`.")
+            raise UserError(
+                f"{self.layout.table('scores')} does not say which cut-off it scored (no as_of): "
+                "rerun `segments score`."
+            )
         return dt.date.fromisoformat(str(stamp)[:10])
 
     @property
@@ -154,8 +160,13 @@ class RunSource:
             raw = read_published_file(table, RunLayout.model_file(name, bundle.MODEL), self.storage)
             spec = bundle.model_spec(segment, card, raw, table_features, categories, f"{table} {name}/")
             if scored.get(name) != spec.model_version:
-                skipped.append({"segment": name, "reason": f"scores/ holds version {scored.get(name)} of this segment, "
-                                f"the model is {spec.model_version}: rerun `segments score`"})
+                skipped.append(
+                    {
+                        "segment": name,
+                        "reason": f"scores/ holds version {scored.get(name)} of this segment, "
+                        f"the model is {spec.model_version}: rerun `segments score`",
+                    }
+                )
                 continue
             models.append(SegmentModel(segment, raw, spec.model_version, spec.feature_names, spec.categories))
         return models, skipped

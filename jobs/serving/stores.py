@@ -96,14 +96,30 @@ class EmbeddedRelease:
             n = table.num_rows
             ids.append(table.column("persona_id"))
             vectors = table.column("inputs").combine_chunks()
-            inputs.append(np.frombuffer(vectors.buffers()[1], np.float32, n * width, vectors.offset * width * 4)
-                          .reshape(n, width))
-            scores.append(np.column_stack([table.column(score_column(s, "score")).to_numpy(zero_copy_only=False)
-                                           for s in self.segments]) if self.segments else np.zeros((n, 0), np.float32))
-            pcts.append(np.column_stack([table.column(score_column(s, "percentile")).to_numpy(zero_copy_only=False)
-                                         for s in self.segments]) if self.segments else np.zeros((n, 0), np.float32))
-            members.append(np.column_stack([table.column(score_column(s, "member")).to_numpy(zero_copy_only=False)
-                                            for s in self.segments]) if self.segments else np.zeros((n, 0), bool))
+            inputs.append(
+                np.frombuffer(vectors.buffers()[1], np.float32, n * width, vectors.offset * width * 4).reshape(n, width)
+            )
+            scores.append(
+                np.column_stack(
+                    [table.column(score_column(s, "score")).to_numpy(zero_copy_only=False) for s in self.segments]
+                )
+                if self.segments
+                else np.zeros((n, 0), np.float32)
+            )
+            pcts.append(
+                np.column_stack(
+                    [table.column(score_column(s, "percentile")).to_numpy(zero_copy_only=False) for s in self.segments]
+                )
+                if self.segments
+                else np.zeros((n, 0), np.float32)
+            )
+            members.append(
+                np.column_stack(
+                    [table.column(score_column(s, "member")).to_numpy(zero_copy_only=False) for s in self.segments]
+                )
+                if self.segments
+                else np.zeros((n, 0), bool)
+            )
             if meta.get("with_reasons"):
                 reasons.append([table.column(score_column(s, "reasons")) for s in self.segments])
             for kind in intents:
@@ -115,35 +131,60 @@ class EmbeddedRelease:
                     rows.append(part.column("row").to_numpy().astype(np.int64) + offset)
             offset += n
         if offset != sum(p["profiles"] for p in parts.values()):
-            raise RuntimeError(f"release {release_id}: profiles/ holds {offset} rows, release.json says "
-                               f"{sum(p['profiles'] for p in parts.values())}")
+            raise RuntimeError(
+                f"release {release_id}: profiles/ holds {offset} rows, release.json says "
+                f"{sum(p['profiles'] for p in parts.values())}"
+            )
         self.ids = pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
         self.inputs = np.concatenate(inputs) if inputs else np.zeros((0, width), np.float32)
         self.score = np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, 0), np.float32)
         self.percentile = np.concatenate(pcts).astype(np.float32) if pcts else np.zeros((0, 0), np.float32)
         self.member = np.concatenate(members).astype(bool) if members else np.zeros((0, 0), bool)
-        self.reasons = ([pa.chunked_array([r[i] for r in reasons]).combine_chunks() for i in range(len(self.segments))]
-                        if reasons else None)
+        self.reasons = (
+            [pa.chunked_array([r[i] for r in reasons]).combine_chunks() for i in range(len(self.segments))]
+            if reasons
+            else None
+        )
         self.intents = {k: pa.chunked_array(v).combine_chunks() if v else None for k, v in intents.items()}
         empty = np.zeros(0, np.uint64)
         self.key_hash, self.key_row, clashes = _sorted_unique(
             np.concatenate(key_hashes) if key_hashes else empty,
-            np.concatenate(key_rows) if key_rows else np.zeros(0, np.int64))
+            np.concatenate(key_rows) if key_rows else np.zeros(0, np.int64),
+        )
         self.link_hash, self.link_row, link_clashes = _sorted_unique(
             np.concatenate(link_hashes) if link_hashes else empty,
-            np.concatenate(link_rows) if link_rows else np.zeros(0, np.int64))
+            np.concatenate(link_rows) if link_rows else np.zeros(0, np.int64),
+        )
         if clashes or link_clashes:
-            log.warning("release %s: %d lookup key and %d link hash collisions dropped (those keys answer 404)",
-                        release_id, clashes, link_clashes)
-        junk = [read_parquet_file(f, storage).column("link_hash").to_numpy()
-                for f in table_files(online.release_table(release_id, "junk"), storage)]
+            log.warning(
+                "release %s: %d lookup key and %d link hash collisions dropped (those keys answer 404)",
+                release_id,
+                clashes,
+                link_clashes,
+            )
+        junk = [
+            read_parquet_file(f, storage).column("link_hash").to_numpy()
+            for f in table_files(online.release_table(release_id, "junk"), storage)
+        ]
         self.junk = np.unique(np.concatenate(junk)) if junk else empty
 
     def nbytes(self) -> int:
-        arrays = (self.inputs, self.score, self.percentile, self.member, self.key_hash, self.key_row,
-                  self.link_hash, self.link_row, self.junk)
-        return int(sum(a.nbytes for a in arrays) + self.ids.nbytes
-                   + sum(v.nbytes for v in self.intents.values() if v is not None))
+        arrays = (
+            self.inputs,
+            self.score,
+            self.percentile,
+            self.member,
+            self.key_hash,
+            self.key_row,
+            self.link_hash,
+            self.link_row,
+            self.junk,
+        )
+        return int(
+            sum(a.nbytes for a in arrays)
+            + self.ids.nbytes
+            + sum(v.nbytes for v in self.intents.values() if v is not None)
+        )
 
     def key_row_of(self, hash_value: int) -> int:
         """The profile row of a lookup key hash, -1 when unknown: the in-process fast path (and the bench)."""
@@ -163,11 +204,14 @@ class EmbeddedRelease:
 
     def base_of(self, row: int) -> BaseProfile:
         return BaseProfile(
-            persona_id=self.ids[row].as_py(), score=self.score[row], percentile=self.percentile[row],
+            persona_id=self.ids[row].as_py(),
+            score=self.score[row],
+            percentile=self.percentile[row],
             member=self.member[row],
             reasons=[r[row].as_py() for r in self.reasons] if self.reasons is not None else None,
             intents={k: (v[row].as_py() if v is not None else []) for k, v in self.intents.items()},
-            inputs=self.inputs[row])
+            inputs=self.inputs[row],
+        )
 
     async def bases(self, refs: Sequence[Ref]) -> list[BaseProfile]:
         return self.bases_blocking(refs)
@@ -180,6 +224,7 @@ class EmbeddedRelease:
 
 
 # ---------------------------------------------------------------------------------------------- redis
+
 
 def redis_namespace(config: JobConfig, release_id: str) -> str:
     return f"{config.serving.redis_prefix}:{release_id}"
@@ -194,18 +239,41 @@ def _packed_profiles(table: pa.Table, segments: Sequence[str], with_reasons: boo
     [[category, weight]...], [[brand, weight]...], float32 feature vector bytes]."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     n = table.num_rows
-    per_segment = [(columns[score_column(s, "score")], columns[score_column(s, "percentile")],
-                    columns[score_column(s, "member")],
-                    columns[score_column(s, "reasons")] if with_reasons else [None] * n) for s in segments]
-    return [msgpack.packb([columns["persona_id"][row], [[sc[row], pc_[row], mb[row], rs[row]]
-                                                        for sc, pc_, mb, rs in per_segment],
-                           [[i["name"], i["weight"]] for i in columns["intent_categories"][row]],
-                           [[i["name"], i["weight"]] for i in columns["intent_brands"][row]],
-                           columns["inputs"][row]]) for row in range(n)]
+    per_segment = [
+        (
+            columns[score_column(s, "score")],
+            columns[score_column(s, "percentile")],
+            columns[score_column(s, "member")],
+            columns[score_column(s, "reasons")] if with_reasons else [None] * n,
+        )
+        for s in segments
+    ]
+    return [
+        msgpack.packb(
+            [
+                columns["persona_id"][row],
+                [[sc[row], pc_[row], mb[row], rs[row]] for sc, pc_, mb, rs in per_segment],
+                [[i["name"], i["weight"]] for i in columns["intent_categories"][row]],
+                [[i["name"], i["weight"]] for i in columns["intent_brands"][row]],
+                columns["inputs"][row],
+            ]
+        )
+        for row in range(n)
+    ]
 
 
-def _write_part_to_redis(batch: dict, profiles: dict, keys: dict, links: dict, storage: StorageConfig,
-                         namespace: str, segments: list, with_reasons: bool, url: str, batch_rows: int) -> dict:
+def _write_part_to_redis(
+    batch: dict,
+    profiles: dict,
+    keys: dict,
+    links: dict,
+    storage: StorageConfig,
+    namespace: str,
+    segments: list,
+    with_reasons: bool,
+    url: str,
+    batch_rows: int,
+) -> dict:
     """A Ray Data map over part numbers: every key of one part, written in pipelined batches."""
     import redis
 
@@ -251,12 +319,26 @@ def publish_to_redis(config: JobConfig, online: OnlineLayout, meta: dict[str, An
     profiles = named("profiles")
     namespace = redis_namespace(config, release_id)
     junk = [read_parquet_file(f, storage).column("link_hash").to_numpy() for f in named("junk").values()]
-    written = ray.data.from_items([{"part": name} for name in sorted(profiles)]).map_batches(
-        _write_part_to_redis, batch_size=1, batch_format="numpy",
-        fn_kwargs={"profiles": profiles, "keys": named("keys"), "links": named("links"), "storage": storage,
-                   "namespace": namespace, "segments": [s["name"] for s in meta["segments"]],
-                   "with_reasons": bool(meta.get("with_reasons")), "url": config.serving.redis_url,
-                   "batch_rows": config.serving.redis_batch_rows}).sum("written")
+    written = (
+        ray.data.from_items([{"part": name} for name in sorted(profiles)])
+        .map_batches(
+            _write_part_to_redis,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={
+                "profiles": profiles,
+                "keys": named("keys"),
+                "links": named("links"),
+                "storage": storage,
+                "namespace": namespace,
+                "segments": [s["name"] for s in meta["segments"]],
+                "with_reasons": bool(meta.get("with_reasons")),
+                "url": config.serving.redis_url,
+                "batch_rows": config.serving.redis_batch_rows,
+            },
+        )
+        .sum("written")
+    )
     client = redis.Redis.from_url(config.serving.redis_url)
     junk_hashes = np.unique(np.concatenate(junk)) if junk else np.zeros(0, np.uint64)
     client.set(f"{namespace}:junk", junk_hashes.astype("<u8").tobytes())
@@ -329,15 +411,20 @@ class RedisRelease:
                 raise RuntimeError(f"release {self.meta['release_id']}: a key points to a persona without a profile")
             persona, scores, categories, brands, inputs = msgpack.unpackb(blob)
             nan = float("nan")
-            out.append(BaseProfile(
-                persona_id=persona,
-                score=np.array([nan if s[0] is None else s[0] for s in scores], np.float32),
-                percentile=np.array([nan if s[1] is None else s[1] for s in scores], np.float32),
-                member=np.array([bool(s[2]) for s in scores], bool),
-                reasons=[s[3] for s in scores] if self.meta.get("with_reasons") else None,
-                intents={"categories": [{"name": n, "weight": w} for n, w in categories],
-                         "brands": [{"name": n, "weight": w} for n, w in brands]},
-                inputs=np.frombuffer(inputs, np.float32)))
+            out.append(
+                BaseProfile(
+                    persona_id=persona,
+                    score=np.array([nan if s[0] is None else s[0] for s in scores], np.float32),
+                    percentile=np.array([nan if s[1] is None else s[1] for s in scores], np.float32),
+                    member=np.array([bool(s[2]) for s in scores], bool),
+                    reasons=[s[3] for s in scores] if self.meta.get("with_reasons") else None,
+                    intents={
+                        "categories": [{"name": n, "weight": w} for n, w in categories],
+                        "brands": [{"name": n, "weight": w} for n, w in brands],
+                    },
+                    inputs=np.frombuffer(inputs, np.float32),
+                )
+            )
         return out
 
     async def close(self) -> None:

@@ -24,9 +24,19 @@ def _published(store: str, root: str, serve_url: str, redis_url: str) -> Deploye
     from jobs.serving.publish import run_publish
 
     run_dir = build_run(root, StorageConfig())
-    config = job_config(root, store=store, redis_url=redis_url, replicas=2, cpus_per_replica=0.25,
-                        poll_events_seconds=0.1, poll_release_seconds=0.3, max_events_per_request=50,
-                        max_body_bytes=64 * 1024, app_name=f"segments-{store}", route_prefix=f"/{store}")
+    config = job_config(
+        root,
+        store=store,
+        redis_url=redis_url,
+        replicas=2,
+        cpus_per_replica=0.25,
+        poll_events_seconds=0.1,
+        poll_release_seconds=0.3,
+        max_events_per_request=50,
+        max_body_bytes=64 * 1024,
+        app_name=f"segments-{store}",
+        route_prefix=f"/{store}",
+    )
     run_publish(config, run_dir)
     keys = {partner: create_key(config, partner, root) for partner in PARTNERS}
     return Deployed(store, f"{serve_url}/{store}", root, run_dir, config, keys)
@@ -38,11 +48,19 @@ def deployed(tmp_path_factory, serve_url, redis_url):
 
     from jobs.serving.app import build_app
 
-    apps = {store: _published(store, str(tmp_path_factory.mktemp(f"online-{store}")), serve_url, redis_url)
-            for store in STORES}
+    apps = {
+        store: _published(store, str(tmp_path_factory.mktemp(f"online-{store}")), serve_url, redis_url)
+        for store in STORES
+    }
     # both applications start together: their replicas load in parallel
-    serve.run_many([serve.RunTarget(build_app(a.config, a.root), name=a.config.serving.app_name,
-                                    route_prefix=a.config.serving.route_prefix) for a in apps.values()])
+    serve.run_many(
+        [
+            serve.RunTarget(
+                build_app(a.config, a.root), name=a.config.serving.app_name, route_prefix=a.config.serving.route_prefix
+            )
+            for a in apps.values()
+        ]
+    )
     deadline = time.monotonic() + 60
     for app in apps.values():
         while call(f"{app.url}/v1/health", app.keys["p1"]).status != 200:

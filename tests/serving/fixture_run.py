@@ -47,7 +47,7 @@ PHONE_A = "+359888100000"
 
 
 def persona_id(i: int) -> str:
-    return f"{0x5eed0000 + i:016x}"
+    return f"{0x5EED0000 + i:016x}"
 
 
 def job_config(root: str, **serving) -> JobConfig:
@@ -56,8 +56,7 @@ def job_config(root: str, **serving) -> JobConfig:
 
 def _features(n: int, rng: np.random.Generator) -> pa.Table:
     schema = feature_schema(FeaturesConfig())
-    columns = {"persona_id": pa.array([persona_id(i) for i in range(n)]),
-               "as_of": pa.array([AS_OF] * n, pa.date32())}
+    columns = {"persona_id": pa.array([persona_id(i) for i in range(n)]), "as_of": pa.array([AS_OF] * n, pa.date32())}
     activity = rng.gamma(1.5, 2.0, n)
     for feature in catalog(FeaturesConfig()):
         if feature.dtype == "int64":
@@ -76,11 +75,17 @@ def _train(features: pa.Table, names: list[str], segment: SegmentConfig, seed: i
 
     x = feature_matrix(features, names)
     rng = np.random.default_rng(seed)
-    signal = (features.column("product_views_7d").to_numpy() + 2 * features.column("carts_7d").to_numpy()
-              - 0.05 * np.nan_to_num(features.column("days_since_last_view").to_numpy(), nan=90.0))
+    signal = (
+        features.column("product_views_7d").to_numpy()
+        + 2 * features.column("carts_7d").to_numpy()
+        - 0.05 * np.nan_to_num(features.column("days_since_last_view").to_numpy(), nan=90.0)
+    )
     y = (signal + rng.normal(0, 1.0, len(signal)) > np.median(signal)).astype(np.float32)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": seed},
-                        xgb.DMatrix(x, label=y, feature_names=names), 15)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": seed},
+        xgb.DMatrix(x, label=y, feature_names=names),
+        15,
+    )
     return bytes(booster.save_raw("json"))
 
 
@@ -89,8 +94,18 @@ def _identity(n: int) -> pa.Table:
     rows = []
 
     def add(kind, value, persona, seen, partner=None):
-        rows.append({"identifier_type": kind, "identifier": value, "partner_id": partner, "persona_id": persona,
-                     "first_seen": first, "last_seen": first, "n_events": 5, "seen_at_partners": seen})
+        rows.append(
+            {
+                "identifier_type": kind,
+                "identifier": value,
+                "partner_id": partner,
+                "persona_id": persona,
+                "first_seen": first,
+                "last_seen": first,
+                "n_events": 5,
+                "seen_at_partners": seen,
+            }
+        )
 
     add("device", "dev-0", persona_id(0), ["p1", "p2"])
     add("email", EMAIL_A, persona_id(0), ["p1"])
@@ -115,13 +130,31 @@ def _events(n: int, rng: np.random.Generator) -> pa.Table:
     for i in range(n):
         for k in range(4):
             category = CATEGORIES[(i + k) % len(CATEGORIES)]
-            rows.append({"event_id": f"e-{i}-{k}", "partner_id": PARTNERS[i % 3], "persona_id": persona_id(i),
-                         "ts": end - dt.timedelta(days=float(rng.uniform(0.5, 20))),
-                         "event_type": ["product_view", "product_view", "add_to_cart", "purchase"][k],
-                         "category": f"{category}/sub{k}", "brand": brands[(i + k) % len(brands)]})
-    return pa.Table.from_pylist(rows, schema=pa.schema([
-        ("event_id", pa.string()), ("partner_id", pa.string()), ("persona_id", pa.string()), ("ts", TS),
-        ("event_type", pa.string()), ("category", pa.string()), ("brand", pa.string())]))
+            rows.append(
+                {
+                    "event_id": f"e-{i}-{k}",
+                    "partner_id": PARTNERS[i % 3],
+                    "persona_id": persona_id(i),
+                    "ts": end - dt.timedelta(days=float(rng.uniform(0.5, 20))),
+                    "event_type": ["product_view", "product_view", "add_to_cart", "purchase"][k],
+                    "category": f"{category}/sub{k}",
+                    "brand": brands[(i + k) % len(brands)],
+                }
+            )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("event_id", pa.string()),
+                ("partner_id", pa.string()),
+                ("persona_id", pa.string()),
+                ("ts", TS),
+                ("event_type", pa.string()),
+                ("category", pa.string()),
+                ("brand", pa.string()),
+            ]
+        ),
+    )
 
 
 def build_run(root: str, storage: StorageConfig, n: int = 120, seed: int = 5) -> str:
@@ -134,9 +167,20 @@ def build_run(root: str, storage: StorageConfig, n: int = 120, seed: int = 5) ->
         writer.write_arrow(features, partition={"as_of": AS_OF})
     with writing(layout.table("identity_map"), storage) as writer:
         writer.write_arrow(_identity(n))
-    audit = pa.Table.from_pylist([{"identifier_type": "device", "identifier": "dev-shared", "partner_id": None,
-                                   "rule": "shared_device", "figure": 9.0, "threshold": 3.0, "n_events": 40}],
-                                 schema=AUDIT_SCHEMA)
+    audit = pa.Table.from_pylist(
+        [
+            {
+                "identifier_type": "device",
+                "identifier": "dev-shared",
+                "partner_id": None,
+                "rule": "shared_device",
+                "figure": 9.0,
+                "threshold": 3.0,
+                "n_events": 40,
+            }
+        ],
+        schema=AUDIT_SCHEMA,
+    )
     with writing(layout.table("identity_audit"), storage) as writer:
         writer.write_arrow(audit)
     with writing(layout.table("events_resolved"), storage) as writer:
@@ -146,9 +190,16 @@ def build_run(root: str, storage: StorageConfig, n: int = 120, seed: int = 5) ->
     entries = {name: {"status": bundle.TRAINED, "model_version": version} for name, version in versions.items()}
     with writing(layout.table("models"), storage, {"segments": entries, "categories": CATEGORIES}) as writer:
         for segment in SEGMENTS:
-            card = {"segment": segment.name, "status": bundle.TRAINED, "reason": None,
-                    "model_version": versions[segment.name], "definition": segment.model_dump(mode="json"),
-                    "feature_names": names, "feature_types": None, "feature_categories": CATEGORIES}
+            card = {
+                "segment": segment.name,
+                "status": bundle.TRAINED,
+                "reason": None,
+                "model_version": versions[segment.name],
+                "definition": segment.model_dump(mode="json"),
+                "feature_names": names,
+                "feature_types": None,
+                "feature_categories": CATEGORIES,
+            }
             writer.write_file(RunLayout.model_file(segment.name, bundle.MODEL), models[segment.name])
             writer.write_file(RunLayout.model_file(segment.name, bundle.CARD), json.dumps(card).encode())
     score_parts = [_scores(features, names, s, models[s.name], versions[s.name]) for s in SEGMENTS]
@@ -170,6 +221,13 @@ def _scores(features: pa.Table, names: list[str], segment: SegmentConfig, model:
     rank[order] = np.arange(len(score))
     percentile = 100.0 * (rank + 0.5) / max(len(score), 1)
     n = len(score)
-    return pa.table({"persona_id": rows.column("persona_id"), "segment": pa.repeat(pa.scalar(segment.name), n),
-                     "score": score, "percentile": percentile, "model_version": pa.repeat(pa.scalar(version), n),
-                     "member": percentile >= 90.0})
+    return pa.table(
+        {
+            "persona_id": rows.column("persona_id"),
+            "segment": pa.repeat(pa.scalar(segment.name), n),
+            "score": score,
+            "percentile": percentile,
+            "model_version": pa.repeat(pa.scalar(version), n),
+            "member": percentile >= 90.0,
+        }
+    )

@@ -61,10 +61,16 @@ def test_health_names_the_current_run(app):
 
 
 def test_lookup_by_every_key_type_finds_the_same_persona(app):
-    by_p1 = [profile(app, "p1", device_id="dev-0"), profile(app, "p1", customer_id="c-0"),
-             profile(app, "p1", email_sha256=sha(EMAIL_A))]
-    by_p2 = [profile(app, "p2", device_id="dev-0"), profile(app, "p2", subscriber_id="s-0"),
-             profile(app, "p2", phone_sha256=sha(PHONE_A))]
+    by_p1 = [
+        profile(app, "p1", device_id="dev-0"),
+        profile(app, "p1", customer_id="c-0"),
+        profile(app, "p1", email_sha256=sha(EMAIL_A)),
+    ]
+    by_p2 = [
+        profile(app, "p2", device_id="dev-0"),
+        profile(app, "p2", subscriber_id="s-0"),
+        profile(app, "p2", phone_sha256=sha(PHONE_A)),
+    ]
     for answer in by_p1 + by_p2:
         assert answer.status == 200, answer.text
         assert answer.body["run_id"] == "2026-11-29"
@@ -84,8 +90,10 @@ def test_partners_read_only_through_identifiers_they_supplied(app):
     assert profile(app, "p1", phone_sha256=sha(PHONE_A)).status == 404  # only p2 sent this phone
     assert profile(app, "p3", device_id="dev-0").status == 404  # p3 never saw the device
     assert profile(app, "p1", device_id="dev-shared").status == 404  # a junk identifier answers nobody
-    answers = [profile(app, p, **q) for p, q in [("p1", {"customer_id": "c-0"}), ("p2", {"subscriber_id": "s-0"}),
-                                                 ("p2", {"device_id": "dev-0"})]]
+    answers = [
+        profile(app, p, **q)
+        for p, q in [("p1", {"customer_id": "c-0"}), ("p2", {"subscriber_id": "s-0"}), ("p2", {"device_id": "dev-0"})]
+    ]
     for answer in answers:
         assert answer.status == 200
         for secret in (EMAIL_A, PHONE_A, sha(EMAIL_A), persona_id(0), "c-0", "s-0"):
@@ -100,14 +108,17 @@ def test_segments_restricted_to_another_partner_are_left_out(app):
     assert "p3_only_buyers" not in {s["segment"] for s in other.body["segments"]}
 
 
-@pytest.mark.parametrize("key, query, status, code", [
-    (None, {"device_id": "dev-0"}, 401, "unauthorized"),
-    ("sk_0000000000000000_notarealkeynotarealkey", {"device_id": "dev-0"}, 401, "unauthorized"),
-    ("p1", {}, 400, "one_key"),
-    ("p1", {"device_id": "dev-0", "customer_id": "c-0"}, 400, "one_key"),
-    ("p1", {"cookie": "dev-0"}, 400, "unknown_key_type"),
-    ("p1", {"customer_id": "nobody"}, 404, "not_found"),
-])
+@pytest.mark.parametrize(
+    "key, query, status, code",
+    [
+        (None, {"device_id": "dev-0"}, 401, "unauthorized"),
+        ("sk_0000000000000000_notarealkeynotarealkey", {"device_id": "dev-0"}, 401, "unauthorized"),
+        ("p1", {}, 400, "one_key"),
+        ("p1", {"device_id": "dev-0", "customer_id": "c-0"}, 400, "one_key"),
+        ("p1", {"cookie": "dev-0"}, 400, "unknown_key_type"),
+        ("p1", {"customer_id": "nobody"}, 404, "not_found"),
+    ],
+)
 def test_bad_lookups_get_a_json_reason(app, key, query, status, code):
     token = app.keys.get(key, key) if key else None
     answer = call(f"{app.url}/v1/profile?{urllib.parse.urlencode(query)}", token)
@@ -123,21 +134,37 @@ def test_malformed_events_are_answered_with_reasons(app):
         {"event_id": "bad-1", "partner_id": "p1", "event_type": "product_view"},  # no ts
         {"event_id": "bad-2", "ts": "yesterday-ish", "partner_id": "p1", "event_type": "product_view"},
         {"event_id": "bad-3", "ts": "2026-11-30T09:00:00Z", "partner_id": "p1", "event_type": "teleport"},
-        {"event_id": "ok-1", "ts": "2026-11-30T09:00:00Z", "partner_id": "p1", "event_type": "page_view",
-         "device_id": "dev-unknown-visitor", "price": "not a number"},
+        {
+            "event_id": "ok-1",
+            "ts": "2026-11-30T09:00:00Z",
+            "partner_id": "p1",
+            "event_type": "page_view",
+            "device_id": "dev-unknown-visitor",
+            "price": "not a number",
+        },
         "not an object",
     ]
     answer = post(app, "p1", rows)
     assert answer.status == 202, answer.text
     assert answer.body["accepted"] == 1
-    assert answer.body["rejected"] == [{"index": 0, "reason": "missing_ts"}, {"index": 1, "reason": "unparseable_ts"},
-                                       {"index": 2, "reason": "unknown_event_type"},
-                                       {"index": 4, "reason": "not_a_json_object"}]
-    foreign = post(app, "p1", [{"event_id": "f-1", "ts": "2026-11-30T09:00:00Z", "partner_id": "p2",
-                                "event_type": "page_view"}])
+    assert answer.body["rejected"] == [
+        {"index": 0, "reason": "missing_ts"},
+        {"index": 1, "reason": "unparseable_ts"},
+        {"index": 2, "reason": "unknown_event_type"},
+        {"index": 4, "reason": "not_a_json_object"},
+    ]
+    foreign = post(
+        app, "p1", [{"event_id": "f-1", "ts": "2026-11-30T09:00:00Z", "partner_id": "p2", "event_type": "page_view"}]
+    )
     assert (foreign.status, foreign.body["error"]) == (403, "foreign_partner")
-    too_many = post(app, "p1", [{"event_id": f"m-{i}", "ts": "2026-11-30T09:00:00Z", "partner_id": "p1",
-                                 "event_type": "page_view"} for i in range(51)])
+    too_many = post(
+        app,
+        "p1",
+        [
+            {"event_id": f"m-{i}", "ts": "2026-11-30T09:00:00Z", "partner_id": "p1", "event_type": "page_view"}
+            for i in range(51)
+        ],
+    )
     assert too_many.status == 413
     assert post(app, "p1", b"[" + b" " * (70 * 1024) + b"]").status == 413
 
@@ -145,9 +172,17 @@ def test_malformed_events_are_answered_with_reasons(app):
 def test_a_live_event_changes_the_profile_on_every_replica_within_a_second(app):
     before = every_replica(app, "p1", customer_id="c-0")
     category = f"fashion/live-{app.store}"
-    event = {"event_id": f"live-{app.store}", "ts": "2026-11-30T10:00:00Z", "partner_id": "p1",
-             "event_type": "add_to_cart", "customer_id": "c-0", "category": category, "brand": "Zed",
-             "product_id": "sku-1", "price": 49.0}
+    event = {
+        "event_id": f"live-{app.store}",
+        "ts": "2026-11-30T10:00:00Z",
+        "partner_id": "p1",
+        "event_type": "add_to_cart",
+        "customer_id": "c-0",
+        "category": category,
+        "brand": "Zed",
+        "product_id": "sku-1",
+        "price": 49.0,
+    }
     answer = post(app, "p1", [event, event])
     acknowledged = time.monotonic()
     assert answer.status == 202 and answer.body["accepted"] == 1 and answer.body["duplicates"] == 1
@@ -164,10 +199,24 @@ def test_a_live_event_changes_the_profile_on_every_replica_within_a_second(app):
 
 def test_new_identifiers_link_to_known_personas_but_junk_never_does(app):
     new_device = f"dev-new-{app.store}"
-    rows = [{"event_id": f"link-{app.store}", "ts": "2026-11-30T10:05:00Z", "partner_id": "p1",
-             "event_type": "login", "customer_id": "c-3", "device_id": new_device},
-            {"event_id": f"junk-{app.store}", "ts": "2026-11-30T10:06:00Z", "partner_id": "p1",
-             "event_type": "login", "customer_id": "c-3", "device_id": "dev-shared"}]
+    rows = [
+        {
+            "event_id": f"link-{app.store}",
+            "ts": "2026-11-30T10:05:00Z",
+            "partner_id": "p1",
+            "event_type": "login",
+            "customer_id": "c-3",
+            "device_id": new_device,
+        },
+        {
+            "event_id": f"junk-{app.store}",
+            "ts": "2026-11-30T10:06:00Z",
+            "partner_id": "p1",
+            "event_type": "login",
+            "customer_id": "c-3",
+            "device_id": "dev-shared",
+        },
+    ]
     assert post(app, "p1", rows).body["accepted"] == 2
     time.sleep(1.0)
     for linked in every_replica(app, "p1", device_id=new_device):
@@ -178,8 +227,16 @@ def test_new_identifiers_link_to_known_personas_but_junk_never_does(app):
 
 
 def test_accepted_events_are_in_the_durable_log_in_the_input_contract(app):
-    event = {"event_id": f"log-{app.store}", "ts": "2026-11-30T10:07:00Z", "partner_id": "p3",
-             "event_type": "purchase", "device_id": "dev-2", "order_id": "o-1", "price": 10.5, "quantity": 2}
+    event = {
+        "event_id": f"log-{app.store}",
+        "ts": "2026-11-30T10:07:00Z",
+        "partner_id": "p3",
+        "event_type": "purchase",
+        "device_id": "dev-2",
+        "order_id": "o-1",
+        "price": 10.5,
+        "quantity": 2,
+    }
     assert post(app, "p3", [event]).body["accepted"] == 1
     storage = StorageConfig()
     files = list_files(f"{app.root}/online/events", storage, suffixes=(".parquet",))
@@ -207,8 +264,11 @@ def test_a_published_release_holds_no_raw_email_or_phone(deployed):
 def logged_events(app: Deployed) -> set[tuple[str, str]]:
     storage = StorageConfig()
     files = list_files(f"{app.root}/online/events", storage, suffixes=(".parquet",))
-    return {(r["partner_id"], r["event_id"]) for f in files
-            for r in read_parquet_file(f, storage, ["partner_id", "event_id"]).to_pylist()}
+    return {
+        (r["partner_id"], r["event_id"])
+        for f in files
+        for r in read_parquet_file(f, storage, ["partner_id", "event_id"]).to_pylist()
+    }
 
 
 def replica_healths(app: Deployed, replicas: int = 2, tries: int = 80) -> dict[str, dict]:
@@ -250,14 +310,29 @@ def test_a_replica_killed_mid_load_loses_no_acknowledged_event(app):
         n = 0
         while not stop.is_set():
             event_id = f"kill-{app.store}-{worker}-{n}"
-            answer = post(app, "p1", [{"event_id": event_id, "ts": "2026-11-30T11:00:00Z", "partner_id": "p1",
-                                       "event_type": "product_view", "customer_id": "c-3", "category": "toys/kill"}])
+            answer = post(
+                app,
+                "p1",
+                [
+                    {
+                        "event_id": event_id,
+                        "ts": "2026-11-30T11:00:00Z",
+                        "partner_id": "p1",
+                        "event_type": "product_view",
+                        "customer_id": "c-3",
+                        "category": "toys/kill",
+                    }
+                ],
+            )
             (acknowledged.append(("p1", event_id)) if answer.status == 202 else failed.append(answer.status))
             n += 1
 
     def kill_one_replica() -> None:
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["namespace"] == "serve" and f"{app.config.serving.app_name}#Profiles" in a["name"]]
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and f"{app.config.serving.app_name}#Profiles" in a["name"]
+        ]
         assert len(names) == 2, names
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
         time.sleep(1.0)  # load goes on against the survivor while Serve replaces the dead replica
@@ -293,8 +368,11 @@ def test_publish_under_load_swaps_releases_without_a_failed_request(app):
 
     def publish_and_wait() -> None:
         new = run_publish(app.config, app.run_dir)["release_id"]
-        wait_for(lambda: {h["release_id"] for h in replica_healths(app).values()} == {new}, 30,
-                 "every replica to serve the new release")
+        wait_for(
+            lambda: {h["release_id"] for h in replica_healths(app).values()} == {new},
+            30,
+            "every replica to serve the new release",
+        )
 
     run_load(0.5, publish_and_wait, reader, threads=2)
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}

@@ -21,9 +21,22 @@ TS = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
 
 
 def identity(rows: list[tuple]) -> pa.Table:
-    return pa.Table.from_pylist([{"identifier_type": t, "identifier": v, "partner_id": scope, "persona_id": persona,
-                                  "first_seen": TS, "last_seen": TS, "n_events": 1, "seen_at_partners": seen}
-                                 for t, v, scope, persona, seen in rows], schema=IDENTITY_MAP_SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            {
+                "identifier_type": t,
+                "identifier": v,
+                "partner_id": scope,
+                "persona_id": persona,
+                "first_seen": TS,
+                "last_seen": TS,
+                "n_events": 1,
+                "seen_at_partners": seen,
+            }
+            for t, v, scope, persona, seen in rows
+        ],
+        schema=IDENTITY_MAP_SCHEMA,
+    )
 
 
 def sha(value: str) -> str:
@@ -31,21 +44,42 @@ def sha(value: str) -> str:
 
 
 def test_lookup_keys_exist_only_for_what_each_partner_supplied():
-    table = identity([("customer", "c1", "p1", "A", ["p1"]), ("email", "a@x.com", None, "A", ["p1"]),
-                      ("phone", "+111", None, "A", ["p2"]), ("device", "d1", None, "A", ["p1", "p2"]),
-                      ("click_token", "t1", "p1", "A", ["p1"])])
+    table = identity(
+        [
+            ("customer", "c1", "p1", "A", ["p1"]),
+            ("email", "a@x.com", None, "A", ["p1"]),
+            ("phone", "+111", None, "A", ["p2"]),
+            ("device", "d1", None, "A", ["p1", "p2"]),
+            ("click_token", "t1", "p1", "A", ["p1"]),
+        ]
+    )
     keys = set(lookup_keys(table).column("key_hash").to_pylist())
-    expected = {key_hash("p1", "customer_id", "c1"), key_hash("p1", "email_sha256", sha("a@x.com")),
-                key_hash("p2", "phone_sha256", sha("+111")), key_hash("p1", "device_id", "d1"),
-                key_hash("p2", "device_id", "d1")}
+    expected = {
+        key_hash("p1", "customer_id", "c1"),
+        key_hash("p1", "email_sha256", sha("a@x.com")),
+        key_hash("p2", "phone_sha256", sha("+111")),
+        key_hash("p1", "device_id", "d1"),
+        key_hash("p2", "device_id", "d1"),
+    }
     assert keys == expected
     assert key_hash("p2", "customer_id", "c1") not in keys
     assert key_hash("p2", "email_sha256", sha("a@x.com")) not in keys
 
 
 def test_link_ids_are_scoped_for_partner_records_and_global_for_contacts():
-    links = set(link_ids(identity([("customer", "c1", "p1", "A", ["p1"]), ("device", "d1", None, "A", ["p1"]),
-                                   ("click_token", "t1", "p1", "A", ["p1"])])).column("link_hash").to_pylist())
+    links = set(
+        link_ids(
+            identity(
+                [
+                    ("customer", "c1", "p1", "A", ["p1"]),
+                    ("device", "d1", None, "A", ["p1"]),
+                    ("click_token", "t1", "p1", "A", ["p1"]),
+                ]
+            )
+        )
+        .column("link_hash")
+        .to_pylist()
+    )
     assert links == {link_hash("customer", "p1", "c1"), link_hash("device", None, "d1")}  # click tokens never link
     assert link_hash("customer", "p1", "c1") != link_hash("customer", "p2", "c1")
     assert link_hash("device", "p1", "d1") == link_hash("device", "p2", "d1")
@@ -60,19 +94,34 @@ def test_a_colliding_hash_answers_nobody():
 
 def test_build_partition_joins_features_scores_intents_and_keys():
     features = pa.table({"persona_id": ["B", "A"], "inputs": pa.array([b"\x00" * 8, b"\x01" * 8], pa.binary(8))})
-    scores = pa.table({"persona_id": ["A", "B", "A"], "segment": ["s1", "s1", "s2"], "score": [0.9, 0.1, 0.4],
-                       "percentile": [90.0, 10.0, 50.0], "model_version": ["v", "v", "w"],
-                       "member": [True, False, None]})
-    intents = pa.table({"persona_id": ["A", "A", "A", "Z"], "name": ["x/y", "q", "Acme", "x"],
-                        "kind": ["categories", "categories", "brands", "categories"], "weight": [2.0, 5.0, 1.0, 9.0]})
+    scores = pa.table(
+        {
+            "persona_id": ["A", "B", "A"],
+            "segment": ["s1", "s1", "s2"],
+            "score": [0.9, 0.1, 0.4],
+            "percentile": [90.0, 10.0, 50.0],
+            "model_version": ["v", "v", "w"],
+            "member": [True, False, None],
+        }
+    )
+    intents = pa.table(
+        {
+            "persona_id": ["A", "A", "A", "Z"],
+            "name": ["x/y", "q", "Acme", "x"],
+            "kind": ["categories", "categories", "brands", "categories"],
+            "weight": [2.0, 5.0, 1.0, 9.0],
+        }
+    )
     keys = pa.table({"persona_id": ["A", "B", "Z"], "key_hash": pa.array([11, 22, 33], pa.uint64())})
     profiles, key_rows, link_rows, curve = build_partition(0, features, scores, intents, keys, None, ["s1", "s2"], 5)
     assert profiles.column("persona_id").to_pylist() == ["A", "B"]
     assert profiles.column("score__s1").to_pylist() == [np.float32(0.9), np.float32(0.1)]
     assert np.isnan(profiles.column("score__s2").to_pylist()[1])  # B was not scored for s2
     assert profiles.column("member__s2").to_pylist() == [False, False]
-    assert profiles.column("intent_categories").to_pylist()[0] == [{"name": "q", "weight": 5.0},
-                                                                   {"name": "x/y", "weight": 2.0}]
+    assert profiles.column("intent_categories").to_pylist()[0] == [
+        {"name": "q", "weight": 5.0},
+        {"name": "x/y", "weight": 2.0},
+    ]
     assert profiles.column("intent_brands").to_pylist() == [[{"name": "Acme", "weight": 1.0}], []]
     assert dict(zip(key_rows.column("key_hash").to_pylist(), key_rows.column("row").to_pylist())) == {11: 0, 22: 1}
     assert link_rows.num_rows == 0 and curve.num_rows > 0
@@ -82,12 +131,31 @@ def test_curves_map_a_score_to_the_percentile_the_batch_gave_it():
     rng = np.random.default_rng(1)
     score = np.sort(rng.random(5000))
     pct = 100 * (np.arange(5000) + 0.5) / 5000
-    halves = [pa.table({"persona_id": [str(i) for i in idx], "segment": ["s"] * len(idx), "score": score[idx],
-                        "percentile": pct[idx], "member": pct[idx] >= 90})
-              for idx in (np.arange(0, 5000, 2), np.arange(1, 5000, 2))]
-    partials = [build_partition(0, pa.table({"persona_id": h.column("persona_id"),
-                                             "inputs": pa.array([b""] * h.num_rows, pa.binary(0))}),
-                                h, None, None, None, ["s"], 1)[3] for h in halves]
+    halves = [
+        pa.table(
+            {
+                "persona_id": [str(i) for i in idx],
+                "segment": ["s"] * len(idx),
+                "score": score[idx],
+                "percentile": pct[idx],
+                "member": pct[idx] >= 90,
+            }
+        )
+        for idx in (np.arange(0, 5000, 2), np.arange(1, 5000, 2))
+    ]
+    partials = [
+        build_partition(
+            0,
+            pa.table({"persona_id": h.column("persona_id"), "inputs": pa.array([b""] * h.num_rows, pa.binary(0))}),
+            h,
+            None,
+            None,
+            None,
+            ["s"],
+            1,
+        )[3]
+        for h in halves
+    ]
     curve = merge_curves(partials)["s"]
     assert np.all(np.diff(curve["percentile"]) >= 0)
     assert np.abs(np.interp(score, curve["score"], curve["percentile"]) - pct).max() < 0.2
@@ -98,8 +166,14 @@ def test_online_features_follow_the_catalogue_declarations():
     names = [f.name for f in catalog(config)]
     online = online_features(config, names)
     chosen = {f.name for f in online}
-    assert {"product_views_7d", "carts_30d", "orders_7d", "revenue_30d", "days_since_last_view",
-            "cat03_views_90d"} <= chosen
+    assert {
+        "product_views_7d",
+        "carts_30d",
+        "orders_7d",
+        "revenue_30d",
+        "days_since_last_view",
+        "cat03_views_90d",
+    } <= chosen
     assert not chosen & {"aov_30d", "installment_orders_365d", "days_since_first_event", "view_to_cart_rate_30d"}
     as_of = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc).timestamp()
     base = np.zeros(len(names))
