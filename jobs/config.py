@@ -34,7 +34,7 @@ class StageView(BaseModel):
     tuning: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_config(cls, config: "JobConfig") -> "StageView":
+    def from_config(cls, config: JobConfig) -> StageView:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -219,9 +219,13 @@ class ScoringConfig(Section):
     membership: Literal["top_percent", "threshold"] = "top_percent"
     top_percent: float = Field(10.0, gt=0, le=100)
     threshold: float = Field(0.5, ge=0, le=1)
-    actors: int = Field(2, ge=1, description="scoring actors (each loads every model once and reads its own feature files)")
+    actors: int = Field(
+        2, ge=1, description="scoring actors (each loads every model once and reads its own feature files)"
+    )
     cpus_per_actor: float = Field(
-        0.5, gt=0, description="CPUs reserved per scoring actor; fractional so the rest of the stage keeps a core on small machines"
+        0.5,
+        gt=0,
+        description="CPUs per scoring actor; fractional so the rest of the stage keeps a core on small machines",
     )
     threads_per_actor: int = Field(1, ge=1, description="XGBoost prediction threads in each scoring actor")
     batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each actor's float32 matrix)")
@@ -236,8 +240,9 @@ class ServingConfig(Section):
     """The online half (`segments publish`, `segments serve`): replicas, stores, live events, limits."""
 
     store: Literal["embedded", "redis"] = Field(
-        "embedded", description="where replicas read a release: 'embedded' (loaded into each replica's memory from "
-        "ROOT/online/releases, local or s3://) or 'redis' (a Redis/Valkey server, for fleets one replica cannot hold)"
+        "embedded",
+        description="where replicas read a release: 'embedded' (loaded into each replica's memory from "
+        "ROOT/online/releases, local or s3://) or 'redis' (a Redis/Valkey server, for fleets one replica cannot hold)",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis server of the 'redis' store")
     redis_prefix: str = Field(
@@ -303,7 +308,8 @@ class JobConfig(Section):
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="run folder name; default: the run date"
     )
     run_date: dt.date | None = Field(
-        None, description="the schedule date of the run (exports' RUN_DATE); default: the date the run was first started (UTC)"
+        None,
+        description="the schedule date of the run (exports' RUN_DATE); default: the day it first started (UTC)",
     )
     stages: list[StageName] = Field(
         default_factory=lambda: list(PIPELINE_STAGES),
@@ -390,7 +396,7 @@ class ResolveView(StageView):
     tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "ResolveView":
+    def from_config(cls, config: JobConfig) -> ResolveView:
         return cls(input=config.input, identity=config.identity, num_partitions=config.ray.num_partitions)
 
 
@@ -401,7 +407,7 @@ class EvaluateView(StageView):
     tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "EvaluateView":
+    def from_config(cls, config: JobConfig) -> EvaluateView:
         return cls(identity=config.identity, evaluation=config.evaluation, num_partitions=config.ray.num_partitions)
 
 
@@ -414,10 +420,15 @@ class PlanView(StageView):
     segments: list[SegmentConfig]
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "PlanView":
-        return cls(as_of=config.features.as_of, categories=config.features.categories,
-                   top_categories=config.features.top_categories, train_as_of=config.training.train_as_of,
-                   eval_as_of=config.training.eval_as_of, segments=list(config.segments))
+    def from_config(cls, config: JobConfig) -> PlanView:
+        return cls(
+            as_of=config.features.as_of,
+            categories=config.features.categories,
+            top_categories=config.features.top_categories,
+            train_as_of=config.training.train_as_of,
+            eval_as_of=config.training.eval_as_of,
+            segments=list(config.segments),
+        )
 
 
 class FeaturesView(StageView):
@@ -426,7 +437,7 @@ class FeaturesView(StageView):
     tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "FeaturesView":
+    def from_config(cls, config: JobConfig) -> FeaturesView:
         return cls(features=config.features, num_partitions=config.ray.num_partitions)
 
 
@@ -436,7 +447,7 @@ class LabelsView(StageView):
     tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "LabelsView":
+    def from_config(cls, config: JobConfig) -> LabelsView:
         return cls(segments=list(config.segments), num_partitions=config.ray.num_partitions)
 
 
@@ -446,25 +457,37 @@ class TrainView(StageView):
     training: TrainingConfig
     num_partitions: int
     tuning: ClassVar[tuple[str, ...]] = (
-        "num_partitions", "training.num_workers", "training.cpus_per_worker", "training.use_gpu",
-        "training.report_every", "training.max_failures", "training.nthread",
+        "num_partitions",
+        "training.num_workers",
+        "training.cpus_per_worker",
+        "training.use_gpu",
+        "training.report_every",
+        "training.max_failures",
+        "training.nthread",
     )
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "TrainView":
-        return cls(segments=list(config.segments), features=config.features, training=config.training,
-                   num_partitions=config.ray.num_partitions)
+    def from_config(cls, config: JobConfig) -> TrainView:
+        return cls(
+            segments=list(config.segments),
+            features=config.features,
+            training=config.training,
+            num_partitions=config.ray.num_partitions,
+        )
 
 
 class ScoreView(StageView):
     segments: list[SegmentConfig]
     scoring: ScoringConfig
     tuning: ClassVar[tuple[str, ...]] = (
-        "scoring.actors", "scoring.cpus_per_actor", "scoring.threads_per_actor", "scoring.batch_size",
+        "scoring.actors",
+        "scoring.cpus_per_actor",
+        "scoring.threads_per_actor",
+        "scoring.batch_size",
     )
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "ScoreView":
+    def from_config(cls, config: JobConfig) -> ScoreView:
         return cls(segments=list(config.segments), scoring=config.scoring)
 
 
@@ -472,7 +495,7 @@ class ReportView(StageView):
     segments: list[SegmentConfig]
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "ReportView":
+    def from_config(cls, config: JobConfig) -> ReportView:
         return cls(segments=list(config.segments))
 
 
@@ -483,9 +506,12 @@ class ExportView(StageView):
     tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> "ExportView":
-        return cls(root=config.export.root or config.root, membership=config.scoring.membership,
-                   num_partitions=config.ray.num_partitions)
+    def from_config(cls, config: JobConfig) -> ExportView:
+        return cls(
+            root=config.export.root or config.root,
+            membership=config.scoring.membership,
+            num_partitions=config.ray.num_partitions,
+        )
 
 
 def _yaml_value(value: Any) -> str:
