@@ -25,6 +25,7 @@ from jobs.exports.partners import list_exports, presigned_urls
 from jobs.run.layout import IDENTITY_MAP, SCORES, ExportLayout, RunLayout
 from jobs.run.pipeline import run_pipeline
 from jobs.run.stage import RunIdentity, Stage, ordered
+from jobs.segments.membership import SCORES_SCHEMA
 from jobs.stages import export
 from jobs.storage import TableIn, TableOut, exists, folders, join, list_files, read_bytes, read_json
 
@@ -42,16 +43,6 @@ IDENTITY_SCHEMA = pa.schema(
         ("last_seen", pa.timestamp("us", tz="UTC")),
         ("n_events", pa.int64()),
         ("seen_at_partners", pa.list_(pa.string())),
-    ]
-)
-SCORES_SCHEMA = pa.schema(
-    [
-        ("persona_id", pa.string()),
-        ("segment", pa.string()),
-        ("score", pa.float64()),
-        ("percentile", pa.float64()),
-        ("model_version", pa.string()),
-        ("member", pa.bool_()),
     ]
 )
 
