@@ -60,6 +60,12 @@ RunDateOpt = Annotated[
 ]
 DateOpt = Annotated[dt.datetime | None, typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
 ExportsRootOpt = Annotated[str | None, typer.Option("--root", help="exports ROOT (default: config export.root)")]
+ReplaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replace", help="replace the run date's exports that another run id wrote (export.replace in the config)"
+    ),
+]
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -238,11 +244,13 @@ def score(run: RunOpt, config_file: ConfigOpt = None, address: AddressOpt = None
 def export(
     run: RunOpt,
     to: Annotated[str, typer.Option("--to", help="exports ROOT (local or s3://bucket/prefix)")],
+    replace: ReplaceOpt = False,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Per-partner segment exports with manifests."""
-    _invoke(lambda: _stages(_config(config_file, **{"export.root": to, "ray.address": address}), ["export"], run))
+    overrides = {"export.root": to, "export.replace": replace or None, "ray.address": address}
+    _invoke(lambda: _stages(_config(config_file, **overrides), ["export"], run))
 
 
 def _exports_root(config: JobConfig) -> str:
@@ -326,13 +334,19 @@ def run_command(
         str | None, typer.Option("--run-id", help="run id (default: from config or the run date)")
     ] = None,
     run_date: RunDateOpt = None,
+    replace: ReplaceOpt = False,
     address: AddressOpt = None,
 ) -> None:
     """The whole pipeline, stage by stage, resuming finished stages."""
     from jobs.run.pipeline import run_pipeline
     from jobs.stages import pipeline
 
-    overrides = {"run_id": run_id, "run_date": run_date.date() if run_date else None, "ray.address": address}
+    overrides = {
+        "run_id": run_id,
+        "run_date": run_date.date() if run_date else None,
+        "export.replace": replace or None,
+        "ray.address": address,
+    }
     _invoke(lambda: run_pipeline(_config(config_file, **overrides), pipeline()))
 
 

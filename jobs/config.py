@@ -76,6 +76,10 @@ class InputConfig(Section):
     max_quarantine_share: float = Field(
         0.01, ge=0, le=1, description="the run fails when more than this share of rows is quarantined"
     )
+    plausible_ts_from: dt.date = Field(
+        dt.date(2000, 1, 1),
+        description="an event before this date, or after the run date + 1 day, is quarantined (implausible_ts)",
+    )
 
 
 class IdentityConfig(Section):
@@ -175,8 +179,10 @@ class TrainingConfig(Section):
     early_stopping_rounds: int = Field(30, ge=1)
     report_every: int = Field(25, ge=1, description="rounds between Ray Train reports")
     validation_share: float = Field(0.2, gt=0, lt=1)
-    min_positives: int = Field(100, ge=1)
-    min_negatives: int = Field(100, ge=1)
+    min_positives: int = Field(
+        10, ge=1, description="fewer at the training cut-off: skipped (whether a model is useful: the champion checks)"
+    )
+    min_negatives: int = Field(10, ge=1)
     params: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary:logistic",
@@ -194,10 +200,13 @@ class TrainingConfig(Section):
     nthread: int | None = Field(
         None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
     )
-    seed: int = Field(7, description="seed of the validation split, subsampling and the shuffled-label runs")
-    shuffled_label_runs: int = Field(
-        3, ge=0, le=20, description="alarm: models trained on permuted labels; their mean out-of-time AUC must be ~0.5"
+    seed: int = Field(7, description="seed of the validation split, subsampling and the permutation null")
+    champion_margin: float = Field(
+        0.02,
+        ge=0,
+        description="relative PR-AUC gain a challenger needs over the incumbent (at least the figure's noise)",
     )
+    strict: bool = Field(False, description="a rejected segment fails the run (exit 2) instead of a warning")
     rfm_features: list[str] | None = Field(
         None, description="columns of the RFM baseline (recency, frequency, monetary); default from the catalogue"
     )
@@ -229,11 +238,21 @@ class ScoringConfig(Section):
     )
     threads_per_actor: int = Field(1, ge=1, description="XGBoost prediction threads in each scoring actor")
     batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each actor's float32 matrix)")
+    reasons: Literal["off", "approx", "shap"] = Field(
+        "approx",
+        description="top-3 partner-safe reasons per member in scores/ from XGBoost's contributions: 'approx' "
+        "(Saabas, ~5 predictions' cost), 'shap' (exact TreeSHAP, ~100x a prediction on CPU) or 'off'",
+    )
 
 
 class ExportConfig(Section):
     root: str | None = Field(None, description="ROOT of exports: local folder or s3://bucket/prefix")
     url_expires_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    replace: bool = Field(
+        False,
+        description="let this run replace the exports of its run date that another run id wrote "
+        "(`--replace`); without it such a run stops, exit 2, naming the owner",
+    )
 
 
 class ServingConfig(Section):
@@ -479,6 +498,7 @@ class TrainView(StageView):
 class ScoreView(StageView):
     segments: list[SegmentConfig]
     scoring: ScoringConfig
+    features: FeaturesConfig  # the catalogue that names reasons
     tuning: ClassVar[tuple[str, ...]] = (
         "scoring.actors",
         "scoring.cpus_per_actor",
@@ -488,7 +508,7 @@ class ScoreView(StageView):
 
     @classmethod
     def from_config(cls, config: JobConfig) -> ScoreView:
-        return cls(segments=list(config.segments), scoring=config.scoring)
+        return cls(segments=list(config.segments), scoring=config.scoring, features=config.features)
 
 
 class ReportView(StageView):
@@ -502,14 +522,17 @@ class ReportView(StageView):
 class ExportView(StageView):
     root: str = Field(description="ROOT of the exports: export.root, else the run's own ROOT")
     membership: Literal["top_percent", "threshold"] = Field(description="how members were chosen (manifests say)")
+    replace: bool = Field(description="may replace the run date's exports of another run id")
     num_partitions: int
-    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+    # replacing decides whether the stage may run, not what it writes
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions", "replace")
 
     @classmethod
     def from_config(cls, config: JobConfig) -> ExportView:
         return cls(
             root=config.export.root or config.root,
             membership=config.scoring.membership,
+            replace=config.export.replace,
             num_partitions=config.ray.num_partitions,
         )
 

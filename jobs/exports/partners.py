@@ -61,6 +61,25 @@ def exported_partners(root: str, storage: StorageConfig) -> list[str]:
     return sorted({parts[0] for parts in published_folders(ExportLayout(root).base, ExportLayout.MANIFEST, storage)})
 
 
+def run_date_exports(root: str, run_date: str, storage: StorageConfig) -> dict[str, dict[str, Any]]:
+    """{export folder: its manifest} of every published export of `run_date` under ROOT (any partner, any
+    segment): what one run owns, and what another run of that date must not overwrite unless told to."""
+    layout = ExportLayout(root)
+    validate_run_date(run_date)
+    found = {}
+    for parts in published_folders(layout.base, ExportLayout.MANIFEST, storage):
+        if len(parts) != 3 or parts[2] != run_date:
+            continue
+        try:
+            folder = layout.export_dir(*parts)
+        except UserError:  # not a folder an export writes: not an export
+            continue
+        manifest = published_manifest(folder, ExportLayout.MANIFEST, storage)
+        if manifest is not None:  # torn or replaced meanwhile: nobody's
+            found[folder] = manifest
+    return found
+
+
 def presigned_urls(
     root: str, partner: str, segment: str, storage: StorageConfig, expires_seconds: int
 ) -> dict[str, Any]:

@@ -11,7 +11,8 @@ Each parameter is one of:
     `InputEvents`            the raw event files named by `events:`
     `TableIn` / `TableOut`   a run table read / published, named by the parameter (`jobs.run.layout.TABLES`)
     `FileOut`                a file of the run published whole, named by the parameter (`report` ...)
-    `StorageConfig`          for a stage that writes outside the run folder (exports): not fingerprinted
+    `PartnerExports`         the partner exports of the run date, outside the run folder (`ROOT/exports/`)
+    `StorageConfig`          for a stage that touches storage outside the run folder: not fingerprinted
 
 so the pipeline derives a stage's inputs, outputs and fingerprint from the function itself (Dagster's
 "dependencies come from what a step reads"), and the stage order from who writes what each stage reads.
@@ -28,13 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.config import JobConfig, StageView, StorageConfig
+from jobs.config import ExportView, JobConfig, StageView, StorageConfig
+from jobs.exports.partners import run_date_exports
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
 from jobs.storage import TableIn, TableOut, exists, file_sizes, list_files, read_bytes, write_bytes
 
 EVENTS = "@events"  # the raw input files, read by the resolve stage
 PLAN = "plan"  # the run plan, written by the plan stage and read by most others
+EXPORTS = "@exports"  # the partner exports of the run date, written by the export stage
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,34 @@ class FileOut:
 
 
 @dataclass(frozen=True)
+class PartnerExports:
+    """The partner exports of the run date under the exports ROOT: `ROOT/exports/*/*/RUN_DATE/`.
+
+    They belong to one run (the run id in their manifests). Their version is who owns them and which write
+    they hold, so a run whose exports another run replaced does not count its export stage as done.
+    """
+
+    root: str
+    run_date: dt.date
+    storage: StorageConfig
+
+    def manifests(self) -> dict[str, dict[str, Any]]:
+        """{export folder: manifest} of every published export of the run date."""
+        return run_date_exports(self.root, self.run_date.isoformat(), self.storage)
+
+    def owners(self) -> dict[str, str]:
+        """{export folder: the run id that wrote it}."""
+        return {folder: str(manifest.get("run_id")) for folder, manifest in self.manifests().items()}
+
+    @property
+    def version(self) -> str | None:
+        held = sorted([folder, m.get("run_id"), m.get("write_id")] for folder, m in self.manifests().items())
+        if not held:
+            return None
+        return "exports-" + hashlib.sha256(json.dumps(held).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Stage:
     """A stage function and what its signature declares."""
 
@@ -118,6 +149,8 @@ class Stage:
     @property
     def writes(self) -> tuple[str, ...]:
         names = [name for name, kind in self.parameters if kind in (TableOut, FileOut)]
+        if any(kind is PartnerExports for _, kind in self.parameters):
+            names.append(EXPORTS)
         if typing.get_type_hints(self.function).get("return") is RunPlan:
             names.append(PLAN)
         return tuple(names)
@@ -132,7 +165,7 @@ class Stage:
         return any(kind is RunIdentity for _, kind in self.parameters)
 
 
-_KINDS = (RunPlan, RunIdentity, InputEvents, TableIn, TableOut, FileOut, StorageConfig)
+_KINDS = (RunPlan, RunIdentity, InputEvents, TableIn, TableOut, FileOut, PartnerExports, StorageConfig)
 
 
 @dataclass(frozen=True)
@@ -162,9 +195,14 @@ class StageContext:
             return TableOut(name, self.layout.table(name), storage)
         if kind is FileOut:
             return FileOut(name, getattr(self.layout, name), storage)
+        if kind is PartnerExports:
+            return self.partner_exports()
         if kind is StorageConfig:
             return storage
         raise TypeError(kind)
+
+    def partner_exports(self) -> PartnerExports:
+        return PartnerExports(ExportView.from_config(self.config).root, self.identity.run_date, self.config.storage)
 
     def arguments(self, stage: Stage) -> dict[str, Any]:
         return {name: self.argument(name, kind) for name, kind in stage.parameters}
@@ -175,6 +213,8 @@ class StageContext:
             return None if self.plan is None else self.plan.digest
         if name == EVENTS:
             return InputEvents(self.config.events or "", self.config.storage).version
+        if name == EXPORTS:
+            return self.partner_exports().version
         if hasattr(RunLayout, name) and not callable(getattr(RunLayout, name)):
             return FileOut(name, getattr(self.layout, name), self.config.storage).version
         return TableIn(name, self.layout.table(name), self.config.storage).version

@@ -8,6 +8,10 @@ partner's export holds only keys it supplied itself (`jobs.exports.keys`). Worke
 `ROOT/exports/_staging/RUN_ID/` (`jobs.exports.distributed`); then every export folder is published
 manifest-last (`jobs.storage.folders`): a reader sees the old export, none, or the new one whole, and a
 rerun of the same run replaces it, never duplicates.
+
+The exports of a run date belong to one run (the run id in their manifests). A run with another run id stops
+before reading anything (exit 2, naming the owner) unless `export.replace` lets it replace them; then the
+owner's folders this run does not write go too, so partners never see two runs mixed under one date.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from jobs.config import ExportView, StorageConfig
+from jobs.config import ExportView
 from jobs.errors import UserError
 from jobs.exports.distributed import (
     keys_distributed,
@@ -27,7 +31,7 @@ from jobs.exports.distributed import (
 from jobs.exports.parts import manifest, part_name
 from jobs.run.layout import ExportLayout
 from jobs.run.naming import validate_partner_id, validate_segment_name
-from jobs.run.stage import RunIdentity
+from jobs.run.stage import PartnerExports, RunIdentity
 from jobs.storage import (
     FolderRelease,
     TableIn,
@@ -43,12 +47,14 @@ log = logging.getLogger(__name__)
 
 
 def run(
-    view: ExportView, identity: RunIdentity, scores: TableIn, identity_map: TableIn, storage: StorageConfig
+    view: ExportView, identity: RunIdentity, scores: TableIn, identity_map: TableIn, exports: PartnerExports
 ) -> dict[str, Any]:
+    storage = exports.storage
     layout = ExportLayout(view.root)
     check_bucket(view.root, storage)
-    segments = scored_segments(scores)
     run_date = identity.run_date.isoformat()
+    replaced = foreign_exports(exports, identity, view.replace)
+    segments = scored_segments(scores)
     write_id = new_write_id()
     staging_run = join(layout.staging, identity.run_id)
     staging = join(staging_run, write_id)
@@ -96,6 +102,18 @@ def run(
                 )
             )
     publish_folders(releases, storage)
+    written = {r.folder for r in releases}
+    for folder in sorted(set(replaced) - written):  # the replaced run's exports this run has no rows for
+        delete(join(folder, ExportLayout.MANIFEST), storage)  # manifest first: readers skip the folder
+        delete(folder, storage)
+    if replaced:
+        log.warning(
+            "replaced the exports of run %s for run date %s (%d folder(s)); partners now read run %s",
+            ", ".join(sorted(set(replaced.values()))),
+            run_date,
+            len(replaced),
+            identity.run_id,
+        )
     delete(staging_run, storage)
     remove_empty_folder(layout.staging, storage)
 
@@ -124,6 +142,20 @@ def run(
         "exports": exports,
         "rows_out": sum(e["rows"] for e in exports),
     }
+
+
+def foreign_exports(exports: PartnerExports, identity: RunIdentity, replace: bool) -> dict[str, str]:
+    """{folder: owner run id} of the run date's exports another run wrote; refused unless `replace`."""
+    foreign = {folder: owner for folder, owner in exports.owners().items() if owner != identity.run_id}
+    if foreign and not replace:
+        owners = ", ".join(sorted(set(foreign.values())))
+        raise UserError(
+            f"the exports of run date {exports.run_date} under {ExportLayout(exports.root).base} belong to run "
+            f"{owners} ({len(foreign)} folder(s), e.g. {min(foreign)}), not to run {identity.run_id}. Run it "
+            f"with run id {owners} to redo that run, or replace its exports with `--replace` "
+            "(export.replace: true in the config)."
+        )
+    return foreign
 
 
 def scored_segments(scores: TableIn) -> dict[str, str]:

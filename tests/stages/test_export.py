@@ -24,7 +24,7 @@ from jobs.errors import UserError
 from jobs.exports.partners import list_exports, presigned_urls
 from jobs.run.layout import IDENTITY_MAP, SCORES, ExportLayout, RunLayout
 from jobs.run.pipeline import run_pipeline
-from jobs.run.stage import RunIdentity, Stage, ordered
+from jobs.run.stage import EXPORTS, PartnerExports, RunIdentity, Stage, ordered
 from jobs.segments.membership import SCORES_SCHEMA
 from jobs.stages import export
 from jobs.storage import TableIn, TableOut, exists, folders, join, list_files, read_bytes, read_json
@@ -166,12 +166,13 @@ def build_run(
 def run_export(layout: RunLayout, config: JobConfig, run_date: str = RUN_DATE) -> dict:
     """The stage called as the runner calls it."""
     storage = config.storage
+    view = ExportView.from_config(config)
     return export.run(
-        view=ExportView.from_config(config),
+        view=view,
         identity=RunIdentity(layout.run_id, dt.date.fromisoformat(run_date)),
         scores=TableIn(SCORES, layout.table(SCORES), storage),
         identity_map=TableIn(IDENTITY_MAP, layout.table(IDENTITY_MAP), storage),
-        storage=storage,
+        exports=PartnerExports(view.root, dt.date.fromisoformat(run_date), storage),
     )
 
 
@@ -409,6 +410,7 @@ def test_the_runner_skips_a_finished_export_and_redoes_it_for_a_new_run_date(tmp
     layout = build_run(root, storage, fixed_identity(), fixed_scores())
     stages = ordered([Stage.of(export.run)])
     assert stages[0].name == "export" and set(stages[0].reads) == {SCORES, IDENTITY_MAP}
+    assert stages[0].writes == (EXPORTS,)
     config = JobConfig(root=root, storage=storage, run_date=dt.date.fromisoformat(RUN_DATE))
     first = run_pipeline(config, stages, names=["export"], layout=layout)
     assert first["stages"]["export"]["status"] == "ran" and first["stages"]["export"]["rows_out"] == 16
@@ -417,3 +419,39 @@ def test_the_runner_skips_a_finished_export_and_redoes_it_for_a_new_run_date(tmp
     later = config.model_copy(update={"run_date": dt.date(2026, 3, 2)})
     assert run_pipeline(later, stages, names=["export"], layout=layout)["stages"]["export"]["status"] == "ran"
     assert [e["run_date"] for e in list_exports(root, "p1", storage)] == [RUN_DATE, "2026-03-02"] * 2
+
+
+def test_an_export_folder_belongs_to_one_run_until_another_is_told_to_replace_it(tmp_path, ray_cluster, storage):
+    """Runs `ref` and `k1` of one run date, through the runner: k1 stops (exit 2 naming ref) before reading
+    anything; with replace it takes the date over whole (ref's folders it has no rows for go); ref then does
+    not claim "done already" but stops naming k1; ref with replace takes it back."""
+    root = str(tmp_path / "out")
+    stages = ordered([Stage.of(export.run)])
+    config = JobConfig(root=root, storage=storage, run_date=dt.date.fromisoformat(RUN_DATE))
+    ref = build_run(root, storage, *random_world(n_personas=80), run_id="ref")
+    # k1's world has partners p1..p3 only: p4/p5 folders of ref must not survive a replace under k1's name
+    k1 = build_run(root, storage, fixed_identity(), fixed_scores(), run_id="k1")
+
+    assert run_pipeline(config, stages, names=["export"], layout=ref)["stages"]["export"]["status"] == "ran"
+    ref_owned = {e["path"]: e for p in PARTNERS for e in list_exports(root, p, storage)}
+    assert len(ref_owned) == 10 and {e["run_id"] for e in ref_owned.values()} == {"ref"}
+
+    with pytest.raises(UserError, match=r"belong to run ref .*not to run k1.*--replace") as refused:
+        run_pipeline(config, stages, names=["export"], layout=k1)
+    assert RUN_DATE in str(refused.value)
+    assert {e["path"]: e for p in PARTNERS for e in list_exports(root, p, storage)} == ref_owned, "untouched"
+    assert not list_files(ExportLayout(root).staging, storage), "refused before staging anything"
+
+    replacing = config.model_copy(update={"export": ExportConfig(replace=True)})
+    assert run_pipeline(replacing, stages, names=["export"], layout=k1)["stages"]["export"]["status"] == "ran"
+    now = [e for p in PARTNERS for e in list_exports(root, p, storage)]
+    assert {e["run_id"] for e in now} == {"k1"} and {e["path"].split("/")[-3] for e in now} == {"p1", "p2", "p3"}
+    assert len(export_folders(root, storage)) == 6, "no folder of ref left under the date"
+
+    # ref's marker still matches its config and inputs, but its exports are k1's now: not "done already"
+    with pytest.raises(UserError, match=r"belong to run k1 .*not to run ref"):
+        run_pipeline(config, stages, names=["export"], layout=ref)
+    back = run_pipeline(replacing, stages, names=["export"], layout=ref)
+    assert back["stages"]["export"]["status"] == "ran"
+    assert {e["run_id"] for p in PARTNERS for e in list_exports(root, p, storage)} == {"ref"}
+    assert run_pipeline(config, stages, names=["export"], layout=ref)["stages"]["export"]["status"] == "skipped"
