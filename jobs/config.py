@@ -76,10 +76,6 @@ class InputConfig(Section):
     max_quarantine_share: float = Field(
         0.01, ge=0, le=1, description="the run fails when more than this share of rows is quarantined"
     )
-    plausible_ts_from: dt.date = Field(
-        dt.date(2000, 1, 1),
-        description="an event before this date, or after the run date + 1 day, is quarantined (implausible_ts)",
-    )
 
 
 class IdentityConfig(Section):
@@ -179,10 +175,8 @@ class TrainingConfig(Section):
     early_stopping_rounds: int = Field(30, ge=1)
     report_every: int = Field(25, ge=1, description="rounds between Ray Train reports")
     validation_share: float = Field(0.2, gt=0, lt=1)
-    min_positives: int = Field(
-        10, ge=1, description="fewer at the training cut-off: skipped (whether a model is useful: the champion checks)"
-    )
-    min_negatives: int = Field(10, ge=1)
+    min_positives: int = Field(100, ge=1)
+    min_negatives: int = Field(100, ge=1)
     params: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary:logistic",
@@ -200,13 +194,10 @@ class TrainingConfig(Section):
     nthread: int | None = Field(
         None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
     )
-    seed: int = Field(7, description="seed of the validation split, subsampling and the permutation null")
-    champion_margin: float = Field(
-        0.02,
-        ge=0,
-        description="relative PR-AUC gain a challenger needs over the incumbent (at least the figure's noise)",
+    seed: int = Field(7, description="seed of the validation split, subsampling and the shuffled-label runs")
+    shuffled_label_runs: int = Field(
+        3, ge=0, le=20, description="alarm: models trained on permuted labels; their mean out-of-time AUC must be ~0.5"
     )
-    strict: bool = Field(False, description="a rejected segment fails the run (exit 2) instead of a warning")
     rfm_features: list[str] | None = Field(
         None, description="columns of the RFM baseline (recency, frequency, monetary); default from the catalogue"
     )
@@ -238,11 +229,6 @@ class ScoringConfig(Section):
     )
     threads_per_actor: int = Field(1, ge=1, description="XGBoost prediction threads in each scoring actor")
     batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each actor's float32 matrix)")
-    reasons: Literal["off", "approx", "shap"] = Field(
-        "approx",
-        description="top-3 partner-safe reasons per member in scores/ from XGBoost's contributions: 'approx' "
-        "(Saabas, ~5 predictions' cost), 'shap' (exact TreeSHAP, ~100x a prediction on CPU) or 'off'",
-    )
 
 
 class ExportConfig(Section):
@@ -498,7 +484,6 @@ class TrainView(StageView):
 class ScoreView(StageView):
     segments: list[SegmentConfig]
     scoring: ScoringConfig
-    features: FeaturesConfig  # the catalogue that names reasons
     tuning: ClassVar[tuple[str, ...]] = (
         "scoring.actors",
         "scoring.cpus_per_actor",
@@ -508,7 +493,7 @@ class ScoreView(StageView):
 
     @classmethod
     def from_config(cls, config: JobConfig) -> ScoreView:
-        return cls(segments=list(config.segments), scoring=config.scoring, features=config.features)
+        return cls(segments=list(config.segments), scoring=config.scoring)
 
 
 class ReportView(StageView):
