@@ -72,9 +72,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a record comes (an embedding caller may swap it, then close it)."""
+    """Writes to whatever `sys.stderr` is when a record comes (an embedding caller may swap it, then close it).
+
+    A record logged with `extra={"console": False}` (a traceback kept for the log file) is not shown."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(record, "console", True):
+            return
         self.stream = sys.stderr
         super().emit(record)
 
@@ -111,16 +115,17 @@ def _invoke(fn: Callable[[], Any]) -> Any:
     """Call one function; user mistakes and infrastructure faults become one paragraph and their exit code
     (2: fix the input or config, 3: retry later); anything else one paragraph and exit 1. Tracebacks go to the
     command's log file only."""
-    log_file = _configure_logging()
+    command_log = _configure_logging()
     try:
         result = fn()
     except Exception as exc:  # noqa: BLE001 - the console gets one paragraph, the log file the traceback
-        logging.getLogger("segments").error("command failed", exc_info=True)
+        logging.getLogger("segments").error("command failed", exc_info=True, extra={"console": False})
+        log_file = getattr(exc, "log_file", None) or command_log  # the run's own log once there is a run folder
         known = classify(exc)
         if known is None:
             typer.echo(f"error: unexpected {type(exc).__name__}: {str(exc)[:500]} (traceback in {log_file})", err=True)
             raise typer.Exit(code=1) from None
-        typer.echo(f"error: {known}", err=True)
+        typer.echo(f"error: {str(known).rstrip()} (log: {log_file})", err=True)
         raise typer.Exit(code=known.exit_code) from None
     if isinstance(result, str):
         typer.echo(result)
@@ -159,13 +164,15 @@ def generate(
     config_file: ConfigOpt = None,
 ) -> None:
     """Synthetic cross-partner event logs in the input contract, with `true_person_id` ground truth."""
+    from jobs.storage import check_writable
     from jobs.synthetic import write_events
 
-    _invoke(
-        lambda: write_events(
-            out, _config(config_file).storage, persons=persons, partners=partners, days=days, seed=seed
-        )
-    )
+    def run() -> Any:
+        storage = _config(config_file).storage
+        check_writable(out, storage)
+        return write_events(out, storage, persons=persons, partners=partners, days=days, seed=seed)
+
+    _invoke(run)
 
 
 @app.command()

@@ -3,6 +3,9 @@ traceback on the console (the command's log file keeps it)."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
@@ -41,3 +44,41 @@ def test_config_show_describes_every_field(tmp_path):
         "num_partitions: 32  # hash partitions for shuffles (identity, features); scale with data; default: 8"
         in shown.stdout
     )
+
+
+@pytest.mark.parametrize("out", ["/proc/x", "/etc/hostname/sub"])
+def test_an_unwritable_output_is_refused_before_any_input_is_read(tmp_path, out):
+    """The events path does not exist: the error names the output, so nothing of the input was looked at."""
+    missing_events = tmp_path / "no-such-events"
+    result = CliRunner().invoke(app, ["resolve", "--events", str(missing_events), "--out", out])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write to {out}" in result.output and str(missing_events) not in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    generated = CliRunner().invoke(app, ["generate", "--out", out, "--persons", "5"])
+    assert generated.exit_code == 2 and f"cannot write to {out}" in generated.output
+
+
+def test_a_missing_s3_bucket_is_refused_before_any_input_is_read(tmp_path, storage):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"storage:\n  endpoint_url: {storage.endpoint_url}\n  region: us-east-1\n  retries: 1\n")
+    result = CliRunner().invoke(
+        app,
+        ["resolve", "--events", str(tmp_path / "none"), "--out", "s3://no-such-bucket-h2/runs/r1"]
+        + ["--config", str(config)],
+    )
+    assert result.exit_code == 2, result.output
+    assert "no-such-bucket-h2" in result.output and str(tmp_path / "none") not in result.output
+
+
+def test_a_failed_run_keeps_its_log_in_the_run_folder_and_the_console_names_it(tmp_path):
+    """train before resolve: one paragraph naming RUN/logs/<timestamp>.log, which holds the traceback."""
+    run = tmp_path / "root" / "runs" / "r1"
+    result = CliRunner().invoke(app, ["train", "--run", str(run)])
+    assert result.exit_code == 2, result.output
+    logs = sorted((run / "logs").glob("*.log"))
+    assert len(logs) == 1 and re.fullmatch(r"\d{8}T\d{6}Z\.log", logs[0].name)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"(log: {logs[0]})" in errors[0] and "has not produced yet" in errors[0]
+    assert "Traceback" not in result.output
+    kept = logs[0].read_text()
+    assert "Traceback (most recent call last)" in kept and "UserError" in kept

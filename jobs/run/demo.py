@@ -16,7 +16,7 @@ from jobs.exports.partners import exported_partners
 from jobs.run.layout import ExportLayout, RunLayout
 from jobs.run.pipeline import run_pipeline
 from jobs.stages import pipeline
-from jobs.storage import delete, is_s3, join, list_files, read_json_or_none, write_json
+from jobs.storage import check_writable, delete, is_s3, join, list_files, read_json_or_none, write_json
 from jobs.synthetic import write_events
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
         raise UserError("`segments demo` writes to a local folder; use `segments run --config` for s3:// roots.")
     out = os.path.abspath(out)
     storage = StorageConfig()
+    check_writable(out, storage)
     events = join(out, "events")
     config = JobConfig(events=events, root=out, run_id=RUN_ID)
     ensure_sample(events, persons, storage)

@@ -80,6 +80,10 @@ class RunLayout:
     def logs(self) -> str:
         return join(self.run_dir, "logs")
 
+    def log_file(self, stamp: str) -> str:
+        """`logs/<timestamp>.log`: the full log of one invocation on the run (the console shows little)."""
+        return join(self.logs, f"{stamp}.log")
+
     # --- the pipeline's own bookkeeping -------------------------------------------------------------
     def stage_marker(self, stage: str) -> str:
         return join(self.run_dir, STAGE_MARKERS, f"{stage}.json")

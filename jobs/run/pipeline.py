@@ -24,16 +24,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.config import JobConfig
+from jobs.config import ExportView, JobConfig
 from jobs.errors import UserError
 from jobs.raykit.session import ray_session
 from jobs.run.layout import RunLayout
 from jobs.run.lease import run_lease
+from jobs.run.logs import run_log
 from jobs.run.plan import RunPlan
 from jobs.run.resources import PeakSampler
-from jobs.run.stage import PLAN, RunIdentity, Stage, StageContext, upstream_of
+from jobs.run.stage import EXPORTS, PLAN, RunIdentity, Stage, StageContext, upstream_of
 from jobs.run.summary import fmt, format_summary, stage_summary
-from jobs.storage import check_bucket, delete, read_json_or_none, write_json
+from jobs.storage import check_bucket, check_writable, delete, read_json_or_none, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,15 @@ def utc_today() -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date()
 
 
+def run_layout(config: JobConfig, layout: RunLayout | None = None) -> RunLayout:
+    """The run folder: the one given, else `ROOT/runs/RUN_ID` (run id: config, else the run date)."""
+    return layout or RunLayout.for_run(config.root, config.run_id or (config.run_date or utc_today()).isoformat())
+
+
 def run_identity(config: JobConfig, layout: RunLayout | None = None) -> RunIdentity:
     """Run id and run date: explicit values first; a run folder that exists keeps the date it started with."""
-    run_id = config.run_id or (layout.run_id if layout else (config.run_date or utc_today()).isoformat())
-    layout = layout or RunLayout.for_run(config.root, run_id)
+    layout = run_layout(config, layout)
+    run_id = config.run_id or layout.run_id
     if config.run_date is not None:
         return RunIdentity(run_id, config.run_date)
     recorded = read_json_or_none(layout.run_record, config.storage)
@@ -83,13 +89,22 @@ def select(stages: Sequence[Stage], names: Sequence[str], layout: RunLayout, con
 def run_pipeline(
     config: JobConfig, stages: Sequence[Stage], names: Sequence[str] | None = None, layout: RunLayout | None = None
 ) -> dict[str, Any]:
-    """Run the named stages (default: `config.stages`) of `stages` in order, skipping finished ones."""
+    """Run the named stages (default: `config.stages`) of `stages` in order, skipping finished ones.
+
+    Where the run writes is checked before anything is read (exit 2 naming the folder); the run's log goes to
+    `RUN/logs/` (`jobs.run.logs`)."""
+    layout = run_layout(config, layout)
+    check_bucket(layout.run_dir, config.storage)
+    check_writable(layout.run_dir, config.storage)
     identity = run_identity(config, layout)
-    layout = layout or RunLayout.for_run(config.root, identity.run_id)
     config = config.model_copy(update={"run_id": identity.run_id, "run_date": identity.run_date})
     chosen = select(stages, list(names or config.stages), layout, config)
-    check_bucket(layout.run_dir, config.storage)
-    with run_lease(layout.lease, identity.run_id, config.storage):
+    if any(EXPORTS in stage.writes for stage in chosen):
+        exports_root = ExportView.from_config(config).root
+        check_bucket(exports_root, config.storage)
+        check_writable(exports_root, config.storage)
+    with run_log(layout, config.storage) as log_file, run_lease(layout.lease, identity.run_id, config.storage):
+        log.info("run log: %s", log_file)
         return _run(config, layout, identity, tuple(stages), chosen)
 
 

@@ -4,6 +4,7 @@ Nothing outside this package opens, renames or lists files, or slices an `s3://`
 """
 
 from jobs.storage.files import (
+    check_writable,
     copy_file,
     delete,
     exists,
@@ -61,6 +62,7 @@ __all__ = [
     "TableWriter",
     "bucket_of",
     "check_bucket",
+    "check_writable",
     "copy_file",
     "delete",
     "exists",

@@ -22,7 +22,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.config import StorageConfig
-from jobs.storage.paths import filesystem_for, is_s3, with_scheme
+from jobs.errors import UserError
+from jobs.storage.paths import filesystem_for, is_s3, join, with_scheme
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +180,27 @@ def subfolders(path: str, storage: StorageConfig) -> list[str]:
     fs, p = filesystem_for(path, storage)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def check_writable(folder: str, storage: StorageConfig) -> None:
+    """Fail before any work when `folder` cannot be written: a probe file is written there and removed.
+
+    A local folder is created (parents too). A path that cannot be a folder or is not writable, or an S3
+    bucket that is missing or refuses the write, is a UserError naming it (exit 2); a store that does not
+    answer is left to the caller (exit 3 after retries).
+    """
+    probe = join(folder, f".write-check-{uuid.uuid4().hex[:8]}")
+    refused: tuple[type[OSError], ...] = (
+        (FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError, IsADirectoryError)
+        if is_s3(folder)
+        else (OSError,)
+    )
+    try:
+        write_bytes(probe, b"", storage)
+        delete(probe, storage)
+    except refused as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"cannot write to {folder} ({reason}; nothing was read or written). Choose another output "
+            "folder or root, or fix its permissions."
+        ) from None
