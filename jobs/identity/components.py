@@ -25,6 +25,8 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 
+from jobs.identity.graph import distinct_pairs
+
 LABEL_SCHEMA = pa.schema([("node", pa.uint64()), ("label", pa.uint64())])
 _UV = pa.schema([("u", pa.uint64()), ("v", pa.uint64())])
 
@@ -41,10 +43,8 @@ def _arrays(table: pa.Table, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unique_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if len(u) == 0:
-        return u, v
-    pairs = np.unique(np.stack([u, v], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+    u, v, _ = distinct_pairs(u, v)
+    return u, v
 
 
 def both_directions(edges: pa.Table) -> pa.Table:

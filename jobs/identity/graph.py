@@ -250,6 +250,15 @@ def sorted_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.flatnonzero(change)
 
 
+def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs sorted by a then b, and how often each occurs: what
+    `np.unique(np.stack([a, b], axis=1), axis=0, return_counts=True)` gives, without its slow row sort."""
+    order, starts = sorted_runs(b, a)
+    first = order[starts]
+    counts = np.diff(np.r_[starts, len(order)]).astype(np.int64)
+    return a[first], b[first], counts
+
+
 def dictionary_codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Dictionary codes (null -> -1) and the dictionary of a string column."""
     c = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

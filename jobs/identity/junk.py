@@ -32,6 +32,7 @@ from jobs.identity.graph import (
     SUBSCRIBER,
     TRUTH,
     dictionary_codes,
+    distinct_pairs,
     sorted_runs,
 )
 
@@ -89,8 +90,8 @@ def _group_count_distinct(group: np.ndarray, value: np.ndarray) -> tuple[np.ndar
     """(groups, number of distinct values per group)."""
     if len(group) == 0:
         return group, np.zeros(0, np.int64)
-    pairs = np.unique(np.stack([group.astype(np.uint64), value.astype(np.uint64)], axis=1), axis=0)
-    g, counts = np.unique(pairs[:, 0], return_counts=True)
+    groups, _, _ = distinct_pairs(group.astype(np.uint64), value.astype(np.uint64))
+    g, counts = np.unique(groups, return_counts=True)
     return g, counts.astype(np.int64)
 
 
@@ -119,11 +120,11 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     p_codes, p_dict = dictionary_codes(occ.column("partner_id"))
     p_rank = np.argsort(np.argsort(p_dict.to_numpy(zero_copy_only=False).astype(str), kind="stable"), kind="stable")
     pr = p_rank[np.maximum(p_codes, 0)]
-    up = np.unique(np.stack([node, pr.astype(np.uint64)], axis=1), axis=0)
-    counts = np.bincount(np.searchsorted(nodes, up[:, 0]), minlength=len(nodes))
+    up_node, up_rank, _ = distinct_pairs(node, pr.astype(np.uint64))
+    counts = np.bincount(np.searchsorted(nodes, up_node), minlength=len(nodes))
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
     inv_rank = np.argsort(p_rank, kind="stable")
-    partners = pa.ListArray.from_arrays(pa.array(offsets), p_dict.take(pa.array(inv_rank[up[:, 1].astype(np.int64)])))
+    partners = pa.ListArray.from_arrays(pa.array(offsets), p_dict.take(pa.array(inv_rank[up_rank.astype(np.int64)])))
     _, n_anchors = _group_count_distinct(node, occ.column("anchor").to_numpy())
     _, n_variants = _group_count_distinct(node, dictionary_codes(occ.column("identifier"))[0])
     ts_type = pa.timestamp("us", tz="UTC")
@@ -157,11 +158,10 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
         sel = otype == CUSTOMER
         if sel.any():
             scope_codes = dictionary_codes(pairs.column("other_scope").filter(pa.array(sel)))[0]
-            node_scope = np.stack([p_node[sel], scope_codes.astype(np.uint64)], axis=1)
-            gp, c = np.unique(node_scope, axis=0, return_counts=True)
-            order_g = np.lexsort((c, gp[:, 0]))
-            last = np.r_[gp[order_g, 0][1:] != gp[order_g, 0][:-1], True]
-            figs["max_customers_at_partner"] = lookup(nodes, gp[order_g, 0][last], c[order_g][last].astype(np.int64), 0)
+            gp_node, _, c = distinct_pairs(p_node[sel], scope_codes.astype(np.uint64))
+            order_g = np.lexsort((c, gp_node))
+            last = np.r_[gp_node[order_g][1:] != gp_node[order_g][:-1], True]
+            figs["max_customers_at_partner"] = lookup(nodes, gp_node[order_g][last], c[order_g][last], 0)
     for name, values in figs.items():
         cols[name] = pa.array(values.astype(np.int64))
     cols["n_variants"] = pa.array(n_variants)
