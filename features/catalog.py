@@ -24,6 +24,8 @@ Conventions every feature keeps:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +45,7 @@ GROUPS: dict[str, str] = {
     "geo_payment": "Geography and payment",
     "purchasing_power": "Purchasing power",
     "social": "Social influence",
+    "lifetime": "Lifetime (the whole history, for sparse purchase-only data)",
 }
 
 # Fixed vocabularies: a categorical code is the index in its tuple; anything else is "other" (= len).
@@ -63,6 +66,12 @@ PURCHASE = ("purchase",)
 SENT = ("message_sent",)
 CLICK = ("message_click",)
 SHOPPING = ("product_view", "add_to_cart", "purchase")
+
+# Reasons: lower-case words, no digits (no values, ids or windows); category slots name their category.
+REASON_TEXT = re.compile(r"[a-z][a-z ]{2,39}")
+CATEGORY_PLACEHOLDER = "{category}"
+CATEGORY_INTEREST = "interest in " + CATEGORY_PLACEHOLDER
+CATEGORY_PURCHASES = "purchases in " + CATEGORY_PLACEHOLDER
 
 
 def country_code(country: str | None) -> int | None:
@@ -88,10 +97,15 @@ class Feature:
     params: dict[str, Any] = field(default_factory=dict)
     kind: Literal["q", "c"] = "q"
     missing: str = "0"  # the value when the persona has nothing to measure: "0" or "NaN (why)"
+    # what a partner may be told when this feature raises a score: a short behaviour label, never a value, an
+    # id or a column name; "{category}" stands for the slot's category name (`reason_labels`)
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
             raise ValueError(f"feature {self.name}: unknown group {self.group!r}")
+        if not self.reason or not REASON_TEXT.fullmatch(self.reason.replace(CATEGORY_PLACEHOLDER, "category")):
+            raise ValueError(f"feature {self.name}: reason {self.reason!r} is not a short lower-case behaviour label")
         if self.kind == "c" and self.dtype != FLOAT:
             raise ValueError(f"feature {self.name}: categorical codes are float64 so that NaN means missing")
 
@@ -117,18 +131,32 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
     """Every feature, in table column order, for this features config."""
     out: list[Feature] = []
 
-    def add(name, group, dtype, window, description, stat, kind="q", missing="0", **params):
-        out.append(Feature(name, group, dtype, window, description, stat, params, kind, missing))
+    def add(name, group, dtype, window, description, stat, kind="q", missing="0", *, reason, **params):
+        out.append(Feature(name, group, dtype, window, description, stat, params, kind, missing, reason))
 
     W, WL = windows(config), long_windows(config)
     nan_no_orders = "NaN (no orders)"
 
     # --- Recency, frequency, monetary -----------------------------------------------------------
     for w in W:
-        add(f"orders_{w}d", "rfm", INT, w, f"distinct orders (partner + order_id) in {_window_text(w)}", "orders")
+        add(
+            f"orders_{w}d",
+            "rfm",
+            INT,
+            w,
+            f"distinct orders (partner + order_id) in {_window_text(w)}",
+            "orders",
+            reason="purchase frequency",
+        )
     for w in W:
         add(
-            f"items_{w}d", "rfm", INT, w, f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}", "items"
+            f"items_{w}d",
+            "rfm",
+            INT,
+            w,
+            f"items bought (sum of quantity, 1 when absent) in {_window_text(w)}",
+            "items",
+            reason="purchase frequency",
         )
     for w in W:
         add(
@@ -138,9 +166,19 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             w,
             f"spend (sum of price x quantity of purchases) in {_window_text(w)}",
             "revenue",
+            reason="spend",
         )
     for w in W:
-        add(f"aov_{w}d", "rfm", FLOAT, w, f"average order value in {_window_text(w)}", "aov", missing=nan_no_orders)
+        add(
+            f"aov_{w}d",
+            "rfm",
+            FLOAT,
+            w,
+            f"average order value in {_window_text(w)}",
+            "aov",
+            missing=nan_no_orders,
+            reason="order value",
+        )
     for label, types in (("event", None), ("view", VIEW), ("cart", CART), ("purchase", PURCHASE), ("click", CLICK)):
         what = "any event" if types is None else f"the last {'/'.join(types)}"
         add(
@@ -153,6 +191,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing=f"NaN (no {label} ever)",
             types=types,
             which="last",
+            reason=f"recency of {label}s",
         )
     add(
         "days_since_first_event",
@@ -164,6 +203,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no events)",
         types=None,
         which="first",
+        reason="tenure",
     )
     add(
         "interpurchase_days_mean_365d",
@@ -174,6 +214,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "interpurchase",
         missing="NaN (fewer than 2 orders)",
         how="mean",
+        reason="purchase rhythm",
     )
     add(
         "interpurchase_days_std_365d",
@@ -184,6 +225,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "interpurchase",
         missing="NaN (fewer than 3 orders)",
         how="std",
+        reason="purchase rhythm",
     )
     for measure in ("orders", "revenue", "views"):
         add(
@@ -197,11 +239,21 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing=f"NaN (no {measure} in 90 days)",
             measure=measure,
             recent=30,
+            reason=f"trend in {measure}",
         )
 
     # --- Engagement and funnel --------------------------------------------------------------------
     for w in W:
-        add(f"events_{w}d", "engagement", INT, w, f"events of any type in {_window_text(w)}", "count", types=None)
+        add(
+            f"events_{w}d",
+            "engagement",
+            INT,
+            w,
+            f"events of any type in {_window_text(w)}",
+            "count",
+            types=None,
+            reason="site activity",
+        )
     for w in W:
         add(
             f"sessions_{w}d",
@@ -212,6 +264,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "distinct",
             key="session",
             types=None,
+            reason="site activity",
         )
     for w in W:
         add(
@@ -222,9 +275,19 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             f"product_view events in {_window_text(w)}",
             "count",
             types=VIEW,
+            reason="product browsing",
         )
     for w in W:
-        add(f"carts_{w}d", "engagement", INT, w, f"add_to_cart events in {_window_text(w)}", "count", types=CART)
+        add(
+            f"carts_{w}d",
+            "engagement",
+            INT,
+            w,
+            f"add_to_cart events in {_window_text(w)}",
+            "count",
+            types=CART,
+            reason="cart activity",
+        )
     for w in W:
         add(
             f"active_days_{w}d",
@@ -235,6 +298,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "distinct",
             key="day",
             types=None,
+            reason="site activity",
         )
     for w in WL:
         add(
@@ -247,6 +311,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no product views)",
             num=CART,
             den=VIEW,
+            reason="shopping funnel",
         )
     for w in WL:
         add(
@@ -259,6 +324,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no carts)",
             num=PURCHASE,
             den=CART,
+            reason="shopping funnel",
         )
     for w in WL:
         add(
@@ -271,6 +337,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no product views)",
             num=PURCHASE,
             den=VIEW,
+            reason="shopping funnel",
         )
     add(
         "session_minutes_mean_90d",
@@ -280,6 +347,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "mean session length (first to last event of a session_key, minutes) over sessions in the last 90 days",
         "session_minutes",
         missing="NaN (no sessions)",
+        reason="session depth",
     )
     add(
         "events_per_session_90d",
@@ -289,6 +357,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "events with a session_key per distinct session, last 90 days",
         "events_per_session",
         missing="NaN (no sessions)",
+        reason="session depth",
     )
     add(
         "products_viewed_90d",
@@ -299,6 +368,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="product",
         types=VIEW,
+        reason="product browsing",
     )
     for source in TRAFFIC_SOURCES:
         add(
@@ -311,6 +381,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no traffic_source)",
             key="traffic_source",
             values=(source,),
+            reason="traffic source",
         )
     add(
         "main_traffic_source",
@@ -323,6 +394,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no traffic_source)",
         key="traffic_source",
         types=None,
+        reason="traffic source",
     )
 
     # --- Categories and brands --------------------------------------------------------------------
@@ -337,6 +409,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "cat_count",
             slot=slot,
             types=VIEW,
+            reason=CATEGORY_INTEREST,
         )
         add(
             f"{c}_purchases_365d",
@@ -347,6 +420,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "cat_count",
             slot=slot,
             types=PURCHASE,
+            reason=CATEGORY_PURCHASES,
         )
         add(
             f"{c}_spend_share_365d",
@@ -357,6 +431,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "cat_spend_share",
             missing="NaN (no spend)",
             slot=slot,
+            reason=CATEGORY_PURCHASES,
         )
         add(
             f"{c}_months_bought_6m",
@@ -367,6 +442,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "cat_months",
             slot=slot,
             months=6,
+            reason=CATEGORY_PURCHASES,
         )
     add(
         "favourite_category",
@@ -378,6 +454,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "favourite_category",
         kind="c",
         missing="NaN (no categorised events)",
+        reason="category mix",
     )
     add(
         "categories_viewed_90d",
@@ -388,6 +465,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="category",
         types=VIEW,
+        reason="category mix",
     )
     add(
         "categories_bought_365d",
@@ -398,6 +476,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="category",
         types=PURCHASE,
+        reason="category mix",
     )
     add(
         "category_view_hhi_90d",
@@ -410,6 +489,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         key="category",
         types=VIEW,
         weight="count",
+        reason="category mix",
     )
     add(
         "new_categories_bought_90d",
@@ -418,6 +498,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         90,
         "top-level categories bought in the last 90 days and never bought before that window",
         "new_categories",
+        reason="new categories",
     )
     add(
         "brands_viewed_90d",
@@ -428,6 +509,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="brand",
         types=VIEW,
+        reason="brand preferences",
     )
     add(
         "brands_bought_365d",
@@ -438,6 +520,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="brand",
         types=PURCHASE,
+        reason="brand preferences",
     )
     add(
         "brand_view_hhi_90d",
@@ -450,6 +533,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         key="brand",
         types=VIEW,
         weight="count",
+        reason="brand preferences",
     )
     add(
         "brand_spend_hhi_365d",
@@ -462,6 +546,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         key="brand",
         types=PURCHASE,
         weight="revenue",
+        reason="brand preferences",
     )
     add(
         "top_brand_spend_share_365d",
@@ -474,6 +559,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         key="brand",
         types=PURCHASE,
         weight="revenue",
+        reason="brand preferences",
     )
 
     # --- Cross-partner behaviour ------------------------------------------------------------------
@@ -487,6 +573,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "distinct",
             key="partner",
             types=None,
+            reason="shopping across stores",
         )
     for w in (90, 365):
         add(
@@ -498,6 +585,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "distinct",
             key="partner",
             types=PURCHASE,
+            reason="shopping across stores",
         )
     add(
         "partner_event_hhi_365d",
@@ -510,6 +598,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         key="partner",
         types=None,
         weight="count",
+        reason="shopping across stores",
     )
     add(
         "multi_partner_products_90d",
@@ -518,6 +607,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         90,
         "distinct products viewed at 2+ partners, last 90 days",
         "multi_partner_products",
+        reason="price comparison",
     )
     add(
         "price_spread_seen_90d",
@@ -527,6 +617,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "mean over products viewed at 2+ partners in the last 90 days of (max - min) / min viewed price",
         "price_spread",
         missing="NaN (no product viewed at 2+ partners)",
+        reason="price comparison",
     )
     days = config.comparison_days
     add(
@@ -536,6 +627,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         365,
         f"purchase lines whose product was viewed at 2+ partners within {days} days before (last 365 days)",
         "compared_purchases",
+        reason="price comparison",
     )
     add(
         "compared_purchase_share_365d",
@@ -545,6 +637,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "share of the 365-day purchase lines bought after such a comparison (the price-hunter signal)",
         "compared_share",
         missing="NaN (no purchases)",
+        reason="price comparison",
     )
     add(
         "bought_cheapest_share_365d",
@@ -555,6 +648,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "in the comparison",
         "cheapest_share",
         missing="NaN (no compared purchases)",
+        reason="price comparison",
     )
 
     # --- Identity and devices ---------------------------------------------------------------------
@@ -574,6 +668,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "distinct",
             key=key,
             types=None,
+            reason="devices and accounts",
         )
     add(
         "subscribe_events",
@@ -583,8 +678,18 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "subscribe events, all history before the cut-off",
         "count",
         types=("subscribe",),
+        reason="newsletter subscription",
     )
-    add("logins_90d", "identity", INT, 90, "login events in the last 90 days", "count", types=("login",))
+    add(
+        "logins_90d",
+        "identity",
+        INT,
+        90,
+        "login events in the last 90 days",
+        "count",
+        types=("login",),
+        reason="account activity",
+    )
     for device in DEVICE_TYPES:
         add(
             f"{device}_share_365d",
@@ -596,6 +701,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no device_type)",
             key="device_type",
             values=(device,),
+            reason="devices used",
         )
     add(
         "main_device_type",
@@ -608,6 +714,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no device_type)",
         key="device_type",
         types=None,
+        reason="devices used",
     )
     for w in (90, 365):
         add(
@@ -618,6 +725,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             f"campaign messages sent to the persona in {_window_text(w)}",
             "count",
             types=SENT,
+            reason="campaign engagement",
         )
     for w in (90, 365):
         add(
@@ -628,6 +736,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             f"campaign message clicks in {_window_text(w)}",
             "count",
             types=CLICK,
+            reason="campaign engagement",
         )
     for w in (90, 365):
         add(
@@ -640,6 +749,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no messages received)",
             num=CLICK,
             den=SENT,
+            reason="campaign engagement",
         )
 
     # --- Time habits (UTC: the contract carries no time zone) -------------------------------------
@@ -654,6 +764,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             missing="NaN (no events)",
             lo=lo,
             hi=hi,
+            reason="time of day",
         )
     for day_index, day in enumerate(WEEKDAYS):
         add(
@@ -665,6 +776,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "weekday_share",
             missing="NaN (no events)",
             days=(day_index,),
+            reason="day of week",
         )
     add(
         "weekend_share_365d",
@@ -675,6 +787,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "weekday_share",
         missing="NaN (no events)",
         days=(5, 6),
+        reason="day of week",
     )
     add(
         "peak_hour_365d",
@@ -685,6 +798,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "peak",
         missing="NaN (no events)",
         key="hour",
+        reason="time of day",
     )
     add(
         "peak_weekday_365d",
@@ -696,6 +810,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         kind="c",
         missing="NaN (no events)",
         key="weekday",
+        reason="day of week",
     )
 
     # --- Geography and payment --------------------------------------------------------------------
@@ -711,6 +826,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no country)",
         key="country",
         types=None,
+        reason="location",
     )
     add(
         "countries_365d",
@@ -721,6 +837,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="country",
         types=None,
+        reason="location",
     )
     add(
         "cities_365d",
@@ -731,6 +848,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "distinct",
         key="city",
         types=None,
+        reason="location",
     )
     for method in PAYMENT_METHODS + ("other",):
         what = f"paid with {method!r}" if method != "other" else "paid with a method outside the vocabulary"
@@ -743,6 +861,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
             "payment_share",
             missing="NaN (no orders with a payment_method)",
             method=method,
+            reason="payment preferences",
         )
     add(
         "installment_orders_365d",
@@ -752,6 +871,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "orders paid in installments in the last 365 days",
         "orders",
         payment="installments",
+        reason="payment preferences",
     )
     add(
         "main_payment_method",
@@ -764,6 +884,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no purchases with a payment_method)",
         key="payment_method",
         types=PURCHASE,
+        reason="payment preferences",
     )
 
     # --- Purchasing power -------------------------------------------------------------------------
@@ -776,6 +897,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "price_rel_median",
         missing="NaN (no priced views)",
         types=VIEW,
+        reason="price level",
     )
     add(
         "bought_price_rel_median_365d",
@@ -786,6 +908,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "price_rel_median",
         missing="NaN (no priced purchases)",
         types=PURCHASE,
+        reason="price level",
     )
     add(
         "premium_purchase_share_365d",
@@ -796,6 +919,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "premium_share",
         missing="NaN (no priced purchases)",
         factor=1.5,
+        reason="price level",
     )
     add(
         "max_order_value_365d",
@@ -805,6 +929,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "largest order value in the last 365 days",
         "max_order_value",
         missing=nan_no_orders,
+        reason="order value",
     )
     add(
         "max_item_price_365d",
@@ -816,6 +941,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no priced purchases)",
         how="max",
         types=PURCHASE,
+        reason="price level",
     )
     add(
         "mean_item_price_365d",
@@ -827,6 +953,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         missing="NaN (no priced purchases)",
         how="mean",
         types=PURCHASE,
+        reason="price level",
     )
 
     # --- Social influence (a message_sent's click_token clicked by another persona) ---------------
@@ -839,6 +966,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "social",
         role="sender",
         measure="clicks",
+        reason="social influence",
     )
     add(
         "forwarded_clickers_365d",
@@ -849,6 +977,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "social",
         role="sender",
         measure="others",
+        reason="social influence",
     )
     add(
         "messages_forwarded_365d",
@@ -859,6 +988,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "social",
         role="sender",
         measure="messages",
+        reason="social influence",
     )
     add(
         "forward_rate_365d",
@@ -868,6 +998,7 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "messages_forwarded_365d / messages_received_365d",
         "forward_rate",
         missing="NaN (no messages received)",
+        reason="social influence",
     )
     add(
         "clicks_on_others_messages_365d",
@@ -878,6 +1009,94 @@ def catalog(config: FeaturesConfig) -> list[Feature]:
         "social",
         role="clicker",
         measure="clicks",
+        reason="social influence",
+    )
+
+    # --- Lifetime: the whole history before the cut-off (buy-till-you-die inputs; the windows above stop at
+    # 365 days, a purchase-only log of sparse buyers lives on the whole history) -------------------------
+    no_purchase = "NaN (no purchase ever)"
+    add(
+        "orders_lifetime",
+        "lifetime",
+        INT,
+        None,
+        f"distinct orders in {_window_text(None)} (frequency)",
+        "orders",
+        reason="purchase frequency",
+    )
+    add(
+        "revenue_lifetime",
+        "lifetime",
+        FLOAT,
+        None,
+        f"spend in {_window_text(None)} (monetary value)",
+        "revenue",
+        reason="spend",
+    )
+    add(
+        "aov_lifetime",
+        "lifetime",
+        FLOAT,
+        None,
+        f"average order value over {_window_text(None)}",
+        "aov",
+        missing=nan_no_orders,
+        reason="order value",
+    )
+    add(
+        "days_since_first_purchase",
+        "lifetime",
+        FLOAT,
+        None,
+        "customer tenure: days from the first purchase to the cut-off (fractional)",
+        "days_since",
+        missing=no_purchase,
+        types=PURCHASE,
+        which="first",
+        reason="tenure",
+    )
+    add(
+        "recency_tenure_ratio",
+        "lifetime",
+        FLOAT,
+        None,
+        "days since the last purchase / days since the first purchase: 0 = bought just now, 1 = not since the "
+        "first purchase",
+        "recency_tenure",
+        missing=no_purchase,
+        reason="recency of purchases",
+    )
+    add(
+        "interpurchase_days_mean_lifetime",
+        "lifetime",
+        FLOAT,
+        None,
+        f"mean days between consecutive orders over {_window_text(None)}",
+        "interpurchase",
+        missing="NaN (fewer than 2 orders)",
+        how="mean",
+        reason="purchase rhythm",
+    )
+    add(
+        "orders_per_month_lifetime",
+        "lifetime",
+        FLOAT,
+        None,
+        "orders per 30 days of customer tenure (first purchase to the cut-off, at least 30 days)",
+        "order_rate",
+        missing=no_purchase,
+        min_days=30,
+        reason="purchase frequency",
+    )
+    add(
+        "purchase_overdue_ratio",
+        "lifetime",
+        FLOAT,
+        None,
+        "days since the last purchase / the lifetime mean days between orders: above 1 = later than usual",
+        "overdue",
+        missing="NaN (fewer than 2 orders)",
+        reason="purchase rhythm",
     )
 
     names = [f.name for f in out]
@@ -899,6 +1118,18 @@ def feature_names(config: FeaturesConfig) -> list[str]:
 def xgboost_feature_types(config: FeaturesConfig) -> list[str]:
     """'q' (numeric) or 'c' (categorical integer codes) per feature column, in table order."""
     return [f.kind for f in catalog(config)]
+
+
+def reason_labels(config: FeaturesConfig, categories: Sequence[str]) -> dict[str, str]:
+    """feature name -> its partner-safe reason, category slots named by the run's categories (`RunPlan.categories`,
+    slot order); a slot the run leaves empty has no reason (it cannot raise anyone's score)."""
+    out = {}
+    for f in catalog(config):
+        if CATEGORY_PLACEHOLDER not in f.reason:
+            out[f.name] = f.reason
+        elif f.params["slot"] < len(categories):
+            out[f.name] = f.reason.replace(CATEGORY_PLACEHOLDER, categories[f.params["slot"]])
+    return out
 
 
 def feature_schema(config: FeaturesConfig):

@@ -72,6 +72,12 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         "  `features.top_categories`, sorted by name. Every snapshot of a run uses the same list; it is also in",
         "  the `categories` field of the `features/_SUCCESS` marker. Slots with no category are 0 / NaN, and",
         f"  code {slots} (past the last slot) is another category, however many slots the plan filled.",
+        "- **Reasons.** Each feature declares the partner-safe `reason` it is named by when it raises a member's",
+        "  score (`scores/` `reasons`: the top three labels by XGBoost's contributions summed per label); a",
+        "  reason is a behaviour, never a value or an id; `{category}` is the slot's category name.",
+        "- **Lifetime** features see the whole history before the cut-off (the windows stop at 365 days):",
+        "  frequency, spend, customer tenure and recency relative to it, the rhythm of orders, as buy-till-",
+        "  you-die models use them on sparse, purchase-only data.",
         "- **Emails and phones** are normalised as identity resolution does (`jobs.contract.normalise`):",
         "  emails trimmed, lowercased, `+tag` and gmail dots removed; phones in E.164 with the event's country",
         "  as the region of a number typed without a country code. A value that cannot be an email or a",
@@ -101,11 +107,11 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         out += [
             f"## {title} ({len(members)})",
             "",
-            "| # | feature | type | window | missing | description |",
-            "|---|---|---|---|---|---|",
+            "| # | feature | type | window | missing | reason | description |",
+            "|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {index[f.name]} | `{f.name}` | {_type(f)} | {_window(f)} | {f.missing} | {f.description} |"
+            f"| {index[f.name]} | `{f.name}` | {_type(f)} | {_window(f)} | {f.missing} | {f.reason} | {f.description} |"
             for f in members
         ]
         out.append("")

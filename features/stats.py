@@ -123,6 +123,52 @@ def _interpurchase(p: Partition, f: Feature) -> np.ndarray:
     return out
 
 
+def _purchase_ages(p: Partition) -> tuple[np.ndarray, np.ndarray]:
+    """Days from each persona's first and last purchase to the cut-off (NaN: never bought)."""
+
+    def make() -> tuple[np.ndarray, np.ndarray]:
+        mask = p.of_type(PURCHASE)
+        first, last = p.empty_float(), p.empty_float()
+        np.fmax.at(first, p.pidx[mask], p.age_days[mask])
+        np.fmin.at(last, p.pidx[mask], p.age_days[mask])
+        return first, last
+
+    return p.cached("purchase_ages", make)
+
+
+# the lifetime mean gap between orders, as the interpurchase statistic computes it
+_LIFETIME_MEAN_GAP = Feature(
+    "interpurchase_days_mean_lifetime",
+    "lifetime",
+    "float64",
+    None,
+    "",
+    "interpurchase",
+    {"how": "mean"},
+    reason="purchase rhythm",
+)
+
+
+@stat("recency_tenure")
+def _recency_tenure(p: Partition, f: Feature) -> np.ndarray:
+    first, last = _purchase_ages(p)
+    return p.divide(last, first)  # first > 0: every counted event is before the cut-off
+
+
+@stat("order_rate")
+def _order_rate(p: Partition, f: Feature) -> np.ndarray:
+    first, _ = _purchase_ages(p)
+    o = p.orders
+    orders = p.per_persona(o["persona"])
+    return orders / (np.maximum(first, f.params["min_days"]) / MONTH_DAYS)  # NaN where first is (no orders)
+
+
+@stat("overdue")
+def _overdue(p: Partition, f: Feature) -> np.ndarray:
+    _, last = _purchase_ages(p)
+    return p.divide(last, _interpurchase(p, _LIFETIME_MEAN_GAP))
+
+
 def _measure(p: Partition, measure: str, window: int) -> np.ndarray:
     if measure == "orders":
         o = p.orders

@@ -58,6 +58,15 @@ EXPECTED_A: dict[str, float] = {
     "days_since_last_click": 1.5,
     "days_since_first_event": 400 - 10 / 24,
     "interpurchase_days_mean_365d": sum(INTERVALS) / 3,
+    # Lifetime: A's purchases all fall within 365 days, so these repeat the 365-day figures (see test_lifetime.py)
+    "orders_lifetime": 4,
+    "revenue_lifetime": 715.0,
+    "aov_lifetime": 178.75,
+    "days_since_first_purchase": 199.625,
+    "recency_tenure_ratio": (5 - 2 / 24) / 199.625,
+    "interpurchase_days_mean_lifetime": sum(INTERVALS) / 3,
+    "orders_per_month_lifetime": 4 / (199.625 / 30),
+    "purchase_overdue_ratio": (5 - 2 / 24) / (sum(INTERVALS) / 3),
     "interpurchase_days_std_365d": float(np.std(INTERVALS)),
     "orders_trend_30d_vs_90d": 1 / 3,  # r = 1/30, e = 1/60
     "revenue_trend_30d_vs_90d": -41 / 59,  # r = 45/30, e = 500/60
