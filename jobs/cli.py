@@ -161,16 +161,26 @@ def generate(
     partners: Annotated[int, typer.Option(min=1, max=500, help="partner stores")] = 8,
     days: Annotated[int, typer.Option(min=1, help="days of events")] = 180,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 7,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="cross-partner (every event type) or purchases-only (one partner, purchase rows with customer "
+            "ids only, cohorts that arrive and lapse; --partners is ignored; try --days 548)"
+        ),
+    ] = "cross-partner",
     config_file: ConfigOpt = None,
 ) -> None:
-    """Synthetic cross-partner event logs in the input contract, with `true_person_id` ground truth."""
+    """Synthetic event logs in the input contract, with `true_person_id` ground truth."""
     from jobs.storage import check_writable
     from jobs.synthetic import write_events
+    from jobs.synthetic.profiles import PROFILES
 
     def run() -> Any:
         storage = _config(config_file).storage
         check_writable(out, storage)
-        return write_events(out, storage, persons=persons, partners=partners, days=days, seed=seed)
+        if profile not in PROFILES:
+            raise UserError(f"--profile {profile!r}: one of {', '.join(PROFILES)}")
+        return write_events(out, storage, persons=persons, partners=partners, days=days, seed=seed, profile=profile)
 
     _invoke(run)
 

@@ -12,6 +12,8 @@ deterministic per seed (same seed, same rows, same bytes). Events start 2026-01-
     sessions.py     the event log being built and web sessions
     behaviours.py   purchases, browsing, logins, campaigns, shared devices
     assembly.py     the contract table (`generate_events`)
+    profiles.py     profiles: the cross-partner default, or a purchases-only retail log (one partner,
+                    customer ids, cohorts that arrive and lapse)
     files.py        the event files (`write_events`)
 
 What the data plants (figures measured at 20k people x 8 partners x 180 days: ~1.05M events, ~34k orders;

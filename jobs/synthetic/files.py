@@ -10,7 +10,7 @@ import numpy as np
 
 from jobs.config import StorageConfig
 from jobs.storage import check_bucket, join, write_parquet
-from jobs.synthetic.assembly import generate_events
+from jobs.synthetic.profiles import Profile, generate_profile
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,16 @@ def write_events(
     days: int = 180,
     seed: int = 7,
     rows_per_file: int = ROWS_PER_FILE,
+    profile: Profile = "cross-partner",
 ) -> dict[str, Any]:
-    """Generate the log and write it as files of one partner each (at most `rows_per_file` rows a file).
+    """Generate the log of `profile` (`jobs.synthetic.profiles`) and write it as files of one partner each (at
+    most `rows_per_file` rows a file).
 
     The same arguments give byte-identical files.
     """
     check_bucket(out, storage)  # a missing bucket is a one-line user error, before the work
     started = time.perf_counter()
-    table = generate_events(persons, partners, days, seed)
+    table = generate_profile(profile, persons, partners, days, seed)
     generated = time.perf_counter() - started
     partner = table.column("partner_id").to_numpy(zero_copy_only=False)
     bounds = np.flatnonzero(np.r_[True, partner[1:] != partner[:-1], True])
@@ -46,9 +48,11 @@ def write_events(
             write_parquet(path, table.slice(a, b - a), storage)
             files.append(path)
     seconds = time.perf_counter() - started
+    partners = len(bounds) - 1
     log.info(
-        "generated %d events of %d people at %d partners over %d days in %.1fs (%.1fs generating), %d files",
+        "generated %d events (%s) of %d people at %d partners over %d days in %.1fs (%.1fs generating), %d files",
         table.num_rows,
+        profile,
         persons,
         partners,
         days,
@@ -63,6 +67,7 @@ def write_events(
         "partners": partners,
         "days": days,
         "seed": seed,
+        "profile": profile,
         "path": out,
         "seconds": round(seconds, 2),
     }
