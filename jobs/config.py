@@ -239,6 +239,7 @@ class ExportConfig(Section):
         description="let this run replace the exports of its run date that another run id wrote "
         "(`--replace`); without it such a run stops, exit 2, naming the owner",
     )
+    reasons: bool = Field(False, description="exports carry each member's partner-safe reasons (scores/ `reasons`)")
 
 
 class ServingConfig(Section):
@@ -509,6 +510,7 @@ class ExportView(StageView):
     membership: Literal["top_percent", "threshold"] = Field(description="how members were chosen (manifests say)")
     replace: bool = Field(description="may replace the run date's exports of another run id")
     num_partitions: int
+    reasons: bool = Field(False, description="a `reasons` column in every part")
     # replacing decides whether the stage may run, not what it writes
     tuning: ClassVar[tuple[str, ...]] = ("num_partitions", "replace")
 
@@ -519,6 +521,7 @@ class ExportView(StageView):
             membership=config.scoring.membership,
             replace=config.export.replace,
             num_partitions=config.ray.num_partitions,
+            reasons=config.export.reasons,
         )
 
 

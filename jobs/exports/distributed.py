@@ -18,7 +18,7 @@ import ray
 
 from jobs.config import StorageConfig
 from jobs.exports.keys import IDENTITY_COLUMNS, partner_keys
-from jobs.exports.parts import COMPRESSION, EXPORT_SCHEMA, PART_ROWS, SCORE_COLUMNS, export_parts, members
+from jobs.exports.parts import COMPRESSION, PART_ROWS, SCORE_COLUMNS, export_parts, export_schema, members
 from jobs.storage import TableIn, join, write_parquet
 
 
@@ -37,24 +37,33 @@ def partners_distributed(keys) -> list[str]:
 
 
 def stage_parts_distributed(
-    keys, scores: TableIn, staging: str, storage: StorageConfig, num_partitions: int
+    keys, scores: TableIn, staging: str, storage: StorageConfig, num_partitions: int, reasons: bool = False
 ) -> list[dict[str, Any]]:
     """Join the keys with the member scores and write the parts under `staging`; returns one row per part."""
-    member_rows = scores.dataset(columns=SCORE_COLUMNS).map_batches(members, batch_format="pyarrow")
+    columns = SCORE_COLUMNS + (["reasons"] if reasons else [])
+    member_rows = scores.dataset(columns=columns).map_batches(
+        members, fn_kwargs={"reasons": reasons}, batch_format="pyarrow"
+    )
     joined = keys.join(member_rows, join_type="inner", num_partitions=num_partitions, on=("persona_id",))
     written = joined.map_batches(
-        _stage_block, fn_kwargs={"staging": staging, "storage": storage}, batch_format="pyarrow", batch_size=None
+        _stage_block,
+        fn_kwargs={"staging": staging, "storage": storage, "reasons": reasons},
+        batch_format="pyarrow",
+        batch_size=None,
     )
     return [row for table in _tables(written) for row in table.to_pylist()]
 
 
-def stage_empty_part(staging: str, partner: str, segment: str, storage: StorageConfig) -> dict[str, Any]:
+def stage_empty_part(
+    staging: str, partner: str, segment: str, storage: StorageConfig, reasons: bool = False
+) -> dict[str, Any]:
     """An empty part for an export with no member (the partner still gets a manifest saying so)."""
-    return _stage(staging, partner, segment, EXPORT_SCHEMA.empty_table(), storage)
+    return _stage(staging, partner, segment, export_schema(reasons).empty_table(), storage)
 
 
-def _stage_block(batch: pa.Table, staging: str, storage: StorageConfig) -> pa.Table:
-    rows = [_stage(staging, partner, segment, part, storage) for partner, segment, part in export_parts(batch)]
+def _stage_block(batch: pa.Table, staging: str, storage: StorageConfig, reasons: bool) -> pa.Table:
+    parts = export_parts(batch, reasons)
+    rows = [_stage(staging, partner, segment, part, storage) for partner, segment, part in parts]
     return pa.Table.from_pylist(rows, schema=PART_ROWS)
 
 

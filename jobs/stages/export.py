@@ -69,7 +69,7 @@ def run(
             raise UserError(
                 f"identity_map {identity_map.path} holds a partner id that cannot be exported: {exc}"
             ) from None
-    staged = stage_parts_distributed(keys, scores, staging, storage, view.num_partitions)
+    staged = stage_parts_distributed(keys, scores, staging, storage, view.num_partitions, view.reasons)
 
     by_export: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for part in staged:
@@ -78,7 +78,9 @@ def run(
     releases = []
     for partner in partners:
         for segment, model_version in sorted(segments.items()):
-            parts = by_export.get((partner, segment)) or [stage_empty_part(staging, partner, segment, storage)]
+            parts = by_export.get((partner, segment)) or [
+                stage_empty_part(staging, partner, segment, storage, view.reasons)
+            ]
             named = [
                 {**p, "path": part_name(i, write_id), "staged": p["path"]}
                 for i, p in enumerate(sorted(parts, key=lambda p: p["path"]))
@@ -97,6 +99,7 @@ def run(
                         created_at=created_at,
                         membership=view.membership,
                         parts=named,
+                        reasons=view.reasons,
                     ),
                     files={p["path"]: p["staged"] for p in named},
                 )
