@@ -229,6 +229,11 @@ class ScoringConfig(Section):
     )
     threads_per_actor: int = Field(1, ge=1, description="XGBoost prediction threads in each scoring actor")
     batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each actor's float32 matrix)")
+    reasons: Literal["off", "approx", "shap"] = Field(
+        "approx",
+        description="top-3 partner-safe reasons per member in scores/ from XGBoost's contributions: 'approx' "
+        "(Saabas, ~5 predictions' cost), 'shap' (exact TreeSHAP, ~100x a prediction on CPU) or 'off'",
+    )
 
 
 class ExportConfig(Section):
@@ -485,6 +490,7 @@ class TrainView(StageView):
 class ScoreView(StageView):
     segments: list[SegmentConfig]
     scoring: ScoringConfig
+    features: FeaturesConfig  # the catalogue that names reasons
     tuning: ClassVar[tuple[str, ...]] = (
         "scoring.actors",
         "scoring.cpus_per_actor",
@@ -494,7 +500,7 @@ class ScoreView(StageView):
 
     @classmethod
     def from_config(cls, config: JobConfig) -> ScoreView:
-        return cls(segments=list(config.segments), scoring=config.scoring)
+        return cls(segments=list(config.segments), scoring=config.scoring, features=config.features)
 
 
 class ReportView(StageView):

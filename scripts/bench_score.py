@@ -117,6 +117,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-full", action="store_true", help="skip the score_dataset (percentiles) timing")
     parser.add_argument("--reuse", action="store_true", help="reuse the table and model of an earlier run in --out")
+    parser.add_argument(
+        "--reasons",
+        choices=["off", "approx", "shap"],
+        default="approx",
+        help="reasons per row (scoring.reasons); the synthetic features get ~30 made-up labels",
+    )
     parser.add_argument("--files", type=int, default=16, help="Parquet files of the features table")
     parser.add_argument(
         "--repeat", type=int, default=5, help="interleaved baseline / Ray rounds (the median is judged)"
@@ -138,6 +144,7 @@ def main() -> None:
             cpus_per_actor=args.cpus_per_actor,
             threads_per_actor=args.threads_per_actor,
             batch_size=args.batch_size,
+            reasons=args.reasons,
         ),
     )
     report: dict[str, object] = {
@@ -177,6 +184,7 @@ def main() -> None:
     booster = load_booster(raw, nthread=os.cpu_count() or 1)
     report["trees"] = booster.num_boosted_rounds()
     spec = ModelSpec(segment, raw, model_version(raw), tuple(names), ("q",) * len(names), ())
+    labels = {segment.name: {name: f"behaviour {chr(97 + j % 26)}{j % 3}" for j, name in enumerate(names)}}
 
     small_rows = max(10_000, args.rows // 50)
     features_small = write_table(
@@ -213,7 +221,7 @@ def main() -> None:
     def ray_execution(handle: TableIn) -> tuple[float, pa.Table]:
         """One Ray Data execution of the scoring map (read Parquet, actor pool, scores), consumed in full."""
         start = time.perf_counter()
-        ds = scoring_map(read(handle), [spec], config.scoring)
+        ds = scoring_map(read(handle), [spec], config.scoring, labels)
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         return time.perf_counter() - start, pa.concat_tables(tables)
 
@@ -244,7 +252,7 @@ def main() -> None:
         full_s = None
         if not args.skip_full:
             t = time.perf_counter()
-            score_dataset(read(features), [spec], config.scoring).materialize()
+            score_dataset(read(features), [spec], config.scoring, labels)[0].materialize()
             full_s = time.perf_counter() - t
         resources = ray.cluster_resources()
     assert out.num_rows == args.rows, out.num_rows

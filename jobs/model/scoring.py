@@ -11,11 +11,17 @@ files itself (read with `fused_read_args`: Ray Data then fuses the Parquet read 
 feature blocks never cross the object store; at 110+ float columns that copy, not XGBoost, was the cost) and
 predicts `batch_size` rows at a time with `Booster.inplace_predict` on one float32 matrix built straight
 from the Arrow batch.
+
+Reasons (`jobs.model.reasons`, `ScoringConfig.reasons`): the same actors turn each scored row's XGBoost
+contributions into its top three partner-safe labels while the matrix is in memory (a second read of the wide
+features for members only would cost more than the contributions: the read is the expensive part). Who is a
+member is known only after the histogram merge, so every scored row gets its labels here and `assign` keeps
+them for members only (non-members: null).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,9 +33,18 @@ from features.matrix import feature_matrix
 from jobs.config import ScoringConfig
 from jobs.model.booster import load_booster, openmp_threads
 from jobs.model.bundle import ModelSpec
+from jobs.model.reasons import ReasonNames, contributions
 from jobs.raykit.reduce import tree_reduce
 from jobs.segments.definitions import eligible_mask
-from jobs.segments.membership import SCORED_SCHEMA, Lookup, assign, bin_counts, merge_histograms, percentile_lookup
+from jobs.segments.membership import (
+    REASONS_TYPE,
+    SCORED_SCHEMA,
+    Lookup,
+    assign,
+    bin_counts,
+    merge_histograms,
+    percentile_lookup,
+)
 
 HISTOGRAM_FAN_IN = 8
 
@@ -37,10 +52,23 @@ HISTOGRAM_FAN_IN = 8
 class Scorer:
     """Ray Data callable class: loads every model once per actor, then scores Arrow batches."""
 
-    def __init__(self, specs: Sequence[ModelSpec], nthread: int = 1, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ModelSpec],
+        nthread: int = 1,
+        batch_size: int | None = None,
+        reason_labels: Mapping[str, Mapping[str, str]] | None = None,
+        reasons: str = "off",
+    ) -> None:
         self.batch_size = batch_size
+        self.nthread = nthread
         self.models = [(spec, load_booster(spec.raw, nthread)) for spec in specs]
         self.threads = openmp_threads(nthread)  # held for the actor's life
+        self.reasons = reasons
+        labels = reason_labels or {}
+        self.names = {
+            spec.segment.name: ReasonNames(spec.feature_names, labels.get(spec.segment.name, {})) for spec in specs
+        }
 
     def __call__(self, block: pa.Table) -> pa.Table:
         if block.num_rows == 0 or not self.models:
@@ -61,7 +89,8 @@ class Scorer:
                 continue
             if eligible * 2 < batch.num_rows:  # few eligible: build the matrix of those rows only
                 rows = batch.filter(pa.array(mask))
-                scores = booster.inplace_predict(feature_matrix(rows, spec.feature_names, order="F"))
+                matrix = feature_matrix(rows, spec.feature_names, order="F")
+                scores = booster.inplace_predict(matrix)
                 ids = rows.column("persona_id")
             else:
                 matrix = matrices.get(spec.feature_names)
@@ -72,6 +101,7 @@ class Scorer:
                 if eligible < batch.num_rows:
                     scores = scores[mask]
                     ids = persona.filter(pa.array(mask))
+                    matrix = matrix[mask]
             out.append(
                 pa.table(
                     {
@@ -79,11 +109,18 @@ class Scorer:
                         "segment": pa.repeat(spec.segment.name, eligible),
                         "score": pa.array(np.asarray(scores, dtype=np.float64)),
                         "model_version": pa.repeat(spec.model_version, eligible),
+                        "reasons": self.row_reasons(spec, booster, matrix),
                     },
                     schema=SCORED_SCHEMA,
                 )
             )
         return pa.concat_tables(out) if out else SCORED_SCHEMA.empty_table()
+
+    def row_reasons(self, spec: ModelSpec, booster, matrix: np.ndarray) -> pa.Array:
+        if self.reasons == "off":
+            return pa.nulls(len(matrix), REASONS_TYPE)
+        contribs = contributions(booster, matrix, spec.feature_names, spec.feature_types, self.reasons, self.nthread)
+        return self.names[spec.segment.name].top(contribs)
 
 
 def fused_read_args(files: int, scoring: ScoringConfig) -> dict[str, Any]:
@@ -92,14 +129,24 @@ def fused_read_args(files: int, scoring: ScoringConfig) -> dict[str, Any]:
     return {"override_num_blocks": max(files, 2 * scoring.actors), "num_cpus": scoring.cpus_per_actor}
 
 
-def scoring_map(features_ds: ray.data.Dataset, specs: Sequence[ModelSpec], scoring: ScoringConfig) -> ray.data.Dataset:
-    """The actor-pool map: features dataset -> (persona_id, segment, score, model_version) dataset."""
+def scoring_map(
+    features_ds: ray.data.Dataset,
+    specs: Sequence[ModelSpec],
+    scoring: ScoringConfig,
+    reason_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> ray.data.Dataset:
+    """The actor-pool map: features dataset -> (persona_id, segment, score, model_version, reasons) dataset.
+
+    `reason_labels`: per segment, feature name -> partner-safe label (`features.catalog.reason_labels`);
+    reasons are computed when `scoring.reasons` is not "off"."""
     return features_ds.map_batches(
         Scorer,
         fn_constructor_kwargs={
             "specs": list(specs),
             "nthread": scoring.threads_per_actor,
             "batch_size": scoring.batch_size,
+            "reason_labels": dict(reason_labels or {}),
+            "reasons": scoring.reasons,
         },
         batch_format="pyarrow",
         batch_size=None,
@@ -127,14 +174,20 @@ def _assign(batch: pa.Table, lookup_ref: ray.ObjectRef, scoring: ScoringConfig) 
 
 
 def score_dataset(
-    features_ds: ray.data.Dataset, specs: Sequence[ModelSpec], scoring: ScoringConfig
-) -> ray.data.Dataset:
-    """Scores with percentiles and membership (`SCORES_SCHEMA`), as a Ray Dataset."""
-    scored = scoring_map(features_ds, specs, scoring).materialize()
-    lookup_ref = ray.put(percentile_lookup(score_histogram(scored)))
-    return scored.map_batches(
+    features_ds: ray.data.Dataset,
+    specs: Sequence[ModelSpec],
+    scoring: ScoringConfig,
+    reason_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[ray.data.Dataset, pa.Table]:
+    """Scores with percentiles, membership and members' reasons (`SCORES_SCHEMA`), as a Ray Dataset, and the
+    merged score histogram (`jobs.segments.membership`: a row per occupied bin, small)."""
+    scored = scoring_map(features_ds, specs, scoring, reason_labels).materialize()
+    histogram = score_histogram(scored)
+    lookup_ref = ray.put(percentile_lookup(histogram))
+    assigned = scored.map_batches(
         _assign, fn_kwargs={"lookup_ref": lookup_ref, "scoring": scoring}, batch_format="pyarrow", batch_size=None
     )
+    return assigned, histogram
 
 
 def _block_counts(batch: pa.Table) -> pa.Table:

@@ -10,7 +10,8 @@ counts per segment (`percentile_lookup`); `percentiles` places each score inside
 interpolation between the bin's lowest and highest score. Ties (all scores of a bin equal, common with tree
 models) get their exact mid-rank; otherwise the error is at most the share of one bin's rows.
 
-Membership: percentile >= 100 - top_percent, or score >= threshold (`ScoringConfig.membership`).
+Membership: percentile >= 100 - top_percent, or score >= threshold (`ScoringConfig.membership`). A member
+keeps the reasons the scorer found (`jobs.model.reasons`); everyone else's are null.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.config import ScoringConfig
 
+REASONS_TYPE = pa.list_(pa.string())
 SCORED_SCHEMA = pa.schema(
-    [("persona_id", pa.string()), ("segment", pa.string()), ("score", pa.float64()), ("model_version", pa.string())]
+    [
+        ("persona_id", pa.string()),
+        ("segment", pa.string()),
+        ("score", pa.float64()),
+        ("model_version", pa.string()),
+        ("reasons", REASONS_TYPE),
+    ]
 )
 SCORES_SCHEMA = pa.schema(
     [
@@ -33,6 +42,7 @@ SCORES_SCHEMA = pa.schema(
         ("percentile", pa.float64()),
         ("model_version", pa.string()),
         ("member", pa.bool_()),
+        ("reasons", REASONS_TYPE),  # members only (null otherwise): up to 3 partner-safe labels, largest first
     ]
 )
 HISTOGRAM_SCHEMA = pa.schema(
@@ -95,6 +105,25 @@ def merge_histograms(*partials: pa.Table) -> pa.Table:
     return merged.select(["segment", "bin", "count_sum", "lo_min", "hi_max"]).rename_columns(HISTOGRAM_SCHEMA.names)
 
 
+DISTRIBUTION_BINS = 20
+
+
+def score_distribution(histogram: pa.Table, bins: int = DISTRIBUTION_BINS) -> dict[str, list[int]]:
+    """Per segment, the scored personas in `bins` equal-width score bins over [0, 1] (the report's chart and the
+    drift check's input), from the merged histogram: each fine bin counts where its lowest score falls (a fine
+    bin is 2^-14 of its score wide, so only a bin straddling an edge can land one coarse bin off)."""
+    out: dict[str, list[int]] = {}
+    if histogram.num_rows == 0:
+        return out
+    segments = histogram.column("segment").to_numpy(zero_copy_only=False).astype(object)
+    where = np.clip((histogram.column("lo").to_numpy() * bins).astype(np.int64), 0, bins - 1)
+    counts = histogram.column("count").to_numpy()
+    for segment in np.unique(segments):
+        sel = segments == segment
+        out[str(segment)] = np.bincount(where[sel], weights=counts[sel], minlength=bins).astype(np.int64).tolist()
+    return out
+
+
 def percentile_lookup(histogram: pa.Table) -> dict[str, dict[str, np.ndarray]]:
     """Per segment: occupied bins (sorted), their counts and score range, the count below each bin, the total."""
     lookup: dict[str, dict[str, np.ndarray]] = {}
@@ -155,6 +184,7 @@ def assign(batch: pa.Table, lookup: Lookup, scoring: ScoringConfig) -> pa.Table:
     for segment in np.unique(segments):
         sel = segments == segment
         pct[sel] = percentiles(scores[sel], lookup[str(segment)])
+    member = membership(scores, pct, scoring)
     return pa.table(
         {
             "persona_id": batch.column("persona_id"),
@@ -162,7 +192,8 @@ def assign(batch: pa.Table, lookup: Lookup, scoring: ScoringConfig) -> pa.Table:
             "score": batch.column("score"),
             "percentile": pct,
             "model_version": batch.column("model_version"),
-            "member": membership(scores, pct, scoring),
+            "member": member,
+            "reasons": pc.if_else(pa.array(member), batch.column("reasons"), pa.scalar(None, REASONS_TYPE)),
         },
         schema=SCORES_SCHEMA,
     )

@@ -1,8 +1,10 @@
 """The score stage: every eligible persona's score, percentile and membership per trained segment.
 
     scores/_SUCCESS              marker: rows, and `as_of` (the plan's), `segments` {SEGMENT: model_version},
-                                 `skipped` [{segment, reason}]
-    scores/<write id>/part-*     persona_id, segment, score, percentile, model_version, member
+                                 `skipped` [{segment, reason}], `distribution` {SEGMENT: scored personas in
+                                 20 equal-width score bins over [0, 1]} (the report's chart, the drift input)
+    scores/<write id>/part-*     persona_id, segment, score, percentile, model_version, member, reasons
+                                 (members' top-3 partner-safe labels, null for others; `jobs.model.reasons`)
 
 Reads the features partition at the plan's `as_of` and the models bundle (each model checked against the
 config and the feature table first, `jobs.model.bundle`); scoring, percentiles and membership run on Ray
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 
+from features.catalog import reason_labels
 from jobs.config import ScoreView
 from jobs.errors import UserError
 from jobs.model import bundle
 from jobs.model.scoring import fused_read_args, score_dataset, segment_counts
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
-from jobs.segments.membership import SCORES_SCHEMA
+from jobs.segments.membership import SCORES_SCHEMA, score_distribution
 from jobs.storage import TableIn, TableOut, read_dataset
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,13 @@ def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scor
     marker = {"rows": 0}
     if specs:
         features_ds = features.dataset(partition=partition, **fused_read_args(len(files), view.scoring))
-        marker = scores.write_dataset(score_dataset(features_ds, specs, view.scoring), extra=extra)
+        labels = {
+            s.segment.name: reason_labels(view.features, s.categories if s.categories is not None else plan.categories)
+            for s in specs
+        }
+        scored, histogram = score_dataset(features_ds, specs, view.scoring, labels)
+        extra["distribution"] = score_distribution(histogram)
+        marker = scores.write_dataset(scored, extra=extra)
     if not marker["rows"]:  # nobody eligible (or nothing trained): an empty table that still has its schema
         marker = scores.write_arrow(SCORES_SCHEMA.empty_table(), extra=extra)
     counts = (
@@ -92,4 +101,5 @@ def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scor
         "segments": per_segment,
         "skipped": skipped,
         "membership": view.scoring.membership,
+        "reasons": view.scoring.reasons,
     }

@@ -9,6 +9,7 @@ import xgboost
 from jobs.config import ScoringConfig, SegmentConfig, StorageConfig
 from jobs.model.booster import model_bytes, model_version
 from jobs.model.bundle import ModelSpec
+from jobs.model.reasons import ReasonNames, contributions
 from jobs.model.scoring import fused_read_args, score_histogram, scoring_map
 from jobs.segments.membership import bin_counts, merge_histograms
 from jobs.storage import TableIn, join, writing
@@ -65,3 +66,59 @@ def test_histogram_tree_merge_over_many_blocks(ray_cluster):
         expected.sort_by([("segment", "ascending"), ("bin", "ascending")])
     )
     assert score_histogram(ray.data.from_arrow([blocks[0].slice(0, 0)])).num_rows == 0
+
+
+def test_reasons_sum_contributions_per_label_and_keep_the_top_three_positive():
+    names = ["orders_30d", "orders_90d", "revenue_365d", "f_unlabelled", "logins_90d", "carts_30d"]
+    labels = {
+        "orders_30d": "purchase frequency",
+        "orders_90d": "purchase frequency",
+        "revenue_365d": "spend",
+        "logins_90d": "account activity",
+        "carts_30d": "cart activity",
+    }
+    reasons = ReasonNames(names, labels)
+    contribs = np.array(
+        [
+            # two small "purchase frequency" parts outweigh "spend"; the unlabelled feature is never named
+            [0.3, 0.3, 0.5, 9.0, 0.1, 0.2, -1.0],
+            # only one label pushes up; the rest pull down: one reason
+            [-0.3, -0.1, 0.2, 9.0, -0.1, -0.2, 5.0],
+            # nothing pushes up: no reasons
+            [-0.3, -0.1, -0.2, 9.0, -0.1, 0.0, 5.0],
+        ],
+        dtype=np.float32,
+    )
+    got = reasons.top(contribs).to_pylist()
+    assert got == [["purchase frequency", "spend", "cart activity"], ["spend"], []]
+
+
+def test_contributions_add_up_to_the_margin():
+    """XGBoost's contributions (both methods) sum to the model's margin, per row: what the reasons rank."""
+    rng = np.random.default_rng(4)
+    names = [f"f{i}" for i in range(5)]
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    booster = xgboost.train(
+        {"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
+        xgboost.DMatrix(x, label=np.nan_to_num(x[:, 0]) > 0.2, feature_names=names),
+        15,
+    )
+    margin = booster.inplace_predict(x, predict_type="margin")
+    for method in ("approx", "shap"):
+        contribs = contributions(booster, x, names, None, method)
+        assert contribs.shape == (300, 6)
+        np.testing.assert_allclose(contribs.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
+
+
+def test_score_distribution_counts_every_score_in_its_equal_width_bin():
+    from jobs.segments.membership import score_distribution
+
+    rng = np.random.default_rng(5)
+    scores = np.r_[rng.random(3000), [0.0, 1.0, 0.05, 0.95]]  # the edges: 0 and 1 are in the first and last bin
+    segment = np.where(np.arange(len(scores)) % 3 == 0, "a", "b")
+    merged = merge_histograms(bin_counts(pa.table({"segment": segment, "score": scores})))
+    got = score_distribution(merged)
+    for name in ("a", "b"):
+        want = np.bincount(np.minimum(scores[segment == name] * 20, 19).astype(int), minlength=20)
+        assert got[name] == want.tolist()

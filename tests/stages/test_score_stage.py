@@ -15,7 +15,8 @@ import pyarrow as pa
 import pytest
 from scipy.stats import rankdata
 
-from jobs.config import JobConfig, ScoreView, ScoringConfig, SegmentConfig
+from features.catalog import reason_labels
+from jobs.config import FeaturesConfig, JobConfig, ScoreView, ScoringConfig, SegmentConfig
 from jobs.errors import UserError
 from jobs.model.booster import model_bytes, model_version
 from jobs.run.layout import FEATURES, MODELS, SCORES, RunLayout
@@ -29,7 +30,21 @@ from jobs.storage import TableIn, TableOut, join, write_json, writing
 AS_OF = dt.date(2026, 3, 1)
 EARLIER = dt.date(2026, 2, 1)
 CATEGORIES = ("fashion", "home")
-FEATURES_USED = [f"f{i:02d}" for i in range(12)]
+# catalogue names, so that reasons get their labels; the first drives the label, the second half as much
+FEATURES_USED = [
+    "orders_30d",
+    "revenue_365d",
+    "product_views_90d",
+    "days_since_last_purchase",
+    "carts_30d",
+    "sessions_30d",
+    "price_spread_seen_90d",
+    "aov_365d",
+    "logins_90d",
+    "cat00_views_90d",
+    "cat01_views_90d",
+    "night_share_365d",
+]
 PLAN = RunPlan("r1", AS_OF, AS_OF, CATEGORIES, {})
 
 SEGMENTS = [
@@ -153,7 +168,15 @@ def test_score_stage(where, tmp_path, ray_cluster, storage, s3_bucket):
     assert {s["segment"] for s in summary["skipped"]} == {"seg_c", "seg_d"}
     assert "12 positives" in next(s["reason"] for s in summary["skipped"] if s["segment"] == "seg_c")
     scores = TableIn(SCORES, join(run_dir, SCORES), storage).arrow().to_pandas()
-    assert list(scores.columns) == ["persona_id", "segment", "score", "percentile", "model_version", "member"]
+    assert list(scores.columns) == [
+        "persona_id",
+        "segment",
+        "score",
+        "percentile",
+        "model_version",
+        "member",
+        "reasons",
+    ]
     assert set(scores["segment"]) == {"seg_a", "seg_b"}
 
     home = features.column("cat01_purchases_365d").to_numpy() >= 1
@@ -174,6 +197,7 @@ def test_score_stage(where, tmp_path, ray_cluster, storage, s3_bucket):
         members = got["member"].to_numpy()
         assert members.sum() == pytest.approx(0.10 * len(got), abs=2 + 0.01 * len(got))
         assert got.loc[got["member"], "score"].min() >= got.loc[~got["member"], "score"].max()
+        assert_member_reasons(got, driver=booster.feature_names[0])  # seg_b's model reads the columns reversed
         assert summary["segments"][name] == {
             "model_version": versions[name],
             "scored": len(got),
@@ -181,6 +205,23 @@ def test_score_stage(where, tmp_path, ray_cluster, storage, s3_bucket):
         }
     marker = TableIn(SCORES, join(run_dir, SCORES), storage).marker
     assert marker["as_of"] == AS_OF.isoformat() and marker["segments"] == versions
+    for name in boosters:  # the coarse score distribution the report draws: every scored persona in its bin
+        got = scores[scores["segment"] == name]["score"].to_numpy()
+        assert marker["distribution"][name] == np.bincount(np.minimum(got * 20, 19).astype(int), minlength=20).tolist()
+
+
+LABELS = reason_labels(FeaturesConfig(), CATEGORIES)
+
+
+def assert_member_reasons(got, driver: str) -> None:
+    """Members: 1-3 distinct catalogue labels, the label of the feature that drives the model (`driver`) first
+    for most; everyone else: null."""
+    assert got.loc[~got["member"], "reasons"].isna().all()
+    member_reasons = got.loc[got["member"], "reasons"]
+    assert all(1 <= len(r) <= 3 and len(set(r)) == len(r) for r in member_reasons)
+    assert {label for r in member_reasons for label in r} <= set(LABELS.values())
+    first = [r[0] for r in member_reasons]
+    assert first.count(LABELS[driver]) > len(first) / 2, first
 
 
 def test_threshold_membership_two_actors_and_everyone_eligible(tmp_path, ray_cluster, storage):
@@ -195,13 +236,15 @@ def test_threshold_membership_two_actors_and_everyone_eligible(tmp_path, ray_clu
     scores = TableIn(SCORES, join(run_dir, SCORES), storage).arrow().to_pandas()
     assert len(scores) == 2 * features.num_rows
     assert ((scores["score"] >= 0.6) == scores["member"]).all()
+    assert_member_reasons(scores[scores["segment"] == "seg_a"], driver=FEATURES_USED[0])
     assert scores.groupby("segment")["persona_id"].nunique().to_dict() == scores.groupby("segment").size().to_dict()
 
 
 def test_model_with_other_features_is_refused(tmp_path, ray_cluster, storage):
     run_dir, features, _, _, entries = build_run(str(tmp_path), storage)
     renamed = FEATURES_USED[:-1] + ["f99_new"]
-    other = train_model(features.rename_columns([{"f11": "f99_new"}.get(c, c) for c in features.column_names]), renamed)
+    last = FEATURES_USED[-1]
+    other = train_model(features.rename_columns([{last: "f99_new"}.get(c, c) for c in features.column_names]), renamed)
     publish_models(run_dir, storage, {**entries, "seg_b": (card(SEGMENTS[1], other), model_bytes(other))})
     config = JobConfig(storage=storage, segments=SEGMENTS[:2])
     with pytest.raises(
@@ -222,10 +265,10 @@ def test_model_with_other_features_is_refused(tmp_path, ray_cluster, storage):
 
     # a feature the models need is gone from the table: the run stops with a message naming it
     publish_models(run_dir, storage, entries)
-    publish_features(run_dir, storage, features.drop_columns(["f05"]))
+    publish_features(run_dir, storage, features.drop_columns([FEATURES_USED[5]]))
     layout = RunLayout(run_dir)
     write_json(layout.plan, PLAN.to_json(), storage)
-    with pytest.raises(UserError, match="does not match the feature table.*f05"):
+    with pytest.raises(UserError, match=f"does not match the feature table.*{FEATURES_USED[5]}"):
         run_pipeline(config, ordered([Stage.of(score.run)]), names=["score"], layout=layout)
 
 
