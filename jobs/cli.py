@@ -16,7 +16,9 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +26,7 @@ import typer
 
 from jobs.config import JobConfig, describe_config, load_config
 from jobs.errors import UserError, classify
+from jobs.run.logs import LOG_FORMAT
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Cross-partner personas and look-alike smart segments on Ray."
@@ -46,7 +49,13 @@ app.add_typer(serve_app, name="serve")
 serve_app.add_typer(serve_keys_app, name="keys")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML job config; flags override it")]
-RunOpt = Annotated[str, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID (local or s3://)")]
+RunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        help="run folder: ROOT/runs/RUN_ID (local or s3://); default: the --config's root and run_id (or run_date)",
+    ),
+]
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
 ]
@@ -68,39 +77,74 @@ ReplaceOpt = Annotated[
 ]
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The console shows our own loggers' lines (progress, warnings to act on, the summary); everything else, and
+# every traceback, goes to the log files only, unless `segments --verbose`.
+PROJECT_LOGGERS = ("jobs", "features", "segments")
+CONSOLE_FORMAT = "%(asctime)s %(message)s"
+
+
+@dataclass
+class _Console:
+    verbose: bool = False
+
+
+_console = _Console()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="the console shows every library's log lines, Ray workers' output and tracebacks"
+        ),
+    ] = False,
+) -> None:
+    """Cross-partner personas and look-alike smart segments on Ray."""
+    _console.verbose = verbose
 
 
 class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a record comes (an embedding caller may swap it, then close it).
 
-    A record logged with `extra={"console": False}` (a traceback kept for the log file) is not shown."""
+    Quiet (the default): only the project's own records; a record logged with `extra={"console": False}` (a
+    traceback kept for the log file) is never shown."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
 
     def emit(self, record: logging.LogRecord) -> None:
         if not getattr(record, "console", True):
+            return
+        if not self.verbose and record.name.split(".", 1)[0] not in PROJECT_LOGGERS:
             return
         self.stream = sys.stderr
         super().emit(record)
 
 
-class _WithoutTraceback(logging.Formatter):
-    """The console's lines: a record's message without its traceback (the log file keeps that)."""
+class _ConsoleLine(logging.Formatter):
+    """A console line: time and message (WARNING/ERROR named), without the traceback (the log file keeps it)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text
+        saved = record.exc_info, record.exc_text, record.msg
         record.exc_info, record.exc_text = None, None
+        if record.levelno >= logging.WARNING:
+            record.msg = f"{record.levelname}: {record.msg}"
         try:
             return super().format(record)
         finally:
-            record.exc_info, record.exc_text = saved
+            record.exc_info, record.exc_text, record.msg = saved
 
 
-def _configure_logging() -> str:
-    """Console: our INFO lines; the command's log file (returned) also keeps tracebacks."""
-    console = _CurrentStderr()
-    console.setFormatter(_WithoutTraceback(LOG_FORMAT))
+def _configure_logging(verbose: bool) -> str:
+    """Console (see `_CurrentStderr`) and the command's log file (returned): every record, with tracebacks."""
+    console = _CurrentStderr(verbose)
+    line_format, date_format = (LOG_FORMAT, None) if verbose else (CONSOLE_FORMAT, "%H:%M:%S")
+    console.setFormatter(_ConsoleLine(line_format, datefmt=date_format))
     logging.basicConfig(level=logging.INFO, handlers=[console], force=True)
-    for noisy in ("ray", "botocore", "s3fs", "aiobotocore", "urllib3", "filelock"):
+    logging.captureWarnings(True)  # library deprecation warnings: the log file (py.warnings), not the console
+    for noisy in ("botocore", "s3fs", "aiobotocore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     folder = Path(tempfile.gettempdir()) / "segments-logs"
     folder.mkdir(exist_ok=True)
@@ -114,12 +158,14 @@ def _configure_logging() -> str:
 def _invoke(fn: Callable[[], Any]) -> Any:
     """Call one function; user mistakes and infrastructure faults become one paragraph and their exit code
     (2: fix the input or config, 3: retry later); anything else one paragraph and exit 1. Tracebacks go to the
-    command's log file only."""
-    command_log = _configure_logging()
+    log files only (the run's under RUN/logs/ once there is a run folder), and to the console with --verbose."""
+    command_log = _configure_logging(_console.verbose)
     try:
         result = fn()
     except Exception as exc:  # noqa: BLE001 - the console gets one paragraph, the log file the traceback
         logging.getLogger("segments").error("command failed", exc_info=True, extra={"console": False})
+        if _console.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
         log_file = getattr(exc, "log_file", None) or command_log  # the run's own log once there is a run folder
         known = classify(exc)
         if known is None:
@@ -135,16 +181,33 @@ def _invoke(fn: Callable[[], Any]) -> Any:
 
 
 def _config(config_file: Path | None, **overrides: Any) -> JobConfig:
-    return load_config(config_file, overrides)
+    return load_config(config_file, {**overrides, "logging.verbose": True if _console.verbose else None})
 
 
-def _stages(config: JobConfig, names: Sequence[str], run_dir: str) -> dict[str, Any]:
-    """Run the named stages of the run folder `run_dir` (the plan comes along when they need it)."""
+def _run_dir(config: JobConfig, run_dir: str | None, command: str) -> str:
+    """`--run`, else the run folder the config names: `root/runs/run_id` (or `root/runs/run_date`)."""
+    from jobs.run.layout import RunLayout
+
+    if run_dir is not None:
+        return run_dir
+    named = config.run_id or (config.run_date.isoformat() if config.run_date else None)
+    if named is None:
+        raise UserError(
+            f"`segments {command}` needs --run ROOT/runs/RUN_ID, or a --config that names the run (run_id, or "
+            "run_date for a scheduled run) under its root."
+        )
+    return RunLayout.for_run(config.root, named).run_dir
+
+
+def _stages(config: JobConfig, names: Sequence[str], run_dir: str | None) -> dict[str, Any]:
+    """Run the named stages of the run folder `run_dir` (default: the config's; the plan comes along when
+    they need it)."""
     from jobs.run.layout import RunLayout
     from jobs.run.pipeline import run_pipeline
     from jobs.stages import pipeline
 
-    return run_pipeline(config, pipeline(), names=names, layout=RunLayout(run_dir))
+    layout = RunLayout(_run_dir(config, run_dir, names[-1]))
+    return run_pipeline(config, pipeline(), names=names, layout=layout)
 
 
 def _user_error(message: str) -> Callable[[], Any]:
@@ -198,7 +261,7 @@ def resolve(
 
 @app.command("evaluate-personas")
 def evaluate_personas(
-    run: RunOpt,
+    run: RunOpt = None,
     truth_column: Annotated[str | None, typer.Option("--truth-column", help="ground-truth person column")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
@@ -214,7 +277,7 @@ def evaluate_personas(
 @features_app.callback(invoke_without_command=True)
 def features(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Option("--run", help="run folder: ROOT/runs/RUN_ID")] = None,
+    run: RunOpt = None,
     as_of: DateOpt = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
@@ -222,8 +285,6 @@ def features(
     """Feature tables of every persona at each cut-off of the run plan (`--as-of` sets the scoring cut-off)."""
     if ctx.invoked_subcommand is not None:
         return
-    if run is None:
-        _invoke(_user_error("`segments features` needs --run RUN_DIR (or use `segments features list`)."))
     overrides = {"features.as_of": as_of.date() if as_of else None, "ray.address": address}
     _invoke(lambda: _stages(_config(config_file, **overrides), ["features"], run))
 
@@ -241,7 +302,7 @@ def features_list(
 
 @app.command()
 def train(
-    run: RunOpt,
+    run: RunOpt = None,
     segment: Annotated[str | None, typer.Option("--segment", help="train only this segment")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
@@ -252,15 +313,17 @@ def train(
 
 
 @app.command()
-def score(run: RunOpt, config_file: ConfigOpt = None, address: AddressOpt = None) -> None:
+def score(run: RunOpt = None, config_file: ConfigOpt = None, address: AddressOpt = None) -> None:
     """Scores, percentiles and segment membership for every eligible persona, and the run's report."""
     _invoke(lambda: _stages(_config(config_file, **{"ray.address": address}), ["score", "report"], run))
 
 
 @app.command()
 def export(
-    run: RunOpt,
-    to: Annotated[str, typer.Option("--to", help="exports ROOT (local or s3://bucket/prefix)")],
+    run: RunOpt = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="exports ROOT (local or s3://bucket/prefix); default: export.root")
+    ] = None,
     replace: ReplaceOpt = False,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
@@ -386,7 +449,7 @@ def demo(
     """Generate a sample, run the whole pipeline on a local Ray, print where everything landed."""
     from jobs.run.demo import run_demo
 
-    _invoke(lambda: run_demo(out=out, persons=persons))
+    _invoke(lambda: run_demo(out=out, persons=persons, verbose=_console.verbose))
 
 
 @app.command()
@@ -430,7 +493,7 @@ def logs(
 
 @app.command()
 def publish(
-    run: RunOpt,
+    run: RunOpt = None,
     store: Annotated[str | None, typer.Option("--store", help="embedded (default) or redis")] = None,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
@@ -438,7 +501,11 @@ def publish(
     """Make a finished run the current one online (ROOT/online/current.json)."""
     from jobs.serving.publish import run_publish
 
-    _invoke(lambda: run_publish(_config(config_file, **{"ray.address": address}), run_dir=run, store=store))
+    def run_it() -> Any:
+        config = _config(config_file, **{"ray.address": address})
+        return run_publish(config, run_dir=_run_dir(config, run, "publish"), store=store)
+
+    _invoke(run_it)
 
 
 @serve_app.callback(invoke_without_command=True)

@@ -247,6 +247,16 @@ class ExportConfig(Section):
     reasons: bool = Field(False, description="exports carry each member's partner-safe reasons (scores/ `reasons`)")
 
 
+class LoggingConfig(Section):
+    """What the console shows. The run's log file (RUN/logs/<timestamp>.log) always keeps everything."""
+
+    verbose: bool = Field(
+        False,
+        description="the console shows every library's log lines, Ray workers' output and tracebacks "
+        "(`segments --verbose ...`); default: progress, warnings to act on and the summary",
+    )
+
+
 class ServingConfig(Section):
     """The online half (`segments publish`, `segments serve`): replicas, stores, live events, limits."""
 
@@ -335,6 +345,7 @@ class JobConfig(Section):
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     export: ExportConfig = ExportConfig()
+    logging: LoggingConfig = LoggingConfig()
     serving: ServingConfig = ServingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 

@@ -82,3 +82,31 @@ def test_a_failed_run_keeps_its_log_in_the_run_folder_and_the_console_names_it(t
     assert "Traceback" not in result.output
     kept = logs[0].read_text()
     assert "Traceback (most recent call last)" in kept and "UserError" in kept
+
+
+@pytest.mark.parametrize("command", [["train"], ["score"], ["export"], ["evaluate-personas"]])
+def test_stage_commands_take_the_run_folder_from_the_config(tmp_path, command):
+    """No --run: the config's root and run_id (or run_date) name the run folder; neither: exit 2 saying so."""
+    named = tmp_path / "named.yaml"
+    named.write_text(f"root: {tmp_path / 'root'}\nrun_id: nightly-7\n")
+    result = CliRunner().invoke(app, [*command, "--config", str(named)])
+    assert result.exit_code == 2, result.output
+    assert "of run nightly-7" in result.output and "has not produced yet" in result.output
+    assert (tmp_path / "root" / "runs" / "nightly-7" / "logs").is_dir(), "the run's log went to the named folder"
+
+    dated = tmp_path / "dated.yaml"
+    dated.write_text(f"root: {tmp_path / 'root'}\nrun_date: 2026-07-01\n")
+    result = CliRunner().invoke(app, [*command, "--config", str(dated)])
+    assert result.exit_code == 2 and "of run 2026-07-01" in result.output
+
+    unnamed = tmp_path / "unnamed.yaml"
+    unnamed.write_text(f"root: {tmp_path / 'root'}\n")
+    result = CliRunner().invoke(app, [*command, "--config", str(unnamed)])
+    assert result.exit_code == 2 and "needs --run ROOT/runs/RUN_ID, or a --config that names the run" in result.output
+
+
+def test_verbose_shows_the_traceback_on_the_console(tmp_path):
+    quiet = CliRunner().invoke(app, ["train", "--run", str(tmp_path / "runs" / "r")])
+    loud = CliRunner().invoke(app, ["--verbose", "train", "--run", str(tmp_path / "runs" / "r")])
+    assert quiet.exit_code == loud.exit_code == 2
+    assert "Traceback" not in quiet.output and "Traceback (most recent call last)" in loud.output

@@ -1,4 +1,11 @@
-"""Starting or joining Ray for a command, with Ray Data sized for small machines."""
+"""Starting or joining Ray for a command, with Ray Data sized for small machines and Ray's logs routed.
+
+Ray, Ray Data, Train and Serve put their own console handlers on their loggers. `route_ray_logs` takes them
+off and lets the records reach the root logger: the command's handlers decide (the run's log file keeps
+them all, the console shows them only with `--verbose`). Ray Data draws its progress bars with tqdm on a
+terminal (one bar per dataset execution: rows and ETA); elsewhere it logs progress lines, which land in
+the log file. `SEGMENTS_PROGRESS=0` turns its progress off.
+"""
 
 from __future__ import annotations
 
@@ -20,24 +27,40 @@ def configure_data_context() -> None:
     ctx.enable_progress_bars = os.environ.get("SEGMENTS_PROGRESS", "1") == "1"
     ctx.verbose_progress = False
     ctx.print_on_execution_start = False
-    ctx.enable_operator_progress_bars = False
+    ctx.enable_operator_progress_bars = False  # one bar per dataset execution, not one per operator
     # Ray 2.60's DataSource V2 readers list files in a separate task (tens of seconds on a busy 2-core
     # machine, one block per file); the V1 readers plan on the driver from our explicit file lists.
     ctx.use_datasource_v2 = False
 
 
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
+
+
+def route_ray_logs() -> None:
+    """Ray's loggers without their own console handlers, propagating to the root logger (see above)."""
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 @contextlib.contextmanager
-def ray_session(config: RayConfig) -> Iterator[None]:
+def ray_session(config: RayConfig, worker_output: bool = True) -> Iterator[None]:
     """Join the cluster at `config.address` / RAY_ADDRESS, or start a local Ray for the command.
 
-    A Ray already initialised in this process (tests, a job on a cluster) is reused and left running.
+    `worker_output`: Ray workers' stdout/stderr comes to this console (off for a quiet batch run: Ray keeps
+    it in the session's log folder, which the run's log names). A Ray already initialised in this process
+    (tests, a job on a cluster) is reused and left running.
     """
     import ray
 
     started_here = False
+    route_ray_logs()  # before ray.init, which logs through them
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        kwargs = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        kwargs = dict(include_dashboard=False, log_to_driver=worker_output, logging_level=logging.INFO)
         if address:  # a cluster's own auth settings stand: joining it changes none of them
             ray.init(address=address, **kwargs)
         else:
@@ -47,8 +70,19 @@ def ray_session(config: RayConfig) -> Iterator[None]:
             ray.init(num_cpus=config.num_cpus, object_store_memory=object_store, **kwargs)
         started_here = True
     configure_data_context()
+    route_ray_logs()
+    log.info("Ray session logs (workers' output): %s", _session_logs(), extra={"console": False})
     try:
         yield
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _session_logs() -> str:
+    import ray
+
+    try:
+        return os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    except AttributeError:  # joined a cluster through a client: its logs are on the head
+        return "on the cluster's head node"

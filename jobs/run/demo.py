@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from jobs.config import ExportView, JobConfig, StorageConfig
+from jobs.config import ExportView, JobConfig, LoggingConfig, StorageConfig
 from jobs.errors import UserError
 from jobs.exports.partners import exported_partners
 from jobs.run.layout import ExportLayout, RunLayout
@@ -29,7 +29,7 @@ MIN_PERSONS = 1000  # fewer people leave every segment below its training minimu
 STAMP = "_demo.json"
 
 
-def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
+def run_demo(out: str = "demo-out", persons: int = 3000, verbose: bool = False) -> str:
     """Generate a sample (unless the one in OUT/events is current), run every stage, say where things are."""
     if persons < MIN_PERSONS:
         raise UserError(
@@ -42,7 +42,7 @@ def run_demo(out: str = "demo-out", persons: int = 3000) -> str:
     storage = StorageConfig()
     check_writable(out, storage)
     events = join(out, "events")
-    config = JobConfig(events=events, root=out, run_id=RUN_ID)
+    config = JobConfig(events=events, root=out, run_id=RUN_ID, logging=LoggingConfig(verbose=verbose))
     ensure_sample(events, persons, storage)
     summary = run_pipeline(config, pipeline())
     layout = RunLayout(summary["run_dir"])

@@ -26,7 +26,7 @@ from typing import Any
 
 from jobs.config import ExportView, JobConfig
 from jobs.errors import UserError
-from jobs.raykit.session import ray_session
+from jobs.raykit.session import ray_session, route_ray_logs
 from jobs.run.layout import RunLayout
 from jobs.run.lease import run_lease
 from jobs.run.logs import run_log
@@ -143,7 +143,8 @@ def _run(
             _check_inputs(stage, stages, ctx)
             delete(layout.stage_marker(stage.name), config.storage)  # in flux until it finishes
             if not ray_started._exit_callbacks:
-                ray_started.enter_context(ray_session(config.ray))
+                ray_started.enter_context(ray_session(config.ray, worker_output=config.logging.verbose))
+            route_ray_logs()  # a library a stage imports (Ray Train, Serve) may have added its own handlers
             log.info("%s: started", tag)
             stage_started = time.monotonic()
             try:
