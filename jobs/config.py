@@ -76,6 +76,10 @@ class InputConfig(Section):
     max_quarantine_share: float = Field(
         0.01, ge=0, le=1, description="the run fails when more than this share of rows is quarantined"
     )
+    plausible_ts_from: dt.date = Field(
+        dt.date(2000, 1, 1),
+        description="an event before this date, or after the run date + 1 day, is quarantined (implausible_ts)",
+    )
 
 
 class IdentityConfig(Section):

@@ -1,24 +1,34 @@
-"""Reading the input: cheap file checks, then rows normalised to one canonical schema.
+"""Reading the input: cheap file checks, then rows normalised to one canonical schema; one bad line costs
+that line, never the file or the run.
 
 Files are checked cheaply on the driver before anything runs (size, Parquet footer, the first JSON lines):
-a missing path or bucket, an empty file, a corrupt Parquet file or a file without a required column is a
-`UserError` naming the file (`plan_input`). Rows are then read by Ray Data (`read_events`: one read per group
-of files with the same schema, explicit file lists) or, for the single-process baseline, by pyarrow
-(`read_events_local`), and every batch is normalised to the canonical schema (`normalise_batch`): contract
-columns typed, extra columns carried through as strings, plus `_source_file` and `_reason` (null for a
-valid row). The row rules after that (duplicates, quarantine) are in `jobs.contract.rows`.
+a missing path or bucket, a corrupt Parquet file, a Parquet file without a required column or a JSON file
+none of whose first lines is a JSON object is a `UserError` naming the file (`plan_input`). A 0-byte file
+is listed in `InputPlan.empty_files` (a warning in the stage's figures) and skipped.
 
-The set of extra columns is fixed up front: Parquet footers give it exactly; for JSON Lines it is the keys
-of each file's first records (256 KiB / 500 lines), so a key that first appears later in a file is dropped.
+JSON Lines (`read_json_lines`) are read as a stream of blocks of whole lines: each block is parsed by
+pyarrow's JSON reader (fast path) and, when that fails or the rows do not match the lines, line by line
+(only that block), so each bad line becomes one quarantined row with its file, line number, raw text
+(bytes that are not UTF-8 escaped as \\xNN) and reason: `unparseable_json` (not a JSON object),
+`invalid_utf8`, `line_too_long` (past `MAX_LINE_BYTES`). Rows in (non-blank lines) = rows out, always.
+
+Every batch is then normalised to the canonical schema (`normalise_batch`): contract columns typed by the
+one declared coercion (`jobs.contract.schema.COERCION`), extra columns carried through as strings, plus the
+internal columns (source file, reason, ts as written, line, raw text). Extra columns are every key seen in
+any row (`read_events` unions the blocks' columns; nothing is sampled). The row rules after that
+(duplicates, quarantine) are in `jobs.contract.rows`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +40,13 @@ from jobs.config import StorageConfig
 from jobs.contract.schema import (
     CONTRACT_COLUMNS,
     CONTRACT_SCHEMA,
+    CONTROL_CHARACTERS,
     EVENT_TYPES,
+    INTERNAL_COLUMNS,
+    LINE,
+    MAX_LINE_BYTES,
+    RAW,
+    RAW_KEEP_BYTES,
     REASON,
     REQUIRED,
     SOURCE,
@@ -38,6 +54,7 @@ from jobs.contract.schema import (
     TS_RAW,
     TS_TYPE,
     canonical_schema,
+    coerce,
 )
 from jobs.errors import UserError
 from jobs.storage import check_bucket, exists, filesystem_for, fs_path, list_files, with_scheme
@@ -45,6 +62,12 @@ from jobs.storage import check_bucket, exists, filesystem_for, fs_path, list_fil
 log = logging.getLogger(__name__)
 
 FILE_PATH = "path"  # the column Ray Data's include_paths adds: the file as its filesystem names it
+READ_CHUNK_BYTES = 16 << 20  # JSON Lines are read in blocks of about this many bytes of whole lines
+# pyarrow's JSON parser recurses: a line nested some 20,000 levels deep crashes the process. A block that may
+# hold a line nested deeper than this is parsed line by line (Python's json stops at its recursion limit).
+SAFE_DEPTH = 2000
+BOM = b"\xef\xbb\xbf"
+TsRange = tuple[dt.datetime, dt.datetime]
 
 
 @dataclass
@@ -58,10 +81,14 @@ class InputFile:
 
 @dataclass
 class InputPlan:
-    """What the driver learned from the cheap checks: the files, grouped by format and schema."""
+    """What the driver learned from the cheap checks: the files, grouped by format and schema.
+
+    `extra_columns` are those of the Parquet footers; JSON keys are discovered while reading (`read_events`).
+    """
 
     files: list[InputFile]
     extra_columns: list[str] = field(default_factory=list)
+    empty_files: list[str] = field(default_factory=list)
 
     def groups(self) -> dict[tuple[str, str], list[InputFile]]:
         out: dict[tuple[str, str], list[InputFile]] = {}
@@ -73,6 +100,11 @@ class InputPlan:
     def source_prefix(self) -> str:
         """What turns a path as the filesystem names it back into the path the user gave ("s3://" or "")."""
         return with_scheme(self.files[0].path, "")
+
+
+def extra_columns_of(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The columns of a raw batch that are carried through untouched (not contract, internal or empty)."""
+    return [c for c in names if c and c not in CONTRACT_COLUMNS and c not in INTERNAL_COLUMNS and c[0] != "_"]
 
 
 # --------------------------------------------------------------------------------------------- file checks
@@ -91,26 +123,36 @@ def plan_input(path: str, storage: StorageConfig) -> InputPlan:
     fs, _ = filesystem_for(files[0], storage)
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         checked = list(pool.map(lambda f: _check_file(f, fs), files))
+    empty = [f.path for f in checked if f.kind == "empty"]
+    readable = [f for f in checked if f.kind != "empty"]
+    if not readable:
+        raise UserError(f"input path {path} holds only empty files ({len(empty)} of 0 bytes): no events to read.")
     extra: set[str] = set()
-    for f in checked:
-        extra.update(c for c in f.columns if c not in CONTRACT_COLUMNS and c != FILE_PATH and not c.startswith("_"))
-    return InputPlan(files=checked, extra_columns=sorted(extra))
+    for f in readable:
+        if f.kind == "parquet":
+            extra.update(extra_columns_of([c for c in f.columns if c != FILE_PATH]))
+    return InputPlan(files=readable, extra_columns=sorted(extra), empty_files=empty)
 
 
 def _check_file(path: str, fs: pafs.FileSystem) -> InputFile:
     if fs.get_file_info(fs_path(path)).size == 0:
-        raise UserError(f"input file {path} is empty (0 bytes).")
+        return InputFile(path, "empty")
     if ".parquet" in path.lower().rsplit("/", 1)[-1]:
         return _check_parquet(path, fs)
-    records = _sample_json(path, fs)
-    if not records:
-        raise UserError(f"input file {path} is empty (no JSON lines).")
+    records, lines = _sample_json(path, fs)
+    if lines and not records:
+        raise UserError(
+            f"input file {path} is not JSON Lines: none of its first {lines} lines is a JSON object "
+            "(one JSON object per line is expected)."
+        )
     keys: set[str] = set()
     for r in records:
         keys.update(r)
     missing = [c for c in REQUIRED if c not in keys]
-    if missing:
-        raise UserError(f"input file {path} has no required field {', '.join(missing)} in its first records.")
+    if records and missing:
+        raise UserError(
+            f"input file {path} has no required field {', '.join(missing)} in any of its first {len(records)} records."
+        )
     return InputFile(path, "json", None, tuple(sorted(keys)), "json")
 
 
@@ -133,53 +175,218 @@ def _check_parquet(path: str, fs: pafs.FileSystem) -> InputFile:
     return InputFile(path, "parquet", meta.num_rows, columns, key)
 
 
-def _sample_json(path: str, fs: pafs.FileSystem, max_bytes: int = 256 * 1024, max_lines: int = 500) -> list[dict]:
+def _sample_json(path: str, fs: pafs.FileSystem, max_bytes: int = 256 * 1024, max_lines: int = 200):
+    """(JSON objects among the first lines, non-blank lines looked at): a format check, not a schema."""
     try:
         # compression is detected from the extension (.gz): only the first bytes are inflated
         with fs.open_input_stream(fs_path(path), compression="detect") as handle:
-            raw = handle.read(max_bytes)
+            raw = handle.read(max_bytes).removeprefix(BOM)
     except (OSError, EOFError, pa.ArrowInvalid) as exc:
         raise UserError(f"input file {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}).") from None
     lines = raw.split(b"\n")
     if len(raw) >= max_bytes and len(lines) > 1:
-        lines = lines[:-1]  # the last line may be cut
-    records = []
-    for number, line in enumerate(lines[:max_lines], start=1):
+        lines = lines[:-1]  # the last line may be cut (a first line longer than the sample is not judged)
+    lines = [line for line in lines if line.strip()][:max_lines]
+    if len(raw) >= max_bytes and len(lines) <= 1:
+        return [], 0
+    records = [record for record, reason in map(_parse_line, lines) if reason is None]
+    return records, len(lines)
+
+
+# ----------------------------------------------------------------------------------- JSON Lines blocks
+
+
+def read_json_lines(stream, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[pa.Table]:
+    """Raw tables (JSON types as parsed, plus `_line`, and `_reason`/`_raw` on lines that are not rows).
+
+    Reads `stream` (a binary file object) in blocks of whole lines; a line longer than `MAX_LINE_BYTES` is
+    skipped to its end without holding it and becomes one `line_too_long` row. Blank lines are not rows.
+    """
+    line = 1
+    rest = b""
+    overlong: list | None = None  # [line number, first bytes, size] of a line being skipped
+    first = True
+    while True:
+        data = stream.read(chunk_bytes)
+        if not data:
+            break
+        if first:
+            data, first = data.removeprefix(BOM), False  # a UTF-8 byte order mark starts some exports
+        if overlong is not None:
+            end = data.find(b"\n")
+            if end < 0:
+                overlong[2] += len(data)
+                continue
+            overlong[2] += end
+            yield _too_long(*overlong)
+            line += 1
+            overlong, data = None, data[end + 1 :]
+        buffer = rest + data if rest else data
+        cut = buffer.rfind(b"\n")
+        if cut < 0:
+            block, rest = b"", buffer
+        else:
+            block, rest = buffer[: cut + 1], buffer[cut + 1 :]
+        if block:
+            yield parse_block(block, line)
+            line += block.count(b"\n")
+        if len(rest) > MAX_LINE_BYTES:
+            overlong, rest = [line, rest[:RAW_KEEP_BYTES], len(rest)], b""
+    if overlong is not None:
+        yield _too_long(*overlong)
+    elif rest.strip():
+        yield parse_block(rest, line)
+
+
+def parse_block(block: bytes, first_line: int) -> pa.Table:
+    """Whole lines -> a raw table with `_line`; pyarrow's reader first, line by line if it cannot."""
+    expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+    if _needs_line_by_line(block):
+        return parse_lines(block, first_line)
+    try:
+        table = pajson.read_json(pa.BufferReader(block), read_options=pajson.ReadOptions(block_size=MAX_LINE_BYTES))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        return parse_lines(block, first_line)
+    if table.num_rows != expected:  # blank lines, or several objects on a line: number them one by one
+        return parse_lines(block, first_line)
+    return table.append_column(LINE, pa.array(np.arange(first_line, first_line + expected, dtype=np.int64)))
+
+
+def _needs_line_by_line(block: bytes) -> bool:
+    """Whether pyarrow must not parse this block: bytes that are not UTF-8 (it would keep them), a line past
+    MAX_LINE_BYTES, or one nested past SAFE_DEPTH. Both need a line longer than 2 * SAFE_DEPTH bytes, which
+    covers a whole window of SAFE_DEPTH bytes without a newline: a cheap scan; only then are lines looked at."""
+    if not block.isascii():
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+    step = SAFE_DEPTH
+    if all(block.find(b"\n", start, start + step) >= 0 for start in range(0, len(block) - step + 1, step)):
+        return False
+    return any(
+        len(line) > MAX_LINE_BYTES or line.count(b"[") + line.count(b"{") > SAFE_DEPTH
+        for line in block.split(b"\n")
+        if len(line) > 2 * step
+    )
+
+
+def parse_lines(block: bytes, first_line: int) -> pa.Table:
+    """Line by line: a row per non-blank line; a line that is not a JSON object is a row with a reason."""
+    records: list[dict] = []
+    numbers: list[int] = []
+    reasons: list[str | None] = []
+    raws: list[str | None] = []
+    for offset, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise UserError(f"input file {path} is not JSON Lines: line {number} is not a JSON object.") from None
-        if not isinstance(record, dict):
-            raise UserError(f"input file {path} is not JSON Lines: line {number} is not a JSON object.")
+        record, reason = _parse_line(line)
         records.append(record)
-    return records
+        numbers.append(first_line + offset)
+        reasons.append(reason)
+        raws.append(escape_raw(line))  # kept by `normalise_batch` only for rows with a reason
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    columns: dict[str, pa.Array] = {}
+    for key in keys:
+        array, nested = _json_column([r.get(key) for r in records])
+        columns[key] = array
+        if key in CONTRACT_COLUMNS and nested is not None:
+            # a mixed column of objects/lists and scalars: the objects are bad values of a contract column
+            reasons = [f"bad_type:{key}" if bad and r is None else r for r, bad in zip(reasons, nested)]
+    columns[LINE] = pa.array(numbers, pa.int64())
+    columns[REASON] = pa.array(reasons, pa.string())
+    columns[RAW] = pa.array(raws, pa.string())
+    return pa.table(columns)
+
+
+def _parse_line(line: bytes) -> tuple[dict, str | None]:
+    if len(line) > MAX_LINE_BYTES:
+        return {}, "line_too_long"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}, "invalid_utf8"
+    try:
+        record = json.loads(text)  # NaN and Infinity are read (as pyarrow does): a bad number, not a bad line
+    except (ValueError, RecursionError):
+        return {}, "unparseable_json"
+    if not isinstance(record, dict):
+        return {}, "unparseable_json"
+    if "\\u" in text.lower():
+        try:  # an escaped lone surrogate (\ud800) is no character: the line is not valid Unicode
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return {}, "invalid_utf8"
+    return record, None
+
+
+def _json_column(values: list) -> tuple[pa.Array, list[bool] | None]:
+    """(the column as pyarrow types it, None) or, when its values mix types or nest, (JSON text, which nest)."""
+    kinds = {type(v) for v in values if v is not None}
+    if not kinds & {dict, list} and not (bool in kinds and len(kinds) > 1):  # pyarrow would read true as 1
+        try:
+            return pa.array(values), None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+    nested = [isinstance(v, (dict, list)) for v in values]
+    texts = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
+    return pa.array(texts, pa.string()), nested
+
+
+def _too_long(line: int, head: bytes, size: int) -> pa.Table:
+    return pa.table(
+        {
+            LINE: pa.array([line], pa.int64()),
+            REASON: pa.array(["line_too_long"], pa.string()),
+            RAW: pa.array([escape_raw(head, size)], pa.string()),
+        }
+    )
+
+
+def escape_raw(line: bytes, size: int | None = None) -> str:
+    """A line's raw text for the quarantine: bytes that are not UTF-8 escaped as \\xNN; a line longer than
+    RAW_KEEP_BYTES (or `size`, the length of a line of which only the start was kept) is cut and says so."""
+    size = len(line) if size is None else size
+    text = line[:RAW_KEEP_BYTES].decode("utf-8", "backslashreplace")
+    return text if size <= RAW_KEEP_BYTES else f"{text}... ({size} bytes)"
 
 
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def read_events(plan: InputPlan, storage: StorageConfig):
-    """One Ray Dataset of canonical batches for all files (a union of one read per file group)."""
-    import ray.data  # heavy; the serving path imports this module only for `normalise_batch`
+def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> tuple[list, list[str]]:
+    """(refs of canonical blocks, extra columns): every file read by Ray Data, all blocks on one schema.
+
+    The extra columns are every key any row carried; a block that lacks some gets them as nulls.
+    """
+    import ray  # heavy; the serving path imports this module only for `normalise_batch`
+    import ray.data
 
     fs, _ = filesystem_for(plan.files[0].path, storage)
-    normalise = {"extra_columns": plan.extra_columns, "source_prefix": plan.source_prefix}
     datasets = []
     for (kind, _key), files in sorted(plan.groups().items()):
         paths = [fs_path(f.path) for f in files]
         if kind == "parquet":
             ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, file_extensions=None)
+            kwargs = {"extra_columns": plan.extra_columns, "source_prefix": plan.source_prefix, "ts_range": ts_range}
+            ds = ds.map_batches(normalise_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs)
         else:
-            # pyarrow's JSON reader (Ray's default) reads newline-delimited JSON; `lines=True` would switch
-            # to pandas, which takes no filesystem (our S3 endpoint/credentials chain)
-            ds = ray.data.read_json(paths, filesystem=fs, include_paths=True, file_extensions=None)
-        datasets.append(ds.map_batches(normalise_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=normalise))
-    return datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+            source = _json_lines_datasource()(paths, filesystem=fs, prefix=plan.source_prefix, ts_range=ts_range)
+            ds = ray.data.read_datasource(source)
+        datasets.append(ds)
+    ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+    blocks = ds.to_arrow_refs()
+    column_names = ray.remote(num_cpus=0.25)(_column_names)
+    names = ray.get([column_names.remote(b) for b in blocks])
+    extra = sorted({c for cols in names for c in extra_columns_of(cols)})
+    target = canonical_schema(extra).names
+    conform_remote = ray.remote(num_cpus=0.25)(conform)
+    return [b if cols == target else conform_remote.remote(b, extra) for b, cols in zip(blocks, names)], extra
 
 
-def read_events_local(plan: InputPlan, storage: StorageConfig) -> pa.Table:
+def read_events_local(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> pa.Table:
     """The same reading in one process (the benchmark's baseline, small tests): pyarrow, the same normaliser."""
     fs, _ = filesystem_for(plan.files[0].path, storage)
     tables = []
@@ -187,38 +394,56 @@ def read_events_local(plan: InputPlan, storage: StorageConfig) -> pa.Table:
         path = fs_path(f.path)
         if f.kind == "parquet":
             table = pq.read_table(path, filesystem=fs)
+            table = table.append_column(FILE_PATH, pa.array([path] * table.num_rows, pa.string()))
+            tables.append(normalise_batch(table, plan.extra_columns, plan.source_prefix, ts_range))
         else:
-            compression = "gzip" if path.lower().endswith(".gz") else None
-            with fs.open_input_stream(path, compression=compression) as handle:
-                table = pajson.read_json(handle)
-        table = table.append_column(FILE_PATH, pa.array([path] * table.num_rows, pa.string()))
-        tables.append(normalise_batch(table, plan.extra_columns, plan.source_prefix))
-    return pa.concat_tables(tables)
+            tables.extend(read_json_file(fs, path, plan.source_prefix, ts_range))
+    extra = sorted({c for t in tables for c in extra_columns_of(t.column_names)})
+    return pa.concat_tables([conform(t, extra) for t in tables])
+
+
+def read_json_file(fs: pafs.FileSystem, path: str, source_prefix: str, ts_range: TsRange | None) -> list[pa.Table]:
+    """One JSON Lines file (compression from its extension) -> canonical tables with its own extra columns."""
+    with fs.open_input_stream(path, compression="detect") as handle:
+        return list(normalise_json_blocks(handle, source_prefix + path, ts_range))
+
+
+def normalise_json_blocks(stream, source: str, ts_range: TsRange | None) -> Iterator[pa.Table]:
+    for raw in read_json_lines(stream):
+        yield normalise_batch(raw, extra_columns_of(raw.column_names), ts_range=ts_range, source_file=source)
+
+
+def conform(table: pa.Table, extra_columns: list[str]) -> pa.Table:
+    """A canonical table with (a subset of) these extra columns -> exactly `canonical_schema(extra_columns)`."""
+    schema = canonical_schema(extra_columns)
+    n = table.num_rows
+    names = set(table.column_names)
+    return pa.table([table.column(f.name) if f.name in names else pa.nulls(n, f.type) for f in schema], schema=schema)
+
+
+def _json_lines_datasource():
+    """The Ray Data source of JSON Lines files (defined lazily: Ray is a heavy import)."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class JsonLinesDatasource(FileBasedDatasource):
+        """Each file read as a stream of canonical blocks (`normalise_json_blocks`); `.gz` inflated."""
+
+        def __init__(self, paths, *, filesystem, prefix: str, ts_range: TsRange | None):
+            super().__init__(paths, filesystem=filesystem, file_extensions=None)
+            self._prefix = prefix
+            self._ts_range = ts_range
+
+        def _read_stream(self, f, path: str):
+            yield from normalise_json_blocks(f, self._prefix + path, self._ts_range)
+
+    return JsonLinesDatasource
+
+
+def _column_names(table: pa.Table) -> list[str]:
+    return table.column_names
 
 
 # ------------------------------------------------------------------------------------- batch normaliser
-
-
-def coerce(column: pa.ChunkedArray | pa.Array, type_: pa.DataType) -> pa.Array:
-    """Cast a column to the contract type; values that do not fit become null (never a crash)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if column.type == type_:
-        return column
-    if pa.types.is_string(type_):
-        try:
-            return pc.cast(column, type_)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            texts = [v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in column.to_pylist()]
-            return pa.array(texts, type_)
-    try:
-        return pc.cast(column, type_)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = pd.to_numeric(pd.Series(column.to_pylist(), dtype=object), errors="coerce")
-        if pa.types.is_integer(type_):
-            values = values.where(values == values.round())
-            return pa.array(values.astype("Int64"), type_, from_pandas=True)
-        return pa.array(values.astype("float64"), type_, from_pandas=True)
 
 
 def parse_ts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -232,35 +457,65 @@ def parse_ts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
         return pc.cast(column, TS_TYPE), raw
     if pa.types.is_date(column.type):
         return pc.cast(pc.cast(column, pa.timestamp("us")), TS_TYPE), pc.cast(column, pa.string())
-    raw = coerce(column, pa.string()) if not pa.types.is_null(column.type) else pa.nulls(len(column), pa.string())
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-        return pa.nulls(len(column), TS_TYPE), raw  # a number is not a contract timestamp
+    if pa.types.is_null(column.type):
+        return pa.nulls(len(column), TS_TYPE), pa.nulls(len(column), pa.string())
+    raw = _as_text(column)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return pa.nulls(len(column), TS_TYPE), raw  # a number (or an object) is not a contract timestamp
     series = pd.Series(raw.to_numpy(zero_copy_only=False), dtype=object)
     parsed = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
     return pa.array(parsed.astype("datetime64[us, UTC]"), TS_TYPE, from_pandas=True), raw
 
 
-def normalise_batch(batch: pa.Table, extra_columns: list[str], source_prefix: str = "") -> pa.Table:
+def _as_text(column: pa.Array) -> pa.Array:
+    """Any column as strings: scalars cast, objects and lists as their JSON text (extra columns, raw ts)."""
+    if pa.types.is_nested(column.type):
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in column.to_pylist()], pa.string())
+    values, _ = coerce(column, pa.string())
+    return values
+
+
+def normalise_batch(
+    batch: pa.Table,
+    extra_columns: list[str],
+    source_prefix: str = "",
+    ts_range: TsRange | None = None,
+    source_file: str | None = None,
+) -> pa.Table:
     """One raw batch -> the canonical schema, with `_reason` set on rows that break the contract.
 
-    `source_prefix` goes in front of the file paths of the `path` column (see `InputPlan.source_prefix`).
+    The source file is `source_file`, else `source_prefix` + the `path` column (see
+    `InputPlan.source_prefix`). A `_reason` already in the batch (a line the JSON reader could not parse)
+    comes first; then, in this order: bad_type:COLUMN, missing_*, control_characters, unparseable_ts,
+    implausible_ts (outside `ts_range`, inclusive), unknown_event_type. A row with a reason keeps its raw text
+    (`_raw`: the line as read, else the row as JSON).
     """
     n = batch.num_rows
     names = set(batch.column_names)
     arrays: dict[str, pa.Array] = {}
+    reasons: list[tuple[str, pa.Array]] = []
+    present_strings = []
     for f in CONTRACT_SCHEMA:
         if f.name == "ts":
             continue
-        arrays[f.name] = coerce(batch.column(f.name), f.type) if f.name in names else pa.nulls(n, f.type)
+        if f.name not in names:
+            arrays[f.name] = pa.nulls(n, f.type)
+            continue
+        arrays[f.name], bad = coerce(batch.column(f.name), f.type)
+        reasons.append((f"bad_type:{f.name}", bad))
+        if pa.types.is_string(f.type):
+            present_strings.append(f.name)
     if "ts" in names:
         ts, ts_raw = parse_ts(batch.column("ts"))
     else:
         ts, ts_raw = pa.nulls(n, TS_TYPE), pa.nulls(n, pa.string())
     arrays["ts"] = ts
     for c in extra_columns:
-        arrays[c] = coerce(batch.column(c), pa.string()) if c in names else pa.nulls(n, pa.string())
-    if FILE_PATH in names:
-        source = coerce(batch.column(FILE_PATH), pa.string())
+        arrays[c] = _as_text(batch.column(c)) if c in names else pa.nulls(n, pa.string())
+    if source_file is not None:
+        source = pa.array(np.full(n, source_file, dtype=object), pa.string())
+    elif FILE_PATH in names:
+        source = coerce(batch.column(FILE_PATH), pa.string())[0]
         if source_prefix:
             source = pc.binary_join_element_wise(pa.scalar(source_prefix), source, "")
     else:
@@ -269,20 +524,45 @@ def normalise_batch(batch: pa.Table, extra_columns: list[str], source_prefix: st
     for c in ("event_id", "partner_id", "event_type"):
         trimmed = pc.utf8_trim_whitespace(arrays[c])
         arrays[c] = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
-    reason = pa.nulls(n, pa.string())
-    checks = [
+    control = None
+    for c in present_strings:
+        found = pc.fill_null(pc.match_substring_regex(arrays[c], CONTROL_CHARACTERS), False)
+        control = found if control is None else pc.or_(control, found)
+    reasons += [
         ("missing_event_id", pc.is_null(arrays["event_id"])),
         ("missing_ts", pc.or_(pc.is_null(ts_raw), pc.equal(pc.fill_null(pc.utf8_trim_whitespace(ts_raw), ""), ""))),
         ("missing_partner_id", pc.is_null(arrays["partner_id"])),
         ("missing_event_type", pc.is_null(arrays["event_type"])),
-        ("unparseable_ts", pc.is_null(ts)),
-        ("unknown_event_type", pc.invert(pc.is_in(arrays["event_type"], pa.array(EVENT_TYPES)))),
     ]
-    for name, mask in checks:
+    if control is not None:
+        reasons.append(("control_characters", control))
+    reasons.append(("unparseable_ts", pc.is_null(ts)))
+    if ts_range is not None:
+        low, high = (pa.scalar(t, TS_TYPE) for t in ts_range)
+        reasons.append(("implausible_ts", pc.or_(pc.less(ts, low), pc.greater(ts, high))))
+    reasons.append(("unknown_event_type", pc.invert(pc.is_in(arrays["event_type"], pa.array(EVENT_TYPES)))))
+    reason = batch.column(REASON).combine_chunks() if REASON in names else pa.nulls(n, pa.string())
+    for name, mask in reasons:
         mask = pc.fill_null(mask, True)
         reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(name), reason)
     arrays[SOURCE] = source
     arrays[REASON] = reason
     arrays[TS_RAW] = ts_raw
+    arrays[LINE] = batch.column(LINE).combine_chunks() if LINE in names else pa.nulls(n, pa.int64())
+    arrays[RAW] = _raw_text(batch, reason)
     schema = canonical_schema(extra_columns)
     return pa.table([arrays[f.name] for f in schema], schema=schema)
+
+
+def _raw_text(batch: pa.Table, reason: pa.Array) -> pa.Array:
+    """The raw text of the rows with a reason: the line as read if the reader kept it, else the row as JSON."""
+    raw = batch.column(RAW).combine_chunks() if RAW in batch.column_names else pa.nulls(batch.num_rows, pa.string())
+    raw = pc.if_else(pc.is_valid(reason), raw, pa.scalar(None, pa.string()))
+    missing = np.flatnonzero(pc.and_(pc.is_valid(reason), pc.is_null(raw)).to_numpy(zero_copy_only=False))
+    if len(missing) == 0:
+        return raw
+    columns = [c for c in batch.column_names if c not in INTERNAL_COLUMNS and c != FILE_PATH]
+    rows = batch.select(columns).take(pa.array(missing)).to_pylist()
+    values = raw.to_numpy(zero_copy_only=False).astype(object)
+    values[missing] = [json.dumps(r, default=str, ensure_ascii=False)[:RAW_KEEP_BYTES] for r in rows]
+    return pa.array(values, pa.string())

@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.contract.schema import REASON, SOURCE, TS_RAW, canonical_schema
+from jobs.contract.schema import LINE, RAW, REASON, SOURCE, TS_RAW, canonical_schema
 from jobs.errors import UserError
 from jobs.raykit.shuffle import hash_columns
 
 # internal column -> its name in the quarantine table
-_QUARANTINE_NAMES = {TS_RAW: "ts_raw", REASON: "reason", SOURCE: "source_file"}
+_QUARANTINE_NAMES = {TS_RAW: "ts_raw", REASON: "reason", SOURCE: "source_file", LINE: "line", RAW: "raw"}
 
 
 def split_invalid(table: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -42,7 +42,7 @@ def dedupe(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     _, counts = np.unique(key, return_counts=True)
     if (counts > 1).sum() == 0:
         return valid, invalid
-    content = hash_columns(valid, [c for c in valid.column_names if c != REASON])
+    content = hash_columns(valid, [c for c in valid.column_names if c not in (REASON, LINE, RAW)])
     ts = valid.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
     src = valid.column(SOURCE).fill_null("").to_numpy(zero_copy_only=False).astype(str)
     src_rank = np.unique(src, return_inverse=True)[1]
@@ -60,9 +60,11 @@ def dedupe(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 
 def quarantine_schema(extra_columns: list[str]) -> pa.Schema:
-    """The quarantine table: contract + extra columns, then ts_raw, reason, source_file."""
-    fields = [f for f in canonical_schema(extra_columns) if f.name not in _QUARANTINE_NAMES]
-    return pa.schema(fields + [pa.field(_QUARANTINE_NAMES[c], pa.string()) for c in (TS_RAW, REASON, SOURCE)])
+    """The quarantine table: contract + extra columns, then ts_raw, reason, source_file, line, raw."""
+    canonical = canonical_schema(extra_columns)
+    fields = [f for f in canonical if f.name not in _QUARANTINE_NAMES]
+    internal = [canonical.field(c).with_name(_QUARANTINE_NAMES[c]) for c in (TS_RAW, REASON, SOURCE, LINE, RAW)]
+    return pa.schema(fields + internal)
 
 
 def to_quarantine(rows: pa.Table, extra_columns: list[str]) -> pa.Table:
@@ -84,6 +86,22 @@ def reason_counts(rows: pa.Table, column: str = REASON) -> dict[str, int]:
     return {v["values"].as_py(): v["counts"].as_py() for v in counts}
 
 
+def quarantine_examples(rows: pa.Table) -> dict[str, str]:
+    """The first row of each reason as `FILE line N` (or `FILE` for Parquet): where a user looks first."""
+    if rows.num_rows == 0:
+        return {}
+    first = (
+        rows.select([REASON, SOURCE, LINE])
+        .group_by(REASON, use_threads=False)
+        .aggregate([(SOURCE, "first"), (LINE, "min")])
+    )
+    out = {}
+    for row in first.to_pylist():
+        where = row[f"{SOURCE}_first"] or "?"
+        out[row[REASON]] = where if row[f"{LINE}_min"] is None else f"{where} line {row[f'{LINE}_min']}"
+    return out
+
+
 def merge_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     """The sum of per-partition counts, sorted by key."""
     total: dict[str, int] = {}
@@ -94,15 +112,28 @@ def merge_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
 
 
 def check_quarantine_share(
-    rows_in: int, reasons: dict[str, int], max_share: float, source: str, quarantine_table: str
+    rows_in: int,
+    reasons: dict[str, int],
+    max_share: float,
+    source: str,
+    quarantine_table: str,
+    examples: dict[str, str] | None = None,
 ) -> float:
-    """The quarantined share of the input; a UserError when there are no rows or the share passes the limit."""
+    """The quarantined share of the input; a UserError when there are no rows or the share passes the limit.
+
+    The message counts every reason, the first place each was seen (`examples`, from `quarantine_examples`)
+    and, for `bad_type:FIELD`, the field: one paragraph, no row content.
+    """
     if rows_in == 0:
         raise UserError(f"input {source} holds no rows.")
     quarantined = sum(reasons.values())
     share = quarantined / rows_in
     if share > max_share:
-        by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        examples = examples or {}
+        by_reason = ", ".join(
+            f"{k}: {v}" + (f" (first: {examples[k]})" if k in examples else "")
+            for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
         raise UserError(
             f"{quarantined} of {rows_in} input rows ({share:.2%}) broke the input contract, more than "
             f"input.max_quarantine_share={max_share:.2%} ({by_reason}); the rows and their reasons are in "

@@ -8,6 +8,7 @@ failed run still shows its rows); identity resolution runs as Ray tasks (`jobs.i
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -18,13 +19,20 @@ import ray.data
 
 from jobs.config import ResolveView
 from jobs.contract.reading import plan_input, read_events
-from jobs.contract.rows import check_quarantine_share, merge_counts, quarantine_schema, reason_counts, to_quarantine
+from jobs.contract.rows import (
+    check_quarantine_share,
+    merge_counts,
+    quarantine_examples,
+    quarantine_schema,
+    reason_counts,
+    to_quarantine,
+)
 from jobs.identity import steps
 from jobs.identity.distributed import RayExecutor
 from jobs.identity.junk import AUDIT_SCHEMA, blocklists
 from jobs.identity.personas import IDENTITY_MAP_SCHEMA, PERSONA_SCHEMA
 from jobs.identity.rounds import attach_personas, check_rows, count_rows, resolve_identity
-from jobs.run.stage import InputEvents
+from jobs.run.stage import InputEvents, RunIdentity
 from jobs.storage import TableOut
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ log = logging.getLogger(__name__)
 
 def run(
     view: ResolveView,
+    run_identity: RunIdentity,
     events: InputEvents,
     quarantine: TableOut,
     events_resolved: TableOut,
@@ -41,8 +50,12 @@ def run(
 ) -> dict[str, Any]:
     clock = _Clock()
     plan = plan_input(events.path, events.storage)
+    if plan.empty_files:
+        log.warning(
+            "%d input files are empty (0 bytes) and hold no events: %s", len(plan.empty_files), plan.empty_files[:5]
+        )
     ex = RayExecutor(view.num_partitions)
-    blocks = read_events(plan, events.storage).to_arrow_refs()
+    blocks, extra_columns = read_events(plan, events.storage, plausible_ts(view, run_identity))
     parts, block_rows = ex.map(
         steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1
     )
@@ -54,15 +67,18 @@ def run(
     rows_quarantined = sum(rows.reasons.values())
     if rows.rows_kept + rows_quarantined != rows_in:
         raise AssertionError(f"rows in {rows_in} != kept {rows.rows_kept} + quarantined {rows_quarantined}")
-    (quarantined,) = ex.map(to_quarantine, [(b, plan.extra_columns) for b in rows.quarantined], [None])
-    _publish(quarantine, quarantined, rows_quarantined, quarantine_schema(plan.extra_columns))
-    log.info("read %d rows: %d valid, %d quarantined", rows_in, rows.rows_kept, rows_quarantined)
-    share = check_quarantine_share(rows_in, rows.reasons, view.input.max_quarantine_share, events.path, quarantine.path)
+    (quarantined,) = ex.map(to_quarantine, [(b, extra_columns) for b in rows.quarantined], [None])
+    _publish(quarantine, quarantined, rows_quarantined, quarantine_schema(extra_columns))
+    log.info("read %d rows: %d valid, %d quarantined %s", rows_in, rows.rows_kept, rows_quarantined, rows.reasons)
+    examples = _first_examples(ex, rows.quarantined) if rows_quarantined else {}
+    share = check_quarantine_share(
+        rows_in, rows.reasons, view.input.max_quarantine_share, events.path, quarantine.path, examples
+    )
     clock.mark("validate+quarantine")
     identity = resolve_identity(ex, rows.slim, view.identity)
     resolved = attach_personas(ex, rows.kept, identity.event_personas)
     clock.mark("identity+attach")
-    _publish(events_resolved, resolved.parts, resolved.rows, steps.resolved_schema(plan.extra_columns))
+    _publish(events_resolved, resolved.parts, resolved.rows, steps.resolved_schema(extra_columns))
     _publish(identity_map, identity.identity_map, identity.figures["identifiers_linked"], IDENTITY_MAP_SCHEMA)
     audited = count_rows(ex, identity.audit)
     _publish(identity_audit, identity.audit, audited, AUDIT_SCHEMA)
@@ -81,11 +97,29 @@ def run(
         "identifiers_audited": audited,
         "audited_by_rule": merge_counts(ex.get(rule_counts)),
         "files": len(plan.files),
+        "empty_files": plan.empty_files,
         "partitions": view.num_partitions,
         **identity.figures,
         "stage_seconds": clock.seconds,
         "driver_rss_mb_after": clock.rss_mb,
     }
+
+
+def plausible_ts(view: ResolveView, identity: RunIdentity) -> tuple[dt.datetime, dt.datetime]:
+    """Events from `input.plausible_ts_from` to the end of the day after the run date (UTC), inclusive."""
+    low = dt.datetime.combine(view.input.plausible_ts_from, dt.time(), dt.timezone.utc)
+    high = dt.datetime.combine(identity.run_date + dt.timedelta(days=2), dt.time(), dt.timezone.utc)
+    return low, high - dt.timedelta(microseconds=1)
+
+
+def _first_examples(ex: RayExecutor, quarantined: list) -> dict[str, str]:
+    """Where each reason was first seen (file and line), for the share limit's message."""
+    (found,) = ex.map(quarantine_examples, [(b,) for b in quarantined], [None])
+    examples: dict[str, str] = {}
+    for part in ex.get(found):
+        for reason, where in part.items():
+            examples.setdefault(reason, where)
+    return examples
 
 
 def _publish(table: TableOut, parts: list, rows: int, schema: pa.Schema) -> None:

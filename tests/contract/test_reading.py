@@ -40,7 +40,7 @@ def test_normalise_batch_types_and_row_rules():
     assert out.schema == canonical_schema(["true_person_id"])
     assert reasons(out) == [
         None,
-        None,
+        "bad_type:price",
         "missing_event_id",
         "unparseable_ts",
         "unknown_event_type",
@@ -50,7 +50,7 @@ def test_normalise_batch_types_and_row_rules():
     ts = out.column("ts").to_pylist()
     assert ts[0] == dt.datetime(2026, 1, 1, 10, tzinfo=dt.timezone.utc)
     assert ts[1] == dt.datetime(2026, 1, 1, 10, tzinfo=dt.timezone.utc)  # offsets become UTC
-    assert out.column("price").to_pylist()[:2] == [10.5, None]  # a bad optional value becomes null
+    assert out.column("price").to_pylist()[:2] == [10.5, None]  # "10.5" is a number; "x" costs the row
     assert out.column("true_person_id").to_pylist()[:2] == ["1", "2"]  # extra columns as strings
     assert out.column("email").null_count == 7  # optional columns missing from the file are null
     assert out.column(TS_RAW).to_pylist()[3] == "yesterday"
@@ -79,10 +79,14 @@ def test_missing_path_and_empty_folder(tmp_path):
         plan_input("", LOCAL)
 
 
-def test_empty_file_is_named(tmp_path):
+def test_empty_files_are_listed_and_skipped(tmp_path):
     write_parquet(tmp_path / "good.parquet", rows())
     (tmp_path / "events-empty.jsonl").write_bytes(b"")
-    with pytest.raises(UserError, match="events-empty.jsonl is empty"):
+    plan = plan_input(str(tmp_path), LOCAL)
+    assert plan.empty_files == [str(tmp_path / "events-empty.jsonl")]
+    assert [f.path for f in plan.files] == [str(tmp_path / "good.parquet")]
+    (tmp_path / "good.parquet").unlink()
+    with pytest.raises(UserError, match="holds only empty files"):
         plan_input(str(tmp_path), LOCAL)
 
 
@@ -129,9 +133,10 @@ def test_read_mixed_files_to_one_schema(ray_cluster, tmp_path):
         f.write("\n".join(json.dumps(r) for r in _jsonable(rows(2, partner="pd", ts="not a time"))))
     plan = plan_input(str(tmp_path), LOCAL)
     assert plan.extra_columns == ["campaign", "true_person_id"]
-    table = pa.concat_tables(ray_cluster.get(read_events(plan, LOCAL).to_arrow_refs()))
-    assert table.num_rows == 11
-    assert table.schema == canonical_schema(plan.extra_columns)
+    blocks, extra_columns = read_events(plan, LOCAL)
+    table = pa.concat_tables(ray_cluster.get(blocks))
+    assert table.num_rows == 11 and extra_columns == ["campaign", "true_person_id"]
+    assert table.schema == canonical_schema(extra_columns)
     by_partner = {p: table.filter(pc.equal(table.column("partner_id"), p)) for p in ("pa", "pb", "pc", "pd")}
     assert by_partner["pb"].column("campaign").to_pylist() == ["spring"] * 3
     assert by_partner["pa"].column("campaign").null_count == 4
@@ -153,6 +158,6 @@ def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_buc
     )
     plan = plan_input(f"{s3_bucket}/in/", storage)
     assert [f.path for f in plan.files] == [f"{s3_bucket}/in/a.parquet"] and plan.source_prefix == "s3://"
-    table = pa.concat_tables(ray_cluster.get(read_events(plan, storage).to_arrow_refs()))
+    table = pa.concat_tables(ray_cluster.get(read_events(plan, storage)[0]))
     local = read_events_local(plan, storage)
     assert table.column(SOURCE).to_pylist() == local.column(SOURCE).to_pylist() == [f"{s3_bucket}/in/a.parquet"] * 3

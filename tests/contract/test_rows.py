@@ -43,11 +43,13 @@ def test_rows_with_a_reason_go_to_the_quarantine_in_its_shape():
     assert kept.num_rows == 3 and reasons(bad) == ["unknown_event_type"]
     quarantine = to_quarantine(bad, ["true_person_id"])
     assert quarantine.schema == quarantine_schema(["true_person_id"])
-    assert quarantine.schema.names[-3:] == ["ts_raw", "reason", "source_file"]
+    assert quarantine.schema.names[-5:] == ["ts_raw", "reason", "source_file", "line", "raw"]
     assert set(quarantine.schema.names) >= set(canonical_schema(["true_person_id"]).names) - {
         "_ts_raw",
         "_reason",
         "_source_file",
+        "_line",
+        "_raw",
     }
     assert quarantine.to_pylist()[0]["event_id"] == "x" and quarantine.column("reason").to_pylist() == [
         "unknown_event_type"
