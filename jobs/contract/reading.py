@@ -409,7 +409,18 @@ def read_json_file(fs: pafs.FileSystem, path: str, source_prefix: str, ts_range:
 
 
 def normalise_json_blocks(stream, source: str, ts_range: TsRange | None) -> Iterator[pa.Table]:
-    for raw in read_json_lines(stream):
+    """Canonical tables of one JSON Lines stream; a stream that breaks off (a truncated .gz) names the file."""
+    blocks = read_json_lines(stream)
+    while True:
+        try:
+            raw = next(blocks)
+        except StopIteration:
+            return
+        except (OSError, EOFError, pa.ArrowInvalid) as exc:
+            raise UserError(
+                f"input file {source} cannot be read to its end ({type(exc).__name__}: {str(exc)[:200]}): it is "
+                "corrupt or truncated (a .gz file can be checked with gzip -t)."
+            ) from None
         yield normalise_batch(raw, extra_columns_of(raw.column_names), ts_range=ts_range, source_file=source)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from jobs.contract import (
     plan_input,
     quarantine_examples,
     read_events_local,
+    read_json_lines,
     reason_counts,
     split_invalid,
 )
@@ -271,3 +273,19 @@ def test_parquet_files_whose_types_drift(tmp_path):
     assert sorted(set(kept.column("price").to_pylist())) == [1.0, 12.5]
     assert json.loads(bad.filter(pc.equal(bad.column("event_id"), "t0")).column(RAW)[0].as_py())["price"] == "abc"
     assert bad.column(LINE).null_count == bad.num_rows  # Parquet rows have no line; the file is named
+
+
+def test_a_line_past_the_limit_across_small_reads_is_skipped_not_held():
+    data = file_with([line(good(90, note="z" * (MAX_LINE_BYTES * 2))), b"{broken"], at=5)
+    tables = list(read_json_lines(io.BytesIO(data), chunk_bytes=64 << 10))
+    reasons = [r for t in tables if REASON in t.column_names for r in t.column(REASON).to_pylist() if r]
+    lines = [n for t in tables for n in t.column(LINE).to_pylist()]
+    assert reasons == ["line_too_long", "unparseable_json"] and lines == list(range(1, GOOD_ROWS + 3))
+
+
+def test_a_truncated_gzip_file_is_named(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(file_with([]))
+    packed = gzip.compress(b"".join(line(good(i)) + b"\n" for i in range(5000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(UserError, match=r"cut\.jsonl\.gz cannot be read to its end"):
+        read_events_local(plan_input(str(tmp_path), LOCAL), LOCAL, TS_RANGE)
