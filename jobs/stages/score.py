@@ -6,6 +6,10 @@
     scores/<write id>/part-*     persona_id, segment, score, percentile, model_version, member, reasons
                                  (members' top-3 partner-safe labels, null for others; `jobs.model.reasons`)
 
+A segment without a model says why in one line (its card's reason), prefixed by what the data lacks for its
+kind when no persona shows that behaviour at all (`jobs.segments.needs`: "every persona is seen at one
+partner only: price_hunters needs views of one product at 2+ partners").
+
 Reads the features partition at the plan's `as_of` and the models bundle (each model checked against the
 config and the feature table first, `jobs.model.bundle`); scoring, percentiles and membership run on Ray
 (`jobs.model.scoring`), with the Parquet read fused into the scoring actors.
@@ -16,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 
+import ray
+
 from features.catalog import reason_labels
 from jobs.config import ScoreView
 from jobs.errors import UserError
@@ -24,6 +30,7 @@ from jobs.model.scoring import fused_read_args, score_dataset, segment_counts
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
 from jobs.segments.membership import SCORES_SCHEMA, score_distribution
+from jobs.segments.needs import FACT_COLUMNS, data_facts, unmet_need
 from jobs.storage import TableIn, TableOut, read_dataset
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,18 @@ def _model_specs(view: ScoreView, models: TableIn, table_features: list[str], ca
     return specs, skipped
 
 
+def _data_facts(features: TableIn, partition: dict, table_features: list[str]) -> dict[str, int]:
+    """Personas of the scored snapshot showing each behaviour a segment kind may need (`jobs.segments.needs`):
+    per-block counts of a few columns, summed here."""
+    columns = [c for c in FACT_COLUMNS if c in table_features]
+    ds = features.dataset(partition=partition, columns=columns or ["persona_id"])
+    totals: dict[str, int] = {}
+    for part in ray.get(ds.map_batches(data_facts, batch_format="pyarrow", batch_size=None).to_arrow_refs()):
+        for name, values in part.to_pydict().items():
+            totals[name] = totals.get(name, 0) + sum(values)
+    return totals
+
+
 def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scores: TableOut) -> dict:
     if not view.segments:
         raise UserError("no segments are configured: nothing to score.")
@@ -61,6 +80,13 @@ def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scor
         raise UserError(f"{features.path} has no features at the scoring cut-off {plan.as_of}: run the features stage.")
     table_features = [name for name in features.schema(partition).names if name not in ID_COLUMNS]
     specs, skipped = _model_specs(view, models, table_features, list(plan.categories))
+    if skipped:
+        facts = _data_facts(features, partition, table_features)
+        by_name = {seg.name: seg for seg in view.segments}
+        for item in skipped:
+            need = unmet_need(by_name[item["segment"]], facts)
+            if need:
+                item["reason"] = f"{need} ({item['reason']})"
     for item in skipped:
         log.warning("segment %s skipped: %s", item["segment"], item["reason"])
 
