@@ -80,9 +80,13 @@ def test_resolve_stage_tables_and_figures(ray_cluster, sample, tmp_path):
     counted = dict(zip(*[c.to_pylist() for c in pc.value_counts(audit.column("rule")).flatten()]))
     assert result["audited_by_rule"] == counted
 
-    # the distributed run gives exactly the single-process answer
+    # the distributed run gives exactly the single-process answer (bench_resolve's baseline): the same rows
     plan = plan_input(str(tmp_path / "events"), storage)
-    local = resolve_local(read_events_local(plan, storage), config.identity)["events_resolved"]
+    single = resolve_local(read_events_local(plan, storage), config.identity)
+    for name in ("personas", "identity_map", "events_resolved", "identity_audit"):
+        written = read_arrow(layout.table(name), storage)
+        assert _sorted(single[name].select(written.column_names).cast(written.schema)).equals(_sorted(written)), name
+    local = single["events_resolved"]
     local_map = dict(
         zip(
             zip(local.column("partner_id").to_pylist(), local.column("event_id").to_pylist()),
@@ -90,6 +94,15 @@ def test_resolve_stage_tables_and_figures(ray_cluster, sample, tmp_path):
         )
     )
     assert local_map == resolved(run_dir, storage)
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    """Rows in a defined order (every non-list column as a sort key; NaN as a sortable number)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_floating(field.type):
+            table = table.set_column(i, field, pc.if_else(pc.is_nan(table[field.name]), -1.0, table[field.name]))
+    keys = [(f.name, "ascending") for f in table.schema if not pa.types.is_list(f.type)]
+    return table.sort_by(keys).combine_chunks()
 
 
 def test_same_input_same_ids_and_a_later_day_keeps_ids(ray_cluster, sample, tmp_path):
