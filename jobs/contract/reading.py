@@ -27,6 +27,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -241,13 +242,20 @@ def read_json_lines(stream, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[pa.
 def parse_block(block: bytes, first_line: int) -> pa.Table:
     """Whole lines -> a raw table with `_line`; pyarrow's reader first, line by line if it cannot."""
     expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-    if _needs_line_by_line(block):
+    # pyarrow's reader is only handed lines that start an object: a file of `null` then `[["a", null]]`
+    # crashes it (pyarrow 26: a segmentation fault); blank lines also take the line-by-line path
+    objects = block.count(b"\n{") + block.startswith(b"{")
+    if objects != expected or _needs_line_by_line(block):
         return parse_lines(block, first_line)
     try:
         table = pajson.read_json(pa.BufferReader(block), read_options=pajson.ReadOptions(block_size=MAX_LINE_BYTES))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return parse_lines(block, first_line)
     if table.num_rows != expected:  # blank lines, or several objects on a line: number them one by one
+        return parse_lines(block, first_line)
+    if any(pa.types.is_nested(f.type) for f in table.schema):
+        # objects and lists become JSON text (or bad_type) either way; pyarrow's nested columns of nulls are
+        # malformed arrays in some versions, so those blocks go line by line
         return parse_lines(block, first_line)
     return table.append_column(LINE, pa.array(np.arange(first_line, first_line + expected, dtype=np.int64)))
 
@@ -409,7 +417,11 @@ def read_json_file(fs: pafs.FileSystem, path: str, source_prefix: str, ts_range:
 
 
 def normalise_json_blocks(stream, source: str, ts_range: TsRange | None) -> Iterator[pa.Table]:
-    """Canonical tables of one JSON Lines stream; a stream that breaks off (a truncated .gz) names the file."""
+    """Canonical tables of one JSON Lines stream; a stream that breaks off (a truncated .gz) names the file.
+
+    Hive folders in the path (`.../day=2026-01-01/x.jsonl`) give columns to rows that lack those keys.
+    """
+    partitions = hive_partitions(source)
     blocks = read_json_lines(stream)
     while True:
         try:
@@ -421,7 +433,19 @@ def normalise_json_blocks(stream, source: str, ts_range: TsRange | None) -> Iter
                 f"input file {source} cannot be read to its end ({type(exc).__name__}: {str(exc)[:200]}): it is "
                 "corrupt or truncated (a .gz file can be checked with gzip -t)."
             ) from None
+        for key, value in partitions.items():
+            if key not in raw.column_names:
+                raw = raw.append_column(key, pa.array(np.full(raw.num_rows, value, dtype=object), pa.string()))
+            elif pa.types.is_string(raw.schema.field(key).type) or pa.types.is_null(raw.schema.field(key).type):
+                filled = pc.fill_null(raw.column(key).cast(pa.string()), value)
+                raw = raw.set_column(raw.schema.get_field_index(key), key, filled)
         yield normalise_batch(raw, extra_columns_of(raw.column_names), ts_range=ts_range, source_file=source)
+
+
+def hive_partitions(path: str) -> dict[str, str]:
+    """KEY=VALUE folders of a file's path, outermost first."""
+    folders = path.split("/")[:-1]
+    return dict(unquote(f).split("=", 1) for f in folders if "=" in f and not f.startswith("="))
 
 
 def conform(table: pa.Table, extra_columns: list[str]) -> pa.Table:
@@ -573,7 +597,9 @@ def _raw_text(batch: pa.Table, reason: pa.Array) -> pa.Array:
     if len(missing) == 0:
         return raw
     columns = [c for c in batch.column_names if c not in INTERNAL_COLUMNS and c != FILE_PATH]
-    rows = batch.select(columns).take(pa.array(missing)).to_pylist()
+    picked = pa.array(missing)
+    values_of = {c: batch.column(c).take(picked).to_pylist() for c in columns}
+    rows = [{c: values_of[c][k] for c in columns} for k in range(len(missing))]
     values = raw.to_numpy(zero_copy_only=False).astype(object)
     values[missing] = [json.dumps(r, default=str, ensure_ascii=False)[:RAW_KEEP_BYTES] for r in rows]
     return pa.array(values, pa.string())

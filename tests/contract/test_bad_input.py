@@ -140,6 +140,8 @@ QUARANTINED = [
     ("empty_object", b"{}", {"missing_event_id": 1}),
     ("unknown_event_type", line(good(90, event_type="teleport")), {"unknown_event_type": 1}),
     ("deeply_nested", b'{"event_id":"x","deep":' + b"[" * 30000 + b"]" * 30000 + b"}", {"unparseable_json": 1}),
+    ("null_then_nested_array_lines", [b"null", b'[["a", null]]'], {"unparseable_json": 2}),  # crashed pyarrow
+    ("list_of_nulls_for_an_id", line(good(90, event_id=[None, None])), {"bad_type:event_id": 1}),
     (
         "several_at_once",
         [line(good(90, price="abc")), b"{", line(good(91, ts="1970-01-01T00:00:00Z"))],
@@ -165,7 +167,7 @@ def test_numeric_strings_are_numbers(tmp_path):
 
 
 def test_ids_written_as_numbers_are_text(tmp_path):
-    data = file_with([line(good(90, event_id=90, customer_id=12345, device_id=True))])
+    data = file_with([line(good(90, event_id=90, customer_id=12345, device_id=True, extra={}))])
     kept = assert_accounted(read(tmp_path, "events.jsonl", data), data, tmp_path / "events.jsonl", {})
     row = kept.filter(pc.equal(kept.column("event_id"), "90")).to_pylist()[0]
     assert row["customer_id"] == "12345" and row["device_id"] == "true"
@@ -289,3 +291,12 @@ def test_a_truncated_gzip_file_is_named(tmp_path):
     (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])
     with pytest.raises(UserError, match=r"cut\.jsonl\.gz cannot be read to its end"):
         read_events_local(plan_input(str(tmp_path), LOCAL), LOCAL, TS_RANGE)
+
+
+def test_hive_folders_of_json_files_are_columns(tmp_path):
+    folder = tmp_path / "day=2026-03-01" / "partner_id=p9"
+    folder.mkdir(parents=True)
+    (folder / "a.jsonl").write_bytes(line(good(1, partner_id=...)) + b"\n" + line(good(2, partner_id="p1")) + b"\n")
+    table = read_events_local(plan_input(str(tmp_path), LOCAL), LOCAL, TS_RANGE)
+    assert table.column("day").to_pylist() == ["2026-03-01"] * 2
+    assert table.column("partner_id").to_pylist() == ["p9", "p1"]  # a row's own value wins
