@@ -3,9 +3,12 @@
 `submit_job` validates the config here, fixes its run id and run date (the schedule date, so a retried
 submission lands in the same run folder and resumes it), and ships this checkout's `jobs/` and
 `features/` packages plus the config as the job's `working_dir`. On the cluster the entrypoint is
-`python -m jobs run --config job.yaml`; the cluster's Python needs the project's dependencies installed
-(cluster.yaml and the KubeRay manifests do that). Credentials are never shipped: the cluster reads S3
-through its own instance role / service account.
+`PYTHON -m jobs run --config job.yaml`, PYTHON being the interpreter that runs Ray's workers on the head (the
+dashboard reports the head raylet's worker command): Ray Jobs run the entrypoint through the head's shell,
+whose PATH is whatever the shell that started Ray had, so a bare `python` may be another interpreter (a
+head started as `.venv/bin/ray start --head` without the venv activated). That interpreter needs the
+project's dependencies (cluster.yaml and the KubeRay manifests install them). Credentials are never
+shipped: the cluster reads S3 through its own instance role / service account.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import importlib
+import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,38 @@ def _client(address: str):
             f"cannot reach the Ray dashboard at {url} ({type(exc).__name__}): is the cluster up, and is this "
             f"its dashboard address (port 8265 by default; `ray dashboard cluster.yaml` forwards it)?"
         ) from None
+
+
+WORKER_COMMAND = "--python_worker_command="
+
+
+def head_python(address: str, wait_s: float = 15.0) -> str | None:
+    """The interpreter that runs Ray's Python workers on the head node, from the dashboard's node summary (the
+    head raylet's command line names it); None when the dashboard does not say (older Ray, not reported yet)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{_dashboard_url(address)}/nodes?view=summary", timeout=10) as response:
+                nodes = json.loads(response.read()).get("data", {}).get("summary", [])
+        except (OSError, ValueError) as exc:
+            log.warning("the dashboard's node summary is unreadable (%s); the job uses `python`", type(exc).__name__)
+            return None
+        heads = [n for n in nodes if (n.get("raylet") or {}).get("isHeadNode")] or nodes
+        for node in heads:
+            for argument in node.get("cmdline") or []:
+                if argument.startswith(WORKER_COMMAND):
+                    command = shlex.split(argument[len(WORKER_COMMAND) :])
+                    if command:
+                        return command[0]
+        if time.monotonic() > deadline:  # the reporter agent publishes node stats a few seconds after start
+            log.warning("the dashboard does not report the head's Python interpreter; the job uses `python`")
+            return None
+        time.sleep(1)
+
+
+def entrypoint(python: str | None) -> str:
+    """The job's command: the head's own interpreter (see the module docstring), else `python` on its PATH."""
+    return f"{shlex.quote(python) if python else 'python'} -m jobs run --config {JOB_CONFIG_NAME}"
 
 
 def _absolute_local(path: str | None) -> str | None:
@@ -99,10 +137,11 @@ def submit_job(
     the job's final status (exit code 1 when it did not succeed)."""
     job_config, run_id = job_config_for_submission(config_file, run_date)
     client = _client(address)
+    command = entrypoint(head_python(address))
     staging = _stage_working_dir(job_config)
     try:
         job_id = client.submit_job(
-            entrypoint=f"python -m jobs run --config {JOB_CONFIG_NAME}",
+            entrypoint=command,
             submission_id=f"segments-{run_id}-{uuid.uuid4().hex[:8]}",
             runtime_env={"working_dir": staging, "env_vars": dict(JOB_ENV)},
             metadata={"run_id": run_id, "config": Path(config_file).name, "submitted_by": "segments submit"},

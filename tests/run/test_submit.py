@@ -63,13 +63,16 @@ def _stop_tree(proc: subprocess.Popen, marker: str) -> None:
 
 @pytest.fixture(scope="module")
 def ray_head(free_port):
-    """`ray start --head --block` on 127.0.0.1 with free ports; yields the dashboard URL."""
+    """`ray start --head --block` on 127.0.0.1 with free ports; yields the dashboard URL.
+
+    Started by absolute path with a PATH that lacks the venv, as a head started as `.venv/bin/ray start --head`
+    without activating it: a bare `python` in the job's shell is not the interpreter that runs Ray there."""
     temp_dir = tempfile.mkdtemp(prefix="rsub-", dir="/tmp")  # short: Ray's socket paths have a length cap
     dashboard = free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "disabled",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != BIN),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ADDRESS", None)
@@ -204,7 +207,9 @@ def test_submitted_run_succeeds_and_writes_its_outputs(ray_head, tmp_path):
     )
     job_id = submit_job(ray_head, path, wait=False)
     assert job_id.startswith("segments-2026-02-01-")
-    assert job_status(ray_head, job_id)["run_id"] == "2026-02-01"
+    submitted = job_status(ray_head, job_id)
+    assert submitted["run_id"] == "2026-02-01"
+    assert submitted["entrypoint"].startswith(str(BIN / "python")), "the head's own interpreter, not PATH's python"
     deadline = time.time() + 300
     while (status := job_status(ray_head, job_id)["status"]) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
         assert time.time() < deadline, "job did not finish in time"
