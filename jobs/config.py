@@ -179,8 +179,10 @@ class TrainingConfig(Section):
     early_stopping_rounds: int = Field(30, ge=1)
     report_every: int = Field(25, ge=1, description="rounds between Ray Train reports")
     validation_share: float = Field(0.2, gt=0, lt=1)
-    min_positives: int = Field(100, ge=1)
-    min_negatives: int = Field(100, ge=1)
+    min_positives: int = Field(
+        10, ge=1, description="fewer at the training cut-off: skipped (whether a model is useful: the champion checks)"
+    )
+    min_negatives: int = Field(10, ge=1)
     params: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary:logistic",
@@ -198,10 +200,13 @@ class TrainingConfig(Section):
     nthread: int | None = Field(
         None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
     )
-    seed: int = Field(7, description="seed of the validation split, subsampling and the shuffled-label runs")
-    shuffled_label_runs: int = Field(
-        3, ge=0, le=20, description="alarm: models trained on permuted labels; their mean out-of-time AUC must be ~0.5"
+    seed: int = Field(7, description="seed of the validation split, subsampling and the permutation null")
+    champion_margin: float = Field(
+        0.02,
+        ge=0,
+        description="relative PR-AUC gain a challenger needs over the incumbent (at least the figure's noise)",
     )
+    strict: bool = Field(False, description="a rejected segment fails the run (exit 2) instead of a warning")
     rfm_features: list[str] | None = Field(
         None, description="columns of the RFM baseline (recency, frequency, monetary); default from the catalogue"
     )

@@ -80,7 +80,6 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
             storage_path=storage,
             storage_filesystem=None,
             name=f"bench-{len(y)}",
-            shuffled_label_runs=0,
         )
     assert models
     return time.perf_counter() - started

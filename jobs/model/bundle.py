@@ -1,13 +1,14 @@
 """The models bundle: what the train stage publishes as `models/`, and the checks a reader makes before
 scoring with a model. Pure: callers read the bytes (`TableIn.file`) and hand them in.
 
-    models/<write_id>/SEGMENT/model.json         the calibrated booster (XGBoost JSON), trained segments only
-                             /model_card.json    status, reason, model_version, definition, feature names,
-                                                 types and category slots, cut-offs, calibration, alarms
+    models/<write_id>/SEGMENT/model.json         the champion's booster (XGBoost JSON), trained segments only
+                             /model_card.json    status, reason, model_version, definition, the exported
+                                                 model's feature names, types and category slots, cut-offs,
+                                                 calibration, alarms, `champion` (candidates, decision, fits)
                              /metrics.json       every quality figure (`jobs.model.quality`)
                              /importance.json    gain importance, trained segments only
                              /report.html        the segment's quality page
-    models/_SUCCESS  extra: {"segments": {SEGMENT: {"status": "trained"|"skipped", "model_version": ...}},
+    models/_SUCCESS  extra: {"segments": {SEGMENT: {"status": "trained"|"skipped"|"rejected", "model_version": ...}},
                              "categories": [...], "carried_over": [SEGMENT ...]}
 
 Paths inside the bundle come from `RunLayout.model_file(segment, name)`.
@@ -34,6 +35,7 @@ IMPORTANCE = "importance.json"
 REPORT = "report.html"
 TRAINED = "trained"
 SKIPPED = "skipped"
+REJECTED = "rejected"  # trained, but no candidate was acceptable (`jobs.model.champion`): never scored or served
 
 
 def segment_files(status: str) -> tuple[str, ...]:

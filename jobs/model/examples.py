@@ -86,7 +86,7 @@ def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Tab
 
 
 _BOOSTERS: dict[str, xgboost.Booster] = {}
-_KEPT_BOOSTERS = 8  # a model and its shuffled-label twins are scored together: keep them all loaded
+_KEPT_BOOSTERS = 8  # a segment's candidates are scored together: keep them all loaded
 
 
 def _booster(raw: bytes) -> xgboost.Booster:
@@ -107,8 +107,11 @@ def predict_batch(
     share: float,
     margin: bool = False,
     valid_only: bool = False,
+    model_features: Mapping[str, Sequence[str]] | None = None,
 ) -> pa.Table:
-    """Predictions (or margins) of every model for a sample of rows, with the label and the columns in `keep`."""
+    """Predictions (or margins) of every model for a sample of rows, with the label and the columns in `keep`.
+
+    A model reads `feature_names`, or its own columns where `model_features` names them (the RFM booster)."""
     if valid_only:
         batch = batch.filter(batch.column(VALID))
     if share < 1.0:
@@ -117,10 +120,14 @@ def predict_batch(
     for name in keep:
         out[name] = batch.column(name)
     if batch.num_rows:
-        X = feature_matrix(batch, feature_names)
+        matrices = {}
         kind = "margin" if margin else "value"
         for name, model in models.items():
-            out[name] = pa.array(_booster(model).inplace_predict(X, predict_type=kind).astype(np.float64))
+            columns = tuple((model_features or {}).get(name, feature_names))
+            if columns not in matrices:
+                matrices[columns] = feature_matrix(batch, columns)
+            predicted = _booster(model).inplace_predict(matrices[columns], predict_type=kind)
+            out[name] = pa.array(predicted.astype(np.float64))
     else:
         for name in models:
             out[name] = pa.array([], pa.float64())

@@ -1,11 +1,10 @@
-"""Fitting one XGBoost model on Ray Train (Train V2 `XGBoostTrainer`), with its shuffled-label twins.
+"""Fitting one XGBoost model on Ray Train (Train V2 `XGBoostTrainer`).
 
 The driver (`fit_booster`) only builds `ScalingConfig` / `RunConfig` (checkpoints in the run's Ray Train
 scratch folder, local or S3) / `FailureConfig`; each worker (`train_fn_per_worker`) reads its shard
 (`ray.train.get_dataset_shard`), builds QuantileDMatrix from the batches, trains with early stopping on the
 validation rows (the `_valid` flag), reports and checkpoints every `report_every` rounds (resuming from the
-last checkpoint after a worker failure), then trains the shuffled-label alarm models on the same shard with
-permuted labels, and reports every model in one final checkpoint.
+last checkpoint after a worker failure), and reports the model in one final checkpoint.
 """
 
 from __future__ import annotations
@@ -31,17 +30,12 @@ from jobs.model.booster import load_booster, model_bytes, openmp_threads
 from jobs.model.bundle import MODEL
 from jobs.model.examples import LABEL, SAMPLE, VALID
 
-SHUFFLED_PREFIX = "shuffled-"
 FINAL_FILE = "final.json"
 PERIODIC_FILE = "model.ubj"
 BATCH_ROWS = 65_536
 # Train V2 waits for the controller's poll (this interval, 2 s by default) at every report; the driver's
 # value travels to the controller and workers when the trainer starts (Ray Train propagates it).
 HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-
-
-def shuffled_file(run: int) -> str:
-    return f"{SHUFFLED_PREFIX}{run}.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,23 +185,6 @@ def _fit_and_report(config: dict, params: dict, nthread: int, max_bin: int, star
         "train_seconds": trained - loaded,
     }
     files = {MODEL: best}
-    y_train, y_valid = dtrain.get_label(), dvalid.get_label()
-    for run in range(int(config.get("shuffled_label_runs", 0))):
-        # The alarm: the same training on permuted labels (each worker permutes its own shard).
-        rng = np.random.default_rng([config["seed"], rank, run + 1])
-        dtrain.set_label(rng.permutation(y_train))
-        dvalid.set_label(rng.permutation(y_valid))
-        shuffled = xgboost.train(
-            params,
-            dtrain,
-            num_boost_round=config["num_boost_round"],
-            evals=[(dvalid, "validation")],
-            early_stopping_rounds=early,
-            verbose_eval=False,
-        )
-        files[shuffled_file(run)] = _best(shuffled, early)[0]
-    final["shuffled_seconds"] = time.perf_counter() - trained
-
     with tempfile.TemporaryDirectory() as path:
         if rank == 0:
             for name, model in files.items():
@@ -236,7 +213,6 @@ def fit_booster(
     storage_path: str,
     storage_filesystem: pafs.FileSystem | None,
     name: str,
-    shuffled_label_runs: int | None = None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Fit one model with Ray Train; returns ({file name: model bytes}, the final report's metrics).
 
@@ -264,7 +240,6 @@ def fit_booster(
         "nthread": training.nthread,
         "use_gpu": training.use_gpu,
         "batch_size": BATCH_ROWS,
-        "shuffled_label_runs": training.shuffled_label_runs if shuffled_label_runs is None else shuffled_label_runs,
     }
     trainer = XGBoostTrainer(
         train_fn_per_worker,
@@ -281,10 +256,6 @@ def fit_booster(
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} ended without a checkpoint")
     with result.checkpoint.as_directory() as local:
-        models = {
-            path.name: path.read_bytes()
-            for path in sorted(Path(local).iterdir())
-            if path.name == MODEL or path.name.startswith(SHUFFLED_PREFIX)
-        }
+        models = {path.name: path.read_bytes() for path in sorted(Path(local).iterdir()) if path.name == MODEL}
         final = json.loads(Path(local, FINAL_FILE).read_text())
     return models, final

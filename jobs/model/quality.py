@@ -9,12 +9,17 @@ Figures for one score vector against 0/1 labels (`binary_metrics`):
 * Brier score and reliability bins (mean predicted probability vs observed rate per probability decile);
 * the cumulative gain curve (share of positives captured vs share of population targeted).
 
-Alarms:
-* `shuffled_label_alarm`: a model trained on shuffled labels must score AUC about 0.5 out of time; it
-  fires when |AUC - 0.5| > 0.05 (widened to 3 standard errors of a random AUC when the evaluation set
-  is too small for 0.05 to mean anything, so a tiny test set does not cry wolf);
-* `leakage_check`: any single feature whose own AUC is above 0.95 (or below 0.05) is flagged: a feature
-  that alone nearly decides the label usually sees the label window.
+Checks (`jobs.model.champion` turns them into a candidate's alarms):
+* `chance_test`: is a score's out-of-time PR-AUC above what the same score reaches against permuted
+  evaluation labels? (Not an alarm: a candidate that fails it is simply not acceptable.) The old check,
+  models trained on shuffled labels compared with AUC 0.5, fired on clean data: a model fitted to noise is
+  still a function of features that carry the real signal, so its out-of-time AUC is not distributed like
+  a random score's. Permuting the evaluation labels of a fixed score has an exact null.
+* `leakage_check`: any single feature whose own out-of-time AUC is above 0.95 (or below 0.05) is flagged:
+  a feature that alone nearly decides the future label has seen the label window (or is the label).
+* `IMPLAUSIBLE_AUC`: an out-of-time ROC-AUC above 0.97 for whether someone does something in the coming
+  weeks is not a forecast but a leak that no single feature shows (several features that see the label
+  window together); behavioural look-alike models out of time sit far below it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 TOP_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
 CURVE_POINTS = 50
 RELIABILITY_BINS = 10
-SHUFFLED_TOLERANCE = 0.05
 LEAKAGE_AUC = 0.95
+IMPLAUSIBLE_AUC = 0.97
+CHANCE_RUNS = 100
+CHANCE_Z = 3.0
+CHANCE_MAX_ROWS = 200_000
 
 
 def pct_label(fraction: float) -> str:
@@ -118,42 +126,51 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS)
     return out
 
 
-def random_auc_std(positives: int, negatives: int) -> float:
-    """Standard error of the AUC of a random score (Mann-Whitney null, no ties)."""
-    if positives <= 0 or negatives <= 0:
-        return float("nan")
-    return math.sqrt((positives + negatives + 1) / (12.0 * positives * negatives))
+def _average_precision_sorted(y_sorted: np.ndarray, ends: np.ndarray, positives: int) -> float:
+    """Average precision of labels already in score order (`ends`: last row of each tie group), as sklearn
+    computes it: the precision at every distinct threshold weighted by the recall it adds."""
+    tp = np.cumsum(y_sorted)[ends].astype(np.float64)
+    precision = tp / (ends + 1)
+    recall_gain = np.diff(np.r_[0.0, tp]) / positives
+    return float(np.sum(recall_gain * precision))
 
 
-def shuffled_label_alarm(aucs: Sequence[float | None], positives: int, negatives: int) -> dict[str, Any]:
-    """Do models trained on shuffled labels still 'find' something out of time? (They must not.)
+def chance_test(
+    y: np.ndarray, score: np.ndarray, runs: int = CHANCE_RUNS, seed: int = 0, max_rows: int = CHANCE_MAX_ROWS
+) -> dict[str, Any]:
+    """Is a score's out-of-time PR-AUC better than chance? The null permutes the EVALUATION labels.
 
-    `aucs` holds one out-of-time AUC per shuffled-label run (different permutations); their mean is
-    compared with 0.5. One run alone varies more than a random score would: a model fitted to noise is
-    still a function of features that carry the real signal, so on small data it can lean either way by
-    chance (seen: runs from 0.36 to 0.61 on 1,500 personas, mean 0.49). The tolerance is therefore the
-    largest of 0.05, 3 standard errors of a random AUC, and 2 standard errors of the mean of the runs as
-    they spread; a pipeline that leaks gives runs that agree far from 0.5, which still fires.
+    The score stays as the candidate produced it; only the labels are shuffled (`runs` times, over at most
+    `max_rows` rows, a fixed subsample), so the null distribution is the PR-AUC of exactly this score
+    against labels that carry no information: no refits, and nothing a feature with real signal can move.
+    The candidate is better than chance when its PR-AUC lies more than CHANCE_Z null standard deviations
+    above the null mean. A model on labels joined to the wrong rows fails it; so does one that learned
+    nothing.
     """
-    values = [float(a) for a in aucs if a is not None and math.isfinite(a)]
-    auc = float(np.mean(values)) if values else None
-    std = random_auc_std(positives, negatives)
-    spread = float(np.std(values, ddof=1)) if len(values) >= 2 else None
-    tolerance = SHUFFLED_TOLERANCE
-    if values:
-        k = math.sqrt(len(values))
-        if math.isfinite(std):
-            tolerance = max(tolerance, 3 * std / k)
-        if spread is not None:
-            tolerance = max(tolerance, 2 * spread / k)
-    alarm = auc is not None and abs(auc - 0.5) > tolerance
-    return {
-        "roc_auc": auc,
-        "runs": [round(v, 4) for v in values],
-        "random_auc_std": _finite(std),
-        "run_spread": spread,
-        "tolerance": tolerance,
-        "alarm": bool(alarm),
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    if len(y) > max_rows:
+        keep = np.sort(rng.choice(len(y), max_rows, replace=False))
+        y, score = y[keep], score[keep]
+    positives = int(y.sum())
+    result: dict[str, Any] = {"metric": "pr_auc", "runs": runs, "rows": int(len(y)), "z_needed": CHANCE_Z}
+    if not 0 < positives < len(y) or runs < 2:
+        return result | {"pr_auc": None, "null_mean": None, "null_std": None, "z": None, "better": False}
+    order = np.argsort(-score, kind="stable")
+    s = score[order]
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    observed = _average_precision_sorted(y[order], ends, positives)
+    y_sorted = y[order]
+    null = np.array([_average_precision_sorted(rng.permutation(y_sorted), ends, positives) for _ in range(runs)])
+    mean, std = float(null.mean()), float(null.std(ddof=1))
+    z = (observed - mean) / std if std > 0 else (math.inf if observed > mean else 0.0)
+    return result | {
+        "pr_auc": observed,
+        "null_mean": mean,
+        "null_std": std,
+        "z": _finite(z),
+        "better": bool(z > CHANCE_Z),
     }
 
 
@@ -185,34 +202,3 @@ def gain_importance(scores: Mapping[str, float], top: int = 30) -> list[dict[str
     total = sum(scores.values()) or 1.0
     ranked = sorted(scores.items(), key=lambda item: -item[1])
     return [{"feature": n, "gain": float(g), "share": float(g) / total} for n, g in ranked[:top]]
-
-
-def beats_baseline(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> bool:
-    """Out of time, the model's ROC-AUC is above the baseline's (both must exist)."""
-    return bool(
-        model.get("roc_auc") is not None
-        and baseline.get("roc_auc") is not None
-        and model["roc_auc"] > baseline["roc_auc"]
-    )
-
-
-def model_alarms(
-    model: Mapping[str, Any],
-    beats: bool,
-    shuffled: Mapping[str, Any],
-    leakage: Mapping[str, Any],
-    eval_window_complete: bool,
-) -> list[str]:
-    """What a reader of the model's figures must know before trusting them, one short line each."""
-    alarms = []
-    if shuffled["alarm"]:
-        alarms.append(f"shuffled-label AUC {shuffled['roc_auc']:.3f}")
-    if leakage["flagged"]:
-        alarms.append("leakage: " + ", ".join(f["feature"] for f in leakage["flagged"][:5]))
-    if model.get("roc_auc") is None:
-        alarms.append("evaluation set has one class only")
-    elif not beats:
-        alarms.append("model does not beat RFM")
-    if not eval_window_complete:
-        alarms.append("evaluation label window not fully observed")
-    return alarms

@@ -5,6 +5,12 @@ left-joined with the labels partitions there (one join per cut-off, shared by ev
 `jobs.model.training` fits, calibrates and evaluates it. Feature names and types come from the feature
 catalogue for the plan's categories. The bundle's format is in `jobs.model.bundle`.
 
+Each segment's exported model is its champion (`jobs.model.champion`), refitted for production; the
+previous bundle's exported model of the segment (when there is one) is the incumbent it must be beaten by.
+A segment with no acceptable candidate is `rejected` (no model file: never scored, exported or served);
+the run goes on and says so in one line per segment, unless `training.strict` (`--strict`): then the stage
+fails with exit 2 after publishing the bundle (the cards say why).
+
 `training.only_segments` (`segments train --segment NAME`) trains only those; every other configured
 segment keeps its files from the previous bundle. Ray Train's checkpoints live in the run's train scratch
 folder (`RunLayout.train_scratch`, next to the tables) and are removed once every model is published.
@@ -13,6 +19,7 @@ folder (`RunLayout.train_scratch`, next to the tables) and are removed once ever
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import posixpath
 
@@ -21,7 +28,16 @@ from jobs.config import SegmentConfig, TrainView
 from jobs.errors import UserError
 from jobs.model import bundle
 from jobs.model.report import render_page
-from jobs.model.training import FeatureSet, LabelledSnapshots, SegmentModel, TrainScratch, join_labels, train_segment
+from jobs.model.training import (
+    FeatureSet,
+    LabelledSnapshots,
+    PreviousModel,
+    SegmentModel,
+    TrainScratch,
+    decision_line,
+    join_labels,
+    train_segment,
+)
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
 from jobs.segments.definitions import check_segment, label_column
@@ -70,7 +86,7 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
     label_rows = label_marker.get("partitions", {})
     for segment in chosen:
         cut = plan.for_segment(segment.name)
-        for as_of in (cut.train_as_of, cut.eval_as_of):
+        for as_of in (cut.train_as_of, cut.eval_as_of, cut.refit_as_of):
             if segment.name not in label_segments.get(as_of.isoformat(), []):
                 raise UserError(
                     f"{labels.path} has no labels of segment {segment.name} at {as_of}: run the labels stage again."
@@ -90,9 +106,7 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
     scratch = TrainScratch(scratch_path, fs if is_s3(scratch_dir) else None)
     inputs = {"features": features.version, "labels": labels.version}
     previous = TableIn(models.name, models.path, models.storage)
-    previous_segments = {}
-    if view.training.only_segments and previous.version:  # the segments not refitted keep their files
-        previous_segments = previous.marker.get("segments", {})
+    previous_segments = previous.marker.get("segments", {}) if previous.version else {}
 
     results: dict[str, dict] = {}
     extra = {"segments": {}, "categories": list(plan.categories), "carried_over": []}
@@ -109,17 +123,12 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
                     view.training,
                     scratch,
                     inputs,
+                    _previous_model(previous, previous_segments.get(name), name),
                 )
                 _write_segment(writer, result)
                 entry = {"status": result.status, "model_version": result.card["model_version"]}
-                results[name] = {
-                    "status": result.status,
-                    "reason": result.metrics.get("reason"),
-                    "roc_auc": (result.metrics.get("model") or {}).get("roc_auc"),
-                    "rfm_roc_auc": (result.metrics.get("rfm_baseline") or {}).get("roc_auc"),
-                    "alarms": result.metrics.get("alarms", []),
-                }
-            elif name in previous_segments:
+                results[name] = _figures(result)
+            elif view.training.only_segments and name in previous_segments:  # not refitted: keeps its files
                 entry = previous_segments[name]
                 for file in bundle.segment_files(entry["status"]):
                     relative = RunLayout.model_file(name, file)
@@ -131,8 +140,41 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
             writer.extra["segments"][name] = entry
     delete(scratch_dir, models.storage)
     statuses = [r["status"] for r in results.values()]
+    rejected = [name for name, r in results.items() if r["status"] == bundle.REJECTED]
+    if rejected and view.training.strict:
+        raise UserError(
+            f"{len(rejected)} segment(s) rejected, no acceptable model (training.strict): "
+            + "; ".join(f"{name}: {results[name]['decision']}" for name in rejected)
+        )
     return {
         "segments": results,
         "trained": statuses.count(bundle.TRAINED),
         "skipped": statuses.count(bundle.SKIPPED),
+        "rejected": statuses.count(bundle.REJECTED),
+    }
+
+
+def _previous_model(previous: TableIn, entry: dict | None, name: str) -> PreviousModel | None:
+    """The previous bundle's exported model of a segment (the incumbent), if it exported one."""
+    if not entry or entry.get("status") != bundle.TRAINED:
+        return None
+    card = json.loads(previous.file(RunLayout.model_file(name, bundle.CARD)))
+    return PreviousModel(previous.file(RunLayout.model_file(name, bundle.MODEL)), card)
+
+
+def _figures(result: SegmentModel) -> dict:
+    """A trained segment's line of the stage's figures: the decision in one line, every candidate's PR-AUC."""
+    m = result.metrics
+    if result.status == bundle.SKIPPED:
+        return {"status": result.status, "reason": m["reason"], "decision": f"skipped: {m['reason']}"}
+    block = m["champion"]
+    return {
+        "status": result.status,
+        "reason": m.get("reason"),
+        "decision": decision_line(block, result.status),
+        "champion": block["chosen"],
+        "pr_auc": {name: c["pr_auc"] for name, c in block["candidates"].items()},
+        "roc_auc": (m.get("model") or {}).get("roc_auc"),
+        "rfm_roc_auc": (m.get("rfm_baseline") or {}).get("roc_auc"),
+        "alarms": m.get("alarms", []),
     }

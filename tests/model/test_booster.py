@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import xgboost
 
+from jobs.model.baselines import fit_rfm
 from jobs.model.booster import load_booster, model_bytes, model_version
 
 
@@ -46,3 +47,20 @@ def test_openmp_threads_lifts_rays_one_thread_limit_in_fractional_cpu_workers(ra
     before, inside = ray_cluster.get(ray_cluster.remote(num_cpus=0.5)(openmp_limits).remote())
     assert before and set(before) == {1}, "Ray's own limit in a fractional-CPU worker"
     assert set(inside) == {2}
+
+
+def test_rfm_baseline_is_a_monotone_booster_on_its_own_columns():
+    rng = np.random.default_rng(0)
+    n = 4000
+    orders = rng.poisson(2, n).astype(float)
+    days = np.where(orders > 0, rng.uniform(0, 365, n), np.nan)
+    y = (rng.random(n) < 0.02 + 0.05 * np.minimum(orders, 5) / 5).astype(int)
+    raw = fit_rfm({"days_since_last_purchase": days, "orders_365d": orders}, y, rng.random(n) < 0.2, seed=1)
+    booster = load_booster(raw)
+    assert booster.feature_names == ["days_since_last_purchase", "orders_365d"]
+    grid = np.array([[30.0, k] for k in range(8)], np.float32)
+    p = booster.inplace_predict(grid)
+    assert np.all(np.diff(p) >= -1e-7), "more orders never lower the score"
+    later = booster.inplace_predict(np.array([[d, 2.0] for d in (1, 50, 200, 360)], np.float32))
+    assert np.all(np.diff(later) <= 1e-7), "more days since the last purchase never raise it"
+    assert 0 < p.mean() < 1

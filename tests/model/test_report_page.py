@@ -40,7 +40,6 @@ def _metrics(name, status="trained"):
             "eval_rows": 500,
             "eval_positives": int(y.sum()),
         },
-        "shuffled_label": quality.shuffled_label_alarm([0.51], 100, 400),
         "leakage": quality.leakage_check({"x": score}, y),
         "importance": quality.gain_importance({"orders_365d": 3.0, "carts_7d": 1.0}),
         "alarms": [],

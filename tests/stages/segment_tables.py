@@ -90,7 +90,6 @@ def small_config(tmp_path, segments, **training) -> JobConfig:
         "report_every": 10,
         "min_positives": 30,
         "min_negatives": 30,
-        "shuffled_label_runs": 3,
         "max_failures": 0,
         "params": {
             "objective": "binary:logistic",

@@ -45,7 +45,6 @@ def test_segment_stages_read_what_the_real_upstream_stages_publish(tmp_path, ray
                 "num_boost_round": 10,
                 "early_stopping_rounds": 5,
                 "report_every": 5,
-                "shuffled_label_runs": 1,
             },
         },
     )

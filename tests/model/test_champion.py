@@ -1,0 +1,62 @@
+"""Champion selection: the acceptable candidate with the best PR-AUC, a margin to replace the incumbent, no
+candidate with an alarm, nothing that loses to the RFM baseline, and `rejected` when nothing is acceptable."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.model import champion
+
+
+def entry(pr_auc, *, better=True, null_std=0.005, alarms=(), roc_auc=0.8):
+    return {
+        "pr_auc": pr_auc,
+        "roc_auc": roc_auc,
+        "chance": {"null_mean": 0.05, "null_std": null_std, "z": 9.0 if better else 1.0, "better": better},
+        "alarms": list(alarms),
+    }
+
+
+def test_the_lookalike_must_beat_the_baseline_by_the_margin():
+    chosen, why = champion.choose({"xgboost": entry(0.41), "rfm": entry(0.40)}, "rfm", 0.05)
+    assert chosen == "rfm" and "kept" in why
+    chosen, why = champion.choose({"xgboost": entry(0.45), "rfm": entry(0.40)}, "rfm", 0.05)
+    assert chosen == "xgboost" and "beats rfm" in why
+    # the margin is at least the figure's noise at this evaluation size
+    assert champion.choose({"xgboost": entry(0.45, null_std=0.08), "rfm": entry(0.40)}, "rfm", 0.05)[0] == "rfm"
+
+
+def test_the_previous_champion_is_the_incumbent_and_nothing_that_loses_to_rfm_wins():
+    candidates = {"xgboost": entry(0.44), "rfm": entry(0.40), "previous": entry(0.43)}
+    assert champion.choose(candidates, "previous", 0.05)[0] == "previous"
+    candidates["xgboost"] = entry(0.50)
+    assert champion.choose(candidates, "previous", 0.05)[0] == "xgboost"
+    # a previous model that now loses to RFM is refused; its place goes to the baseline
+    candidates = {"xgboost": entry(0.41), "rfm": entry(0.40), "previous": entry(0.30)}
+    chosen, why = champion.choose(candidates, "previous", 0.05)
+    assert chosen == "rfm"
+
+
+def test_alarms_and_chance_refuse_a_candidate_and_nothing_acceptable_rejects():
+    leaky = entry(0.95, alarms=["leakage: f1"])
+    assert champion.choose({"xgboost": leaky, "rfm": entry(0.40)}, "rfm", 0.02)[0] == "rfm"
+    chosen, why = champion.choose({"xgboost": entry(0.07, better=False), "rfm": entry(0.06, better=False)}, "rfm", 0.02)
+    assert chosen is None and why.startswith("no acceptable candidate") and "not above chance" in why
+    chosen, why = champion.choose({"xgboost": leaky, "rfm": entry(None)}, "rfm", 0.02)
+    assert chosen is None and "leakage: f1" in why
+    # the baseline not above chance: the look-alike that is wins outright
+    chosen, _ = champion.choose({"xgboost": entry(0.20), "rfm": entry(0.06, better=False)}, "rfm", 0.02)
+    assert chosen == "xgboost"
+
+
+def test_candidate_alarms_name_leaks_in_its_own_features_and_implausible_figures():
+    leakage = {"flagged": [{"feature": "peek", "auc": 0.99}]}
+    assert champion.candidate_alarms({"roc_auc": 0.8}, leakage, ["orders_365d", "peek"]) == ["leakage: peek"]
+    assert champion.candidate_alarms({"roc_auc": 0.8}, leakage, ["orders_365d"]) == []
+    (alarm,) = champion.candidate_alarms({"roc_auc": 0.99}, {"flagged": []}, ["a"])
+    assert alarm.startswith("implausible out-of-time ROC-AUC 0.990")
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.02])
+def test_ties_go_to_the_incumbent(margin):
+    assert champion.choose({"xgboost": entry(0.40), "rfm": entry(0.40)}, "rfm", margin)[0] == "rfm"
