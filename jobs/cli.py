@@ -69,6 +69,10 @@ RunDateOpt = Annotated[
 ]
 DateOpt = Annotated[dt.datetime | None, typer.Option("--as-of", formats=["%Y-%m-%d"], help="cut-off date YYYY-MM-DD")]
 ExportsRootOpt = Annotated[str | None, typer.Option("--root", help="exports ROOT (default: config export.root)")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", help="a segment with no acceptable model fails the run, exit 2 (training.strict)"),
+]
 ReplaceOpt = Annotated[
     bool,
     typer.Option(
@@ -304,11 +308,16 @@ def features_list(
 def train(
     run: RunOpt = None,
     segment: Annotated[str | None, typer.Option("--segment", help="train only this segment")] = None,
+    strict: StrictOpt = False,
     config_file: ConfigOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Labels and look-alike models on Ray Train XGBoost, with their quality reports."""
-    overrides = {"training.only_segments": [segment] if segment else None, "ray.address": address}
+    overrides = {
+        "training.only_segments": [segment] if segment else None,
+        "training.strict": strict or None,
+        "ray.address": address,
+    }
     _invoke(lambda: _stages(_config(config_file, **overrides), ["labels", "train"], run))
 
 
@@ -415,6 +424,7 @@ def run_command(
     ] = None,
     run_date: RunDateOpt = None,
     replace: ReplaceOpt = False,
+    strict: StrictOpt = False,
     address: AddressOpt = None,
 ) -> None:
     """The whole pipeline, stage by stage, resuming finished stages."""
@@ -425,6 +435,7 @@ def run_command(
         "run_id": run_id,
         "run_date": run_date.date() if run_date else None,
         "export.replace": replace or None,
+        "training.strict": strict or None,
         "ray.address": address,
     }
     _invoke(lambda: run_pipeline(_config(config_file, **overrides), pipeline()))
