@@ -245,6 +245,16 @@ class ScoringConfig(Section):
     )
 
 
+class DriftConfig(Section):
+    """Drift between runs (`jobs.model.drift`): PSI of every feature and of each segment's scores."""
+
+    enabled: bool = Field(True, description="compare this run with the previous one in the report")
+    previous_run: str | None = Field(
+        None, description="run id to compare with; default: the latest other succeeded run of ROOT not dated later"
+    )
+    threshold: float = Field(0.25, gt=0, description="PSI above this is an alarm in the report and summary")
+
+
 class ExportConfig(Section):
     root: str | None = Field(None, description="ROOT of exports: local folder or s3://bucket/prefix")
     url_expires_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
@@ -354,6 +364,7 @@ class JobConfig(Section):
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     export: ExportConfig = ExportConfig()
+    drift: DriftConfig = DriftConfig()
     logging: LoggingConfig = LoggingConfig()
     serving: ServingConfig = ServingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -525,10 +536,13 @@ class ScoreView(StageView):
 
 class ReportView(StageView):
     segments: list[SegmentConfig]
+    drift: DriftConfig
+    num_partitions: int  # the join of members with the partners that saw them
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> ReportView:
-        return cls(segments=list(config.segments))
+        return cls(segments=list(config.segments), drift=config.drift, num_partitions=config.ray.num_partitions)
 
 
 class ExportView(StageView):

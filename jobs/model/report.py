@@ -273,12 +273,156 @@ def segment_section(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def _segment_extras(
+    segment: str,
+    cards: Mapping[str, Mapping[str, Any]] | None,
+    distributions: Mapping[str, Sequence[int]] | None,
+    partner_sizes: Mapping[str, Mapping[str, Mapping[str, int]]] | None,
+) -> str:
+    out = []
+    if cards is not None:
+        out.append(champion_section(cards.get(segment)))
+    if distributions and distributions.get(segment):
+        out.append(f'<div class="charts">{distribution_chart(distributions[segment])}</div>')
+    if partner_sizes is not None:
+        out.append(partner_table(partner_sizes.get(segment) or {}))
+    return "".join(out)
+
+
+def champion_section(card: Mapping[str, Any] | None) -> str:
+    """The champion decision of a segment's model card (`champion` block): every candidate's out-of-time
+    figures, which one scores and exports, and why; a card without the block says so."""
+    champion = (card or {}).get("champion")
+    if not champion:
+        return '<p class="muted">champion: no decision recorded in the model card.</p>'
+    primary = str(champion.get("primary_metric") or "primary metric")
+    chosen = champion.get("chosen")
+    verdict = (
+        f'<p class="ok">champion: <b>{_fmt(chosen)}</b> ({html.escape(primary)}, margin {_fmt(champion.get("margin"))})'
+        if chosen
+        else '<p class="alarm">rejected: no candidate may score or export this segment'
+    )
+    rows = [
+        f"<table><tr><th>candidate</th><th>{html.escape(primary)}</th><th>PR-AUC</th><th>AUC</th><th>alarms</th></tr>"
+    ]
+    for name, figures in (champion.get("candidates") or {}).items():
+        alarms = ", ".join(html.escape(str(a)) for a in figures.get("alarms") or []) or "–"
+        mark = " ✔" if name == chosen else ""
+        rows.append(
+            f"<tr><td>{html.escape(name)}{mark}</td><td>{_fmt(figures.get(primary))}</td>"
+            f"<td>{_fmt(figures.get('pr_auc'))}</td><td>{_fmt(figures.get('roc_auc'))}</td>"
+            f'<td class="{"alarm" if figures.get("alarms") else "ok"}">{alarms}</td></tr>'
+        )
+    rows.append("</table>")
+    fits = champion.get("fits") or {}
+    fitted = ", ".join(f"{html.escape(k)} fit as of {_fmt((v or {}).get('as_of'))}" for k, v in fits.items())
+    return (
+        verdict
+        + f" – {html.escape(str(champion.get('reason') or ''))}</p>"
+        + "".join(rows)
+        + (f'<p class="muted">{fitted}</p>' if fitted else "")
+    )
+
+
+def distribution_chart(counts: Sequence[int]) -> str:
+    """Scored personas per equal-width score bin over [0, 1], as shares (inline SVG bars)."""
+    total = sum(counts) or 1
+    width = 1.0 / max(len(counts), 1)
+    items = [(f"{i * width:.2f} – {(i + 1) * width:.2f}", c / total) for i, c in enumerate(counts)]
+    return _svg_bars("Score distribution (share of scored personas)", items)
+
+
+def partner_table(sizes: Mapping[str, Mapping[str, int]]) -> str:
+    """Members and scored personas per partner (a persona counts at every partner that has seen it)."""
+    if not sizes:
+        return '<p class="muted">segment size per partner: nobody scored.</p>'
+    rows = ["<table><tr><th>partner</th><th>scored</th><th>members</th></tr>"]
+    for partner, n in sorted(sizes.items()):
+        rows.append(
+            f"<tr><td>{html.escape(partner)}</td><td>{_fmt(n.get('scored'))}</td><td>{_fmt(n.get('members'))}</td></tr>"
+        )
+    rows.append("</table>")
+    return "<h3>Segment size per partner</h3>" + "".join(rows)
+
+
+def run_section(stats: Mapping[str, Any]) -> str:
+    """The run's identity figures: personas, identifiers per persona, identifiers refused by each junk rule."""
+    personas = stats.get("personas") or 0
+    linked = stats.get("identifiers_linked") or 0
+    per_type = stats.get("identifiers_by_type") or {}
+    sizes = stats.get("identifiers_per_persona") or {}
+    refused = stats.get("refused_by_rule") or {}
+    out = [
+        '<h2 id="run">Run: personas and identifiers</h2>',
+        f"<table><tr><th>personas</th><td>{_fmt(personas)}</td></tr>"
+        f"<tr><th>identifiers linked</th><td>{_fmt(linked)}</td></tr>"
+        f"<tr><th>identifiers per persona (mean)</th><td>{_fmt(linked / personas if personas else None, 2)}</td></tr>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in sorted(per_type.items()))
+        + "</table>",
+        "<h3>Identifiers refused by each junk rule</h3>",
+        "<table><tr><th>rule</th><th>identifiers</th></tr>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(refused.items()))
+        + ("" if refused else '<tr><td colspan="2">none</td></tr>')
+        + "</table>",
+    ]
+    total = sum(sizes.values()) or 1
+    out.append(
+        '<div class="charts">'
+        + _svg_bars("Personas by identifiers they hold (share)", [(k, v / total) for k, v in sizes.items()])
+        + "</div>"
+    )
+    return "".join(out)
+
+
+def drift_section(drift: Mapping[str, Any]) -> str:
+    """PSI against the previous run: alarms first, each segment's scores, the most shifted features."""
+    out = ['<h2 id="drift">Drift against the previous run</h2>']
+    previous = drift.get("previous_run")
+    if not previous or drift.get("note"):
+        return out[0] + f'<p class="muted">{html.escape(str(drift.get("note") or "no previous run"))}</p>'
+    out.append(
+        f'<p class="muted">run {html.escape(str(previous))} (features as of {_fmt(drift.get("previous_as_of"))}); '
+        f"PSI above {_fmt(drift.get('threshold'), 2)} is an alarm; {_fmt(drift.get('features_compared'))} features "
+        "compared</p>"
+    )
+    alarms = drift.get("alarms") or []
+    out.append(
+        "<ul>" + "".join(f'<li class="alarm">{html.escape(a)}</li>' for a in alarms) + "</ul>"
+        if alarms
+        else '<p class="ok">no feature or score distribution moved past the threshold</p>'
+    )
+    scores = drift.get("scores") or {}
+    out.append(
+        "<table><tr><th>segment scores</th><th>PSI</th></tr>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(scores.items()))
+        + "</table>"
+    )
+    top = sorted((drift.get("features") or {}).items(), key=lambda kv: -kv[1])[:15]
+    out.append(
+        "<table><tr><th>feature (largest 15)</th><th>PSI</th></tr>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in top)
+        + "</table>"
+    )
+    return "".join(out)
+
+
 def render_page(
-    title: str, sections: Sequence[Mapping[str, Any]], scoring: Mapping[str, Mapping[str, int]] | None = None
+    title: str,
+    sections: Sequence[Mapping[str, Any]],
+    scoring: Mapping[str, Mapping[str, int]] | None = None,
+    *,
+    cards: Mapping[str, Mapping[str, Any]] | None = None,
+    distributions: Mapping[str, Sequence[int]] | None = None,
+    partner_sizes: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
+    run_stats: Mapping[str, Any] | None = None,
+    drift: Mapping[str, Any] | None = None,
 ) -> str:
     """A complete, self-contained HTML page for one or more segments' metrics.
 
-    `scoring` (segment -> {"scored", "members"}) adds who was scored and who is a member to the summary.
+    `scoring` (segment -> {"scored", "members"}) adds who was scored and who is a member to the summary; a run's
+    page also gets, per segment, the champion decision of its model card (`cards`), its score distribution
+    (`distributions`, bins over [0, 1]) and its size per partner (`partner_sizes`), and a run section with the
+    identity figures (`run_stats`, `run_section`) and drift against the previous run (`drift`, `drift_section`).
     """
     counts = ["scored", "members"] if scoring is not None else []
     summary = [
@@ -299,7 +443,14 @@ def render_page(
             + f'<td class="{"alarm" if m.get("alarms") else "ok"}">{alarms}</td></tr>'
         )
     summary.append("</table>")
-    body = "".join(segment_section(m) for m in sections)
+    body = "".join(
+        segment_section(m) + _segment_extras(str(m.get("segment")), cards, distributions, partner_sizes)
+        for m in sections
+    )
+    if run_stats is not None:
+        body += run_section(run_stats)
+    if drift is not None:
+        body += drift_section(drift)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"

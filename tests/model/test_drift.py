@@ -1,0 +1,67 @@
+"""Drift between runs: PSI of features (fine histograms grouped by the previous run's deciles) and of scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs.model.drift import (
+    drift_alarms,
+    feature_bins,
+    feature_psi,
+    merge_feature_bins,
+    pick_previous,
+    psi,
+    score_psi,
+)
+
+
+def histogram(columns: dict[str, np.ndarray], blocks: int = 4) -> pa.Table:
+    table = pa.table(columns)
+    step = -(-table.num_rows // blocks)
+    names = list(columns)
+    return merge_feature_bins(*(feature_bins(table.slice(i, step), names) for i in range(0, table.num_rows, step)))
+
+
+def test_psi_by_hand():
+    assert psi([50, 50], [50, 50]) == 0.0
+    # shares 0.5/0.5 -> 0.2/0.8: (0.2-0.5) ln(0.4) + (0.8-0.5) ln(1.6)
+    assert psi([5, 5], [2, 8]) == pytest.approx(-0.3 * np.log(0.4) + 0.3 * np.log(1.6))
+    assert np.isnan(psi([0, 0], [1, 1]))
+
+
+def test_same_population_is_stable_a_shift_is_not():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    before = histogram({"spend": rng.gamma(2.0, 50.0, n), "orders": rng.poisson(2, n).astype(float)})
+    same = histogram({"spend": rng.gamma(2.0, 50.0, n), "orders": rng.poisson(2, n).astype(float)})
+    moved = histogram({"spend": rng.gamma(2.0, 80.0, n), "orders": rng.poisson(2, n).astype(float)})
+    stable = feature_psi(before, same)
+    assert set(stable) == {"spend", "orders"} and max(stable.values()) < 0.01
+    shifted = feature_psi(before, moved)
+    assert shifted["spend"] > 0.25 and shifted["orders"] < 0.01
+
+
+def test_missing_values_are_a_bin_of_their_own():
+    values = np.arange(1000, dtype=float)
+    holes = values.copy()
+    holes[:400] = np.nan  # 40% of the values go missing
+    assert feature_psi(histogram({"x": values}), histogram({"x": holes}))["x"] > 0.25
+
+
+def test_score_psi_alarms_and_previous_run_rule():
+    scores = score_psi({"a": [10, 10, 0], "b": [5, 5, 5]}, {"a": [10, 10, 0], "b": [0, 5, 10], "c": [1, 1, 1]})
+    assert scores["a"] == 0.0 and scores["b"] > 0.25 and "c" not in scores
+    alarms = drift_alarms({"spend": 0.4, "orders": 0.01}, scores, 0.25)
+    assert alarms[0].startswith("segment b scores: PSI") and alarms[1] == "feature spend: PSI 0.400 > 0.25"
+    runs = [
+        {"run_id": "2026-03-01", "run_date": "2026-03-01", "status": "succeeded", "finished_at": "a"},
+        {"run_id": "2026-03-02", "run_date": "2026-03-02", "status": "failed"},
+        {"run_id": "later", "run_date": "2026-03-09", "status": "succeeded"},
+        {"run_id": "rerun", "run_date": "2026-03-01", "status": "succeeded", "finished_at": "b"},
+        {},
+    ]
+    assert pick_previous(runs, "2026-03-03", "2026-03-03") == "rerun"  # latest date, then latest finish
+    assert pick_previous(runs, "2026-03-01", "2026-03-01") == "rerun"  # not itself
+    assert pick_previous(runs[1:3], "x", "2026-03-03") is None
