@@ -1,9 +1,17 @@
 """Normalising emails and phones, vectorised over Arrow columns.
 
-Emails: trim, drop inner whitespace, lowercase, drop a `+tag`, `googlemail.com` -> `gmail.com`, gmail
-dots removed. Phones: `phonenumbers` E.164 with the event's country as the default region (`00CC` and
-`+CC` prefixes are international). Only the distinct values of a batch go through Python, and results are
-cached per process, so the cost grows with distinct phones, not with events.
+Emails: Unicode NFKC, whitespace dropped, lowercase; whether it is an address at all is decided by
+`email-validator` (RFC 5321/6531 syntax, internationalised local parts, IDN domains, no special-use domains
+but `.test`, which test fixtures use; no DNS) and the local part must hold a letter or digit; then a `+tag`
+is dropped, `googlemail.com` -> `gmail.com`, gmail dots removed. The domain is the library's (IDNA) form in
+Unicode, so `xn--mller-kva.de` and `müller.de` are one domain. The export key recipe
+(`jobs.exports.keys.KEY_RECIPE`) states these rules for partners.
+
+Phones: `phonenumbers` E.164 with the event's country as the default region (`00CC` and `+CC` prefixes are
+international).
+
+Only the distinct values of a batch go through Python (dictionary encoding), and results are cached per
+process, so the cost grows with distinct emails and phones, not with events.
 
 A value that cannot be an identifier (no `@`, too few digits, not a possible number) is kept as a
 *flagged* value: it never links anyone, and the audit table lists it with the rule `invalid_email` /
@@ -13,6 +21,7 @@ A value that cannot be an identifier (no `@`, too few digits, not a possible num
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -20,35 +29,48 @@ import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
+from email_validator import EmailNotValidError, validate_email
 
-_EMAIL_RE = r"^(?P<local>[^@\s]+)@(?P<domain>[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,})$"
 _NON_DIGITS = re.compile(r"\D+")
 
 
 def normalise_email_value(raw: str | None) -> str | None:
     """One email the way `normalise_emails` does it (for tests and blocklists)."""
-    out = normalise_emails(pa.array([raw], pa.string()))[0]
-    return out[0].as_py()
+    return None if raw is None else email_value(raw)[0]
+
+
+@lru_cache(maxsize=1_000_000)
+def email_value(raw: str) -> tuple[str | None, bool]:
+    """(LOCAL@DOMAIN, True) for an address; (the text cleaned, False) for something that is not one."""
+    text = "".join(unicodedata.normalize("NFKC", raw).split()).lower()
+    if not text:
+        return None, False
+    try:
+        address = validate_email(text, check_deliverability=False, test_environment=True)
+    except EmailNotValidError:
+        return text, False
+    local, domain = address.local_part, address.domain
+    if not any(ch.isalnum() for ch in local):  # 😀😀@x.com is well-formed, but nobody's address
+        return text, False
+    local = local.split("+", 1)[0]
+    domain = "gmail.com" if domain == "googlemail.com" else domain
+    local = local.replace(".", "") if domain == "gmail.com" else local
+    return (f"{local}@{domain}", True) if local else (text, False)
 
 
 def normalise_emails(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """(normalised, valid) for a string column; nulls and empty strings stay null, valid is False there."""
+    """(normalised, valid) for a string column; nulls and blank strings stay null, valid is False there.
+
+    Each distinct value goes through `email_value` once (dictionary encoding), whatever its repeats.
+    """
     col = pc.cast(column, pa.string())
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    e = pc.utf8_lower(pc.replace_substring_regex(col, r"\s+", ""))
-    e = pc.if_else(pc.equal(e, ""), pa.scalar(None, pa.string()), e)
-    parts = pc.extract_regex(e, _EMAIL_RE)
-    valid = pc.fill_null(pc.is_valid(parts), False)
-    local = pc.struct_field(parts, [0])
-    domain = pc.struct_field(parts, [1])
-    local = pc.replace_substring_regex(local, r"\+.*$", "")
-    domain = pc.if_else(pc.equal(domain, "googlemail.com"), pa.scalar("gmail.com"), domain)
-    local = pc.if_else(pc.equal(domain, "gmail.com"), pc.replace_substring(local, ".", ""), local)
-    valid = pc.and_(valid, pc.fill_null(pc.greater(pc.utf8_length(local), 0), False))
-    joined = pc.binary_join_element_wise(local, domain, "@")
-    out = pc.if_else(valid, joined, e)
-    return out, valid
+    encoded = pc.dictionary_encode(col)
+    results = [email_value(v) for v in encoded.dictionary.to_pylist()]
+    values = pa.array([r[0] for r in results], pa.string())
+    valid = pa.array([r[1] for r in results], pa.bool_())
+    return values.take(encoded.indices), pc.fill_null(valid.take(encoded.indices), False)
 
 
 def phone_digits(column: pa.Array | pa.ChunkedArray) -> pa.Array:

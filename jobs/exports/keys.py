@@ -28,12 +28,17 @@ KEY_TYPES = {
 # How a partner computes the same keys for its own contacts: every rule `jobs.contract.normalise` applies, in
 # order. A change to the normaliser is a new version here (partners match keys across runs by it).
 KEY_RECIPE = {
-    "version": "v1",
+    "version": "v2",
     "email_sha256": [
-        "remove every whitespace character",
-        "lowercase",
-        "it must read LOCAL@DOMAIN: LOCAL has no '@' or whitespace; DOMAIN is dot-separated labels of a-z, 0-9 "
-        "and '-' ending in a label of 2+ letters a-z; otherwise there is no key",
+        "Unicode NFKC normalisation (full-width and compatibility characters become their plain forms)",
+        "remove every whitespace character (Unicode whitespace)",
+        "lowercase (Unicode)",
+        "validate with the Python library email-validator (>= 2.1): validate_email(text, "
+        "check_deliverability=False, test_environment=True), its other options at their defaults "
+        "(internationalised addresses allowed; quoted local parts, IP-address domains and special-use domains "
+        "other than .test refused); if it refuses, there is no key; otherwise LOCAL is its local_part and "
+        "DOMAIN its domain (IDN domains in Unicode form, so xn--mller-kva.de and müller.de are the same)",
+        "LOCAL must hold at least one letter or digit (Unicode); otherwise there is no key",
         "drop everything from the first '+' in LOCAL",
         "DOMAIN googlemail.com becomes gmail.com",
         "for gmail.com remove every '.' in LOCAL",

@@ -66,3 +66,24 @@ def test_blocklists_are_normalised():
         "test@test.com",
     ]
     assert phone_blocklist_digits(["000-000-0000", "12 34"]) == ["0000000000", "1234"]
+
+
+@pytest.mark.parametrize(
+    "raw, expected, valid",
+    [
+        ("Jösé.Müller+tag@Exämple.com", "jösé.müller@exämple.com", True),  # internationalised, IDN domain
+        ("x@xn--mller-kva.de", "x@müller.de", True),  # punycode and Unicode domains are one domain
+        ("ａｎｎ@ｅｘａｍｐｌｅ.com", "ann@example.com", True),  # NFKC first: full-width forms
+        ("ann\u00a0lee@abv.bg", "annlee@abv.bg", True),  # a no-break space is whitespace
+        ("😀😀@x.com", "😀😀@x.com", False),  # well-formed, but no letter or digit: nobody's address
+        ("a..b@x.com", "a..b@x.com", False),
+        ("user@localhost", "user@localhost", False),
+        ("user@site.invalid", "user@site.invalid", False),  # special-use domain
+        ("a0@shop.test", "a0@shop.test", True),  # .test is accepted: test fixtures use it
+        ('"quoted"@x.com', '"quoted"@x.com', False),
+        ("+promo@gmail.com", "+promo@gmail.com", False),  # nothing left before the tag
+    ],
+)
+def test_email_validity_is_the_library_s(raw, expected, valid):
+    values, ok = normalise_emails(pa.array([raw, raw, None]))
+    assert values.to_pylist() == [expected, expected, None] and ok.to_pylist() == [valid, valid, False]
