@@ -7,6 +7,7 @@ segment name is validated before a path or a policy prefix is built from it (`jo
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jobs.config import StorageConfig
@@ -66,18 +67,18 @@ def run_date_exports(root: str, run_date: str, storage: StorageConfig) -> dict[s
     segment): what one run owns, and what another run of that date must not overwrite unless told to."""
     layout = ExportLayout(root)
     validate_run_date(run_date)
-    found = {}
+    folders = []
     for parts in published_folders(layout.base, ExportLayout.MANIFEST, storage):
         if len(parts) != 3 or parts[2] != run_date:
             continue
         try:
-            folder = layout.export_dir(*parts)
+            folders.append(layout.export_dir(*parts))
         except UserError:  # not a folder an export writes: not an export
             continue
-        manifest = published_manifest(folder, ExportLayout.MANIFEST, storage)
-        if manifest is not None:  # torn or replaced meanwhile: nobody's
-            found[folder] = manifest
-    return found
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(folders)))) as pool:  # one GET each on S3
+        manifests = pool.map(lambda folder: published_manifest(folder, ExportLayout.MANIFEST, storage), folders)
+        # a manifest torn or replaced meanwhile: nobody's
+        return {folder: manifest for folder, manifest in zip(folders, manifests) if manifest is not None}
 
 
 def presigned_urls(
