@@ -71,6 +71,8 @@ def old_reader(revision: str):
         ).stdout
         (package / f"{name}.py").write_text(text.replace("jobs.contract.schema", "old_contract.schema"))
     sys.path.insert(0, str(folder))
+    # Ray's workers (started after this) find it on their path too
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
     return importlib.import_module("old_contract.reading")
 
 

@@ -67,6 +67,7 @@ READ_CHUNK_BYTES = 16 << 20  # JSON Lines are read in blocks of about this many 
 # pyarrow's JSON parser recurses: a line nested some 20,000 levels deep crashes the process. A block that may
 # hold a line nested deeper than this is parsed line by line (Python's json stops at its recursion limit).
 SAFE_DEPTH = 2000
+SPLIT_BELOW_LINES = 512  # a block pyarrow cannot read is halved down to about this many lines
 BOM = b"\xef\xbb\xbf"
 TsRange = tuple[dt.datetime, dt.datetime]
 
@@ -229,35 +230,53 @@ def read_json_lines(stream, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[pa.
         else:
             block, rest = buffer[: cut + 1], buffer[cut + 1 :]
         if block:
-            yield parse_block(block, line)
+            yield from parse_block(block, line)
             line += block.count(b"\n")
         if len(rest) > MAX_LINE_BYTES:
             overlong, rest = [line, rest[:RAW_KEEP_BYTES], len(rest)], b""
     if overlong is not None:
         yield _too_long(*overlong)
     elif rest.strip():
-        yield parse_block(rest, line)
+        yield from parse_block(rest, line)
 
 
-def parse_block(block: bytes, first_line: int) -> pa.Table:
-    """Whole lines -> a raw table with `_line`; pyarrow's reader first, line by line if it cannot."""
-    expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+def parse_block(block: bytes, first_line: int) -> list[pa.Table]:
+    """Whole lines -> raw tables with `_line`: pyarrow's reader first; a block it cannot read is halved (at a
+    line end) until the halves are read or are small, and only a small part holding a bad line goes line by
+    line. Halves may type a column differently: each is its own table (the normaliser types them alike)."""
+    expected = expected_lines(block)
+    table = _read_with_pyarrow(block, expected)
+    if table is not None:
+        return [table.append_column(LINE, pa.array(np.arange(first_line, first_line + expected, dtype=np.int64)))]
+    middle = block.find(b"\n", len(block) // 2)
+    if expected <= SPLIT_BELOW_LINES or middle < 0 or middle == len(block) - 1:
+        return [parse_lines(block, first_line)]
+    left, right = block[: middle + 1], block[middle + 1 :]
+    return parse_block(left, first_line) + parse_block(right, first_line + expected_lines(left))
+
+
+def expected_lines(block: bytes) -> int:
+    return block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+
+
+def _read_with_pyarrow(block: bytes, expected: int) -> pa.Table | None:
+    """The block as pyarrow reads it, or None where it must not or cannot (or its rows are not the lines)."""
     # pyarrow's reader is only handed lines that start an object: a file of `null` then `[["a", null]]`
     # crashes it (pyarrow 26: a segmentation fault); blank lines also take the line-by-line path
     objects = block.count(b"\n{") + block.startswith(b"{")
     if objects != expected or _needs_line_by_line(block):
-        return parse_lines(block, first_line)
+        return None
     try:
         table = pajson.read_json(pa.BufferReader(block), read_options=pajson.ReadOptions(block_size=MAX_LINE_BYTES))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
-        return parse_lines(block, first_line)
-    if table.num_rows != expected:  # blank lines, or several objects on a line: number them one by one
-        return parse_lines(block, first_line)
+        return None
+    if table.num_rows != expected:  # several objects on a line: number them one by one
+        return None
     if any(pa.types.is_nested(f.type) for f in table.schema):
         # objects and lists become JSON text (or bad_type) either way; pyarrow's nested columns of nulls are
         # malformed arrays in some versions, so those blocks go line by line
-        return parse_lines(block, first_line)
-    return table.append_column(LINE, pa.array(np.arange(first_line, first_line + expected, dtype=np.int64)))
+        return None
+    return table
 
 
 def _needs_line_by_line(block: bytes) -> bool:

@@ -34,6 +34,7 @@ from jobs.contract import (
     reason_counts,
     split_invalid,
 )
+from jobs.contract.reading import parse_block
 from jobs.errors import UserError
 
 LOCAL = StorageConfig()
@@ -300,3 +301,22 @@ def test_hive_folders_of_json_files_are_columns(tmp_path):
     table = read_events_local(plan_input(str(tmp_path), LOCAL), LOCAL, TS_RANGE)
     assert table.column("day").to_pylist() == ["2026-03-01"] * 2
     assert table.column("partner_id").to_pylist() == ["p9", "p1"]  # a row's own value wins
+
+
+def test_a_big_block_with_bad_lines_is_halved_around_them():
+    lines = [line(good(i)) for i in range(5000)]
+    lines[1234] = b"{broken"
+    lines[4321] = line(good(4321, price="12.50"))  # pyarrow cannot mix text and numbers in one column
+    lines[4500] = b""
+    tables = parse_block(b"\n".join(lines) + b"\n", 1)
+    assert 2 < len(tables) < 40  # halves read by pyarrow; only small parts line by line
+    numbers = [n for t in tables for n in t.column(LINE).to_pylist()]
+    assert numbers == [n for n in range(1, 5001) if n != 4501]
+    reasons = {
+        n: r
+        for t in tables
+        if REASON in t.column_names
+        for n, r in zip(t[LINE].to_pylist(), t[REASON].to_pylist())
+        if r
+    }
+    assert reasons == {1235: "unparseable_json"}
