@@ -288,7 +288,7 @@ def decide_junk(stats: pa.Table, thresholds: Thresholds, oracle: bool = False) -
     figure = np.full(n, np.nan)
     threshold = np.full(n, np.nan)
     flag = stats.column("flag").to_numpy(zero_copy_only=False)
-    has_flag = np.array([f is not None for f in flag], dtype=bool)
+    has_flag = pc.is_valid(stats.column("flag")).to_numpy(zero_copy_only=False)
     rule[has_flag] = flag[has_flag]
     figure[has_flag] = stats.column("n_events").to_numpy()[has_flag]
     if oracle:
@@ -305,7 +305,7 @@ def decide_junk(stats: pa.Table, thresholds: Thresholds, oracle: bool = False) -
         limit = thresholds.values["customers_at_partner"]
         hit = (rule == None) & (types == DEVICE) & (cust >= limit)  # noqa: E711
         rule[hit], figure[hit], threshold[hit] = "shared_device_customers", cust[hit], limit
-    junk = np.array([r is not None for r in rule], dtype=bool)
+    junk = rule != None  # noqa: E711 - numpy elementwise
     idx = np.flatnonzero(junk)
     sub = stats.take(pa.array(idx))
     audit = pa.table(

@@ -13,7 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.identity.graph import CLICK, CUSTOMER, DEVICE, EMAIL, PHONE, SUBSCRIBER, TYPE_RANK
+from jobs.identity.graph import (
+    CLICK,
+    CUSTOMER,
+    DEVICE,
+    EMAIL,
+    PHONE,
+    SUBSCRIBER,
+    TYPE_RANK,
+    dictionary_codes,
+    distinct_pairs,
+)
 
 TS = pa.timestamp("us", tz="UTC")
 PERSONA_SCHEMA = pa.schema(
@@ -85,6 +95,23 @@ def _first_per_group(group: np.ndarray, *sort_keys: np.ndarray) -> np.ndarray:
     return order[first]
 
 
+def _partners_union(seen_at_partners: pa.ListArray, group: np.ndarray, n_groups: int) -> pa.ListArray:
+    """Per group, the sorted distinct partners of its rows' `seen_at_partners` lists (null where a group
+    has none): the partner names are ranked once, the (group, rank) pairs made distinct, no per-row Python."""
+    flat = pc.list_flatten(seen_at_partners)
+    parent = pc.list_parent_indices(seen_at_partners).to_numpy()
+    codes, names = dictionary_codes(flat)
+    valid = codes >= 0
+    order_of_name = np.argsort(np.asarray(names.to_pylist(), dtype=object), kind="stable")
+    rank = np.empty(len(order_of_name), np.int64)
+    rank[order_of_name] = np.arange(len(order_of_name))
+    g, r, _ = distinct_pairs(group[parent[valid]].astype(np.int64), rank[codes[valid]])
+    counts = np.bincount(g, minlength=n_groups)
+    offsets = pa.array(np.r_[0, np.cumsum(counts)].astype(np.int32))
+    values = names.take(pa.array(order_of_name[r]))
+    return pa.ListArray.from_arrays(offsets, values, type=pa.list_(pa.string()), mask=pa.array(counts == 0))
+
+
 def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) -> dict[str, pa.Table]:
     """For one partition of labels (all rows of a label in this partition).
 
@@ -113,7 +140,8 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     first_seen = idents.column("first_seen").cast(pa.int64()).to_numpy()
     last_seen = idents.column("last_seen").cast(pa.int64()).to_numpy()
     types = idents.column("identifier_type").to_numpy(zero_copy_only=False).astype(object)
-    rank = np.vectorize(TYPE_RANK.get, otypes=[np.int64])(types) if len(types) else np.zeros(0, np.int64)
+    type_codes, type_names = dictionary_codes(idents.column("identifier_type"))
+    rank = np.array([TYPE_RANK[t] for t in type_names.to_pylist()], np.int64)[type_codes]
     # persona id per label: earliest-seen identifier
     first = _first_per_group(label, first_seen, rank, node)
     labels_sorted = label[first]
@@ -161,22 +189,14 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
             )
             values[pos[rows][best]] = ident_col.take(pa.array(rows[best])).to_numpy(zero_copy_only=False)
         current[name] = pa.array(values, pa.string())
-    # partners: union of seen_at_partners
-    sap = idents.column("seen_at_partners").combine_chunks()
-    flat = pc.list_flatten(sap)
-    parent = pc.list_parent_indices(sap).to_numpy()
-    ptable = pa.table({"g": pa.array(pos[parent], pa.int64()), "p": flat})
-    pagg = ptable.group_by(["g"], use_threads=False).aggregate([("p", "distinct")])
-    partners = np.full(n_labels, None, dtype=object)
-    for g, plist in zip(pagg.column("g").to_pylist(), pagg.column("p_distinct").to_pylist()):
-        partners[g] = sorted(plist)
+    partners = _partners_union(idents.column("seen_at_partners").combine_chunks(), pos, n_labels)
     personas = (
         pa.table(
             {
                 "persona_id": pid_by_label,
                 **{k: current[k] for k in ("current_email", "current_phone")},
                 **{k: pa.array(v) for k, v in counts.items()},
-                "partners": pa.array(partners.tolist(), pa.list_(pa.string())),
+                "partners": partners,
                 "first_seen": pa.array(fs, pa.int64()).cast(TS),
                 "last_seen": pa.array(ls, pa.int64()).cast(TS),
             }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from jobs.identity.graph import distinct_pairs
+from jobs.identity.personas import _partners_union
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -26,3 +28,13 @@ def test_distinct_pairs_equals_unique_rows(seed: int) -> None:
 def test_distinct_pairs_empty() -> None:
     a, b, counts = distinct_pairs(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
     assert len(a) == len(b) == len(counts) == 0
+
+
+def test_partners_union_equals_sorted_python_sets() -> None:
+    lists = [["p2", "p1"], ["p1"], ["Ä", "p10", "p2"], ["z"], ["p2", "p2"], ["a"]]
+    group = np.array([0, 0, 2, 2, 3, 0])  # group 1 has no rows: null, as the group_by it replaces gave
+    got = _partners_union(pa.array(lists, pa.list_(pa.string())), group, 4).to_pylist()
+    want: list = [None] * 4
+    for g, values in zip(group, lists):
+        want[g] = sorted(set(want[g] or []) | set(values))
+    assert got == want
