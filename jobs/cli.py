@@ -544,6 +544,13 @@ def serve_keys_create(
     config_file: ConfigOpt = None,
 ) -> None:
     """A new API key for a partner, printed once; only its hash is stored under ROOT/online/keys/."""
+    from jobs.run.layout import OnlineLayout
     from jobs.serving.partner_keys import create_key
+    from jobs.storage import check_writable
 
-    _invoke(lambda: create_key(_config(config_file), partner=partner, root=root))
+    def run() -> Any:
+        config = _config(config_file)
+        check_writable(OnlineLayout(root).keys, config.storage)
+        return create_key(config, partner=partner, root=root)
+
+    _invoke(run)

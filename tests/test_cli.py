@@ -110,3 +110,9 @@ def test_verbose_shows_the_traceback_on_the_console(tmp_path):
     loud = CliRunner().invoke(app, ["--verbose", "train", "--run", str(tmp_path / "runs" / "r")])
     assert quiet.exit_code == loud.exit_code == 2
     assert "Traceback" not in quiet.output and "Traceback (most recent call last)" in loud.output
+
+
+def test_a_partner_key_is_not_made_where_it_cannot_be_stored():
+    result = CliRunner().invoke(app, ["serve", "keys", "create", "--partner", "p1", "--root", "/etc/hostname/x"])
+    assert result.exit_code == 2, result.output
+    assert "cannot write to /etc/hostname/x/online/keys" in result.output and "Traceback" not in result.output
