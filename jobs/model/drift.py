@@ -10,7 +10,8 @@ bits of the value's order-preserving bit pattern, so bins depend on no data and 
 missing values have their own bin), partial histograms merge by summing (a tree of Ray tasks,
 `jobs.model.run_figures.feature_histogram`), and `feature_psi` groups the previous run's fine bins into
 `GROUPS` bins of about equal mass (deciles, missing apart) and counts both runs in those groups. Scores: the
-20 equal-width bins of the scores marker's `distribution` (`jobs.segments.membership.score_distribution`).
+20 equal-width bins of the scores marker's `distribution` (`jobs.segments.membership.score_distribution`),
+grouped the same way by the previous run's mass.
 
 Which run is "previous" (`previous_run`): `drift.previous_run` when set, else the latest other run in the same
 ROOT whose summary says it succeeded and whose run date is not after this run's (latest run date, then the
@@ -94,20 +95,30 @@ def feature_psi(previous: pa.Table, current: pa.Table) -> dict[str, float]:
     for name in sorted(before.keys() & now.keys()):
         bins, counts = before[name]
         seen = bins != MISSING_BIN
-        value_bins, value_counts = bins[seen], counts[seen]
-        if len(value_bins):
-            share_before = (np.cumsum(value_counts) - value_counts) / value_counts.sum()
-            starts = np.flatnonzero(np.r_[True, np.diff(np.floor(share_before * GROUPS)) > 0])
-            edges = value_bins[starts]
-        else:
-            edges = np.array([0], np.int64)
+        edges = _equal_mass_edges(bins[seen], counts[seen])
         out[name] = psi(_grouped(bins, counts, edges), _grouped(*now[name], edges))
     return out
 
 
+def _equal_mass_edges(bins: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The lowest fine bin of each of about `GROUPS` groups of equal mass (a fine bin is never split)."""
+    if not len(bins) or counts.sum() <= 0:
+        return np.array([0], np.int64)
+    share_before = (np.cumsum(counts) - counts) / counts.sum()
+    return bins[np.flatnonzero(np.r_[True, np.diff(np.floor(share_before * GROUPS)) > 0])]
+
+
 def score_psi(previous: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]]) -> dict[str, float]:
-    """PSI of each segment's score distribution (the scores markers' `distribution`) that both runs scored."""
-    return {s: psi(previous[s], current[s]) for s in sorted(previous.keys() & current.keys())}
+    """PSI of each segment's score distribution (the scores markers' `distribution`) that both runs scored, over
+    the previous run's bins merged into about-equal-mass groups as for features (scores crowd into a few of the
+    equal-width bins; an empty bin would otherwise weigh as much as the floor lets it)."""
+    out = {}
+    for segment in sorted(previous.keys() & current.keys()):
+        before, now = np.asarray(previous[segment], np.float64), np.asarray(current[segment], np.float64)
+        bins = np.arange(len(before))
+        edges = _equal_mass_edges(bins, before)
+        out[segment] = psi(_grouped(bins, before, edges)[1:], _grouped(np.arange(len(now)), now, edges)[1:])
+    return out
 
 
 def drift_alarms(features: Mapping[str, float], scores: Mapping[str, float], threshold: float) -> list[str]:

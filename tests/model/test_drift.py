@@ -52,6 +52,9 @@ def test_missing_values_are_a_bin_of_their_own():
 
 def test_score_psi_alarms_and_previous_run_rule():
     scores = score_psi({"a": [10, 10, 0], "b": [5, 5, 5]}, {"a": [10, 10, 0], "b": [0, 5, 10], "c": [1, 1, 1]})
+    # crowded scores: the previous run's bins merge by mass ([0-1], [2], [3-4] here), the shares compare per group
+    crowded = score_psi({"s": [0, 500, 500, 0, 0]}, {"s": [400, 100, 500, 0, 0]})["s"]
+    assert crowded == 0.0
     assert scores["a"] == 0.0 and scores["b"] > 0.25 and "c" not in scores
     alarms = drift_alarms({"spend": 0.4, "orders": 0.01}, scores, 0.25)
     assert alarms[0].startswith("segment b scores: PSI") and alarms[1] == "feature spend: PSI 0.400 > 0.25"
