@@ -47,7 +47,7 @@ def write_json_lines(events: int, folder: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     table = generate_events(persons=max(200, round(events / EVENTS_PER_PERSON)), partners=8, days=180, seed=5)
     table = table.set_column(
-        table.schema.get_field_index("ts"), "ts", pc.strftime(table.column("ts"), format="%Y-%m-%dT%H:%M:%S.%fZ")
+        table.schema.get_field_index("ts"), "ts", pc.strftime(table.column("ts"), format="%Y-%m-%dT%H:%M:%SZ")
     )
     for partner in pc.unique(table.column("partner_id")).to_pylist():
         part = table.filter(pc.equal(table.column("partner_id"), partner))
