@@ -6,10 +6,13 @@
    catalogue, identity_map, events_resolved, scores, three real XGBoost models trained on a sample), then
    the real `segments publish` path turns it into a release (timed). `--reuse` keeps both from a previous
    run of the bench in --out.
-2. Ray Serve on a local Ray, the HTTP proxy on 127.0.0.1, `--replicas` replicas (embedded store).
+2. Ray Serve on a local Ray, its HTTP ingress on 127.0.0.1, `--replicas` replicas (embedded store), in the
+   mode `segments serve` uses by default, or `--throughput-optimized` (HAProxy straight to the replicas) /
+   `--no-throughput-optimized` (Serve's Python proxy, gRPC to the replicas); the report names the mode.
 3. Open-loop load from an aiohttp client beside it (a fixed number of requests per step and a time limit):
    lookups only, then 90% lookups + 10% single-event POSTs, at rising rates; per step p50/p95/p99 and the
-   achieved rate. The highest rate whose p99 <= 20 ms with no error (and the rate achieved) is reported.
+   achieved rate, and the CPU milliseconds per request of each process (replica, proxy or HAProxy, the load
+   generator, Ray's own). The highest rate whose p99 <= 20 ms with no error is reported.
 4. The same lookups called in-process without HTTP (the release loaded here, the replica's own code path):
    the baseline that shows what Serve's proxy + HTTP cost (ratio of p50s).
 5. Event-to-profile latency: POST an event, poll the profile until it shows it.
@@ -30,11 +33,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
 from features.catalog import catalog, feature_schema
 from features.matrix import feature_matrix
-from jobs.config import FeaturesConfig, JobConfig, SegmentConfig, StorageConfig
+from jobs.config import FeaturesConfig, JobConfig, SegmentConfig, ServingConfig, StorageConfig
 from jobs.identity.junk import AUDIT_SCHEMA
 from jobs.identity.personas import IDENTITY_MAP_SCHEMA
 from jobs.model import bundle
@@ -230,6 +234,36 @@ def build_run(root: str, n: int, storage: StorageConfig) -> str:
 
 # ------------------------------------------------------------------------------------------ load
 
+# Ray's process titles name the Serve actors; haproxy is the throughput mode's ingress
+ROLES = (
+    ("replica", "ServeReplica"),
+    ("proxy", "ProxyActor"),
+    ("haproxy", "haproxy"),
+    ("controller", "ServeController"),
+    ("raylet", "raylet"),
+    ("gcs", "gcs_server"),
+)
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process (the load generator) and of every process of the Ray it started,
+    by role: where a request's CPU goes."""
+    out = {"generator": sum(psutil.Process().cpu_times()[:2])}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(child.cmdline()) or child.name()
+            used = sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        role = next((role for role, mark in ROLES if mark in title), "other")
+        out[role] = out.get(role, 0.0) + used
+    return out
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    spent = {role: after[role] - before.get(role, 0.0) for role in after}
+    return {role: round(1000 * s / max(requests, 1), 3) for role, s in sorted(spent.items(), key=lambda kv: -kv[1])}
+
 
 def summary(latencies_s: list[float], statuses: list[int], elapsed: float, target: float) -> dict:
     ms = np.asarray(latencies_s) * 1000
@@ -262,6 +296,7 @@ async def open_loop(session, make_request, rate: float, seconds: float, time_lim
             statuses.append(599)
         latencies.append(time.perf_counter() - started)
 
+    cpu_before = cpu_seconds()
     start = loop.time()
     tasks = []
     for i in range(count):
@@ -272,7 +307,9 @@ async def open_loop(session, make_request, rate: float, seconds: float, time_lim
             break
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    return summary(latencies, statuses, loop.time() - start, rate)
+    out = summary(latencies, statuses, loop.time() - start, rate)
+    out["cpu_ms_per_request"] = cpu_per_request(cpu_before, cpu_seconds(), len(statuses))
+    return out
 
 
 async def load_steps(
@@ -407,17 +444,17 @@ def main() -> None:
     parser.add_argument("--rates", default="250,500,750,1000,1500,2000")
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds of load per rate step")
     parser.add_argument("--port", type=int, default=8321)
+    parser.add_argument(
+        "--throughput-optimized",
+        action=argparse.BooleanOptionalAction,
+        default=ServingConfig().throughput_optimized,
+        help="serving.throughput_optimized (HAProxy ingress straight to the replicas); --no-... : Serve's proxy",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("ray", "jobs", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")  # what `segments serve` sets (jobs.serving.app)
-    os.environ.setdefault("SEGMENTS_PROGRESS", "0")
-    import ray
-    from ray import serve
-
-    from jobs.serving.app import build_app, serve_logging
+    from jobs.serving.app import build_app, serve_environment, serve_logging
     from jobs.serving.partner_keys import create_key
     from jobs.serving.publish import run_publish
 
@@ -432,9 +469,24 @@ def main() -> None:
             "port": args.port,
             "max_ongoing_requests": 256,
             "num_partitions": 16,
+            "throughput_optimized": args.throughput_optimized,
         },
     )
-    results: dict = {"personas": args.personas, "replicas": args.replicas, "cpus": os.cpu_count()}
+    # what `segments serve` sets for the local Ray it starts: before ray.init, read when Serve's processes start
+    environment = serve_environment(config.serving)
+    os.environ.update(environment)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("SEGMENTS_PROGRESS", "0")
+    import ray
+    from ray import serve
+
+    results: dict = {
+        "personas": args.personas,
+        "replicas": args.replicas,
+        "cpus": os.cpu_count(),
+        "mode": {"throughput_optimized": args.throughput_optimized, "environment": environment},
+    }
+    log.info("serving mode: %s", results["mode"])
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     run_dir = RunLayout.for_run(root, RUN_ID).run_dir
     if not (args.reuse and read_json_or_none(f"{root}/online/current.json", storage)):
@@ -488,7 +540,7 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
     Path(args.out, "bench_serve.json").write_text(json.dumps(results, indent=2, default=str))
-    shown = ("in_process", "event_to_profile", "replica_memory_mb_per_million_personas", "verdict")
+    shown = ("mode", "in_process", "event_to_profile", "replica_memory_mb_per_million_personas", "verdict")
     log.info("%s", json.dumps({k: results[k] for k in shown}, indent=2))
 
 
