@@ -556,7 +556,8 @@ def normalise_batch(
             arrays[f.name] = pa.nulls(n, f.type)
             continue
         arrays[f.name], bad = coerce(batch.column(f.name), f.type)
-        reasons.append((f"bad_type:{f.name}", bad))
+        if bad.true_count:  # most columns of most batches: nothing to mark
+            reasons.append((f"bad_type:{f.name}", bad))
         if pa.types.is_string(f.type):
             present_strings.append(f.name)
     if "ts" in names:
@@ -580,6 +581,8 @@ def normalise_batch(
         arrays[c] = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
     control = None
     for c in present_strings:
+        if not _may_hold_control_characters(arrays[c]):
+            continue
         found = pc.fill_null(pc.match_substring_regex(arrays[c], CONTROL_CHARACTERS), False)
         control = found if control is None else pc.or_(control, found)
     reasons += [
@@ -606,6 +609,16 @@ def normalise_batch(
     arrays[RAW] = _raw_text(batch, reason)
     schema = canonical_schema(extra_columns)
     return pa.table([arrays[f.name] for f in schema], schema=schema)
+
+
+def _may_hold_control_characters(column: pa.Array) -> bool:
+    """False when no byte of the column's text is a control character (a scan of its data buffer, far cheaper
+    than a regex per value); True means look closer."""
+    data = column.buffers()[2]
+    if data is None:
+        return False
+    raw = np.frombuffer(data, dtype=np.uint8)
+    return bool((raw < 32).any() or (raw == 127).any())
 
 
 def _raw_text(batch: pa.Table, reason: pa.Array) -> pa.Array:
