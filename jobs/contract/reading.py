@@ -230,8 +230,9 @@ def read_json_lines(stream, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[pa.
         else:
             block, rest = buffer[: cut + 1], buffer[cut + 1 :]
         if block:
-            yield from parse_block(block, line)
-            line += block.count(b"\n")
+            lines = block.count(b"\n")  # the block ends with one
+            yield from parse_block(block, line, lines)
+            line += lines
         if len(rest) > MAX_LINE_BYTES:
             overlong, rest = [line, rest[:RAW_KEEP_BYTES], len(rest)], b""
     if overlong is not None:
@@ -240,11 +241,11 @@ def read_json_lines(stream, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[pa.
         yield from parse_block(rest, line)
 
 
-def parse_block(block: bytes, first_line: int) -> list[pa.Table]:
+def parse_block(block: bytes, first_line: int, lines: int | None = None) -> list[pa.Table]:
     """Whole lines -> raw tables with `_line`: pyarrow's reader first; a block it cannot read is halved (at a
     line end) until the halves are read or are small, and only a small part holding a bad line goes line by
     line. Halves may type a column differently: each is its own table (the normaliser types them alike)."""
-    expected = expected_lines(block)
+    expected = expected_lines(block) if lines is None else lines
     table = _read_with_pyarrow(block, expected)
     if table is not None:
         return [table.append_column(LINE, pa.array(np.arange(first_line, first_line + expected, dtype=np.int64)))]
