@@ -14,7 +14,7 @@ import numpy as np
 
 from jobs.model.quality import TOP_FRACTIONS, pct_label
 
-_COLORS = {"model": "#1f6feb", "rfm": "#d97706", "random": "#8b949e", "shuffled": "#a371f7"}
+_COLORS = {"model": "#1f6feb", "rfm": "#d97706", "random": "#8b949e"}
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:24px;
 color:#1f2328;background:#fff}
@@ -180,15 +180,16 @@ def segment_section(metrics: Mapping[str, Any]) -> str:
         )
         + "</table>"
     )
-    shuffled = metrics.get("shuffled_label") or {}
     leakage = metrics.get("leakage") or {}
     alarms = []
-    alarms.append(
-        f'<li class="{"alarm" if shuffled.get("alarm") else "ok"}">shuffled-label models: out-of-time AUC '
-        f"{_fmt(shuffled.get('roc_auc'))}, mean of {len(shuffled.get('runs') or [])} runs "
-        f"({', '.join(f'{v:.3f}' for v in shuffled.get('runs') or [])}); "
-        f"must be 0.5 ± {_fmt(shuffled.get('tolerance'), 3)}</li>"
-    )
+    candidates = (metrics.get("champion") or {}).get("candidates") or {}
+    for name, entry in candidates.items():
+        chance = entry.get("chance") or {}
+        alarms.append(
+            f'<li class="{"ok" if chance.get("better") else "alarm"}">{html.escape(name)}: out-of-time PR-AUC '
+            f"{_fmt(entry.get('pr_auc'))} against {_fmt(chance.get('null_mean'))} ± {_fmt(chance.get('null_std'), 3)} "
+            f"with the evaluation labels permuted (z {_fmt(chance.get('z'), 1)})</li>"
+        )
     flagged = leakage.get("flagged") or []
     if flagged:
         listed = ", ".join(f"{html.escape(f['feature'])} ({f['auc']:.3f})" for f in flagged[:10])
@@ -203,7 +204,8 @@ def segment_section(metrics: Mapping[str, Any]) -> str:
         )
     beats = metrics.get("model_beats_rfm")
     alarms.append(
-        f'<li class="{"ok" if beats else "alarm"}">model {"beats" if beats else "does not beat"} the RFM baseline</li>'
+        f'<li class="{"ok" if beats else "alarm"}">model {"beats" if beats else "does not beat"} '
+        "the RFM baseline on PR-AUC</li>"
     )
 
     gm, gr = model.get("gain_curve") or {}, rfm.get("gain_curve") or {}
