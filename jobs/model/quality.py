@@ -149,6 +149,10 @@ def chance_test(
     """
     y = np.asarray(y, dtype=np.int64)
     score = np.asarray(score, dtype=np.float64)
+    # rows arrive in whatever order Ray Data collected them: put them in one order of (score, label) first, so
+    # the seeded subsample and permutations (and the card) are the same for the same rows on every run
+    canonical = np.lexsort((y, score))
+    y, score = y[canonical], score[canonical]
     rng = np.random.default_rng(seed)
     if len(y) > max_rows:
         keep = np.sort(rng.choice(len(y), max_rows, replace=False))

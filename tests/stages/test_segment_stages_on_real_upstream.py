@@ -11,6 +11,7 @@ import pytest
 
 from features.catalog import feature_names
 from jobs.config import StorageConfig, load_config
+from jobs.model.baselines import default_rfm_features
 from jobs.run.layout import EVENTS_RESOLVED, FEATURES, LABELS, MODELS, SCORES, RunLayout
 from jobs.run.pipeline import run_pipeline
 from jobs.run.plan import RunPlan
@@ -81,7 +82,7 @@ def test_segment_stages_read_what_the_real_upstream_stages_publish(tmp_path, ray
     names = feature_names(config.features.model_copy(update={"categories": list(plan.categories)}))
     # the card names the exported model's columns: the catalogue's for the look-alike, the RFM columns otherwise
     chosen = card["champion"]["chosen"]
-    assert card["feature_names"] == (names if chosen == "xgboost" else [n for n in names if n in card["feature_names"]])
+    assert card["feature_names"] == (names if chosen == "xgboost" else default_rfm_features(names))
     assert card["feature_categories"] == list(plan.categories)
     table_columns = features.schema({"as_of": plan.as_of}).names
     assert [c for c in table_columns if c in set(names)] == names, "every model column, in the table's order"
