@@ -134,8 +134,8 @@ def model_spec(
     if not model_features:
         raise UserError(f"{source}: model.json has no feature names: the model cannot be matched to the feature table.")
     unused = check_feature_names(name, model_features, table_features, source)
-    if unused:
-        log.warning(
+    if unused:  # by design (empty category slots, an RFM champion's three columns): nothing to act on
+        log.info(
             "segment %s: the model does not use %d feature table column(s): %s",
             name,
             len(unused),

@@ -95,9 +95,10 @@ def choose(candidates: Mapping[str, Mapping[str, Any]], incumbent: str, margin: 
     holder = next((n for n in (incumbent, RFM) if n in acceptable), None)
     if holder is None:
         best = max(acceptable, key=lambda n: candidates[n][PRIMARY_METRIC])
+        holders = [n for n in dict.fromkeys((incumbent, RFM)) if refused.get(n)]
         return best, (
-            f"{best} PR-AUC {_fmt(candidates[best][PRIMARY_METRIC])}; neither incumbent {incumbent} nor {RFM} is "
-            f"acceptable ({refused.get(incumbent) or refused.get(RFM)})"
+            f"{best} PR-AUC {_fmt(candidates[best][PRIMARY_METRIC])}; no acceptable incumbent "
+            f"({'; '.join(refused[n] for n in holders)})"
         )
     bar = candidates[holder][PRIMARY_METRIC]
 
