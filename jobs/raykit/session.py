@@ -3,8 +3,8 @@
 Ray, Ray Data, Train and Serve put their own console handlers on their loggers. `route_ray_logs` takes them
 off and lets the records reach the root logger: the command's handlers decide (the run's log file keeps
 them all, the console shows them only with `--verbose`). Ray Data draws its progress bars with tqdm on a
-terminal (one bar per dataset execution: rows and ETA); elsewhere it logs progress lines, which land in
-the log file. `SEGMENTS_PROGRESS=0` turns its progress off.
+terminal (one bar per dataset execution: rows and ETA); when stderr is not a terminal (cron, a pipe) there
+are no bars, so a scheduler's log stays a page. `SEGMENTS_PROGRESS=0` / `=1` turns them off / on anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 from jobs.config import RayConfig
@@ -24,7 +25,7 @@ def configure_data_context() -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = os.environ.get("SEGMENTS_PROGRESS", "1") == "1"
+    ctx.enable_progress_bars = os.environ.get("SEGMENTS_PROGRESS", "1" if sys.stderr.isatty() else "0") == "1"
     ctx.verbose_progress = False
     ctx.print_on_execution_start = False
     ctx.enable_operator_progress_bars = False  # one bar per dataset execution, not one per operator
