@@ -21,9 +21,11 @@ any row (`read_events` unions the blocks' columns; nothing is sampled). The row 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +66,10 @@ log = logging.getLogger(__name__)
 
 FILE_PATH = "path"  # the column Ray Data's include_paths adds: the file as its filesystem names it
 READ_CHUNK_BYTES = 16 << 20  # JSON Lines are read in blocks of about this many bytes of whole lines
+# Input bytes (as stored) per Ray read task: several files a task. Ray Data's default asks for at least 200
+# read blocks and splits each task's output to get them (24 Parquet files -> 216 blocks of ~1 MiB at 1M
+# events), and every later step then pays Ray's per-task cost per block.
+READ_TASK_BYTES = 64 << 20
 # pyarrow's JSON parser recurses: a line nested some 20,000 levels deep crashes the process. A block that may
 # hold a line nested deeper than this is parsed line by line (Python's json stops at its recursion limit).
 SAFE_DEPTH = 2000
@@ -79,6 +85,7 @@ class InputFile:
     rows: int | None = None
     columns: tuple[str, ...] = ()
     schema_key: str = ""
+    size: int = 0  # bytes as stored (compressed where the file is)
 
 
 @dataclass
@@ -137,10 +144,11 @@ def plan_input(path: str, storage: StorageConfig) -> InputPlan:
 
 
 def _check_file(path: str, fs: pafs.FileSystem) -> InputFile:
-    if fs.get_file_info(fs_path(path)).size == 0:
+    size = fs.get_file_info(fs_path(path)).size
+    if size == 0:
         return InputFile(path, "empty")
     if ".parquet" in path.lower().rsplit("/", 1)[-1]:
-        return _check_parquet(path, fs)
+        return dataclasses.replace(_check_parquet(path, fs), size=size)
     records, lines = _sample_json(path, fs)
     if lines and not records:
         raise UserError(
@@ -155,7 +163,7 @@ def _check_file(path: str, fs: pafs.FileSystem) -> InputFile:
         raise UserError(
             f"input file {path} has no required field {', '.join(missing)} in any of its first {len(records)} records."
         )
-    return InputFile(path, "json", None, tuple(sorted(keys)), "json")
+    return InputFile(path, "json", None, tuple(sorted(keys)), "json", size)
 
 
 def _check_parquet(path: str, fs: pafs.FileSystem) -> InputFile:
@@ -387,22 +395,28 @@ def escape_raw(line: bytes, size: int | None = None) -> str:
 def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> tuple[list, list[str]]:
     """(refs of canonical blocks, extra columns): every file read by Ray Data, all blocks on one schema.
 
+    Files are read by a few tasks of several whole files each (`read_tasks`), so the blocks are few and
+    large (at most `target_max_block_size`) and every later per-block step pays Ray's task cost few times.
     The extra columns are every key any row carried; a block that lacks some gets them as nulls.
     """
     import ray  # heavy; the serving path imports this module only for `normalise_batch`
     import ray.data
 
     fs, _ = filesystem_for(plan.files[0].path, storage)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     datasets = []
     for (kind, _key), files in sorted(plan.groups().items()):
         paths = [fs_path(f.path) for f in files]
+        tasks = read_tasks(files, cpus)
         if kind == "parquet":
-            ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, file_extensions=None)
+            ds = ray.data.read_parquet(
+                paths, filesystem=fs, include_paths=True, file_extensions=None, override_num_blocks=tasks
+            )
             kwargs = {"extra_columns": plan.extra_columns, "source_prefix": plan.source_prefix, "ts_range": ts_range}
             ds = ds.map_batches(normalise_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs)
         else:
             source = _json_lines_datasource()(paths, filesystem=fs, prefix=plan.source_prefix, ts_range=ts_range)
-            ds = ray.data.read_datasource(source)
+            ds = ray.data.read_datasource(source, override_num_blocks=tasks)
         datasets.append(ds)
     ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
     blocks = ds.to_arrow_refs()
@@ -412,6 +426,13 @@ def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | Non
     target = canonical_schema(extra).names
     conform_remote = ray.remote(num_cpus=0.25)(conform)
     return [b if cols == target else conform_remote.remote(b, extra) for b, cols in zip(blocks, names)], extra
+
+
+def read_tasks(files: list[InputFile], cpus: int, task_bytes: int = READ_TASK_BYTES) -> int:
+    """How many Ray read tasks for these files: one per `task_bytes` of input, at least two per CPU (so no
+    core idles while the last task runs), at most one per file (a task reads whole files)."""
+    by_size = math.ceil(sum(f.size for f in files) / task_bytes)
+    return max(1, min(len(files), max(2 * cpus, by_size)))
 
 
 def read_events_local(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> pa.Table:

@@ -11,6 +11,7 @@ from contract_events import reasons, rows, write_parquet
 
 from jobs.config import StorageConfig
 from jobs.contract import SOURCE, TS_RAW, canonical_schema, normalise_batch, plan_input, read_events, read_events_local
+from jobs.contract.reading import InputFile, read_tasks
 from jobs.errors import UserError
 
 LOCAL = StorageConfig()
@@ -146,6 +147,26 @@ def test_read_mixed_files_to_one_schema(ray_cluster, tmp_path):
     local = read_events_local(plan, LOCAL)
     assert local.num_rows == 11 and local.schema == table.schema
     assert sorted(local.column(SOURCE).to_pylist()) == sorted(table.column(SOURCE).to_pylist())
+
+
+def test_read_tasks_are_sized_by_bytes():
+    files = [InputFile(f"f{i}", "parquet", size=10 << 20) for i in range(24)]
+    assert read_tasks(files, cpus=2) == 4  # 240 MiB: 4 tasks of 64 MiB, and 2 per CPU
+    assert read_tasks(files, cpus=2, task_bytes=20 << 20) == 12
+    assert read_tasks(files, cpus=16) == 24  # never more than one per file
+    assert read_tasks(files[:1], cpus=2) == 1
+
+
+def test_many_small_files_are_read_in_few_blocks(ray_cluster, tmp_path):
+    # Ray Data would split 30 files into 200+ blocks; the reader asks for a few tasks of several files
+    for i in range(30):
+        write_parquet(tmp_path / f"e{i:02d}.parquet", rows(5, partner=f"p{i}"))
+    plan = plan_input(str(tmp_path), LOCAL)
+    blocks, _ = read_events(plan, LOCAL)
+    cpus = int(ray_cluster.cluster_resources()["CPU"])
+    assert len(blocks) <= 2 * cpus
+    table = pa.concat_tables(ray_cluster.get(blocks))
+    assert table.num_rows == 150 and len(set(table.column(SOURCE).to_pylist())) == 30
 
 
 def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_bucket):
