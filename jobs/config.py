@@ -308,10 +308,11 @@ class ServingConfig(Section):
         False, description="Serve's per-request access log lines (method, path, status, latency; never the query)"
     )
     throughput_optimized: bool = Field(
-        False,
+        True,
         description="Ray Serve's throughput-optimised request path: HAProxy takes HTTP on host:port and hands each "
         "request straight to a replica's own HTTP server (no Python proxy hop: p99 2 ms at 800 lookups/s on 2 "
-        "cores, bench_serve); read by the Ray that `segments serve` starts (a cluster: README)",
+        "cores, bench_serve); false: Serve's Python proxy; read by the Ray that `segments serve` starts (a "
+        "cluster: README)",
     )
     poll_release_seconds: float = Field(1.0, gt=0, description="how often replicas look for a newer current release")
     poll_events_seconds: float = Field(

@@ -7,15 +7,26 @@ do not hold CPUs while the rest of the suite runs.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 from fixture_run import PARTNERS, build_run, job_config
 from online_app import Deployed, call
 
-from jobs.config import StorageConfig
+from jobs.config import ServingConfig, StorageConfig
+from jobs.serving.app import serve_environment
 
 STORES = ("embedded", "redis")
+
+# Serve's request path is read by its processes when they start, so it must be in place before the session's
+# shared Ray starts (tests/conftest.py's ray_cluster; conftest modules load at collection, before any fixture):
+# the tests serve on the path the default config serves on, as `segments serve` sets it for the Ray it starts.
+for _name, _value in serve_environment(ServingConfig()).items():
+    os.environ.setdefault(_name, _value)
+# A replica behind HAProxy holds on for 30 s when stopped so load balancers can deregister it; on loopback with
+# one HAProxy that only makes each application's teardown 30 s longer.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 
 def _published(store: str, root: str, serve_url: str, redis_url: str) -> Deployed:
@@ -61,11 +72,18 @@ def deployed(tmp_path_factory, serve_url, redis_url):
             for a in apps.values()
         ]
     )
+    # ready = both replicas answer: HAProxy adds a replica once its health checks pass, a little after Serve
+    # reports the application running
     deadline = time.monotonic() + 60
     for app in apps.values():
-        while call(f"{app.url}/v1/health", app.keys["p1"]).status != 200:
-            assert time.monotonic() < deadline, f"the {app.store} application never became healthy"
-            time.sleep(0.2)
+        answered: set[str] = set()
+        while len(answered) < 2:
+            assert time.monotonic() < deadline, f"the {app.store} application's replicas never both answered"
+            answer = call(f"{app.url}/v1/health", app.keys["p1"])
+            if answer.status == 200:
+                answered.add(answer.replica)
+            else:
+                time.sleep(0.2)
     yield apps
     for app in apps.values():
         serve.delete(app.config.serving.app_name)
