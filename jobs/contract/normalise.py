@@ -20,6 +20,7 @@ A value that cannot be an identifier (no `@`, too few digits, not a possible num
 
 from __future__ import annotations
 
+import importlib
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -32,6 +33,12 @@ import pyarrow.compute as pc
 from email_validator import EmailNotValidError, validate_email
 
 _NON_DIGITS = re.compile(r"\D+")
+
+# email-validator checks the domain of every address it is given (IDNA, special-use names): about half its
+# time. A log holds few distinct domains, and that check is a pure function of the domain, so it runs once
+# per domain; the results (and the errors, which are not cached) are the library's own.
+_validator = importlib.import_module("email_validator.validate_email")
+_validator.validate_email_domain_name = lru_cache(maxsize=100_000)(_validator.validate_email_domain_name)
 
 
 def normalise_email_value(raw: str | None) -> str | None:
