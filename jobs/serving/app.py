@@ -39,7 +39,7 @@ from jobs.config import JobConfig, ServingConfig
 from jobs.errors import UserError
 from jobs.run.layout import OnlineLayout
 from jobs.serving.identifiers import KEY_TYPES, persona_token
-from jobs.serving.live import EventLog, LiveState, RequestError, event_time_iso, intake
+from jobs.serving.live import EventLog, LiveState, RequestError, event_time_iso, intake, live_ts_range
 from jobs.serving.online import INTENT_KINDS, shown_intents
 from jobs.serving.partner_keys import KeyRing
 from jobs.serving.stores import open_release
@@ -330,7 +330,8 @@ class ProfileService:
                 413, "too_large", f"the body has {len(body)} bytes; at most {self.config.serving.max_body_bytes}"
             )
         limit = self.config.serving.max_events_per_request
-        result = await self.on_applier(intake, body, partner, self.state.seen, limit)
+        ts_range = live_ts_range(self.config)
+        result = await self.on_applier(intake, body, partner, self.state.seen, limit, ts_range)
         if result.accepted.num_rows:
             try:
                 await self.committer.commit(result.accepted)

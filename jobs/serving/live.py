@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
-from jobs.contract.reading import normalise_batch
+from jobs.contract.reading import TsRange, normalise_batch, parse_lines
 from jobs.contract.schema import CONTRACT_SCHEMA, REASON
 from jobs.identity.graph import slim_events
 from jobs.identity.junk import blocklists
@@ -77,45 +77,31 @@ class RequestError(Exception):
 # -------------------------------------------------------------------------------------------- intake
 
 
-def parse_events(body: bytes) -> tuple[list[dict | None], list[dict]]:
-    """(rows, rejected): a JSON array / object, or JSON Lines; a line that is not a JSON object is None."""
-    text = body.decode("utf-8", errors="replace").strip()
-    if not text:
+def parse_events(body: bytes) -> pa.Table:
+    """The body as raw rows of the batch's line reader (`parse_lines`: a row per event, `_reason` on a row
+    that is no JSON object, not UTF-8, too long, ...; objects and lists in a contract column are
+    `bad_type:FIELD`). The body is one JSON object, a JSON array of them (each element is a line), or JSON
+    Lines (each line as the batch reads a file's line)."""
+    stripped = body.strip()
+    if not stripped:
         raise RequestError(400, "empty_body", "the body holds no events: send a JSON array or JSON Lines")
     try:
-        parsed = json.loads(text)
-    except ValueError:
+        parsed = json.loads(stripped)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError: such a body goes line by line
         parsed = None
-        lines = [line for line in text.split("\n") if line.strip()]
+        block = stripped
     else:
-        lines = None
-    if lines is None:
         if not isinstance(parsed, (list, dict)):
             raise RequestError(400, "malformed_body", "the body is JSON but neither an event object nor an array")
         items = parsed if isinstance(parsed, list) else [parsed]
-        rows = [item if isinstance(item, dict) else None for item in items]
-    else:
-        rows = []
-        for line in lines:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                item = None
-            rows.append(item if isinstance(item, dict) else None)
-        if not any(rows):
-            raise RequestError(400, "malformed_body", "the body is neither JSON nor JSON Lines of event objects")
-    rejected = [{"index": i, "reason": "not_a_json_object"} for i, row in enumerate(rows) if row is None]
-    return rows, rejected
-
-
-def _column(values: list) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        # mixed types: text, as the batch's JSON reader would hand a string column to the normaliser
-        return pa.array(
-            [None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string()
-        )
+        if not items:
+            raise RequestError(400, "empty_body", "the body holds no events: send a JSON array or JSON Lines")
+        # ASCII JSON: an element's lone surrogate (\ud800) stays an escape the line reader refuses as invalid_utf8
+        block = b"\n".join(json.dumps(item).encode() for item in items)
+    raw = parse_lines(block, 0)
+    if parsed is None and pc.all(pc.is_valid(raw.column(REASON))).as_py():
+        raise RequestError(400, "malformed_body", "the body is neither JSON nor JSON Lines of event objects")
+    return raw
 
 
 @dataclass
@@ -125,42 +111,37 @@ class Intake:
     rejected: list[dict]
 
 
-def intake(body: bytes, partner_id: str, seen: set[int], max_events: int) -> Intake:
-    """Validate a POST /v1/events body for `partner_id` (see the module docstring)."""
-    rows, rejected = parse_events(body)
-    if len(rows) > max_events:
-        raise RequestError(413, "too_many_events", f"{len(rows)} events in one request; at most {max_events}")
-    index = [i for i, row in enumerate(rows) if row is not None]
-    objects = [rows[i] for i in index]
-    raw = (
-        pa.table(
-            {
-                c: _column([row.get(c) for row in objects])
-                for c in CONTRACT_SCHEMA.names
-                if any(c in row for row in objects)
-            }
-        )
-        if objects
-        else pa.table({})
-    )
-    table = normalise_batch(raw, extra_columns=[]) if objects else None
-    if table is None or table.num_rows == 0:
-        return Intake(CONTRACT_SCHEMA.empty_table(), 0, sorted(rejected, key=lambda r: r["index"]))
+def live_ts_range(config: JobConfig, now: dt.datetime | None = None) -> TsRange:
+    """The batch's plausible timestamps for a run dated today: `input.plausible_ts_from` to the end of tomorrow
+    (UTC), inclusive (`jobs.stages.resolve.plausible_ts`)."""
+    today = (now or dt.datetime.now(dt.timezone.utc)).date()
+    low = dt.datetime.combine(config.input.plausible_ts_from, dt.time(), dt.timezone.utc)
+    high = dt.datetime.combine(today + dt.timedelta(days=2), dt.time(), dt.timezone.utc)
+    return low, high - dt.timedelta(microseconds=1)
+
+
+def intake(body: bytes, partner_id: str, seen: set[int], max_events: int, ts_range: TsRange | None = None) -> Intake:
+    """Validate a POST /v1/events body for `partner_id` (see the module docstring): each row is accepted or
+    rejected with the reason the batch's reader and normaliser give the same line."""
+    raw = parse_events(body)
+    if raw.num_rows > max_events:
+        raise RequestError(413, "too_many_events", f"{raw.num_rows} events in one request; at most {max_events}")
+    table = normalise_batch(raw, extra_columns=[], ts_range=ts_range)
     reasons = table.column(REASON).to_pylist()
     partners = table.column("partner_id").to_pylist()
-    foreign = [index[i] for i, (p, r) in enumerate(zip(partners, reasons)) if p is not None and p != partner_id]
+    foreign = [i for i, (p, r) in enumerate(zip(partners, reasons)) if p is not None and p != partner_id]
     if foreign:
         raise RequestError(
             403,
             "foreign_partner",
             f"rows {foreign[:10]} carry another partner's partner_id; a key sends only its own partner's events",
         )
-    keep, duplicates = [], 0
+    keep, duplicates, rejected = [], 0, []
     in_request: set[int] = set()
     event_ids = table.column("event_id").to_pylist()
     for i, reason in enumerate(reasons):
         if reason is not None:
-            rejected.append({"index": index[i], "reason": reason})
+            rejected.append({"index": i, "reason": reason})
             continue
         event = event_key(partner_id, event_ids[i])
         if event in seen or event in in_request:
@@ -169,7 +150,7 @@ def intake(body: bytes, partner_id: str, seen: set[int], max_events: int) -> Int
         in_request.add(event)
         keep.append(i)
     accepted = table.take(pa.array(keep, pa.int64())).select(CONTRACT_SCHEMA.names).cast(CONTRACT_SCHEMA)
-    return Intake(accepted, duplicates, sorted(rejected, key=lambda r: r["index"]))
+    return Intake(accepted, duplicates, rejected)
 
 
 def event_key(partner_id: str, event_id: str) -> int:

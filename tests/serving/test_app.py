@@ -150,7 +150,7 @@ def test_malformed_events_are_answered_with_reasons(app):
         {"index": 0, "reason": "missing_ts"},
         {"index": 1, "reason": "unparseable_ts"},
         {"index": 2, "reason": "unknown_event_type"},
-        {"index": 4, "reason": "not_a_json_object"},
+        {"index": 4, "reason": "unparseable_json"},  # as the batch reads a line that is no object
     ]
     foreign = post(
         app, "p1", [{"event_id": "f-1", "ts": "2026-11-30T09:00:00Z", "partner_id": "p2", "event_type": "page_view"}]
@@ -166,6 +166,37 @@ def test_malformed_events_are_answered_with_reasons(app):
     )
     assert too_many.status == 413
     assert post(app, "p1", b"[" + b" " * (70 * 1024) + b"]").status == 413
+
+
+def test_issue_14_bad_rows_are_refused_with_the_batch_reasons_over_http(app):
+    def row(n: int, **changes) -> bytes:
+        event = {"event_id": f"b14-{app.store}-{n}", "ts": "2026-11-30T09:00:00Z", "partner_id": "p1"}
+        return json.dumps({**event, "event_type": "page_view", "device_id": f"d-{n}", **changes}).encode()
+
+    lines = [
+        row(0),
+        row(1, price={"amount": 1}),
+        row(2, category=["a", "b"]),
+        row(3, city="Sofia").replace(b"Sofia", b"So\xfffia"),
+        row(4, device_id="d\x1b[31m"),
+        row(5, ts="9999-01-01T00:00:00Z"),
+        row(6, quantity=1.5),
+        b"[1, 2, 3]",
+        row(7)[:30],
+    ]
+    answer = post(app, "p1", b"\n".join(lines))
+    assert answer.status == 202, answer.text
+    assert answer.body["accepted"] == 1
+    assert answer.body["rejected"] == [
+        {"index": 1, "reason": "bad_type:price"},
+        {"index": 2, "reason": "bad_type:category"},
+        {"index": 3, "reason": "invalid_utf8"},
+        {"index": 4, "reason": "control_characters"},
+        {"index": 5, "reason": "implausible_ts"},
+        {"index": 6, "reason": "bad_type:quantity"},
+        {"index": 7, "reason": "unparseable_json"},
+        {"index": 8, "reason": "unparseable_json"},
+    ]
 
 
 def test_a_live_event_changes_the_profile_on_every_replica_within_a_second(app):
