@@ -84,6 +84,19 @@ def country_code(country: str | None) -> int | None:
     return COUNTRY_OTHER
 
 
+# How live events (POST /v1/events) move a feature between runs: stat -> the parameters under which one event
+# updates the value incrementally (`jobs.serving.online.updated_features` does it; a test checks it moves
+# exactly the features `Feature.online` names, and FEATURES.md marks them). `days_since` only as `which: last`.
+ONLINE_STATS: dict[str, frozenset[str]] = {
+    "count": frozenset({"types"}),
+    "orders": frozenset(),
+    "items": frozenset(),
+    "revenue": frozenset(),
+    "days_since": frozenset({"types", "which"}),
+    "cat_count": frozenset({"types", "slot"}),
+}
+
+
 @dataclass(frozen=True, eq=False)
 class Feature:
     """One column of the feature table: what it means and how `features.compute` computes it."""
@@ -108,6 +121,14 @@ class Feature:
             raise ValueError(f"feature {self.name}: reason {self.reason!r} is not a short lower-case behaviour label")
         if self.kind == "c" and self.dtype != FLOAT:
             raise ValueError(f"feature {self.name}: categorical codes are float64 so that NaN means missing")
+
+    @property
+    def online(self) -> bool:
+        """Whether the online path updates this feature with live events between runs (`ONLINE_STATS`)."""
+        allowed = ONLINE_STATS.get(self.stat)
+        if allowed is None or not set(self.params) <= allowed:
+            return False
+        return self.stat != "days_since" or self.params.get("which") == "last"
 
 
 def windows(config: FeaturesConfig) -> list[int]:

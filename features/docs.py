@@ -75,6 +75,10 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         "- **Reasons.** Each feature declares the partner-safe `reason` it is named by when it raises a member's",
         "  score (`scores/` `reasons`: the top three labels by XGBoost's contributions summed per label); a",
         "  reason is a behaviour, never a value or an id; `{category}` is the slot's category name.",
+        "- **Online.** Features marked `live` are also updated between runs by the online API's live events",
+        "  (`POST /v1/events`, `jobs.serving.online`): window counts, orders, items and revenue add the",
+        "  persona's live events, `days_since_last_*` restart at its latest one; the others keep the run's value",
+        f"  until the next run ({sum(f.online for f in features)} of {len(features)} features).",
         "- **Lifetime** features see the whole history before the cut-off (the windows stop at 365 days):",
         "  frequency, spend, customer tenure and recency relative to it, the rhythm of orders, as buy-till-",
         "  you-die models use them on sparse, purchase-only data.",
@@ -107,11 +111,12 @@ def render_catalog(config: FeaturesConfig, markdown: bool = False) -> str:
         out += [
             f"## {title} ({len(members)})",
             "",
-            "| # | feature | type | window | missing | reason | description |",
-            "|---|---|---|---|---|---|---|",
+            "| # | feature | type | window | missing | online | reason | description |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {index[f.name]} | `{f.name}` | {_type(f)} | {_window(f)} | {f.missing} | {f.reason} | {f.description} |"
+            f"| {index[f.name]} | `{f.name}` | {_type(f)} | {_window(f)} | {f.missing} | {'live' if f.online else ''} "
+            f"| {f.reason} | {f.description} |"
             for f in members
         ]
         out.append("")

@@ -8,9 +8,9 @@ time `t` of the persona's latest live event (the same on every replica, whatever
   * `days_since_last_*`: `t` minus the latest live event of the kind, else the batch value aged by
     `t - as_of`.
 The batch part of a window is not expired between runs (the next run recomputes it), so a W-day count
-may hold up to one run interval of older events. Which catalogue features follow these rules is decided
-from their declarations (`features.catalog`: stat and parameters), never by name, and `ONLINE_STATS` is
-the one declared list: `online_features(...)` names them for a run (and FEATURES.md can mark them).
+may hold up to one run interval of older events. Which catalogue features follow these rules is declared
+on the features themselves (`features.catalog` `Feature.online`, from their stat and parameters, never by
+name): `online_features(...)` names them for a run and FEATURES.md marks them.
 
 Intents. Per persona and category path / brand: the sum over view, cart and purchase events in the last
 `intent_days` before the cut-off of `INTENT_WEIGHTS[type] * 2 ** ((ts - as_of) / half_life)`. Weights are
@@ -34,32 +34,15 @@ from jobs.run.plan import top_level
 
 DAY_S = 86_400.0
 
-# stat of `features.catalog` -> parameters under which a live event can update the value incrementally
-ONLINE_STATS = {
-    "count": {"types"},
-    "orders": set(),
-    "items": set(),
-    "revenue": set(),
-    "days_since": {"types", "which"},
-    "cat_count": {"types", "slot"},
-}
-
 INTENT_WEIGHTS = {"product_view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 INTENT_KINDS = ("categories", "brands")
 INTENT_SOURCE = {"categories": "category", "brands": "brand"}
 
 
-def is_online(feature: Feature) -> bool:
-    allowed = ONLINE_STATS.get(feature.stat)
-    if allowed is None or not set(feature.params) <= allowed:
-        return False
-    return feature.stat != "days_since" or feature.params.get("which") == "last"
-
-
 def online_features(features_config: FeaturesConfig, table_features: Sequence[str]) -> list[Feature]:
     """The catalogue features of this run that live events update (those present in its feature table)."""
     present = set(table_features)
-    return [f for f in catalog(features_config) if is_online(f) and f.name in present]
+    return [f for f in catalog(features_config) if f.online and f.name in present]
 
 
 @dataclass

@@ -9,8 +9,9 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from features.catalog import catalog
+from features.catalog import catalog, category_slots
 from jobs.config import FeaturesConfig
+from jobs.contract.schema import EVENT_TYPES
 from jobs.identity.personas import IDENTITY_MAP_SCHEMA
 from jobs.serving.identifiers import key_hash, link_hash, link_ids, lookup_keys
 from jobs.serving.online import LiveEvents, online_features, shown_intents, updated_features
@@ -190,6 +191,26 @@ def test_online_features_follow_the_catalogue_declarations():
     assert value["revenue_7d"] == 20.0 and value["cat03_views_90d"] == 1 and value["cat03_purchases_365d"] == 1
     assert value["days_since_last_view"] == 1.0 and value["days_since_last_purchase"] == 0.0
     assert value["days_since_last_cart"] == 5.0  # the batch's 3 days, aged by the 2 days since the cut-off
+
+
+def test_the_live_path_moves_exactly_the_features_marked_online():
+    """FEATURES.md's `live` marks (`Feature.online`) are what the online path updates: live events of every
+    type in every category slot move each marked feature and no other."""
+    config = FeaturesConfig()
+    features = catalog(config)
+    names = [f.name for f in features]
+    marked = {f.name for f in features if f.online}
+    online = online_features(config, names)
+    assert {f.name for f in online} == marked and len(marked) > 20
+    as_of = TS.timestamp()
+    base = np.array([3.0 for _ in features])  # a days_since that is NaN would stay NaN without its event type
+    categories = [f"category{slot:02d}" for slot in range(category_slots(config))]
+    live = LiveEvents.empty()
+    for n, event_type in enumerate(EVENT_TYPES):
+        for category in categories:
+            live.add(as_of + 3600 + n, event_type, f"{category}/x", f"p1\x1f{event_type}{category}", 2, 10.0)
+    row, _ = updated_features(base, names, online, live, as_of, categories)
+    assert {name for name, old, new in zip(names, base, row) if old != new} == marked
 
 
 def test_shown_intents_add_live_weights_to_the_kept_ones():
