@@ -3,8 +3,10 @@
 reader, against a plain single-process pyarrow read of the same files, all in one run.
 
 Events come from `jobs.synthetic` (about 52 per person over 180 days at 8 partners), written as one JSON
-Lines file per partner (ts as ISO-8601 text). Measured, each `--repeat` times (the best is reported):
-  * pyarrow: `pyarrow.json.read_json` of every file in this process, no normalisation (the floor);
+Lines file per partner (ts as ISO-8601 text), or with `--format parquet` as `segments generate` writes them
+(files of 50k rows, shared with bench_resolve). Measured, each `--repeat` times (the best is reported):
+  * pyarrow: `pyarrow.json.read_json` (or `pyarrow.parquet.read_table`) of every file in this process, no
+    normalisation (the floor);
   * local: `read_events_local`, the new reader and normaliser in this process;
   * ray_before: the reader of `--before` (a git revision; default the commit before the new reader):
     `ray.data.read_json` + `normalise_batch` per batch, every block materialised in the object store;
@@ -13,6 +15,7 @@ Ray's start-up is measured once and reported apart (the ray_* figures exclude it
 
     .venv/bin/python scripts/bench_read.py --events 1000000
     .venv/bin/python scripts/bench_read.py --events 100000 --repeat 1   # quicker
+    .venv/bin/python scripts/bench_read.py --format parquet --before 0079ccb  # vs the 200-block read
 
 Prints a JSON object with seconds, events/s and ratios (ray_after / ray_before is the issue's figure).
 """
@@ -91,23 +94,39 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--before", default=BEFORE, help="git revision of the reader to compare with")
     parser.add_argument("--work", default=str(ROOT / ".bench"))
+    parser.add_argument(
+        "--format",
+        choices=("json", "parquet"),
+        default="json",
+        help="json: one JSON Lines file per partner; parquet: files of 50k rows as `segments generate` writes",
+    )
     args = parser.parse_args()
 
     import pyarrow.json as pajson
+    import pyarrow.parquet as pq
 
     from jobs.config import StorageConfig
     from jobs.contract.reading import plan_input, read_events, read_events_local
 
     storage = StorageConfig()
-    folder = write_json_lines(args.events, Path(args.work))
-    files = sorted(str(p) for p in folder.glob("*.jsonl"))
+    if args.format == "json":
+        folder = write_json_lines(args.events, Path(args.work))
+        files = sorted(str(p) for p in folder.glob("*.jsonl"))
+        read_plain = pajson.read_json
+    else:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_resolve import generate
+
+        folder = Path(generate(args.events, Path(args.work)))
+        files = sorted(str(p) for p in folder.glob("*.parquet"))
+        read_plain = pq.read_table
     plan = plan_input(str(folder), storage)
     ts_range = (dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
     old = old_reader(args.before)
     old_plan = old.plan_input(str(folder), storage)
 
     figures: dict[str, float] = {}
-    figures["pyarrow"], rows = best(lambda: sum(pajson.read_json(f).num_rows for f in files), args.repeat)
+    figures["pyarrow"], rows = best(lambda: sum(read_plain(f).num_rows for f in files), args.repeat)
     figures["local"], local_rows = best(lambda: read_events_local(plan, storage, ts_range).num_rows, args.repeat)
 
     import ray
@@ -138,6 +157,7 @@ def main() -> None:
         json.dumps(
             {
                 "events": rows,
+                "format": args.format,
                 "files": len(files),
                 "megabytes": round(size_mb, 1),
                 "seconds": {k: round(v, 2) for k, v in figures.items()},
