@@ -1,8 +1,8 @@
 """Live events: validated like the batch, made durable before they are acknowledged, applied on every replica.
 
-Intake (`intake`): the body (a JSON array or JSON Lines) becomes the contract's columns and goes through the
-batch's own normaliser (`jobs.contract.reading.normalise_batch`), so a row is rejected online exactly when
-the batch would quarantine it, with the same reason; a line that is not a JSON object costs that row. A
+Intake (`intake`): the body (a JSON array or JSON Lines) goes through the batch's own line reader and
+normaliser (`jobs.contract.reading.parse_lines`, `normalise_batch`), so a row is rejected online exactly when
+the batch would quarantine the same line, with the same reason; a line that is not a JSON object costs that row. A
 row of another partner fails the whole request (403); a `(partner_id, event_id)` already seen, or repeated
 in the request, is counted as a duplicate and not stored again.
 
@@ -10,6 +10,9 @@ Durability (`EventLog`): accepted rows are written as one Parquet micro-batch pe
 `ROOT/online/events/YYYY-MM-DD/HH/MM/` (the contract's columns, so the next batch run reads the folder with
 its usual `events:` setting) with an atomic write (local: temp + fsync + rename; S3: one PUT). Only then is
 the request answered 202: an acknowledged event is in the log even if the replica dies the next instant.
+`segments publish` compacts closed hours into one file each (`EventLog.compact`), so the next batch run reads
+a few larger files; replicas list the log through `EventLog.visible`, which never returns both a micro-batch
+and the compacted file holding it.
 
 Applying (`LiveState`): the log is the truth every replica follows. A replica applies its own micro-batch
 as soon as it is written, and tails the log (the last two minute folders, every `poll_events_seconds`) for
@@ -29,6 +32,7 @@ two personas merges nothing (that is the next batch run's decision) and is only 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -61,7 +65,7 @@ from jobs.serving.online import (
     updated_features,
 )
 from jobs.serving.source import read_parquet_file
-from jobs.storage import list_files, read_bytes, write_bytes
+from jobs.storage import delete, filesystem_for, fs_path, list_files, read_bytes, subfolders, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -160,25 +164,112 @@ def event_key(partner_id: str, event_id: str) -> int:
 # ------------------------------------------------------------------------------------------ the log
 
 
+# compacted event files: their name's tag, the metadata key naming the micro-batches they hold, when an hour
+# folder is closed (writers write into the minute they are in; a group commit lasts milliseconds), row groups
+COMPACTED = "compacted"
+COVERS = b"segments.covers"
+COMPACT_AFTER = dt.timedelta(minutes=10)
+COMPACT_ROW_GROUP = 128 * 1024
+
+
 class EventLog:
-    """Parquet micro-batches under ROOT/online/events/YYYY-MM-DD/HH/MM/, named `UNIXMS-WRITER-SEQ.parquet`."""
+    """Parquet micro-batches under ROOT/online/events/YYYY-MM-DD/HH/MM/, named `UNIXMS-WRITER-SEQ.parquet`;
+    closed hours compacted into `YYYY-MM-DD/HH/UNIXMS-compacted-DIGEST.parquet` (`compact`)."""
 
     def __init__(self, online: OnlineLayout, storage: StorageConfig, writer: str | None = None) -> None:
         self.online, self.storage = online, storage
         self.writer = writer or uuid.uuid4().hex[:12]
         self.sequence = 0
+        self.covers_cache: dict[str, tuple[str, ...]] = {}
 
     def folder(self, when: dt.datetime) -> str:
         return self.online.event_folder(when.strftime("%Y-%m-%d"), when.hour, when.minute)
 
-    def write(self, table: pa.Table) -> str:
-        now = dt.datetime.now(dt.timezone.utc)
+    def write(self, table: pa.Table, now: dt.datetime | None = None) -> str:
+        now = now or dt.datetime.now(dt.timezone.utc)
         self.sequence += 1
         path = f"{self.folder(now)}/{int(now.timestamp() * 1000):013d}-{self.writer}-{self.sequence:06d}.parquet"
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         write_bytes(path, sink.getvalue(), self.storage)
         return path
+
+    def visible(self, files: list[str]) -> list[str]:
+        """`files` less the micro-batches that a compacted file among them holds: a reader applies each event
+        from one file only (`compact`)."""
+        covered: set[str] = set()
+        for path in files:
+            if _is_compacted(path):
+                folder = path.rsplit("/", 1)[0]
+                covered.update(f"{folder}/{name}" for name in self._covers(path))
+        return [path for path in files if path not in covered]
+
+    def _covers(self, path: str) -> tuple[str, ...]:
+        """The micro-batches (relative to its hour folder) a compacted file holds: its Parquet metadata, read once
+        (a compacted file never changes)."""
+        if path not in self.covers_cache:
+            fs, _ = filesystem_for(path, self.storage)
+            metadata = pq.read_schema(fs_path(path), filesystem=fs).metadata or {}
+            self.covers_cache[path] = tuple(json.loads(metadata.get(COVERS, b"[]")))
+        return self.covers_cache[path]
+
+    def compact(self, now: dt.datetime | None = None) -> dict[str, int]:
+        """Rewrite the micro-batches of each closed hour folder (`COMPACT_AFTER` past its hour) as one Parquet
+        file, `HH/UNIXMS-compacted-DIGEST.parquet` (row groups of `COMPACT_ROW_GROUP` rows), then delete them.
+
+        The compacted file names the micro-batches it holds in its own metadata (`COVERS`) and is written
+        atomically before any of them is deleted, so at every instant each event is in a file: readers that
+        list through `visible` (replicas) never apply both; a batch run listing in the moment between the write
+        and the deletes would see both and keep one (`duplicate_event_id`). Idempotent: run again after a
+        crash, it deletes the micro-batches a compacted file already holds and compacts only the rest; the
+        file name's digest of the names it holds makes a rerun rewrite the same file, never a second one."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        done = {"hours": 0, "micro_batches": 0, "rows": 0, "finished": 0}
+        for day in _days_from(self.online, self.storage, dt.date.min):
+            for hour in subfolders(f"{self.online.events}/{day}", self.storage):
+                if not (len(hour) == 2 and hour.isdigit()):
+                    continue
+                start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(int(hour)), dt.timezone.utc)
+                if start + dt.timedelta(hours=1) + COMPACT_AFTER > now:
+                    continue
+                folder = f"{self.online.events}/{day}/{hour}"
+                files = list_files(folder, self.storage, suffixes=(".parquet",))
+                visible = set(self.visible(files))
+                for path in files:  # held by a compacted file: a compaction that stopped before its deletes
+                    if path not in visible:
+                        delete(path, self.storage)
+                        done["finished"] += 1
+                pending = sorted(p for p in visible if not _is_compacted(p))
+                if len(pending) < 2:
+                    continue
+                names = [path[len(folder) + 1 :] for path in pending]
+                table = pa.concat_tables([self.read(path).cast(CONTRACT_SCHEMA) for path in pending])
+                digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+                last_ms = max(int(committed_at(path) * 1000) for path in pending)
+                target = f"{folder}/{last_ms:013d}-{COMPACTED}-{digest}.parquet"
+                sink = io.BytesIO()
+                pq.write_table(
+                    table.replace_schema_metadata({COVERS: json.dumps(names)}),
+                    sink,
+                    compression="zstd",
+                    row_group_size=COMPACT_ROW_GROUP,
+                )
+                write_bytes(target, sink.getvalue(), self.storage)
+                for path in pending:
+                    delete(path, self.storage)
+                done["hours"] += 1
+                done["micro_batches"] += len(pending)
+                done["rows"] += table.num_rows
+        if done["hours"] or done["finished"]:
+            log.info(
+                "live events: %d micro-batches (%d rows) of %d closed hours compacted; %d left by an earlier "
+                "compaction removed",
+                done["micro_batches"],
+                done["rows"],
+                done["hours"],
+                done["finished"],
+            )
+        return done
 
     def recent(self, now: dt.datetime | None = None) -> list[str]:
         """Micro-batches of this minute and the last (what tailing replicas list)."""
@@ -189,19 +280,21 @@ class EventLog:
         return files
 
     def since(self, day: dt.date) -> list[str]:
-        """Every micro-batch from day folders on or after `day` (a replay)."""
+        """Every micro-batch or compacted file from day folders on or after `day` (a replay)."""
         files = []
         for folder_day in _days_from(self.online, self.storage, day):
             files.extend(list_files(f"{self.online.events}/{folder_day}", self.storage, suffixes=(".parquet",)))
-        return files
+        return self.visible(files)
 
     def read(self, path: str) -> pa.Table:
         return read_parquet_file(path, self.storage)
 
 
-def _days_from(online: OnlineLayout, storage: StorageConfig, day: dt.date) -> list[str]:
-    from jobs.storage import subfolders
+def _is_compacted(path: str) -> bool:
+    return f"-{COMPACTED}-" in path.rsplit("/", 1)[-1]
 
+
+def _days_from(online: OnlineLayout, storage: StorageConfig, day: dt.date) -> list[str]:
     return [name for name in subfolders(online.events, storage) if len(name) == 10 and name >= day.isoformat()]
 
 
@@ -301,9 +394,12 @@ class LiveState:
     def apply_file(self, path: str, table: pa.Table | None = None) -> int:
         if path in self.files:
             return 0
-        self.files.add(path)
         if table is None:
-            table = read_parquet_file(path, self.config.storage)
+            try:
+                table = read_parquet_file(path, self.config.storage)
+            except FileNotFoundError:  # compacted since it was listed: the compacted file holds its events
+                return 0
+        self.files.add(path)
         return self.apply(table, committed_at(path))
 
     def apply(self, table: pa.Table, committed_s: float) -> int:

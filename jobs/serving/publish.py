@@ -41,6 +41,7 @@ from jobs.raykit.session import ray_session
 from jobs.raykit.shuffle import map_exchange
 from jobs.run.layout import OnlineLayout
 from jobs.serving.identifiers import link_ids, lookup_keys
+from jobs.serving.live import EventLog
 from jobs.serving.online import INTENT_KINDS, intent_partials, online_features
 from jobs.serving.source import RunSource, SegmentModel, read_parquet_file
 from jobs.storage import TableWriter, delete, new_write_id, read_json_or_none, subfolders, write_bytes, write_json
@@ -436,6 +437,7 @@ def run_publish(config: JobConfig, run_dir: str, store: str | None = None) -> di
         storage,
     )
     _prune(online, storage, keep={release_id, (previous or {}).get("release_id")}, config=config)
+    compacted = EventLog(online, storage).compact()  # the next run reads fewer, larger event files
     log.info(
         "publish: release %s of run %s: %d personas, %d keys, %d segments",
         release_id,
@@ -453,6 +455,7 @@ def run_publish(config: JobConfig, run_dir: str, store: str | None = None) -> di
         "segments": {m.segment.name: m.model_version for m in models},
         "skipped": skipped,
         "online_features": len(online_names),
+        "events_compacted": compacted["micro_batches"],
         "current": online.current,
         "seconds": round(time.perf_counter() - started, 2),
     }
