@@ -197,6 +197,13 @@ class TrainingConfig(Section):
         }
     )
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig.max_failures")
+    speculative_refit_rows: int = Field(
+        500_000,
+        ge=0,
+        description="production refits fitted in the evaluation fits' Ray Train run, before the champion is "
+        "known, while all of them together have at most this many rows (else a second run refits only the "
+        "XGBoost champions)",
+    )
     nthread: int | None = Field(
         None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
     )

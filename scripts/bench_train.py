@@ -1,22 +1,32 @@
 #!/usr/bin/env python
-"""Ray Train overhead: the train stage's Ray Train XGBoost path vs plain single-process xgboost.train.
+"""Ray Train overhead: the train stage vs plain single-process xgboost.train doing the same boosters.
 
-Same synthetic data (N rows x 110 float32 features, ~20% positives from a logistic model of a few
-columns), same parameters (config.training.params, a fixed number of rounds, no early stopping so both
-do exactly the same boosting work), same thread count, in the same process and run:
+**Whole run** (default, `--persons`): a demo-like sample (`segments demo`'s generator: 8 partners, 180 days,
+seed 7) goes through resolve -> plan -> features -> labels on a local Ray (not timed); then, in the same
+process and run:
 
-* plain:        QuantileDMatrix from the in-memory numpy arrays + xgboost.train (train + validation eval);
-* ray (warm):   Ray already up: a Ray Dataset of the same arrays and the validation flag ->
-                `jobs.model.fit.fit_booster` (XGBoostTrainer,
-                one worker with config.training.cpus_per_worker CPUs, shard -> QuantileDMatrix, the same
-                RayTrainReportCallback checkpoints every report_every rounds) -> model bytes on the driver;
-* ray (+start): the same plus `ray.init` of a local Ray (measured once, added).
+* stage:  the train stage as the runner calls it (`run_pipeline(..., names=["train"])`): every segment's
+          data, gates, the look-alikes on Ray Train (one run for the evaluation fits, refits included while
+          they are small), calibration, the RFM boosters, the out-of-time evaluation, the champion, the bundle;
+* plain:  the same look-alike boosters on the same rows in this one process: the features and labels
+          partitions read with pyarrow, joined, each segment's rows prepared by the stage's own
+          `prepare_batch`, put in the same (sample-key) order, QuantileDMatrix + xgboost.train with the same
+          params and early stopping, nthread = this machine's cores: every trained segment's evaluation fit
+          and the production refit of each XGBoost champion (the boosters a run needs; the stage's
+          speculative refits and everything else it does count against it);
+* ratio:  stage / plain, and (stage + `ray.init`) / plain. Each plain evaluation fit's best iteration is
+          checked against the stage's (the same booster on the same rows).
 
-    .venv/bin/python scripts/bench_train.py                 # 100k and 1M rows, training.num_boost_round rounds
-    .venv/bin/python scripts/bench_train.py --rows 100000 --rounds 50 --out .bench/train.json
+**One booster** (`--rows`): synthetic data (N rows x 110 float32 features, ~20% positives), the same
+parameters and a fixed number of rounds, no early stopping: plain QuantileDMatrix + xgboost.train against
+`jobs.model.fit.fit_boosters` with that one fit (one XGBoostTrainer run).
 
-Prints a table and writes JSON (default .bench/bench_train.json). Target: ray (warm) / plain <= 1.5
-at 1M rows.
+    .venv/bin/python scripts/bench_train.py                          # whole run at the demo's size (3000)
+    .venv/bin/python scripts/bench_train.py --persons 3000 20000
+    .venv/bin/python scripts/bench_train.py --rows 100000 --rounds 50
+
+Prints a table and writes JSON (default .bench/bench_train.json). Target (issue 12 item 3): stage / plain
+<= 1.5.
 """
 
 from __future__ import annotations
@@ -65,18 +75,20 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
     import pyarrow as pa
     import ray.data
 
-    from jobs.model.examples import LABEL, VALID
-    from jobs.model.fit import fit_booster
+    from jobs.model.examples import FIT, LABEL, SAMPLE, VALID
+    from jobs.model.fit import fit_boosters
 
     started = time.perf_counter()
-    dataset = ray.data.from_arrow(pa.table({**{n: X[:, j] for j, n in enumerate(names)}, LABEL: y, VALID: valid}))
+    columns = {**{n: X[:, j] for j, n in enumerate(names)}, LABEL: y, VALID: valid, SAMPLE: np.arange(len(y)) / len(y)}
+    columns[FIT] = np.full(len(y), "bench")
+    dataset = ray.data.from_arrow(pa.table(columns))
     with tempfile.TemporaryDirectory() as storage:
-        models, _ = fit_booster(
+        models, _ = fit_boosters(
             dataset,
+            {"bench": spw},
             training=config.training,
             feature_names=names,
             feature_types=["q"] * len(names),
-            scale_pos_weight=spw,
             storage_path=storage,
             storage_filesystem=None,
             name=f"bench-{len(y)}",
@@ -85,9 +97,136 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
     return time.perf_counter() - started
 
 
+def whole_run(persons: int, work: Path, nthread: int) -> dict:
+    """The train stage against plain xgboost.train on the same boosters, for a sample of `persons`."""
+    import ray
+
+    from jobs.config import JobConfig
+    from jobs.raykit.session import configure_data_context
+    from jobs.run.demo import DAYS, PARTNERS, SEED
+    from jobs.run.layout import RunLayout
+    from jobs.run.pipeline import run_pipeline
+    from jobs.stages import pipeline
+    from jobs.storage import delete
+    from jobs.synthetic import write_events
+
+    root = work / f"persons-{persons}"
+    events = root / "events"
+    if not events.exists():
+        write_events(str(events), JobConfig().storage, persons=persons, partners=PARTNERS, days=DAYS, seed=SEED)
+    config = JobConfig(events=str(events), root=str(root), run_id="bench")
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+        configure_data_context()
+    ray_start = time.perf_counter() - started
+    layout = RunLayout(str(root / "runs" / "bench"))
+    delete(layout.table("models"), config.storage)  # the train stage runs again on every call
+    upstream = run_pipeline(config, pipeline(), names=["resolve", "plan", "features", "labels"], layout=layout)
+    assert upstream["status"] == "succeeded", upstream
+    started = time.perf_counter()
+    summary = run_pipeline(config, pipeline(), names=["train"], layout=layout)
+    stage = time.perf_counter() - started
+    assert summary["status"] == "succeeded", summary
+    plain, fits = plain_boosters(config, layout, nthread)
+    return {
+        "persons": persons,
+        "nthread": nthread,
+        "fits": fits,
+        "stage_s": round(stage, 2),
+        "stage_summary_s": summary["stages"]["train"]["seconds"],
+        "plain_s": round(plain, 2),
+        "ray_startup_s": round(ray_start, 2),
+        "ratio_warm": round(stage / plain, 3),
+        "ratio_with_startup": round((stage + ray_start) / plain, 3),
+    }
+
+
+def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
+    """The run's look-alike boosters in this process, from the same tables; (seconds, one line per fit)."""
+    import pyarrow.compute as pc
+    import xgboost
+
+    from features.catalog import feature_names, xgboost_feature_types
+    from features.matrix import feature_matrix
+    from jobs.model.examples import LABEL, SAMPLE, VALID, prepare_batch
+    from jobs.model.fit import _best
+    from jobs.run.layout import FEATURES, LABELS, MODELS, RunLayout
+    from jobs.run.plan import RunPlan
+    from jobs.segments.definitions import label_column
+    from jobs.storage import TableIn, read_json
+
+    models = TableIn(MODELS, layout.table(MODELS), config.storage)
+    plan = RunPlan.from_json(read_json(layout.plan, config.storage))
+    categories = list(models.marker["categories"])
+    features_config = config.features.model_copy(update={"categories": categories})
+    names, types = feature_names(features_config), xgboost_feature_types(features_config)
+    t = config.training
+    wanted = []  # (segment, as_of, the stage's figures of that fit)
+    for segment in config.segments:
+        entry = models.marker["segments"].get(segment.name) or {}
+        if entry.get("status") == "skipped":
+            continue
+        metrics = json.loads(models.file(RunLayout.model_file(segment.name, "metrics.json")))
+        cut = plan.for_segment(segment.name)
+        wanted.append((segment, cut.train_as_of, metrics["training"]))
+        production = metrics["champion"]["fits"].get("production") or {}
+        if production.get("procedure") == "xgboost" and production.get("refit"):
+            wanted.append((segment, cut.refit_as_of, metrics["production_training"]))
+
+    started = time.perf_counter()
+    features = TableIn(FEATURES, layout.table(FEATURES), config.storage)
+    labels = TableIn(LABELS, layout.table(LABELS), config.storage)
+    snapshots = {}
+    for as_of in sorted({as_of for _, as_of, _ in wanted}):
+        snapshot = features.arrow(columns=["persona_id", *names], partition={"as_of": as_of})
+        present = [c for c in labels.schema().names if c.startswith("label__")]
+        labelled = labels.arrow(columns=["persona_id", *present], partition={"as_of": as_of})
+        snapshots[as_of] = snapshot.join(labelled, keys="persona_id", join_type="left outer")
+    lines = []
+    for segment, as_of, stage in wanted:
+        rows = prepare_batch(
+            snapshots[as_of], segment, names, categories, t.validation_share, t.seed, label_column(segment.name)
+        )
+        rows = rows.take(pc.sort_indices(rows, [(SAMPLE, "ascending")]))
+        valid = rows.column(VALID).to_numpy(zero_copy_only=False)
+        X = feature_matrix(rows, names)
+        y = rows.column(LABEL).to_numpy().astype(np.float32)
+        spw = float((y[~valid] == 0).sum() / max(1, y[~valid].sum()))
+        dtrain = xgboost.QuantileDMatrix(
+            X[~valid], y[~valid], feature_names=names, feature_types=types, enable_categorical=True, nthread=nthread
+        )
+        dvalid = xgboost.QuantileDMatrix(
+            X[valid], y[valid], ref=dtrain, feature_names=names, feature_types=types, enable_categorical=True
+        )
+        metrics = [m for m in t.params.get("eval_metric", ["auc"]) if m != "auc"] + ["auc"]
+        params = {**t.params, "eval_metric": metrics, "nthread": nthread, "seed": t.seed, "scale_pos_weight": spw}
+        booster = xgboost.train(
+            params,
+            dtrain,
+            num_boost_round=t.num_boost_round,
+            evals=[(dvalid, "validation")],
+            early_stopping_rounds=t.early_stopping_rounds,
+            verbose_eval=False,
+        )
+        _, best_iteration = _best(booster, t.early_stopping_rounds)
+        lines.append(
+            {
+                "segment": segment.name,
+                "as_of": as_of.isoformat(),
+                "rows": rows.num_rows,
+                "best_iteration": best_iteration,
+                "stage_best_iteration": stage.get("best_iteration"),
+            }
+        )
+    return time.perf_counter() - started, lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--persons", type=int, nargs="+", default=[3000], help="whole run: sample sizes")
+    parser.add_argument("--work", default=".bench/train", help="whole run: where samples and runs are kept")
+    parser.add_argument("--rows", type=int, nargs="+", default=None, help="one booster on synthetic rows instead")
     parser.add_argument("--cols", type=int, default=110)
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: training.num_boost_round)")
     parser.add_argument("--seed", type=int, default=7)
@@ -103,6 +242,23 @@ def main() -> None:
     from jobs.config import JobConfig
 
     nthread = os.cpu_count() or 1
+    if args.rows is None:
+        runs = [whole_run(persons, Path(args.work), nthread) for persons in args.persons]
+        import ray
+
+        ray.shutdown()
+        for r in runs:
+            print(json.dumps(r), flush=True)
+        print(f"\n{'persons':>8} {'fits':>5} {'plain s':>8} {'stage s':>8} {'ratio':>6} {'+start s':>9} {'ratio':>6}")
+        for r in runs:
+            print(
+                f"{r['persons']:>8,} {len(r['fits']):>5} {r['plain_s']:>8.2f} {r['stage_s']:>8.2f} "
+                f"{r['ratio_warm']:>6.2f} {r['stage_s'] + r['ray_startup_s']:>9.2f} {r['ratio_with_startup']:>6.2f}"
+            )
+        same = all(f["best_iteration"] == f["stage_best_iteration"] for r in runs for f in r["fits"])
+        print(f"same best iteration as the stage in every fit: {same}")
+        _write(Path(args.out), {"whole_run": runs, "machine": {"cpus": os.cpu_count()}})
+        return
     base = JobConfig()
     args.rounds = args.rounds or base.training.num_boost_round
     config = base.model_copy(
@@ -159,9 +315,12 @@ def main() -> None:
             f"{r['rows']:>10,} {r['plain_s']:>9.2f} {r['ray_warm_s']:>9.2f} {r['ratio_warm']:>7.2f} "
             f"{r['ray_warm_s'] + r['ray_startup_s']:>9.2f} {r['ratio_with_startup']:>7.2f}"
         )
-    out = Path(args.out)
+    _write(Path(args.out), {"results": results, "machine": {"cpus": os.cpu_count()}})
+
+
+def _write(out: Path, payload: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "machine": {"cpus": os.cpu_count()}}, indent=2))
+    out.write_text(json.dumps(payload, indent=2))
     print(f"\nwritten: {out}")
 
 

@@ -24,6 +24,8 @@ from jobs.segments.definitions import eligible_mask
 LABEL = "label"
 VALID = "_valid"
 SAMPLE = "_u"
+FIT = "_fit"
+SEGMENT = "_segment"
 
 
 def hash_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -64,18 +66,65 @@ def prepare_batch(
     return pa.table(columns)
 
 
-def block_stats(batch: pa.Table) -> pa.Table:
-    """Rows and positives of a prepared block, in all and in the validation split."""
-    y = batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
-    v = batch.column(VALID).to_numpy(zero_copy_only=False).astype(bool)
+def prepare_segments_batch(
+    batch: pa.Table,
+    segments: Sequence[tuple[SegmentConfig, str]],
+    feature_names: Sequence[str],
+    categories: Sequence[str],
+    validation_share: float,
+    seed: int,
+) -> pa.Table:
+    """`prepare_batch` for every (segment, its label column) of `segments`, one after the other, with the
+    segment's name in `_segment`: one pass over a snapshot prepares the rows of every segment."""
+    tables = []
+    for segment, label in segments:
+        rows = prepare_batch(batch, segment, feature_names, categories, validation_share, seed, label)
+        tables.append(rows.append_column(SEGMENT, pa.array([segment.name] * rows.num_rows, pa.string())))
+    return pa.concat_tables(tables)
+
+
+def segment_stats(batch: pa.Table) -> pa.Table:
+    """Rows and positives, in all and in the validation split, per segment of a block prepared by
+    `prepare_segments_batch` (one row per segment)."""
+    y = pc.cast(batch.column(LABEL), pa.int64())
+    v = pc.cast(batch.column(VALID), pa.int64())
+    table = pa.table({SEGMENT: batch.column(SEGMENT), "y": y, "v": v, "vy": pc.multiply(y, v)})
+    grouped = table.group_by(SEGMENT).aggregate([("y", "count"), ("y", "sum"), ("v", "sum"), ("vy", "sum")])
     return pa.table(
         {
-            "rows": [len(y)],
-            "positives": [int(y.sum())],
-            "valid_rows": [int(v.sum())],
-            "valid_positives": [int(y[v].sum())],
+            SEGMENT: grouped.column(SEGMENT),
+            "rows": grouped.column("y_count"),
+            "positives": grouped.column("y_sum"),
+            "valid_rows": grouped.column("v_sum"),
+            "valid_positives": grouped.column("vy_sum"),
         }
     )
+
+
+def tag_fits(batch: pa.Table, fits: Mapping[str, str], columns: Sequence[str]) -> pa.Table:
+    """The rows of the segments in `fits` ({segment: fit id}) in `columns`, with their fit id in `_fit`."""
+    names = pa.array(list(fits), pa.string())
+    index = pc.index_in(batch.column(SEGMENT), value_set=names)
+    batch = batch.select(list(columns)).filter(pc.is_valid(index))
+    index = index.filter(pc.is_valid(index))
+    return batch.append_column(FIT, pa.array(list(fits.values()), pa.string()).take(index))
+
+
+def per_segment(batch: pa.Table, each, by_segment: Mapping[str, Mapping], **kwargs) -> pa.Table:
+    """`each(rows, **kwargs, **by_segment[segment])` for the rows of each segment in `by_segment`, with `_segment`
+    (one pass serves every segment: e.g. `predict_batch` with each segment's models, `sample_rows` with each
+    segment's share)."""
+    tables = []
+    segments = batch.column(SEGMENT)
+    for name, own in by_segment.items():
+        out = each(batch.filter(pc.equal(segments, name)), **kwargs, **own)  # an empty one keeps the columns
+        tables.append(out.append_column(SEGMENT, pa.array([name] * out.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def with_fit(batch: pa.Table, fit: str) -> pa.Table:
+    """The batch with a `_fit` column naming the fit its rows belong to (one dataset carries several fits)."""
+    return batch.append_column(FIT, pa.array([fit] * batch.num_rows, pa.string()))
 
 
 def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Table:
@@ -86,7 +135,7 @@ def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Tab
 
 
 _BOOSTERS: dict[str, xgboost.Booster] = {}
-_KEPT_BOOSTERS = 8  # a segment's candidates are scored together: keep them all loaded
+_KEPT_BOOSTERS = 32  # every segment's candidates are scored in one pass: keep them all loaded
 
 
 def _booster(raw: bytes) -> xgboost.Booster:

@@ -1,10 +1,19 @@
-"""Fitting one XGBoost model on Ray Train (Train V2 `XGBoostTrainer`).
+"""Fitting a run's XGBoost models on Ray Train (Train V2 `XGBoostTrainer`): every fit of a round in ONE run.
 
-The driver (`fit_booster`) only builds `ScalingConfig` / `RunConfig` (checkpoints in the run's Ray Train
-scratch folder, local or S3) / `FailureConfig`; each worker (`train_fn_per_worker`) reads its shard
-(`ray.train.get_dataset_shard`), builds QuantileDMatrix from the batches, trains with early stopping on the
-validation rows (the `_valid` flag), reports and checkpoints every `report_every` rounds (resuming from the
-last checkpoint after a worker failure), and reports the model in one final checkpoint.
+A Ray Train run has a fixed cost (worker group, rabit tracker, the split coordinator, the controller's
+polls: ~10-14 s on 2 cores) that one fit of a few thousand rows never earns back, so the driver
+(`fit_boosters`) hands all of a round's fits (e.g. every segment's evaluation fit) to one `XGBoostTrainer`
+as ONE dataset whose `_fit` column names each row's fit (the union of the prepared cut-offs, each read
+once), read by one split coordinator: `datasets={fit: ...}` would start one coordinator and one streaming
+executor per fit, and read a cut-off prepared for several segments once per segment. Each worker
+(`train_fn_per_worker`) reads its shard once, groups the rows by fit, and runs one `xgboost.train` per fit
+in the config's order (early stopping on the fit's validation rows, the `_valid` flag) inside the one
+collective group the trainer sets up.
+
+Fault tolerance: every checkpoint holds the models of the fits completed so far (`fits/NNN.json` and their
+figures) plus, while a fit is in progress, its periodic model every `report_every` rounds; after a worker
+failure the run restores the latest checkpoint, skips the completed fits and resumes the current one from
+its periodic model. A checkpoint is reported after each completed fit; the last one holds them all.
 """
 
 from __future__ import annotations
@@ -13,24 +22,25 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray.data
 import ray.train
 import xgboost
-from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+from ray.train.xgboost import XGBoostTrainer
 
 from features.matrix import feature_matrix
 from jobs.config import TrainingConfig
 from jobs.model.booster import load_booster, model_bytes, openmp_threads
-from jobs.model.bundle import MODEL
-from jobs.model.examples import LABEL, SAMPLE, VALID
+from jobs.model.examples import FIT, LABEL, SAMPLE, VALID
 
-FINAL_FILE = "final.json"
+FITS_DIR = "fits"
+CURRENT_FILE = "current.json"
 PERIODIC_FILE = "model.ubj"
 BATCH_ROWS = 65_536
 # Train V2 waits for the controller's poll (this interval, 2 s by default) at every report; the driver's
@@ -45,31 +55,41 @@ HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 Batches = list[tuple[np.ndarray, np.ndarray]]
 
 
-def _shard_batches(shard, feature_names: Sequence[str], batch_size: int) -> tuple[Batches, Batches]:
-    """The worker's shard as (features, label) batches for training and for validation (the `_valid` flag).
+def _shard_batches(shard, fits: Sequence[str], feature_names: Sequence[str], batch_size: int):
+    """{fit: (training batches, validation batches)} of the worker's shard, read once.
 
-    One dataset carries both splits, so Ray Train starts one split coordinator, not two. Ray Data hands
-    blocks over in whatever order they finish; rows are put in the order of their persona hash (the `_u`
-    column) so that the same data gives the same model (subsampling draws by row position). With several
-    workers the split between them still varies from run to run.
+    Ray Data hands blocks over in whatever order they finish; each fit's rows are put in the order of their
+    persona hash (the `_u` column) so that the same data gives the same model (subsampling draws by row
+    position). With several workers the split between them still varies from run to run.
     """
-    matrices, labels, keys, flags = [], [], [], []
+    parts: dict[str, list] = {fit: [] for fit in fits}
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        if batch.num_rows:
-            matrices.append(feature_matrix(batch, feature_names))
-            labels.append(batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32))
-            keys.append(
-                batch.column(SAMPLE).to_numpy(zero_copy_only=False)
-                if SAMPLE in batch.column_names
-                else np.zeros(batch.num_rows)
+        if not batch.num_rows:
+            continue
+        fit_ids = batch.column(FIT).to_numpy(zero_copy_only=False)
+        present = np.unique(fit_ids)
+        for fit in present:
+            if fit not in parts:  # completed before a restore
+                continue
+            rows = batch.filter(pa.array(fit_ids == fit)) if len(present) > 1 else batch
+            parts[str(fit)].append(
+                (
+                    feature_matrix(rows, feature_names),
+                    rows.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32),
+                    rows.column(SAMPLE).to_numpy(zero_copy_only=False),
+                    rows.column(VALID).to_numpy(zero_copy_only=False).astype(bool),
+                )
             )
-            flags.append(batch.column(VALID).to_numpy(zero_copy_only=False).astype(bool))
-    empty = [(np.empty((0, len(feature_names)), np.float32), np.empty(0, np.float32))]
-    if not matrices:  # an empty shard still takes part in the collective steps
+    return {fit: _split(parts.pop(fit), len(feature_names), batch_size) for fit in fits}
+
+
+def _split(parts: list, width: int, batch_size: int) -> tuple[Batches, Batches]:
+    empty = [(np.empty((0, width), np.float32), np.empty(0, np.float32))]
+    if not parts:  # an empty shard still takes part in the collective steps
         return empty, empty
-    X = np.concatenate(matrices)
-    del matrices
-    y, key, valid = np.concatenate(labels), np.concatenate(keys), np.concatenate(flags)
+    X = np.concatenate([p[0] for p in parts])
+    y, key, valid = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+    del parts
 
     def ordered(mask: np.ndarray) -> Batches:
         rows = np.flatnonzero(mask)
@@ -101,49 +121,97 @@ def _quantile_dmatrix(batches: Batches, feature_names, feature_types, nthread: i
     return xgboost.QuantileDMatrix(_Batches(), ref=ref, enable_categorical=True, nthread=nthread, max_bin=max_bin)
 
 
-class _ReportEveryN(RayTrainReportCallback):
-    """RayTrainReportCallback that reports (and checkpoints) only every `frequency` rounds.
+class _Progress:
+    """What a worker has done: the completed fits' models and figures, and the fit in progress."""
 
-    The stock callback calls `ray.train.report` after every round; in Train V2 each report waits for the
-    controller to take it (a poll every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), which would make 300 rounds
-    take minutes on any machine. Reporting at the checkpoint rounds only keeps the progress reports and
-    the checkpoints for fault tolerance at a fixed, small cost.
+    def __init__(self, fits: Sequence[str], rank: int) -> None:
+        self.fits = list(fits)
+        self.rank = rank
+        self.models: dict[str, bytes] = {}
+        self.figures: dict[str, dict] = {}
+
+    def restore(self, checkpoint) -> tuple[str | None, xgboost.Booster | None]:
+        """Loads the completed fits of `checkpoint`; (the fit in progress there, its periodic model)."""
+        with checkpoint.as_directory() as path:
+            for i, fit in enumerate(self.fits):
+                model = Path(path, FITS_DIR, f"{i:03d}.json")
+                if model.exists():
+                    self.models[fit] = model.read_bytes()
+                    self.figures[fit] = json.loads(Path(path, FITS_DIR, f"{i:03d}.figures.json").read_text())
+            current = Path(path, CURRENT_FILE)
+            if current.exists() and Path(path, PERIODIC_FILE).exists():
+                return json.loads(current.read_text())["fit"], load_booster(Path(path, PERIODIC_FILE).read_bytes())
+        return None, None
+
+    def report(self, metrics: dict, current: str | None = None, model: xgboost.Booster | None = None) -> None:
+        """Reports `metrics` with a checkpoint of the completed fits (and the fit in progress) from rank 0."""
+        with tempfile.TemporaryDirectory() as path:
+            if self.rank == 0:
+                Path(path, FITS_DIR).mkdir()
+                for i, fit in enumerate(self.fits):
+                    if fit in self.models:
+                        Path(path, FITS_DIR, f"{i:03d}.json").write_bytes(self.models[fit])
+                        Path(path, FITS_DIR, f"{i:03d}.figures.json").write_text(json.dumps(self.figures[fit]))
+                if model is not None:
+                    Path(path, CURRENT_FILE).write_text(json.dumps({"fit": current}))
+                    Path(path, PERIODIC_FILE).write_bytes(bytes(model.save_raw("ubj")))
+            checkpoint = ray.train.Checkpoint.from_directory(path) if self.rank == 0 else None
+            ray.train.report({**metrics, "completed_fits": len(self.models)}, checkpoint=checkpoint)
+
+
+class _ReportEveryN(xgboost.callback.TrainingCallback):
+    """Reports (and checkpoints) the fit in progress every `frequency` rounds.
+
+    Reporting after every round would make 300 rounds take minutes: in Train V2 each report waits for the
+    controller to take it (a poll every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S). Reporting at the checkpoint
+    rounds only keeps the progress reports and the checkpoints for fault tolerance at a fixed, small cost.
     """
 
-    def after_iteration(self, model, epoch, evals_log):
-        self._evals_log = evals_log
+    def __init__(self, progress: _Progress, fit: str, frequency: int) -> None:
+        super().__init__()
+        self._progress, self._fit, self._frequency = progress, fit, frequency
+
+    def after_iteration(self, model, epoch, evals_log) -> bool:
         if self._frequency and (epoch + 1) % self._frequency == 0:
-            self._last_checkpoint_iteration = epoch
-            self._save_and_report_checkpoint(self._get_report_dict(evals_log), model)
+            auc = (evals_log.get("validation") or {}).get("auc") or [None]
+            metrics = {"round": epoch + 1} | ({"validation_auc": float(auc[-1])} if auc[-1] is not None else {})
+            self._progress.report(metrics, self._fit, model)
         return False
 
 
 def train_fn_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker: shard -> QuantileDMatrix -> xgboost.train -> final checkpoint."""
+    """Runs on every Ray Train worker: shard -> per fit QuantileDMatrix -> xgboost.train -> checkpoint."""
     context = ray.train.get_context()
     rank = context.get_world_rank()
     nthread = config.get("nthread") or max(1, (os.cpu_count() or 1) // max(1, context.get_local_world_size()))
     params = dict(config["params"])
-    params.update({"nthread": nthread, "seed": config["seed"], "scale_pos_weight": config["scale_pos_weight"]})
+    params.update({"nthread": nthread, "seed": config["seed"]})
     metrics = params.get("eval_metric") or ["auc"]
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     params["eval_metric"] = [m for m in metrics if m != "auc"] + ["auc"]  # early stopping watches the last
     if config.get("use_gpu"):
         params["device"] = "cuda"
-    max_bin = int(params.get("max_bin", 256))
 
+    fits = list(config["fits"])
+    progress = _Progress(fits, rank)
+    current, start_model = None, None
     checkpoint = ray.train.get_checkpoint()
-    start_model = None
     if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            final_path = Path(path, FINAL_FILE)
-            if final_path.exists():  # failed after the final report: report it again
-                _final_report(rank, json.loads(final_path.read_text()), path)
-                return
-            start_model = load_booster(Path(path, PERIODIC_FILE).read_bytes())
-
+        current, start_model = progress.restore(checkpoint)
+    todo = [fit for fit in fits if fit not in progress.models]
+    if not todo:  # failed after the last fit's report: report it again
+        progress.report({"final": 1})
+        return
+    started = time.perf_counter()
+    data = _shard_batches(ray.train.get_dataset_shard("train"), todo, config["feature_names"], config["batch_size"])
+    load_seconds = time.perf_counter() - started
     with openmp_threads(nthread):
-        _fit_and_report(config, params, nthread, max_bin, start_model, rank)
+        for fit in todo:
+            resume = start_model if fit == current else None
+            spw = float(config["fits"][fit])
+            _fit_one(config, params | {"scale_pos_weight": spw}, nthread, data.pop(fit), resume, progress, fit)
+            progress.figures[fit]["load_seconds"] = load_seconds / len(todo)
+            progress.report({"final": int(len(progress.models) == len(fits))})
 
 
 def _best(booster: xgboost.Booster, early: int | None) -> tuple[xgboost.Booster, int]:
@@ -152,14 +220,13 @@ def _best(booster: xgboost.Booster, early: int | None) -> tuple[xgboost.Booster,
     return (booster[: best_iteration + 1] if best_iteration + 1 < rounds else booster), best_iteration
 
 
-def _fit_and_report(config: dict, params: dict, nthread: int, max_bin: int, start_model, rank: int) -> None:
+def _fit_one(config: dict, params: dict, nthread: int, batches, start_model, progress: _Progress, fit: str) -> None:
     names, types = config["feature_names"], config["feature_types"]
+    max_bin = int(params.get("max_bin", 256))
     started = time.perf_counter()
-    train, valid = _shard_batches(ray.train.get_dataset_shard("train"), names, config["batch_size"])
+    train, valid = batches
     dtrain = _quantile_dmatrix(train, names, types, nthread, max_bin)
     dvalid = _quantile_dmatrix(valid, names, types, nthread, max_bin, ref=dtrain)
-    loaded = time.perf_counter()
-
     done = start_model.num_boosted_rounds() if start_model is not None else 0
     early = config.get("early_stopping_rounds")
     booster = xgboost.train(
@@ -170,57 +237,50 @@ def _fit_and_report(config: dict, params: dict, nthread: int, max_bin: int, star
         early_stopping_rounds=early,
         xgb_model=start_model,
         verbose_eval=False,
-        callbacks=[_ReportEveryN(frequency=config["report_every"], checkpoint_at_end=False, filename=PERIODIC_FILE)],
+        callbacks=[_ReportEveryN(progress, fit, config["report_every"])],
     )
     best, best_iteration = _best(booster, early)
     best_score = getattr(booster, "best_score", None)
-    trained = time.perf_counter()
-
-    final = {
+    progress.models[fit] = model_bytes(best)
+    progress.figures[fit] = {
         "best_iteration": best_iteration,
         "boosted_rounds": booster.num_boosted_rounds(),
         "best_validation_auc": float(best_score) if best_score is not None else None,
         "nthread": nthread,
-        "load_seconds": loaded - started,
-        "train_seconds": trained - loaded,
+        "train_seconds": time.perf_counter() - started,
     }
-    files = {MODEL: best}
-    with tempfile.TemporaryDirectory() as path:
-        if rank == 0:
-            for name, model in files.items():
-                Path(path, name).write_bytes(model_bytes(model))
-            Path(path, FINAL_FILE).write_text(json.dumps(final))
-        _final_report(rank, final, path)
-
-
-def _final_report(rank: int, final: dict, path: str) -> None:
-    metrics = {k: v for k, v in final.items() if v is not None}
-    metrics["final"] = 1
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path) if rank == 0 else None)
 
 
 # --------------------------------------------------------------------------------------------------
 # The driver side
 
 
-def fit_booster(
+def fit_boosters(
     dataset: ray.data.Dataset,
+    scale_pos_weights: Mapping[str, float],
     *,
     training: TrainingConfig,
     feature_names: Sequence[str],
     feature_types: Sequence[str],
-    scale_pos_weight: float,
     storage_path: str,
     storage_filesystem: pafs.FileSystem | None,
     name: str,
-) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """Fit one model with Ray Train; returns ({file name: model bytes}, the final report's metrics).
+    train_loop: Callable[[dict], None] = train_fn_per_worker,
+) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], float]:
+    """Fit one model per fit of `scale_pos_weights` ({fit id: scale_pos_weight}) in ONE Ray Train run, in
+    that order; `dataset` holds the rows of all of them, each with its fit id in `_fit` (`examples.tag_fits`,
+    `examples.with_fit`).
 
-    `dataset`: the feature columns, the label, the `_valid` flag (validation rows) and the `_u` sample key.
-    `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's checkpoints of this
-    fit under `name`; the caller removes them.
+    Returns ({fit: (model bytes, its figures)}, the run's wall seconds). The dataset's columns: the features,
+    the label, the `_valid` flag (validation rows), the `_u` sample key and `_fit`. `storage_path` (as
+    `storage_filesystem` names it; None = local) holds Ray Train's checkpoints of the run under `name`; the
+    caller removes them. `train_loop`: the workers' function (a test wraps `train_fn_per_worker` to kill a
+    worker mid-run).
     """
+    if not scale_pos_weights:
+        return {}, 0.0
     os.environ.setdefault(*HEALTH_CHECK_INTERVAL)
+    started = time.perf_counter()
     run_config = ray.train.RunConfig(
         name=name,
         storage_path=storage_path,
@@ -229,20 +289,20 @@ def fit_booster(
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
     )
     loop_config = {
+        "fits": {fit: float(spw) for fit, spw in scale_pos_weights.items()},
         "feature_names": list(feature_names),
         "feature_types": list(feature_types),
         "params": dict(training.params),
         "num_boost_round": training.num_boost_round,
         "early_stopping_rounds": training.early_stopping_rounds,
         "report_every": training.report_every,
-        "scale_pos_weight": float(scale_pos_weight),
         "seed": training.seed,
         "nthread": training.nthread,
         "use_gpu": training.use_gpu,
         "batch_size": BATCH_ROWS,
     }
     trainer = XGBoostTrainer(
-        train_fn_per_worker,
+        train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=training.num_workers,
@@ -255,7 +315,11 @@ def fit_booster(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} ended without a checkpoint")
+    fitted = {}
     with result.checkpoint.as_directory() as local:
-        models = {path.name: path.read_bytes() for path in sorted(Path(local).iterdir()) if path.name == MODEL}
-        final = json.loads(Path(local, FINAL_FILE).read_text())
-    return models, final
+        for i, fit in enumerate(scale_pos_weights):
+            model, figures = Path(local, FITS_DIR, f"{i:03d}.json"), Path(local, FITS_DIR, f"{i:03d}.figures.json")
+            if not model.exists():
+                raise RuntimeError(f"Ray Train run {name} ended without the model of fit {fit}")
+            fitted[fit] = (model.read_bytes(), json.loads(figures.read_text()))
+    return fitted, time.perf_counter() - started

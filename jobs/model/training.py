@@ -1,5 +1,5 @@
-"""One segment's model, driven from the driver over Ray Data and Ray Train: gates, fit, calibration, the
-honest out-of-time evaluation, the champion selection and the production refit.
+"""Every segment's model, driven from the driver over Ray Data and Ray Train: gates, fit, calibration, the
+honest out-of-time evaluation, the champion selection and the production refit (`train_segments`).
 
 For a segment with cut-offs train_as_of < eval_as_of (the run plan's):
 
@@ -10,9 +10,10 @@ For a segment with cut-offs train_as_of < eval_as_of (the run plan's):
 2. **Gates**: fewer than `training.min_positives` positives or `min_negatives` negatives in the training
    snapshot, or a category segment whose category has no feature slot: the segment is `skipped`, with the
    reason; the run goes on.
-3. **Fit** at train_as_of: the look-alike on Ray Train (`jobs.model.fit`), calibrated on the validation
-   split (`jobs.model.calibration`) so it predicts probabilities; the RFM booster (`jobs.model.baselines`)
-   on a hash sample of the same rows.
+3. **Fit** at train_as_of: the look-alikes of ALL segments in one Ray Train run (`jobs.model.fit`: a run's
+   fixed cost is paid once, not per segment), each calibrated on its validation split
+   (`jobs.model.calibration`) so it predicts probabilities; the RFM booster (`jobs.model.baselines`) on a
+   hash sample of the same rows.
 4. **Evaluation** out of time (`jobs.model.quality`): the snapshot at eval_as_of, labels after it, scored by
    every candidate (also the previous run's champion when comparable); per candidate the metrics, the
    permutation null on the evaluation labels and the alarms; the single-feature leakage check. Metric rows
@@ -20,7 +21,8 @@ For a segment with cut-offs train_as_of < eval_as_of (the run plan's):
 5. **Champion** (`jobs.model.champion`): the candidate exported, or none (`rejected`).
 6. **Refit for production**: the winning procedure is fitted again at refit_as_of (= as_of - horizon, the
    latest cut-off whose labels are complete) and that refit is exported; the card records both fits. The
-   previous champion, when it wins, is kept as it is.
+   XGBoost refits run in the first Ray Train run when they are small (speculatively, `_speculative`), else
+   in a second run for the XGBoost champions only. The previous champion, when it wins, is kept as it is.
 """
 
 from __future__ import annotations
@@ -46,10 +48,21 @@ from jobs.model import champion, quality
 from jobs.model.baselines import METHOD as RFM_METHOD
 from jobs.model.baselines import default_rfm_features, fit_rfm
 from jobs.model.booster import load_booster, model_version
-from jobs.model.bundle import MODEL, REJECTED, SKIPPED, TRAINED
+from jobs.model.bundle import REJECTED, SKIPPED, TRAINED
 from jobs.model.calibration import calibrated
-from jobs.model.examples import LABEL, SAMPLE, VALID, block_stats, predict_batch, prepare_batch, sample_rows
-from jobs.model.fit import fit_booster
+from jobs.model.examples import (
+    LABEL,
+    SAMPLE,
+    SEGMENT,
+    VALID,
+    per_segment,
+    predict_batch,
+    prepare_segments_batch,
+    sample_rows,
+    segment_stats,
+    tag_fits,
+)
+from jobs.model.fit import fit_boosters
 from jobs.run.plan import SegmentCutoffs
 from jobs.segments.definitions import category_slot, label_column
 
@@ -131,30 +144,78 @@ def config_hash(features: FeaturesConfig, training: TrainingConfig, segment: Seg
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _prepared(
-    snapshots: LabelledSnapshots, segment: SegmentConfig, as_of: dt.date, features: FeatureSet, training: TrainingConfig
-) -> tuple[ray.data.Dataset, dict[str, int]]:
-    """Eligible rows of the snapshot at `as_of` with labels, validation flag and sample key (materialized)."""
-    prepared = (
-        snapshots.at(as_of)
-        .map_batches(
-            prepare_batch,
-            batch_format="pyarrow",
-            zero_copy_batch=True,
-            fn_kwargs={
-                "segment": segment,
-                "feature_names": list(features.names),
-                "categories": list(features.categories),
-                "validation_share": training.validation_share,
-                "seed": training.seed,
-                "label": label_column(segment.name),
-            },
-        )
-        .materialize()
-    )
-    stats = prepared.map_batches(block_stats, batch_format="pyarrow", batch_size=None).to_pandas()
-    keys = ("rows", "positives", "valid_rows", "valid_positives")
-    return prepared, {k: int(stats[k].sum()) if len(stats) else 0 for k in keys}
+class _Prepared:
+    """Prepared rows (`prepare_segments_batch`: eligible rows, label, validation flag, sample key, `_segment`)
+    by cut-off: ONE pass over a labelled snapshot prepares every segment that needs it (materialized, with
+    per-segment counts from one more pass), and later passes serve every segment of a cut-off at once."""
+
+    def __init__(self, snapshots: LabelledSnapshots, features: FeatureSet, t: TrainingConfig) -> None:
+        self._snapshots, self._features, self._t = snapshots, features, t
+        self._cuts: list[ray.data.Dataset] = []
+        self._where: dict[tuple[dt.date, str], int] = {}
+        self._stats: dict[tuple[dt.date, str], dict[str, int]] = {}
+
+    def prepare(self, wanted: list[tuple[dt.date, SegmentConfig]]) -> None:
+        pending: dict[dt.date, dict[str, SegmentConfig]] = {}
+        for as_of, segment in wanted:
+            if (as_of, segment.name) not in self._where:
+                pending.setdefault(as_of, {})[segment.name] = segment
+        for as_of, segments in pending.items():
+            prepared = (
+                self._snapshots.at(as_of)
+                .map_batches(
+                    prepare_segments_batch,
+                    batch_format="pyarrow",
+                    zero_copy_batch=True,
+                    fn_kwargs={
+                        "segments": [(segment, label_column(name)) for name, segment in segments.items()],
+                        "feature_names": list(self._features.names),
+                        "categories": list(self._features.categories),
+                        "validation_share": self._t.validation_share,
+                        "seed": self._t.seed,
+                    },
+                )
+                .materialize()
+            )
+            counts = prepared.map_batches(segment_stats, batch_format="pyarrow", batch_size=None).to_pandas()
+            sums = counts.groupby(SEGMENT).sum() if len(counts) else None
+            for name in segments:
+                self._where[(as_of, name)] = len(self._cuts)
+                row = sums.loc[name] if sums is not None and name in sums.index else None
+                self._stats[(as_of, name)] = {k: int(row[k]) if row is not None else 0 for k in _STAT_KEYS}
+            self._cuts.append(prepared)
+
+    def stats(self, as_of: dt.date, name: str) -> dict[str, int]:
+        return self._stats[(as_of, name)]
+
+    def dataset(self, wanted: dict[tuple[dt.date, str], Any], fn: Callable, columns: list[str]) -> ray.data.Dataset:
+        """One dataset of the rows of `wanted` ({(cut-off, segment): what `fn` takes}) through `fn`."""
+        parts = [
+            self._cuts[cut].map_batches(fn, batch_format="pyarrow", fn_kwargs={"fits": own, "columns": columns})
+            for cut, own in self._groups(wanted).items()
+        ]
+        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+    def collect(self, wanted: dict[tuple[dt.date, str], dict], fn: Callable, **kwargs) -> dict[str, dict]:
+        """{segment: numpy columns} of `fn(rows, **kwargs, **wanted[(cut-off, segment)])` on each wanted
+        segment's rows at its cut-off: one pass per prepared cut-off, whatever the number of segments."""
+        out = {}
+        for cut, own in self._groups(wanted).items():
+            columns = _collect(self._cuts[cut], per_segment, each=fn, by_segment=own, **kwargs)
+            names = columns.pop(SEGMENT, np.empty(0, object))
+            for name in own:
+                rows = names == name
+                out[name] = {column: values[rows] for column, values in columns.items()}
+        return out
+
+    def _groups(self, wanted: dict[tuple[dt.date, str], Any]) -> dict[int, dict[str, Any]]:
+        groups: dict[int, dict[str, Any]] = {}
+        for (as_of, name), own in wanted.items():
+            groups.setdefault(self._where[(as_of, name)], {})[name] = own
+        return groups
+
+
+_STAT_KEYS = ("rows", "positives", "valid_rows", "valid_positives")
 
 
 def _collect(ds: ray.data.Dataset, fn: Callable, **kwargs) -> dict[str, np.ndarray]:
@@ -193,63 +254,111 @@ def _split_sizes(stats: dict[str, int]) -> dict[str, int]:
     }
 
 
-def _fit_lookalike(
-    prepared: ray.data.Dataset, stats: dict[str, int], features: FeatureSet, t: TrainingConfig, scratch, name: str
-) -> tuple[bytes, dict[str, Any]]:
-    """The calibrated look-alike booster fitted on Ray Train over a prepared snapshot, and how it was fitted."""
-    names = list(features.names)
+def _spw(stats: dict[str, int]) -> float:
+    """XGBoost's scale_pos_weight for a prepared snapshot: negatives / positives of its training split."""
     sizes = _split_sizes(stats)
-    spw = (sizes["train_rows"] - sizes["train_positives"]) / max(1, sizes["train_positives"])
-    started = time.perf_counter()
-    models, final = fit_booster(
-        prepared.select_columns(names + [LABEL, SAMPLE, VALID]),
+    return (sizes["train_rows"] - sizes["train_positives"]) / max(1, sizes["train_positives"])
+
+
+def _calibrate_all(
+    prepared: _Prepared,
+    fitted: dict[tuple[dt.date, str], tuple[bytes, dict[str, Any]]],
+    run: dict[str, Any],
+    features: FeatureSet,
+    t: TrainingConfig,
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """{segment: (its look-alike calibrated on its validation split, how it was fitted)} for the boosters
+    `fitted` ({(cut-off, segment): (model bytes, the fit's figures)}), from one pass per cut-off.
+
+    `run`: the figures of the Ray Train run the fits shared."""
+    valid = prepared.collect(
+        {
+            key: {
+                "models": {"margin": raw},
+                "share": min(1.0, t.max_metric_rows / max(1, prepared.stats(*key)["valid_rows"])),
+            }
+            for key, (raw, _) in fitted.items()
+        },
+        predict_batch,
+        feature_names=list(features.names),
+        keep=[],
+        margin=True,
+        valid_only=True,
+    )
+    out = {}
+    for (as_of, name), (raw, figures) in fitted.items():
+        spw = _spw(prepared.stats(as_of, name))
+        model, calibration = calibrated(raw, valid[name]["margin"], valid[name][LABEL], spw)
+        out[name] = (
+            model,
+            {
+                **figures,
+                "scale_pos_weight": spw,
+                "calibration": calibration,
+                "params": dict(t.params),
+                "num_boost_round": t.num_boost_round,
+                "early_stopping_rounds": t.early_stopping_rounds,
+                "num_workers": t.num_workers,
+                "cpus_per_worker": t.cpus_per_worker,
+                "fit_seconds": round(figures.get("load_seconds", 0.0) + figures.get("train_seconds", 0.0), 3),
+                "ray_train_run": run,
+            },
+        )
+    return out
+
+
+def _fit_round(
+    prepared: _Prepared,
+    fits: dict[tuple[dt.date, str], str],
+    features: FeatureSet,
+    t: TrainingConfig,
+    scratch: TrainScratch,
+    name: str,
+) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
+    """Every fit of `fits` ({(cut-off, segment): fit id}) in ONE Ray Train run over one dataset of their rows;
+    ({fit id: (model bytes, figures)}, the run's figures)."""
+    if not fits:
+        return {}, {}
+    log.info("train: %d fit(s) in one Ray Train run (%s)", len(fits), name)
+    names = list(features.names)
+    fitted, seconds = fit_boosters(
+        prepared.dataset(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
+        {fit: _spw(prepared.stats(*key)) for key, fit in fits.items()},
         training=t,
         feature_names=names,
         feature_types=list(features.types),
-        scale_pos_weight=spw,
         storage_path=scratch.path,
         storage_filesystem=scratch.filesystem,
         name=f"{name}-{uuid.uuid4().hex[:8]}",
     )
-    fit_seconds = time.perf_counter() - started
-    valid = _collect(
-        prepared,
-        predict_batch,
-        models={"margin": models[MODEL]},
-        feature_names=names,
-        keep=[],
-        share=min(1.0, t.max_metric_rows / max(1, sizes["valid_rows"])),
-        margin=True,
-        valid_only=True,
-    )
-    model, calibration = calibrated(models[MODEL], valid["margin"], valid[LABEL], spw)
-    info = {
-        **final,
-        "scale_pos_weight": spw,
-        "calibration": calibration,
-        "params": dict(t.params),
-        "num_boost_round": t.num_boost_round,
-        "early_stopping_rounds": t.early_stopping_rounds,
-        "num_workers": t.num_workers,
-        "cpus_per_worker": t.cpus_per_worker,
-        "fit_seconds": round(fit_seconds, 3),
-    }
-    return model, info
+    return fitted, {"name": name, "fits": len(fits), "seconds": round(seconds, 3)}
 
 
-def _fit_baseline(
-    prepared: ray.data.Dataset, stats: dict[str, int], columns: list[str], t: TrainingConfig
-) -> tuple[bytes, dict[str, Any]]:
-    """The RFM booster fitted in this process on a hash sample of the prepared snapshot."""
+def _fit_baselines(
+    prepared: _Prepared, wanted: list[tuple[dt.date, str]], columns: list[str], t: TrainingConfig
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """{segment: the RFM booster fitted in this process on a hash sample of its prepared rows, its figures}."""
     started = time.perf_counter()
-    share = min(1.0, t.max_metric_rows / max(1, stats["rows"]))
-    rows = _collect(prepared, sample_rows, share=share, columns=columns + [LABEL, VALID])
-    raw = fit_rfm({c: rows[c] for c in columns}, rows[LABEL], rows[VALID], seed=t.seed, nthread=t.nthread or 1)
-    return raw, {
-        "method": RFM_METHOD,
-        "rows": int(len(rows[LABEL])),
-        "fit_seconds": round(time.perf_counter() - started, 3),
-    }
+    samples = prepared.collect(
+        {key: {"share": min(1.0, t.max_metric_rows / max(1, prepared.stats(*key)["rows"]))} for key in wanted},
+        sample_rows,
+        columns=columns + [LABEL, VALID],
+    )
+    sampled = time.perf_counter() - started
+    out = {}
+    for _, name in wanted:
+        started = time.perf_counter()
+        rows = samples[name]
+        raw = fit_rfm({c: rows[c] for c in columns}, rows[LABEL], rows[VALID], seed=t.seed, nthread=t.nthread or 1)
+        out[name] = (
+            raw,
+            {
+                "method": RFM_METHOD,
+                "rows": int(len(rows[LABEL])),
+                "fit_seconds": round(time.perf_counter() - started + sampled / len(wanted), 3),
+            },
+        )
+    return out
 
 
 def _previous_candidate(
@@ -275,24 +384,131 @@ def _previous_candidate(
     return (names if comparable else None), procedure
 
 
-def train_segment(
-    segment: SegmentConfig,
-    cut: SegmentCutoffs,
+@dataclass
+class _Segment:
+    """One segment's way through `train_segments`: its settings, its data, and what is decided so far."""
+
+    segment: SegmentConfig
+    cut: SegmentCutoffs
+    previous: PreviousModel | None
+    base: dict[str, Any]
+    card: dict[str, Any]
+    started: float
+    result: SegmentModel | None = None
+    no_refit: str | None = None  # why the production fit keeps the evaluation fit
+
+    @property
+    def name(self) -> str:
+        return self.segment.name
+
+
+def train_segments(
+    segments: list[tuple[SegmentConfig, SegmentCutoffs, PreviousModel | None]],
     snapshots: LabelledSnapshots,
     features: FeatureSet,
     features_config: FeaturesConfig,
     training: TrainingConfig,
     scratch: TrainScratch,
     inputs: dict[str, str | None],
-    previous: PreviousModel | None = None,
-) -> SegmentModel:
-    """Train, evaluate and choose one segment's champion (also a skipped or rejected one: its reason is its result).
+) -> dict[str, SegmentModel]:
+    """Train, evaluate and choose every segment's champion (also a skipped or rejected one: its reason is its
+    result), with all the segments' look-alike fits in as few Ray Train runs, and all their data in as few
+    Ray Data passes, as possible.
 
-    `inputs`: the versions of the tables trained on (features, labels), recorded in the card. `previous`:
-    the previous bundle's exported model of this segment, if any (the incumbent).
+    `segments`: (segment, its cut-offs, the previous bundle's exported model of it if any: the incumbent).
+    `inputs`: the versions of the tables trained on (features, labels), recorded in the cards.
+
+    1. Data: every segment's rows at its train_as_of prepared in one pass per cut-off; the gates; then the
+       same at eval_as_of and refit_as_of for the segments that passed.
+    2. ONE Ray Train run fits every segment's evaluation look-alike, and speculatively its production refit
+       when the refits are small (`training.speculative_refit_rows`, see `_speculative`).
+    3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
+       then per segment the evaluation and the champion.
+    4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
-    started = time.perf_counter()
+    todo = [_start(segment, cut, previous, features, features_config, t, inputs) for segment, cut, previous in segments]
+    prepared = _Prepared(snapshots, features, t)
+    prepared.prepare([(job.cut.train_as_of, job.segment) for job in todo if job.result is None])
+    active = []
+    for job in todo:
+        if job.result is not None:
+            continue
+        stats = prepared.stats(job.cut.train_as_of, job.name)
+        reasons = _gate_reasons(stats, job.cut.train_as_of, t)
+        if reasons:
+            job.result = _skipped(job.base, job.card, "; ".join(reasons), job.started, _split_sizes(stats))
+        else:
+            active.append(job)
+    prepared.prepare([(as_of, job.segment) for job in active for as_of in (job.cut.eval_as_of, job.cut.refit_as_of)])
+    for job in active:
+        job.no_refit = _no_refit(prepared.stats(job.cut.refit_as_of, job.name), job.cut.refit_as_of, t)
+
+    first = {(job.cut.train_as_of, job.name): f"{job.name}/evaluation" for job in active}
+    first |= {(job.cut.refit_as_of, job.name): f"{job.name}/production" for job in _speculative(active, prepared, t)}
+    fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
+
+    names = list(features.names)
+    rfm_columns = list(t.rfm_features or default_rfm_features(names))
+    lookalikes = _calibrate_all(
+        prepared,
+        {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active},
+        first_run,
+        features,
+        t,
+    )
+    baselines = _fit_baselines(prepared, [(job.cut.train_as_of, job.name) for job in active], rfm_columns, t)
+    decided = _evaluate_all(active, prepared, lookalikes, baselines, rfm_columns, features, t)
+
+    chosen = {job.name: decided[job.name]["chosen"] for job in active}
+    refits = [job for job in active if job.no_refit is None and chosen[job.name] in (champion.XGBOOST, champion.RFM)]
+    second = {
+        (job.cut.refit_as_of, job.name): f"{job.name}/production"
+        for job in refits
+        if chosen[job.name] == champion.XGBOOST and f"{job.name}/production" not in fitted
+    }
+    refitted, second_run = _fit_round(prepared, second, features, t, scratch, "production")
+    fitted |= refitted
+    production = _calibrate_all(
+        prepared,
+        {
+            (job.cut.refit_as_of, job.name): fitted[f"{job.name}/production"]
+            for job in refits
+            if chosen[job.name] == champion.XGBOOST
+        },
+        second_run or first_run,
+        features,
+        t,
+    )
+    rfm_refits = [(job.cut.refit_as_of, job.name) for job in refits if chosen[job.name] == champion.RFM]
+    production |= _fit_baselines(prepared, rfm_refits, rfm_columns, t) if rfm_refits else {}
+    for job in active:
+        job.result = _finish(job, decided[job.name], production.get(job.name), prepared, features, t)
+    return {job.name: job.result for job in todo}
+
+
+def _speculative(active: list[_Segment], prepared: _Prepared, t: TrainingConfig) -> list[_Segment]:
+    """The segments whose production refit is fitted in the first Ray Train run, before their champion is known.
+
+    A Ray Train run costs ~10-14 s whatever it fits; a refit wasted on a segment whose champion turns out not
+    to be XGBoost costs its boosting time. While every refit together is small (at most
+    `training.speculative_refit_rows` rows, seconds of boosting), fitting them all in the first run is cheaper
+    than a second run; at 100x the data a refit costs minutes, so only the XGBoost champions are refitted, in a
+    second run."""
+    refittable = [job for job in active if job.no_refit is None]
+    rows = sum(prepared.stats(job.cut.refit_as_of, job.name)["rows"] for job in refittable)
+    return refittable if rows <= t.speculative_refit_rows else []
+
+
+def _start(
+    segment: SegmentConfig,
+    cut: SegmentCutoffs,
+    previous: PreviousModel | None,
+    features: FeatureSet,
+    features_config: FeaturesConfig,
+    training: TrainingConfig,
+    inputs: dict[str, str | None],
+) -> _Segment:
     base = {
         "segment": segment.name,
         "kind": segment.kind,
@@ -311,60 +527,113 @@ def train_segment(
         "feature_categories": list(features.categories),
         "inputs": dict(inputs),
     }
-
+    job = _Segment(segment, cut, previous, base, card, time.perf_counter())
     if segment.kind in ("category_virgins", "category_lovers") and category_slot(segment, features.categories) is None:
         reason = (
             f"category {segment.category!r} has no feature slot in this run's feature categories "
             f"{list(features.categories)}: pin it in features.categories"
         )
-        return _skipped(base, card, reason, started)
+        job.result = _skipped(base, card, reason, job.started)
+    return job
 
-    train_prepared, train_stats = _prepared(snapshots, segment, cut.train_as_of, features, t)
-    sizes = _split_sizes(train_stats)
-    reasons = _gate_reasons(train_stats, cut.train_as_of, t)
-    if reasons:
-        return _skipped(base, card, "; ".join(reasons), started, sizes)
 
+def _evaluate_all(
+    active: list[_Segment],
+    prepared: _Prepared,
+    lookalikes: dict[str, tuple[bytes, dict]],
+    baselines: dict[str, tuple[bytes, dict]],
+    rfm_columns: list[str],
+    features: FeatureSet,
+    t: TrainingConfig,
+) -> dict[str, dict[str, Any]]:
+    """Per segment: the out-of-time evaluation of every candidate and the champion. The evaluation rows'
+    scores and the leak samples of every segment come from one pass each per cut-off."""
     names = list(features.names)
-    types = dict(zip(features.names, features.types))
-    rfm_columns = list(t.rfm_features or default_rfm_features(names))
-    lookalike, lookalike_info = _fit_lookalike(train_prepared, train_stats, features, t, scratch, segment.name)
-    baseline, baseline_info = _fit_baseline(train_prepared, train_stats, rfm_columns, t)
-
+    candidates, candidate_features, incumbents = {}, {}, {}
+    for job in active:
+        previous_names, incumbents[job.name] = _previous_candidate(job.previous, job.segment, job.cut, features)
+        candidates[job.name] = {champion.XGBOOST: lookalikes[job.name][0], champion.RFM: baselines[job.name][0]}
+        candidate_features[job.name] = {champion.XGBOOST: names, champion.RFM: rfm_columns}
+        if previous_names is not None:
+            candidates[job.name][champion.PREVIOUS] = job.previous.raw
+            candidate_features[job.name][champion.PREVIOUS] = previous_names
     # Out of time: every candidate scores the snapshot at eval_as_of (labels after it).
-    previous_names, incumbent_procedure = _previous_candidate(previous, segment, cut, features)
-    candidates = {champion.XGBOOST: lookalike, champion.RFM: baseline}
-    candidate_features = {champion.XGBOOST: names, champion.RFM: rfm_columns}
-    if previous_names is not None:
-        candidates[champion.PREVIOUS] = previous.raw
-        candidate_features[champion.PREVIOUS] = previous_names
-    eval_prepared, eval_stats = _prepared(snapshots, segment, cut.eval_as_of, features, t)
-    sizes.update({"eval_rows": eval_stats["rows"], "eval_positives": eval_stats["positives"]})
-    scored = _collect(
-        eval_prepared,
+    eval_rows = {job.name: prepared.stats(job.cut.eval_as_of, job.name)["rows"] for job in active}
+    scored = prepared.collect(
+        {
+            (job.cut.eval_as_of, job.name): {
+                "models": candidates[job.name],
+                "share": min(1.0, t.max_metric_rows / max(1, eval_rows[job.name])),
+                "model_features": candidate_features[job.name],
+            }
+            for job in active
+        },
         predict_batch,
-        models=candidates,
         feature_names=names,
         keep=[],
-        share=min(1.0, t.max_metric_rows / max(1, eval_stats["rows"])),
-        model_features=candidate_features,
     )
-    y_eval = scored[LABEL].astype(np.int64)
-    sizes["eval_metric_rows"] = int(len(y_eval))
-    leak_share = min(1.0, t.leakage_sample_rows / max(1, eval_stats["rows"]))
-    leak_rows = _collect(eval_prepared, sample_rows, share=leak_share, columns=names + [LABEL])
-    leakage = quality.leakage_check({n: leak_rows[n] for n in names}, leak_rows[LABEL])
+    leak_samples = prepared.collect(
+        {
+            (job.cut.eval_as_of, job.name): {"share": min(1.0, t.leakage_sample_rows / max(1, eval_rows[job.name]))}
+            for job in active
+        },
+        sample_rows,
+        columns=names + [LABEL],
+    )
+    decided = {}
+    for job in active:
+        train_stats, eval_stats = (
+            prepared.stats(as_of, job.name) for as_of in (job.cut.train_as_of, job.cut.eval_as_of)
+        )
+        sizes = _split_sizes(train_stats)
+        sizes.update({"eval_rows": eval_stats["rows"], "eval_positives": eval_stats["positives"]})
+        y_eval = scored[job.name][LABEL].astype(np.int64)
+        sizes["eval_metric_rows"] = int(len(y_eval))
+        leak_rows = leak_samples[job.name]
+        leakage = quality.leakage_check({n: leak_rows[n] for n in names}, leak_rows[LABEL])
+        figures, entries = {}, {}
+        own_features = candidate_features[job.name]
+        for name in candidates[job.name]:
+            score = scored[job.name][name].astype(np.float64)
+            figures[name] = quality.binary_metrics(y_eval, score)
+            chance = quality.chance_test(y_eval, score, seed=t.seed)
+            alarms = champion.candidate_alarms(figures[name], leakage, own_features[name])
+            entries[name] = champion.candidate_entry(figures[name], chance, alarms, own_features[name])
+        procedure = incumbents[job.name]
+        incumbent = champion.PREVIOUS if champion.PREVIOUS in candidates[job.name] else (procedure or champion.RFM)
+        chosen, why = champion.choose(entries, incumbent, t.champion_margin)
+        decided[job.name] = {
+            "chosen": chosen,
+            "why": why,
+            "incumbent": incumbent,
+            "incumbent_procedure": procedure,
+            "candidates": candidates[job.name],
+            "candidate_features": own_features,
+            "entries": entries,
+            "figures": figures,
+            "leakage": leakage,
+            "sizes": sizes,
+            "rfm_columns": rfm_columns,
+            "lookalike_info": lookalikes[job.name][1],
+            "baseline_info": baselines[job.name][1],
+        }
+    return decided
 
-    figures, entries = {}, {}
-    for name in candidates:
-        figures[name] = quality.binary_metrics(y_eval, scored[name])
-        chance = quality.chance_test(y_eval, scored[name], seed=t.seed)
-        alarms = champion.candidate_alarms(figures[name], leakage, candidate_features[name])
-        entries[name] = champion.candidate_entry(figures[name], chance, alarms, candidate_features[name])
-    incumbent = champion.PREVIOUS if champion.PREVIOUS in candidates else (incumbent_procedure or champion.RFM)
-    chosen, why = champion.choose(entries, incumbent, t.champion_margin)
 
-    # Production: the winning procedure refitted at refit_as_of (its labels are complete), or the previous model.
+def _finish(
+    job: _Segment,
+    d: dict[str, Any],
+    refitted: tuple[bytes, dict] | None,
+    prepared: _Prepared,
+    features: FeatureSet,
+    t: TrainingConfig,
+) -> SegmentModel:
+    """The production model (the winning procedure refitted at refit_as_of, or the previous model), the
+    segment's metrics and card."""
+    cut, previous, base, card = job.cut, job.previous, job.base, job.card
+    chosen, why, candidates, entries = d["chosen"], d["why"], d["candidates"], d["entries"]
+    names = list(features.names)
+    types = dict(zip(features.names, features.types))
     fits = {
         "evaluation": {
             "as_of": cut.train_as_of.isoformat(),
@@ -376,27 +645,26 @@ def train_segment(
     if chosen == champion.PREVIOUS:
         exported = previous.raw
         fits["production"] = {**(previous.card.get("champion") or {}).get("fits", {}).get("production", {})}
-        fits["production"].update({"procedure": incumbent_procedure, "kept_from": previous.card.get("model_version")})
-    elif chosen is not None:
-        exported, fits["production"], production_info = _refit(
-            chosen,
-            cut,
-            snapshots,
-            segment,
-            features,
-            t,
-            scratch,
-            rfm_columns,
-            eval_prepared,
-            eval_stats,
-            lookalike if chosen == champion.XGBOOST else baseline,
+        fits["production"].update(
+            {"procedure": d["incumbent_procedure"], "kept_from": previous.card.get("model_version")}
         )
-    exported_features = candidate_features.get(chosen, names)
+    elif chosen is not None:
+        stats = prepared.stats(cut.refit_as_of, job.name)
+        production = {"procedure": chosen, "rows": stats["rows"], "positives": stats["positives"]}
+        if job.no_refit is not None:
+            log.warning("train: %s keeps its evaluation fit: %s", job.name, job.no_refit)
+            exported = candidates[chosen]
+            production |= {"as_of": cut.train_as_of.isoformat(), "refit": False, "note": job.no_refit}
+        else:
+            exported, production_info = refitted
+            production |= {"as_of": cut.refit_as_of.isoformat(), "refit": True}
+        fits["production"] = production | {"model_version": model_version(exported)}
+    exported_features = d["candidate_features"].get(chosen, names)
     status = TRAINED if chosen is not None else REJECTED
     block = {
         "primary_metric": champion.PRIMARY_METRIC,
         "margin": t.champion_margin,
-        "incumbent": incumbent,
+        "incumbent": d["incumbent"],
         "chosen": chosen,
         "reason": why,
         "candidates": entries,
@@ -410,23 +678,24 @@ def train_segment(
         if exported is not None
         else None
     )
+    figures = d["figures"]
     rfm_figures = figures[champion.RFM]
     metrics = {
         **base,
         "status": status,
         "reason": None if chosen else why,
-        "sizes": sizes,
+        "sizes": d["sizes"],
         "model": figures[champion.XGBOOST],
-        "rfm_baseline": {**rfm_figures, "features": rfm_columns, "method": RFM_METHOD},
+        "rfm_baseline": {**rfm_figures, "features": d["rfm_columns"], "method": RFM_METHOD},
         "model_beats_rfm": bool((figures[champion.XGBOOST].get("pr_auc") or 0) > (rfm_figures.get("pr_auc") or 0)),
         "champion": block,
-        "leakage": leakage,
+        "leakage": d["leakage"],
         "importance": (importance or [])[:30],
         "alarms": alarms,
-        "training": lookalike_info,
-        "baseline_training": baseline_info,
+        "training": d["lookalike_info"],
+        "baseline_training": d["baseline_info"],
         "production_training": production_info,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(time.perf_counter() - job.started, 3),
     }
     card |= {
         "status": status,
@@ -449,7 +718,7 @@ def train_segment(
             "calibration": production_info.get("calibration"),
         }
     level = logging.INFO if chosen is not None else logging.WARNING
-    log.log(level, "train: %s %s (%.1fs)", segment.name, decision_line(block, status), metrics["seconds"])
+    log.log(level, "train: %s %s (%.1fs)", job.name, decision_line(block, status), metrics["seconds"])
     return SegmentModel(metrics, card, exported, importance)
 
 
@@ -475,35 +744,10 @@ def _gate_reasons(stats: dict[str, int], as_of: dt.date, t: TrainingConfig) -> l
     return reasons
 
 
-def _refit(
-    chosen: str,
-    cut: SegmentCutoffs,
-    snapshots: LabelledSnapshots,
-    segment: SegmentConfig,
-    features: FeatureSet,
-    t: TrainingConfig,
-    scratch: TrainScratch,
-    rfm_columns: list[str],
-    eval_prepared: ray.data.Dataset,
-    eval_stats: dict[str, int],
-    evaluated: bytes,
-) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-    """(the production model, the card's `fits.production`, the refit's training figures)."""
-    if cut.refit_as_of == cut.eval_as_of:
-        prepared, stats = eval_prepared, eval_stats
-    else:
-        prepared, stats = _prepared(snapshots, segment, cut.refit_as_of, features, t)
-    production = {"procedure": chosen, "rows": stats["rows"], "positives": stats["positives"]}
-    reasons = _gate_reasons(stats, cut.refit_as_of, t)
+def _no_refit(stats: dict[str, int], as_of: dt.date, t: TrainingConfig) -> str | None:
+    """Why the snapshot at refit_as_of is too thin to refit honestly, or None (a validation split with one
+    class cannot calibrate or stop early)."""
+    reasons = _gate_reasons(stats, as_of, t)
     if reasons or not 0 < stats["valid_positives"] < stats["valid_rows"]:
-        # Too thin to refit honestly (a validation split with one class cannot calibrate or stop early).
-        why = "; ".join(reasons) or f"the validation split at {cut.refit_as_of} has one class only"
-        log.warning("train: %s keeps its evaluation fit: %s", segment.name, why)
-        production |= {"as_of": cut.train_as_of.isoformat(), "refit": False, "note": why}
-        return evaluated, production | {"model_version": model_version(evaluated)}, {}
-    if chosen == champion.XGBOOST:
-        model, info = _fit_lookalike(prepared, stats, features, t, scratch, f"{segment.name}-refit")
-    else:
-        model, info = _fit_baseline(prepared, stats, rfm_columns, t)
-    production |= {"as_of": cut.refit_as_of.isoformat(), "refit": True, "model_version": model_version(model)}
-    return model, production, info
+        return "; ".join(reasons) or f"the validation split at {as_of} has one class only"
+    return None

@@ -36,7 +36,7 @@ from jobs.model.training import (
     TrainScratch,
     decision_line,
     join_labels,
-    train_segment,
+    train_segments,
 )
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
@@ -108,23 +108,29 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
     previous = TableIn(models.name, models.path, models.storage)
     previous_segments = previous.marker.get("segments", {}) if previous.version else {}
 
+    trained = train_segments(
+        [
+            (
+                segment,
+                plan.for_segment(segment.name),
+                _previous_model(previous, previous_segments.get(segment.name), segment.name),
+            )
+            for segment in chosen
+        ],
+        snapshots,
+        feature_set,
+        features_config,
+        view.training,
+        scratch,
+        inputs,
+    )
     results: dict[str, dict] = {}
     extra = {"segments": {}, "categories": list(plan.categories), "carried_over": []}
     with models.writing(extra) as writer:
         for segment in view.segments:
             name = segment.name
             if segment in chosen:
-                result = train_segment(
-                    segment,
-                    plan.for_segment(name),
-                    snapshots,
-                    feature_set,
-                    features_config,
-                    view.training,
-                    scratch,
-                    inputs,
-                    _previous_model(previous, previous_segments.get(name), name),
-                )
+                result = trained[name]
                 _write_segment(writer, result)
                 entry = {"status": result.status, "model_version": result.card["model_version"]}
                 results[name] = _figures(result)

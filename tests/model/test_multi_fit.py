@@ -1,0 +1,111 @@
+"""Several boosters in ONE Ray Train run (`jobs.model.fit.fit_boosters`) on the real shared Ray: each fit
+gives the booster plain `xgboost.train` gives on the same rows, and a worker killed after the first fit's
+checkpoint resumes without refitting the completed fit and ends with the same models."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+import xgboost
+
+from jobs.config import TrainingConfig
+from jobs.model import fit
+from jobs.model.booster import model_bytes
+from jobs.model.examples import LABEL, SAMPLE, VALID, hash_uniform, with_fit
+
+NAMES = [f"f{i}" for i in range(6)]
+TRAINING = TrainingConfig(
+    num_boost_round=30,
+    early_stopping_rounds=5,
+    report_every=10,
+    max_failures=1,
+    nthread=2,
+    params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "max_depth": 3, "eta": 0.3},
+)
+
+
+def _rows(n: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, len(NAMES))).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(size=n) > 1.0).astype(np.int64)
+    ids = pa.array([f"p{seed}-{i}" for i in range(n)])
+    columns = {name: X[:, i] for i, name in enumerate(NAMES)}
+    columns |= {LABEL: y, VALID: hash_uniform(ids, 7) < 0.2, SAMPLE: hash_uniform(ids, 8)}
+    return pa.table(columns)
+
+
+def _plain(table: pa.Table) -> bytes:
+    """The same fit in this process, rows in sample-key order as the workers put them."""
+    table = table.sort_by(SAMPLE)
+    X = np.column_stack([table.column(n).to_numpy() for n in NAMES]).astype(np.float32)
+    y = table.column(LABEL).to_numpy().astype(np.float32)
+    valid = table.column(VALID).to_numpy(zero_copy_only=False)
+    spw = float((y[~valid] == 0).sum() / max(1, y[~valid].sum()))
+    dtrain = xgboost.QuantileDMatrix(X[~valid], y[~valid], feature_names=NAMES, feature_types=["float"] * 6, nthread=2)
+    dvalid = xgboost.QuantileDMatrix(X[valid], y[valid], ref=dtrain, feature_names=NAMES, feature_types=["float"] * 6)
+    params = {**TRAINING.params, "eval_metric": ["logloss", "auc"], "nthread": 2, "seed": 7, "scale_pos_weight": spw}
+    booster = xgboost.train(
+        params, dtrain, 30, evals=[(dvalid, "validation")], early_stopping_rounds=5, verbose_eval=False
+    )
+    return model_bytes(fit._best(booster, 5)[0])
+
+
+def test_fits_of_one_run_match_plain_xgboost_and_a_killed_worker_skips_completed_fits(ray_cluster, tmp_path):
+    tables = {f"seg{i}/evaluation": _rows(1500 + 400 * i, seed=i) for i in range(3)}
+    spw = {}
+    for fit_id, table in tables.items():
+        train = table.filter(pa.compute.invert(table.column(VALID)))
+        y = train.column(LABEL).to_numpy()
+        spw[fit_id] = float((y == 0).sum() / max(1, y.sum()))
+
+    def run(name: str, train_loop=fit.train_fn_per_worker):
+        parts = [ray.data.from_arrow(with_fit(t, k)).repartition(3) for k, t in tables.items()]
+        fitted, _ = fit.fit_boosters(
+            parts[0].union(*parts[1:]),
+            spw,
+            training=TRAINING,
+            feature_names=NAMES,
+            feature_types=["float"] * len(NAMES),
+            storage_path=str(tmp_path / "scratch"),
+            storage_filesystem=None,
+            name=name,
+            train_loop=train_loop,
+        )
+        return fitted
+
+    clean = run("clean")
+    assert list(clean) == list(tables)
+    for fit_id, table in tables.items():
+        assert clean[fit_id][0] == _plain(table), fit_id
+
+    trained_log = tmp_path / "trained.log"
+    crashed = tmp_path / "crashed"
+
+    def crash_after_first_fit(config: dict) -> None:
+        """The stage's worker function, killed (os._exit) as the second fit starts, once the controller has
+        taken the first fit's checkpoint (it polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 0.2 s here)."""
+        fit_one = fit._fit_one
+
+        def logged_fit(*args):
+            if args[-1] == second and not Path(crashed).exists():
+                Path(crashed).write_text("1")
+                time.sleep(3)
+                os._exit(1)
+            with open(trained_log, "a") as log:
+                log.write(args[-1] + "\n")
+            fit_one(*args)
+
+        fit._fit_one = logged_fit
+        fit.train_fn_per_worker(config)
+
+    second = list(tables)[1]
+    resumed = run("crash", crash_after_first_fit)
+    assert crashed.exists()
+    # the first fit was trained once (before the crash), the others once each after the restore
+    assert trained_log.read_text().split() == list(tables)
+    assert {k: v[0] for k, v in resumed.items()} == {k: v[0] for k, v in clean.items()}
