@@ -2,9 +2,10 @@
 
     flock /tmp/segments-heavy.lock timeout 900 .venv/bin/python scripts/bench_serve.py --personas 1000000
 
-1. A synthetic finished run at that scale in the batch's published format (features with the whole
-   catalogue, identity_map, events_resolved, scores, three real XGBoost models trained on a sample), then
-   the real `segments publish` path turns it into a release (timed). `--reuse` keeps both from a previous
+1. A synthetic finished run at that scale in the batch's published format (`jobs.serving.synthetic`, the
+   serving tests' builder too: features with the whole catalogue, identity_map, events_resolved, scores,
+   three real XGBoost models trained on a sample), then the real `segments publish` path turns it into a
+   release (timed). `--reuse` keeps both from a previous
    run of the bench in --out.
 2. Ray Serve on a local Ray, its HTTP ingress on 127.0.0.1, `--replicas` replicas (embedded store), in the
    mode `segments serve` uses by default, or `--throughput-optimized` (HAProxy straight to the replicas) /
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import gc
 import json
 import logging
@@ -34,203 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pyarrow as pa
 
-from features.catalog import catalog, feature_schema
-from features.matrix import feature_matrix
-from jobs.config import FeaturesConfig, JobConfig, SegmentConfig, ServingConfig, StorageConfig
-from jobs.identity.junk import AUDIT_SCHEMA
-from jobs.identity.personas import IDENTITY_MAP_SCHEMA
-from jobs.model import bundle
-from jobs.model.booster import model_version
+from jobs.config import JobConfig, ServingConfig, StorageConfig
 from jobs.run.layout import RunLayout
-from jobs.segments import eligible_mask
-from jobs.storage import read_json_or_none, writing
+from jobs.serving.synthetic import PARTNERS, RUN_ID, SEGMENTS, build_run
+from jobs.storage import read_json_or_none
 
 log = logging.getLogger("bench_serve")
-
-AS_OF = dt.date(2026, 11, 29)
-RUN_ID = "2026-11-29"
-PARTNERS = ["p1", "p2", "p3"]
-CATEGORIES = ["beauty", "books", "electronics", "fashion", "garden", "home", "kids", "pets", "sports", "toys"]
-SEGMENTS = [
-    SegmentConfig(name="ecommerce_buyers", kind="ecommerce_buyers"),
-    SegmentConfig(name="category_lovers_fashion", kind="category_lovers", category="fashion"),
-    SegmentConfig(name="p3_only_buyers", kind="ecommerce_buyers", partner_id="p3"),
-]
-CHUNK = 125_000
-TS = pa.timestamp("us", tz="UTC")
-
-
-def persona_ids(lo: int, hi: int) -> pa.Array:
-    return pa.array([f"{0x5EED000000 + i:016x}" for i in range(lo, hi)], pa.string())
-
-
-def partner_of(i: np.ndarray) -> np.ndarray:
-    return np.array(PARTNERS, dtype=object)[i % len(PARTNERS)]
-
-
-def feature_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
-    schema = feature_schema(FeaturesConfig())
-    n = hi - lo
-    activity = rng.gamma(1.5, 2.0, n)
-    columns = {"persona_id": persona_ids(lo, hi), "as_of": pa.array(np.full(n, np.datetime64(AS_OF)), pa.date32())}
-    for feature in catalog(FeaturesConfig()):
-        if feature.dtype == "int64":
-            scale = 1.0 if feature.window is None else min(feature.window, 90) / 30
-            values = rng.poisson(activity * scale * 0.7)
-        elif feature.name.startswith("days_since"):
-            values = rng.exponential(20.0, n)
-        else:
-            values = rng.random(n)
-        columns[feature.name] = pa.array(values, schema.field(feature.name).type)
-    return pa.table(columns, schema=schema)
-
-
-def identity_chunk(lo: int, hi: int) -> pa.Table:
-    i = np.arange(lo, hi)
-    partners = partner_of(i)
-    persona = persona_ids(lo, hi)
-    first = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
-
-    def rows(kind: str, values: list[str], scoped: bool, pick: np.ndarray) -> pa.Table:
-        n = int(pick.sum())
-        seen = pa.array([[p] for p in partners[pick]], pa.list_(pa.string()))
-        return pa.table(
-            {
-                "identifier_type": pa.repeat(pa.scalar(kind), n),
-                "identifier": pa.array(values, pa.string()),
-                "partner_id": pa.array(partners[pick] if scoped else [None] * n, pa.string()),
-                "persona_id": persona.filter(pa.array(pick)),
-                "first_seen": pa.repeat(pa.scalar(first, TS), n),
-                "last_seen": pa.repeat(pa.scalar(first, TS), n),
-                "n_events": pa.repeat(pa.scalar(5), n),
-                "seen_at_partners": seen,
-            },
-            schema=IDENTITY_MAP_SCHEMA,
-        )
-
-    every = np.ones(len(i), bool)
-    emails = i % 4 == 0
-    return pa.concat_tables(
-        [
-            rows("device", [f"dev-{k}" for k in i], False, every),
-            rows("customer", [f"c-{k}" for k in i], True, every),
-            rows("email", [f"user{k}@shop.test" for k in i[emails]], False, emails),
-        ]
-    )
-
-
-def events_chunk(lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
-    n = hi - lo
-    end = np.datetime64(dt.datetime.combine(AS_OF, dt.time()), "us")
-    ts = end - (rng.uniform(0.5, 20, n) * 86_400e6).astype("timedelta64[us]")
-    cats = np.array(CATEGORIES, dtype=object)[rng.integers(0, len(CATEGORIES), n)]
-    return pa.table(
-        {
-            "event_id": pa.array([f"e-{k}" for k in range(lo, hi)]),
-            "partner_id": partner_of(np.arange(lo, hi)),
-            "persona_id": persona_ids(lo, hi),
-            "ts": pa.array(ts, TS),
-            "event_type": pa.repeat(pa.scalar("product_view"), n),
-            "category": pa.array([f"{c}/sub" for c in cats]),
-            "brand": pa.array(np.array(["Acme", "Globex", "Initech"], dtype=object)[rng.integers(0, 3, n)]),
-        }
-    )
-
-
-def build_run(root: str, n: int, storage: StorageConfig) -> str:
-    """The synthetic finished run (see the module docstring); the driver holds one chunk at a time."""
-    import xgboost as xgb
-
-    rng = np.random.default_rng(11)
-    layout = RunLayout.for_run(root, RUN_ID)
-    names = [f.name for f in catalog(FeaturesConfig())]
-    sample = None
-    with writing(layout.table("features"), storage, {"categories": CATEGORIES}) as w:
-        for k, lo in enumerate(range(0, n, CHUNK)):
-            chunk = feature_chunk(lo, min(n, lo + CHUNK), rng)
-            sample = chunk.slice(0, 20_000) if sample is None else sample
-            w.write_arrow(chunk, partition={"as_of": AS_OF}, name=f"part-{k:05d}")
-    with writing(layout.table("identity_map"), storage) as w:
-        for k, lo in enumerate(range(0, n, CHUNK)):
-            w.write_arrow(identity_chunk(lo, min(n, lo + CHUNK)), name=f"part-{k:05d}")
-    with writing(layout.table("identity_audit"), storage) as w:
-        shared = {
-            "identifier_type": "device",
-            "identifier": "dev-shared",
-            "partner_id": None,
-            "rule": "shared_device",
-            "figure": 9.0,
-            "threshold": 3.0,
-            "n_events": 40,
-        }
-        w.write_arrow(pa.Table.from_pylist([shared], schema=AUDIT_SCHEMA))
-    with writing(layout.table("events_resolved"), storage) as w:
-        for k, lo in enumerate(range(0, n, CHUNK)):
-            w.write_arrow(events_chunk(lo, min(n, lo + CHUNK), rng), name=f"part-{k:05d}")
-    boosters, versions = {}, {}
-    x = feature_matrix(sample, names)
-    signal = sample.column("product_views_7d").to_numpy() + 2 * sample.column("carts_7d").to_numpy()
-    entries = {}
-    with writing(layout.table("models"), storage) as w:
-        for k, segment in enumerate(SEGMENTS):
-            y = (signal + rng.normal(0, 1, len(signal)) > np.median(signal)).astype(np.float32)
-            booster = xgb.train(
-                {"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": k},
-                xgb.DMatrix(x, label=y, feature_names=names),
-                30,
-            )
-            raw = bytes(booster.save_raw("json"))
-            versions[segment.name] = model_version(raw)
-            boosters[segment.name] = booster
-            entries[segment.name] = {"status": bundle.TRAINED, "model_version": versions[segment.name]}
-            card = {
-                "segment": segment.name,
-                "status": bundle.TRAINED,
-                "reason": None,
-                "model_version": versions[segment.name],
-                "definition": segment.model_dump(mode="json"),
-                "feature_names": names,
-                "feature_types": None,
-                "feature_categories": CATEGORIES,
-            }
-            w.write_file(RunLayout.model_file(segment.name, bundle.MODEL), raw)
-            w.write_file(RunLayout.model_file(segment.name, bundle.CARD), json.dumps(card).encode())
-        w.extra.update({"segments": entries, "categories": CATEGORIES})
-    # scores: every chunk predicted, percentiles from all scores of a segment (a few MB per segment)
-    from jobs.storage import read_dataset
-
-    features = read_dataset(layout.table("features"), storage)
-    per_segment: dict[str, list] = {s.name: [] for s in SEGMENTS}
-    for batch in features.iter_batches(batch_size=CHUNK, batch_format="pyarrow"):
-        for segment in SEGMENTS:
-            mask = eligible_mask(segment, batch, CATEGORIES)
-            rows = batch.filter(pa.array(mask))
-            score = boosters[segment.name].inplace_predict(feature_matrix(rows, names, order="F"))
-            per_segment[segment.name].append((rows.column("persona_id"), np.asarray(score, np.float64)))
-    with writing(layout.table("scores"), storage, {"as_of": AS_OF.isoformat(), "segments": versions}) as w:
-        for k, segment in enumerate(SEGMENTS):
-            ids = pa.chunked_array([p for p, _ in per_segment[segment.name]])
-            score = np.concatenate([s for _, s in per_segment[segment.name]])
-            rank = np.empty(len(score))
-            rank[score.argsort(kind="stable")] = np.arange(len(score))
-            pct = 100.0 * (rank + 0.5) / len(score)
-            w.write_arrow(
-                pa.table(
-                    {
-                        "persona_id": ids,
-                        "segment": pa.repeat(pa.scalar(segment.name), len(score)),
-                        "score": score,
-                        "percentile": pct,
-                        "model_version": pa.repeat(pa.scalar(versions[segment.name]), len(score)),
-                        "member": pct >= 90.0,
-                    }
-                ),
-                name=f"part-{k:05d}",
-            )
-    return layout.run_dir
-
 
 # ------------------------------------------------------------------------------------------ load
 
@@ -493,7 +303,7 @@ def main() -> None:
     run_dir = RunLayout.for_run(root, RUN_ID).run_dir
     if not (args.reuse and read_json_or_none(f"{root}/online/current.json", storage)):
         started = time.perf_counter()
-        build_run(root, args.personas, storage)
+        build_run(root, storage, n=args.personas)
         results["synthetic_run_s"] = round(time.perf_counter() - started, 1)
         log.info("synthetic run of %d personas written in %.1fs", args.personas, results["synthetic_run_s"])
         started = time.perf_counter()

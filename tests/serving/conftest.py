@@ -11,11 +11,11 @@ import os
 import time
 
 import pytest
-from fixture_run import PARTNERS, build_run, job_config
 from online_app import Deployed, call
 
 from jobs.config import ServingConfig, StorageConfig
 from jobs.serving.app import serve_environment
+from jobs.serving.synthetic import PARTNERS, build_run, job_config
 
 STORES = ("embedded", "redis")
 

@@ -18,12 +18,12 @@ import urllib.parse
 
 import pytest
 import ray
-from fixture_run import EMAIL_A, PHONE_A, persona_id
 from online_app import Deployed, call
 
 from jobs.config import StorageConfig
 from jobs.contract.schema import CONTRACT_SCHEMA
 from jobs.serving.source import read_parquet_file
+from jobs.serving.synthetic import EMAIL_A, PHONE_A, persona_id
 from jobs.storage import list_files, read_bytes
 
 
