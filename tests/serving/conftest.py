@@ -8,6 +8,7 @@ do not hold CPUs while the rest of the suite runs.
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -27,6 +28,12 @@ for _name, _value in serve_environment(ServingConfig()).items():
 # A replica behind HAProxy holds on for 30 s when stopped so load balancers can deregister it; on loopback with
 # one HAProxy that only makes each application's teardown 30 s longer.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+# HAProxy's stats and metrics listeners default to fixed ports (8404, 9101): free ones, so a busy port on the
+# machine running the tests cannot stop it
+for _name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+    with socket.socket() as _probe:
+        _probe.bind(("127.0.0.1", 0))
+        os.environ.setdefault(_name, str(_probe.getsockname()[1]))
 
 
 def _published(store: str, root: str, serve_url: str, redis_url: str) -> Deployed:
