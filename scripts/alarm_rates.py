@@ -6,7 +6,9 @@ way the train stage judges it, in this process: the same eligible rows, labels a
 (`jobs.model.examples.prepare_batch`), the look-alike fitted with plain `xgboost.train` on the same
 parameters (the train stage fits the same booster on Ray Train; Ray's fixed cost per fit would make ten
 runs take an hour here), the same RFM booster, and the very functions that decide: `quality.chance_test`,
-`quality.leakage_check`, `champion.candidate_alarms`, `champion.choose`. Conditions per run:
+`quality.leakage_check` (with `past_y`: each evaluation row's label at train_as_of, the window that ends at
+the evaluation cut-off, as the train stage passes it), `champion.candidate_alarms`, `champion.choose`.
+Conditions per run:
 
 * clean: the data as generated. A false alarm = any candidate alarm; a clean rejection is counted apart.
 * future_feature: one non-RFM column replaced by the persona's purchases in the 30 days AFTER the cut-off.
@@ -18,6 +20,9 @@ rejected (row order). Figures go to stdout and --out.
 
     flock /tmp/segments-heavy.lock timeout 600 \
         .venv/bin/python scripts/alarm_rates.py --seeds 1 2 3 4 5 --persons 2000 4000
+
+`--work DIR` keeps the generated events and runs (a second call with the same DIR judges them again without
+generating or resolving); `--conditions` judges only some conditions.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from jobs.synthetic.files import write_events
 
 CONDITIONS = ("clean", "future_feature", "label_feature", "row_order")
 FUTURE_DAYS = 30
+PAST_LABEL = "_past_label"
 
 
 def _planted_column(names: list[str], types: list[str], rfm: list[str]) -> str:
@@ -67,14 +73,32 @@ def _future_purchases(purchases: pd.DataFrame, as_of: dt.date) -> dict[str, floa
     return window.groupby("persona_id").size().astype(float).to_dict()
 
 
-def _labelled(features: TableIn, labels: TableIn, as_of, names: list[str]) -> pa.Table:
-    snapshot = features.arrow(columns=["persona_id", *names], partition={"as_of": as_of})
+def _labels_at(labels: TableIn, as_of) -> pa.Table | None:
     try:
         at = labels.arrow(partition={"as_of": as_of})
     except FileNotFoundError:
-        return snapshot
-    at = at.drop_columns([c for c in at.column_names if c == "as_of"])
-    return snapshot.join(at, keys="persona_id", join_type="left outer")
+        return None
+    return at.drop_columns([c for c in at.column_names if c == "as_of"])
+
+
+def _labelled(features: TableIn, labels: TableIn, as_of, names: list[str], past_as_of, label: str) -> pa.Table:
+    """The snapshot at `as_of` with its labels, and in PAST_LABEL the segment's label at `past_as_of` (the
+    window one horizon earlier, ending at `as_of`) joined by persona: absent = 0, as in the labels table."""
+    snapshot = features.arrow(columns=["persona_id", *names], partition={"as_of": as_of})
+    at = _labels_at(labels, as_of)
+    if at is not None:
+        snapshot = snapshot.join(at, keys="persona_id", join_type="left outer")
+    past = _labels_at(labels, past_as_of)
+    if past is not None and label in past.column_names:
+        past = past.select(["persona_id", label]).rename_columns(["persona_id", PAST_LABEL])
+        snapshot = snapshot.join(past, keys="persona_id", join_type="left outer")
+    else:
+        snapshot = snapshot.append_column(PAST_LABEL, pa.nulls(len(snapshot), pa.int64()))
+    return snapshot.set_column(
+        snapshot.column_names.index(PAST_LABEL),
+        PAST_LABEL,
+        pc.fill_null(snapshot.column(PAST_LABEL).cast(pa.int64()), 0),
+    )
 
 
 def _plant(table: pa.Table, condition: str, column: str, label: str, future: dict, rng) -> pa.Table:
@@ -122,7 +146,10 @@ def _judge(train: pa.Table, evaluation: pa.Table, names, types, rfm, config: Job
         champion.RFM: load_booster(rfm_model).inplace_predict(feature_matrix(evaluation, rfm)),
     }
     features = {champion.XGBOOST: names, champion.RFM: rfm}
-    leakage = quality.leakage_check({n: evaluation.column(n).to_numpy(zero_copy_only=False) for n in names}, y_eval)
+    past_y = evaluation.column(PAST_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+    leakage = quality.leakage_check(
+        {n: evaluation.column(n).to_numpy(zero_copy_only=False) for n in names}, y_eval, past_y=past_y
+    )
     entries = {}
     for name, score in scores.items():
         figures = quality.binary_metrics(y_eval, score, calibrated=False)
@@ -140,14 +167,16 @@ def _judge(train: pa.Table, evaluation: pa.Table, names, types, rfm, config: Job
         "roc_auc": {n: e["roc_auc"] for n, e in entries.items()},
         "base_rate": entries[champion.RFM]["base_rate"],
         "alarms": {n: e["alarms"] for n, e in entries.items() if e["alarms"]},
+        "future_over_past": leakage.get("future_over_past"),
     }
 
 
-def one_run(seed: int, persons: int, work: str) -> list[dict]:
+def one_run(seed: int, persons: int, work: str, conditions: list[str]) -> list[dict]:
     storage = StorageConfig()
     events_dir = os.path.join(work, f"events-{seed}-{persons}")
     root = os.path.join(work, f"root-{seed}-{persons}")
-    write_events(events_dir, storage, persons=persons, seed=seed)
+    if not os.path.isdir(events_dir):
+        write_events(events_dir, storage, persons=persons, seed=seed)
     config = JobConfig(events=events_dir, root=root, run_id="alarms")
     summary = run_pipeline(config, pipeline(), names=["resolve", "plan", "features", "labels"])
     layout = RunLayout(summary["run_dir"])
@@ -169,14 +198,19 @@ def one_run(seed: int, persons: int, work: str) -> list[dict]:
     for segment in config.segments:
         cut = plan.for_segment(segment.name)
         label = label_column(segment.name)
-        for condition in CONDITIONS:
+        past_of = {
+            cut.train_as_of: cut.train_as_of - (cut.eval_as_of - cut.train_as_of),
+            cut.eval_as_of: cut.train_as_of,
+        }
+        for condition in conditions:
             rng = np.random.default_rng([seed, persons])
             prepared = {}
             for as_of in (cut.train_as_of, cut.eval_as_of):
                 future = _future_purchases(purchases, as_of) if condition == "future_feature" else {}
-                table = _plant(_labelled(features, labels, as_of, names), condition, planted, label, future, rng)
+                labelled = _labelled(features, labels, as_of, names, past_of[as_of], label)
+                table = _plant(labelled, condition, planted, label, future, rng)
                 prepared[as_of] = prepare_batch(
-                    table, segment, names, list(plan.categories), config.training.validation_share,
+                    table, segment, [*names, PAST_LABEL], list(plan.categories), config.training.validation_share,
                     config.training.seed, label,
                 )  # fmt: skip
             judged = _judge(prepared[cut.train_as_of], prepared[cut.eval_as_of], names, types, rfm, config)
@@ -187,7 +221,7 @@ def one_run(seed: int, persons: int, work: str) -> list[dict]:
 
 def rates(rows: list[dict]) -> dict:
     out = {}
-    for condition in CONDITIONS:
+    for condition in dict.fromkeys(r["condition"] for r in rows):
         judged = [r for r in rows if r["condition"] == condition and r["status"] != "skipped"]
         if condition == "clean":
             alarms = sum(1 for r in judged if r["alarms"])
@@ -204,20 +238,31 @@ def rates(rows: list[dict]) -> dict:
     return out
 
 
+def _largest(row: dict) -> str:
+    check = row.get("future_over_past") or {}
+    if not check.get("largest"):
+        return check.get("note", "-")
+    top = check["largest"][0]
+    return f"{top['feature']} z {top['z']} (needed {check['z_needed']})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--persons", type=int, nargs="+", default=[2000, 4000])
     parser.add_argument("--out", default=".bench/alarm_rates.json")
+    parser.add_argument("--work", default=None, help="keep (and reuse) generated events and runs here")
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("alarm_rates").setLevel(logging.INFO)
     started = time.perf_counter()
     rows = []
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or scratch
         for persons in args.persons:
             for seed in args.seeds:
-                rows.extend(one_run(seed, persons, work))
+                rows.extend(one_run(seed, persons, work, args.conditions))
     result = {"rates": rates(rows), "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
@@ -228,7 +273,7 @@ def main() -> None:
             print(
                 f"{r['persons']:>5} seed {r['seed']} {r['segment']:<28} {r['condition']:<15} {r['status']:<9} "
                 f"chosen={r.get('chosen')} PR-AUC xgb {r['pr_auc']['xgboost']} rfm {r['pr_auc']['rfm']} "
-                f"base {r['base_rate']} alarms={r['alarms']}"
+                f"base {r['base_rate']} alarms={r['alarms']} largest future-over-past: {_largest(r)}"
             )
     print(f"{len(rows)} judgements in {result['seconds']}s")
 

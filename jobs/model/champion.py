@@ -14,8 +14,9 @@ ROC "win"). Capture at `top_percent` would be the other choice, but it is one po
 step function on small evaluation sets; PR-AUC averages the whole top of the ranking and has an exact
 permutation null (`quality.chance_test`).
 
-**Acceptable** candidates: no alarm (a single feature that nearly decides the future label, or an
-implausible out-of-time ROC-AUC: `quality`), PR-AUC above chance (permuted evaluation labels), and, for any
+**Acceptable** candidates: no alarm (a single feature that nearly decides the future label, a feature
+that predicts the future label clearly better than the past one, or an implausible out-of-time ROC-AUC:
+`quality`), PR-AUC above chance (permuted evaluation labels), and, for any
 candidate but the baseline, not below the RFM baseline's PR-AUC.
 
 **The incumbent** is the previous champion's candidate when it is one here (`previous` when comparable,
@@ -43,9 +44,16 @@ def candidate_alarms(metrics: Mapping[str, Any], leakage: Mapping[str, Any], fea
     """The alarms that keep a candidate from being exported, one short line each."""
     alarms = []
     mine = set(features)
-    flagged = [f["feature"] for f in leakage.get("flagged") or [] if f["feature"] in mine]
-    if flagged:
-        alarms.append("leakage: " + ", ".join(flagged[:5]))
+    flagged = [f for f in leakage.get("flagged") or [] if f["feature"] in mine]
+    label_like = [f["feature"] for f in flagged if f.get("kind", "label_auc") == "label_auc"]
+    if label_like:
+        alarms.append("leakage: " + ", ".join(label_like[:5]))
+    peeking = [f for f in flagged if f.get("kind") == "future_over_past"]
+    if peeking:
+        alarms.append(
+            "leakage, knows the future better than the past: "
+            + ", ".join(f"{f['feature']} (AUC {f['auc']:.3f} vs {f['past_auc']:.3f}, z {f['z']})" for f in peeking[:5])
+        )
     auc = metrics.get("roc_auc")
     if auc is not None and auc > IMPLAUSIBLE_AUC:
         alarms.append(f"implausible out-of-time ROC-AUC {auc:.3f} (> {IMPLAUSIBLE_AUC}): a leak")

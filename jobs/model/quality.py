@@ -15,8 +15,18 @@ Checks (`jobs.model.champion` turns them into a candidate's alarms):
   models trained on shuffled labels compared with AUC 0.5, fired on clean data: a model fitted to noise is
   still a function of features that carry the real signal, so its out-of-time AUC is not distributed like
   a random score's. Permuting the evaluation labels of a fixed score has an exact null.
-* `leakage_check`: any single feature whose own out-of-time AUC is above 0.95 (or below 0.05) is flagged:
-  a feature that alone nearly decides the future label has seen the label window (or is the label).
+* `leakage_check`: any single feature whose own out-of-time AUC is above 0.95 (or below 0.05) is flagged
+  (`kind` "label_auc"): a feature that alone nearly decides the future label has seen the label window (or
+  is the label). With `past_y` (the same rows' label one horizon earlier, whose window ends at the cut-off)
+  it also flags a feature that **knows the future better than the past** (`kind` "future_over_past"): a
+  feature computed from events before the cut-off has seen the past window itself, so it predicts the past
+  label at least about as well as the future one; a feature that peeks after the cut-off predicts the future
+  label clearly better. Both AUCs are taken under one order of the feature's values, the rate of
+  (future + past) positives in its quantile bin, so a feature not monotone in the label is judged fairly.
+  "Clearly" is a noise floor from the sample, not a constant: the AUC difference's
+  standard error from DeLong's placement values (both AUCs on the same rows, so their covariance counts),
+  and a one-sided z at a family-wise false-alarm rate of LEAKAGE_FAMILY_ALPHA, Bonferroni-split over the
+  features tested.
 * `IMPLAUSIBLE_AUC`: an out-of-time ROC-AUC above 0.97 for whether someone does something in the coming
   weeks is not a forecast but a leak that no single feature shows (several features that see the label
   window together); behavioural look-alike models out of time sit far below it.
@@ -29,12 +39,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtri
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 TOP_FRACTIONS = (0.01, 0.05, 0.10, 0.20)
 CURVE_POINTS = 50
 RELIABILITY_BINS = 10
 LEAKAGE_AUC = 0.95
+LEAKAGE_FAMILY_ALPHA = 0.001
+FUTURE_OVER_PAST_BINS = 20
 IMPLAUSIBLE_AUC = 0.97
 CHANCE_RUNS = 100
 CHANCE_Z = 3.0
@@ -178,26 +191,120 @@ def chance_test(
     }
 
 
-def leakage_check(
-    columns: Mapping[str, np.ndarray], y: np.ndarray, threshold: float = LEAKAGE_AUC, top: int = 10
+def auc_placements(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """(ROC-AUC of `x` for 0/1 `y`, each row's influence on it): DeLong's placement values.
+
+    A positive's placement is the share of negatives it outranks, a negative's the share of positives that
+    outrank it (ties count half); the AUC is their mean within either class, and
+    `y (V - A) / p + (1 - y) (W - A) / (1 - p)` is a row's influence: its variance / n is DeLong's variance
+    of the AUC, and the influences of two AUCs on the same rows give the variance of their difference.
+    """
+    positive = y == 1
+    pos, neg = np.sort(x[positive]), np.sort(x[~positive])
+    n1, n0 = len(pos), len(neg)
+    below = (np.searchsorted(neg, x, "left") + np.searchsorted(neg, x, "right")) / 2.0
+    above = n1 - (np.searchsorted(pos, x, "left") + np.searchsorted(pos, x, "right")) / 2.0
+    placement = np.where(positive, below / n0, above / n1)
+    auc = float(placement[positive].mean())
+    share = n1 / len(y)
+    influence = np.where(positive, (placement - auc) / share, (placement - auc) / (1.0 - share))
+    return auc, influence
+
+
+def _pooled_rate_order(values: np.ndarray, pooled: np.ndarray, bins: int = FUTURE_OVER_PAST_BINS) -> np.ndarray:
+    """The feature as the rate of (future + past) positives of its quantile bin (missing values a bin of their
+    own): one order, taken from both labels alike, under which both AUCs are compared. A monotone AUC of the
+    raw values would misjudge an honest feature that is not monotone in the label (days since the last
+    purchase, missing for those who never bought: the missing rank next to the most recent buyers)."""
+    finite = np.isfinite(values)
+    edges = np.unique(np.quantile(values[finite], np.linspace(0.0, 1.0, bins + 1))) if finite.any() else np.zeros(1)
+    which = np.where(finite, np.searchsorted(edges[1:-1], np.where(finite, values, 0.0), "right"), len(edges))
+    rows = np.bincount(which, minlength=len(edges) + 1)
+    rate = np.bincount(which, weights=pooled, minlength=len(edges) + 1) / np.maximum(rows, 1)
+    return rate[which]
+
+
+def _future_over_past(
+    features: list[tuple[str, np.ndarray]], y: np.ndarray, past_y: np.ndarray, alpha: float
 ) -> dict[str, Any]:
-    """AUC of every single feature alone (missing values rank lowest); flag those above the threshold."""
+    """Features whose AUC for the future label exceeds their AUC for the past label (same orientation) by
+    more than the one-sided Bonferroni z of `alpha` standard errors of the difference."""
+    z_needed = float(ndtri(1.0 - alpha / max(1, len(features))))
+    flagged, gaps = [], []
+    n = len(y)
+    pooled = (y + past_y).astype(np.float64)
+    for name, raw in features:
+        v = _pooled_rate_order(raw, pooled)
+        future_auc, future_inf = auc_placements(v, y)
+        past_auc, past_inf = auc_placements(v, past_y)
+        # the direction the feature points, from both AUCs alike: orienting by the future AUC alone would
+        # bias the gap of every weak feature upwards (its sign picked by the very noise measured)
+        sign = 1.0 if future_auc + past_auc >= 1.0 else -1.0
+        gap = sign * (future_auc - past_auc)
+        se = float(np.std(sign * (future_inf - past_inf), ddof=1) / math.sqrt(n))
+        z = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
+        entry = {
+            "feature": name,
+            "kind": "future_over_past",
+            "auc": round(future_auc, 4),
+            "past_auc": round(past_auc, 4),
+            "gap": round(gap, 4),
+            "se": round(se, 4),
+            "z": round(z, 2) if math.isfinite(z) else None,
+        }
+        gaps.append(entry)
+        if z > z_needed:
+            flagged.append(entry)
+    gaps.sort(key=lambda e: -(e["z"] if e["z"] is not None else math.inf))
+    return {"z_needed": round(z_needed, 3), "alpha": alpha, "flagged": flagged, "largest": gaps[:5]}
+
+
+def leakage_check(
+    columns: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    threshold: float = LEAKAGE_AUC,
+    top: int = 10,
+    past_y: np.ndarray | None = None,
+    alpha: float = LEAKAGE_FAMILY_ALPHA,
+) -> dict[str, Any]:
+    """AUC of every single feature alone (missing values rank lowest); flag those above the threshold
+    (`kind` "label_auc"). With `past_y` (per row, the label one horizon earlier: its window ends at the
+    cut-off) also the features that predict the future label clearly better than the past one (`kind`
+    "future_over_past", with both AUCs, the gap, its standard error and z; see the module docstring). The
+    result's `future_over_past` says what that check did (or, in `note`, why it could not run)."""
     y = np.asarray(y, dtype=np.int64)
     result: dict[str, Any] = {"threshold": threshold, "rows": int(len(y)), "flagged": [], "top_features": []}
     if not 0 < y.sum() < len(y):
         result["note"] = "the sample has one class only: no single-feature AUC"
         return result
-    aucs = []
+    aucs, usable = [], []
     for name, values in columns.items():
         v = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(v)
         if not finite.any():
             continue
+        if np.unique(v[finite]).size > 1 or not finite.all():
+            usable.append((name, v))
         v = np.where(finite, v, v[finite].min() - 1.0)
         aucs.append((name, float(roc_auc_score(y, v))))
     aucs.sort(key=lambda item: -abs(item[1] - 0.5))
     result["top_features"] = [{"feature": n, "auc": round(a, 4)} for n, a in aucs[:top]]
-    result["flagged"] = [{"feature": n, "auc": round(a, 4)} for n, a in aucs if a > threshold or a < 1 - threshold]
+    result["flagged"] = [
+        {"feature": n, "kind": "label_auc", "auc": round(a, 4)} for n, a in aucs if a > threshold or a < 1 - threshold
+    ]
+    if past_y is not None:
+        past_y = np.asarray(past_y, dtype=np.int64)
+        if len(past_y) != len(y):
+            raise ValueError(f"past_y has {len(past_y)} rows, y {len(y)}")
+        if not 0 < past_y.sum() < len(past_y):
+            result["future_over_past"] = {"note": "the past labels have one class only: no past AUC to compare"}
+        else:
+            check = _future_over_past(usable, y, past_y, alpha)
+            known = {f["feature"] for f in result["flagged"]}
+            result["flagged"] += [f for f in check["flagged"] if f["feature"] not in known]
+            result["future_over_past"] = {k: v for k, v in check.items() if k != "flagged"} | {
+                "flagged": len(check["flagged"])
+            }
     return result
 
 
