@@ -65,9 +65,8 @@ def candidate_entry(
 ) -> dict[str, Any]:
     """A candidate's line of the card's `champion.candidates`."""
     return {
-        "pr_auc": metrics.get("pr_auc"),
-        "roc_auc": metrics.get("roc_auc"),
-        PRIMARY_METRIC: metrics.get(PRIMARY_METRIC),
+        # the primary metric first, each figure once (the report derives its columns from primary_metric)
+        **{key: metrics.get(key) for key in dict.fromkeys((PRIMARY_METRIC, "pr_auc", "roc_auc"))},
         "base_rate": metrics.get("base_rate"),
         "chance": {k: chance.get(k) for k in ("null_mean", "null_std", "z", "better")},
         "alarms": list(alarms),

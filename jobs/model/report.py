@@ -291,6 +291,9 @@ def _segment_extras(
     return "".join(out)
 
 
+_CANDIDATE_FIGURES = {"pr_auc": "PR-AUC", "roc_auc": "ROC-AUC"}
+
+
 def champion_section(card: Mapping[str, Any] | None) -> str:
     """The champion decision of a segment's model card (`champion` block): every candidate's out-of-time
     figures, which one scores and exports, and why; a card without the block says so."""
@@ -298,21 +301,26 @@ def champion_section(card: Mapping[str, Any] | None) -> str:
     if not champion:
         return '<p class="muted">champion: no decision recorded in the model card.</p>'
     primary = str(champion.get("primary_metric") or "primary metric")
+    primary_label = html.escape(_CANDIDATE_FIGURES.get(primary, primary))
     chosen = champion.get("chosen")
     verdict = (
-        f'<p class="ok">champion: <b>{_fmt(chosen)}</b> ({html.escape(primary)}, margin {_fmt(champion.get("margin"))})'
+        f'<p class="ok">champion: <b>{_fmt(chosen)}</b> ({primary_label}, margin {_fmt(champion.get("margin"))})'
         if chosen
         else '<p class="alarm">rejected: no candidate may score or export this segment'
     )
-    rows = [
-        f"<table><tr><th>candidate</th><th>{html.escape(primary)}</th><th>PR-AUC</th><th>AUC</th><th>alarms</th></tr>"
-    ]
+    # the primary metric first (marked), then the other figures the card holds: never one metric twice
+    columns = [primary] + [key for key in _CANDIDATE_FIGURES if key != primary]
+    head = "".join(
+        f"<th>{html.escape(_CANDIDATE_FIGURES.get(key, key))}{' (primary)' if key == primary else ''}</th>"
+        for key in columns
+    )
+    rows = [f"<table><tr><th>candidate</th>{head}<th>alarms</th></tr>"]
     for name, figures in (champion.get("candidates") or {}).items():
         alarms = ", ".join(html.escape(str(a)) for a in figures.get("alarms") or []) or "–"
         mark = " ✔" if name == chosen else ""
+        cells = "".join(f"<td>{_fmt(figures.get(key))}</td>" for key in columns)
         rows.append(
-            f"<tr><td>{html.escape(name)}{mark}</td><td>{_fmt(figures.get(primary))}</td>"
-            f"<td>{_fmt(figures.get('pr_auc'))}</td><td>{_fmt(figures.get('roc_auc'))}</td>"
+            f"<tr><td>{html.escape(name)}{mark}</td>{cells}"
             f'<td class="{"alarm" if figures.get("alarms") else "ok"}">{alarms}</td></tr>'
         )
     rows.append("</table>")

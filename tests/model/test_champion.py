@@ -60,3 +60,8 @@ def test_candidate_alarms_name_leaks_in_its_own_features_and_implausible_figures
 @pytest.mark.parametrize("margin", [0.0, 0.02])
 def test_ties_go_to_the_incumbent(margin):
     assert champion.choose({"xgboost": entry(0.40), "rfm": entry(0.40)}, "rfm", margin)[0] == "rfm"
+
+
+def test_candidate_entry_holds_each_figure_once():
+    entry = champion.candidate_entry({"pr_auc": 0.3, "roc_auc": 0.8, "base_rate": 0.1}, {"better": True}, [], ["a"])
+    assert entry["pr_auc"] == 0.3 and entry["roc_auc"] == 0.8 and list(entry)[0] == champion.PRIMARY_METRIC

@@ -38,6 +38,8 @@ def test_champion_decision_candidates_and_fits():
     assert "champion: <b>rfm</b>" in text and "rfm beats xgboost" in text
     assert re.search(r"<td>rfm ✔</td><td>0\.341</td>", text) and "<td>xgboost</td><td>0.310</td>" in text
     assert "production fit as of 2026-02-01" in text
+    # the primary metric is one column (derived from primary_metric), not a PR-AUC column beside a pr_auc one
+    assert text.count("<th>PR-AUC") == 1 and "<th>PR-AUC (primary)</th><th>ROC-AUC</th>" in text
 
 
 def test_a_rejected_segment_and_a_card_without_a_decision():
