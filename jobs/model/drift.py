@@ -13,6 +13,16 @@ missing values have their own bin), partial histograms merge by summing (a tree 
 20 equal-width bins of the scores marker's `distribution` (`jobs.segments.membership.score_distribution`),
 grouped the same way by the previous run's mass.
 
+**When it is an alarm.** PSI measured on samples is positive even between two samples of one population:
+for shares from n and m rows over B bins it is about (1/n + 1/m) times a chi-square with B - 1 degrees of
+freedom. So a PSI is an alarm only above both `drift.threshold` and its **noise floor** (`noise_floor`: that
+chi-square's quantile at a family-wise false-alarm rate of `FAMILY_ALPHA`, Bonferroni-split over every PSI
+compared): a small run cannot cry wolf on sampling noise, a large one still needs a shift worth acting on.
+A segment's **score** PSI is an alarm only when both runs scored it with a comparable model (`procedure`:
+the same production procedure, feature names and training configuration; a refit of it is comparable);
+when the champion changed (rfm -> xgboost, other features, another config) the scores move because the
+model did, and the PSI is reported (`scores_not_comparable`), not alarmed.
+
 Which run is "previous" (`previous_run`): `drift.previous_run` when set, else the latest other run in the same
 ROOT whose summary says it succeeded and whose run date is not after this run's (latest run date, then the
 latest finish).
@@ -26,10 +36,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy.stats import chi2
 
 from jobs.segments.membership import order_keys
 
 SHARE_FLOOR = 1e-4
+FAMILY_ALPHA = 0.001
 GROUPS = 10
 MISSING_BIN = -1
 FEATURE_HISTOGRAM_SCHEMA = pa.schema([("feature", pa.string()), ("bin", pa.int64()), ("count", pa.int64())])
@@ -88,16 +100,37 @@ def _grouped(bins: np.ndarray, counts: np.ndarray, edges: np.ndarray) -> np.ndar
     return np.concatenate([[missing], np.bincount(group, weights=counts[seen], minlength=len(edges))])
 
 
-def feature_psi(previous: pa.Table, current: pa.Table) -> dict[str, float]:
-    """PSI of every feature both histograms hold, over about-equal-mass groups of the previous run's values."""
+def _feature_groups(previous: pa.Table, current: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{feature: (previous counts, current counts)} over about-equal-mass groups of the previous run's values."""
     before, now = _by_feature(previous), _by_feature(current)
     out = {}
     for name in sorted(before.keys() & now.keys()):
         bins, counts = before[name]
         seen = bins != MISSING_BIN
         edges = _equal_mass_edges(bins[seen], counts[seen])
-        out[name] = psi(_grouped(bins, counts, edges), _grouped(*now[name], edges))
+        out[name] = (_grouped(bins, counts, edges), _grouped(*now[name], edges))
     return out
+
+
+def feature_psi(previous: pa.Table, current: pa.Table) -> dict[str, float]:
+    """PSI of every feature both histograms hold, over about-equal-mass groups of the previous run's values."""
+    return {name: psi(e, a) for name, (e, a) in _feature_groups(previous, current).items()}
+
+
+def feature_noise_floors(previous: pa.Table, current: pa.Table, tests: int) -> dict[str, float]:
+    """The noise floor (`noise_floor`) of every feature's PSI, `tests` PSIs compared in all."""
+    return {name: noise_floor(e, a, tests) for name, (e, a) in _feature_groups(previous, current).items()}
+
+
+def noise_floor(expected: Sequence[float], actual: Sequence[float], tests: int = 1) -> float:
+    """The PSI two samples of ONE population exceed with probability FAMILY_ALPHA / tests: (1/n + 1/m) times
+    the chi-square quantile with (occupied bins - 1) degrees of freedom (n, m: the two histograms' rows)."""
+    e, a = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    n, m = e.sum(), a.sum()
+    bins = int(np.count_nonzero((e + a) > 0))
+    if n <= 0 or m <= 0 or bins < 2:
+        return 0.0
+    return float((1.0 / n + 1.0 / m) * chi2.ppf(1.0 - FAMILY_ALPHA / max(1, tests), bins - 1))
 
 
 def _equal_mass_edges(bins: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -108,24 +141,68 @@ def _equal_mass_edges(bins: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return bins[np.flatnonzero(np.r_[True, np.diff(np.floor(share_before * GROUPS)) > 0])]
 
 
-def score_psi(previous: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]]) -> dict[str, float]:
-    """PSI of each segment's score distribution (the scores markers' `distribution`) that both runs scored, over
-    the previous run's bins merged into about-equal-mass groups as for features (scores crowd into a few of the
-    equal-width bins; an empty bin would otherwise weigh as much as the floor lets it)."""
+def _score_groups(
+    previous: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for segment in sorted(previous.keys() & current.keys()):
         before, now = np.asarray(previous[segment], np.float64), np.asarray(current[segment], np.float64)
         bins = np.arange(len(before))
         edges = _equal_mass_edges(bins, before)
-        out[segment] = psi(_grouped(bins, before, edges)[1:], _grouped(np.arange(len(now)), now, edges)[1:])
+        out[segment] = (_grouped(bins, before, edges)[1:], _grouped(np.arange(len(now)), now, edges)[1:])
     return out
 
 
-def drift_alarms(features: Mapping[str, float], scores: Mapping[str, float], threshold: float) -> list[str]:
-    """One line per feature or segment whose PSI exceeds the threshold, largest first."""
-    over = [(v, f"feature {k}") for k, v in features.items() if v > threshold]
-    over += [(v, f"segment {k} scores") for k, v in scores.items() if v > threshold]
-    return [f"{what}: PSI {value:.3f} > {threshold:g}" for value, what in sorted(over, reverse=True)]
+def score_psi(previous: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """PSI of each segment's score distribution (the scores markers' `distribution`) that both runs scored, over
+    the previous run's bins merged into about-equal-mass groups as for features (scores crowd into a few of the
+    equal-width bins; an empty bin would otherwise weigh as much as the floor lets it)."""
+    return {segment: psi(e, a) for segment, (e, a) in _score_groups(previous, current).items()}
+
+
+def score_noise_floors(
+    previous: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]], tests: int
+) -> dict[str, float]:
+    """The noise floor of each segment's score PSI (`noise_floor`), `tests` PSIs compared in all."""
+    return {segment: noise_floor(e, a, tests) for segment, (e, a) in _score_groups(previous, current).items()}
+
+
+def procedure(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What makes two runs' scores of a segment comparable: the exported model's production procedure (the
+    previous champion kept counts as the procedure it came from), its feature names and the training
+    configuration hash. None when the card exports nothing."""
+    if not card or not card.get("model_version"):
+        return None
+    production = ((card.get("champion") or {}).get("fits") or {}).get("production") or {}
+    return {
+        "procedure": production.get("procedure"),
+        "feature_names": list(card.get("feature_names") or []),
+        "config_hash": card.get("config_hash"),
+    }
+
+
+def drift_alarms(
+    features: Mapping[str, float],
+    scores: Mapping[str, float],
+    threshold: float,
+    floors: Mapping[str, float] | None = None,
+    score_floors: Mapping[str, float] | None = None,
+) -> list[str]:
+    """One line per feature or segment whose PSI exceeds the threshold and its noise floor (when given),
+    largest first. `scores` should hold only the segments whose models are comparable (`procedure`)."""
+    floors, score_floors = floors or {}, score_floors or {}
+
+    def bar(value: float, floor: float | None) -> str | None:
+        needed = max(threshold, floor or 0.0)
+        if not value > needed:
+            return None
+        return f"PSI {value:.3f} > {threshold:g}" + (
+            f" (noise floor {floor:.3f})" if floor and floor > threshold else ""
+        )
+
+    over = [(v, f"feature {k}", bar(v, floors.get(k))) for k, v in features.items()]
+    over += [(v, f"segment {k} scores", bar(v, score_floors.get(k))) for k, v in scores.items()]
+    return [f"{what}: {why}" for value, what, why in sorted(over, key=lambda item: -item[0]) if why]
 
 
 def pick_previous(runs: Sequence[Mapping[str, Any]], run_id: str, run_date: str) -> str | None:

@@ -392,8 +392,9 @@ def drift_section(drift: Mapping[str, Any]) -> str:
         return out[0] + f'<p class="muted">{html.escape(str(drift.get("note") or "no previous run"))}</p>'
     out.append(
         f'<p class="muted">run {html.escape(str(previous))} (features as of {_fmt(drift.get("previous_as_of"))}); '
-        f"PSI above {_fmt(drift.get('threshold'), 2)} is an alarm; {_fmt(drift.get('features_compared'))} features "
-        "compared</p>"
+        f"PSI above {_fmt(drift.get('threshold'), 2)} and above its sampling noise floor is an alarm; "
+        f"{_fmt(drift.get('features_compared'))} features compared; a segment's scores only when both runs' "
+        "models are comparable (same procedure, features and configuration)</p>"
     )
     alarms = drift.get("alarms") or []
     out.append(
@@ -402,9 +403,15 @@ def drift_section(drift: Mapping[str, Any]) -> str:
         else '<p class="ok">no feature or score distribution moved past the threshold</p>'
     )
     scores = drift.get("scores") or {}
+    floors = drift.get("score_noise_floors") or {}
+    other_model = set(drift.get("scores_not_comparable") or [])
     out.append(
-        "<table><tr><th>segment scores</th><th>PSI</th></tr>"
-        + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(scores.items()))
+        "<table><tr><th>segment scores</th><th>PSI</th><th>noise floor</th><th></th></tr>"
+        + "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(floors.get(k))}</td>"
+            f"<td>{'model changed: reported, not an alarm' if k in other_model else ''}</td></tr>"
+            for k, v in sorted(scores.items())
+        )
         + "</table>"
     )
     top = sorted((drift.get("features") or {}).items(), key=lambda kv: -kv[1])[:15]

@@ -13,7 +13,15 @@ import logging
 
 from jobs.config import ReportView
 from jobs.model import bundle
-from jobs.model.drift import drift_alarms, feature_psi, pick_previous, score_psi
+from jobs.model.drift import (
+    drift_alarms,
+    feature_noise_floors,
+    feature_psi,
+    pick_previous,
+    procedure,
+    score_noise_floors,
+    score_psi,
+)
 from jobs.model.report import render_page
 from jobs.model.run_figures import (
     IDENTIFIER_COUNTS,
@@ -23,7 +31,7 @@ from jobs.model.run_figures import (
     refused_by_rule,
 )
 from jobs.model.scoring import segment_counts
-from jobs.run.layout import FEATURES, SCORES, RunLayout
+from jobs.run.layout import FEATURES, MODELS, SCORES, RunLayout
 from jobs.run.plan import RunPlan
 from jobs.run.stage import FileOut
 from jobs.storage import TableIn, join, marker_or_none, read_json_or_none, subfolders
@@ -70,7 +78,7 @@ def run(
         if identity_audit.marker.get("rows")
         else {},
     }
-    drift = _drift(view, plan, features, scores)
+    drift = _drift(view, plan, features, scores, cards)
     for alarm in (drift or {}).get("alarms", []):
         log.warning("drift against run %s: %s", drift["previous_run"], alarm)
     page = render_page(
@@ -90,8 +98,16 @@ def run(
     return out
 
 
-def _drift(view: ReportView, plan: RunPlan, features: TableIn, scores: TableIn) -> dict | None:
-    """PSI of every feature and each segment's scores against the previous run (`jobs.model.drift`)."""
+def _previous_card(models: TableIn, segment: str) -> dict | None:
+    try:
+        return json.loads(models.file(RunLayout.model_file(segment, bundle.CARD)))
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+def _drift(view: ReportView, plan: RunPlan, features: TableIn, scores: TableIn, cards: dict[str, dict]) -> dict | None:
+    """PSI of every feature and each segment's scores against the previous run (`jobs.model.drift`): an alarm
+    above the threshold and the noise floor; a segment's scores only when both runs' models are comparable."""
     if not view.drift.enabled:
         return None
     storage = scores.storage
@@ -117,17 +133,32 @@ def _drift(view: ReportView, plan: RunPlan, features: TableIn, scores: TableIn) 
     names = [n for n in features.schema(partition).names if n not in ID_COLUMNS]
     before_names = set(before_features.schema({"as_of": before_as_of}).names)
     names = [n for n in names if n in before_names]
-    by_feature = feature_psi(
+    histograms = (
         feature_histogram(before_features.dataset(partition={"as_of": before_as_of}, columns=names), names),
         feature_histogram(features.dataset(partition=partition, columns=names), names),
     )
-    by_segment = score_psi(before_scores.get("distribution") or {}, scores.marker.get("distribution") or {})
+    by_feature = feature_psi(*histograms)
+    distributions = (before_scores.get("distribution") or {}, scores.marker.get("distribution") or {})
+    by_segment = score_psi(*distributions)
+    before_models = TableIn(MODELS, before.table(MODELS), storage)
+    comparable = {
+        segment: procedure(cards.get(segment)) is not None
+        and procedure(cards.get(segment)) == procedure(_previous_card(before_models, segment))
+        for segment in by_segment
+    }
+    tests = len(by_feature) + len(by_segment)
+    floors = feature_noise_floors(*histograms, tests)
+    score_floors = score_noise_floors(*distributions, tests)
+    judged = {segment: value for segment, value in by_segment.items() if comparable[segment]}
     return {
         "previous_run": previous,
         "previous_as_of": before_as_of,
         "threshold": view.drift.threshold,
-        "alarms": drift_alarms(by_feature, by_segment, view.drift.threshold),
+        "alarms": drift_alarms(by_feature, judged, view.drift.threshold, floors, score_floors),
         "features_compared": len(by_feature),
         "features": by_feature,
         "scores": by_segment,
+        "score_noise_floors": score_floors,
+        "feature_noise_floor_max": max(floors.values(), default=None),
+        "scores_not_comparable": sorted(segment for segment, same in comparable.items() if not same),
     }

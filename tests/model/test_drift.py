@@ -9,10 +9,14 @@ import pytest
 from jobs.model.drift import (
     drift_alarms,
     feature_bins,
+    feature_noise_floors,
     feature_psi,
     merge_feature_bins,
+    noise_floor,
     pick_previous,
+    procedure,
     psi,
+    score_noise_floors,
     score_psi,
 )
 
@@ -68,3 +72,57 @@ def test_score_psi_alarms_and_previous_run_rule():
     assert pick_previous(runs, "2026-03-03", "2026-03-03") == "rerun"  # latest date, then latest finish
     assert pick_previous(runs, "2026-03-01", "2026-03-01") == "rerun"  # not itself
     assert pick_previous(runs[1:3], "x", "2026-03-03") is None
+
+
+def _population(n: int, seed: int, spend_scale: float = 50.0) -> dict[str, np.ndarray]:
+    """One generator, many features: counts, amounts, mostly-missing recencies."""
+    rng = np.random.default_rng(seed)
+    columns = {f"orders_{i}": rng.poisson(0.5 + i / 4, n).astype(float) for i in range(12)}
+    columns |= {f"spend_{i}": rng.gamma(2.0, spend_scale if i == 0 else 50.0, n) for i in range(12)}
+    columns |= {f"recency_{i}": np.where(rng.random(n) < 0.7, np.nan, rng.uniform(0, 365, n)) for i in range(6)}
+    return columns
+
+
+def test_two_clean_runs_of_one_generator_raise_no_alarm_a_planted_shift_does():
+    threshold = 0.25
+    for n in (80, 300, 5000):
+        before, after = histogram(_population(n, seed=1)), histogram(_population(n, seed=2))
+        values = feature_psi(before, after)
+        floors = feature_noise_floors(before, after, tests=len(values))
+        assert drift_alarms(values, {}, threshold, floors) == [], n
+        if n == 80:  # sampling noise alone passes the bare threshold on small runs: the floor is what holds
+            assert drift_alarms(values, {}, threshold)
+        moved = histogram(_population(n, seed=2, spend_scale=150.0))
+        shifted = feature_psi(before, moved)
+        floors = feature_noise_floors(before, moved, tests=len(shifted))
+        alarms = drift_alarms(shifted, {}, threshold, floors)
+        if n >= 300:  # a tripled spend is caught once the sample can tell it from noise; nothing else moves
+            assert [a.split(":")[0] for a in alarms] == ["feature spend_0"], n
+
+
+def test_noise_floor_shrinks_with_the_sample_and_matches_the_null():
+    rng = np.random.default_rng(7)
+    shares = np.full(10, 0.1)
+    floor = noise_floor(np.full(10, 100.0), np.full(10, 100.0))
+    assert noise_floor(np.full(10, 1000.0), np.full(10, 1000.0)) == pytest.approx(floor / 10)
+    # two samples of one population pass the floor about FAMILY_ALPHA of the time: never in 300 draws here
+    draws = [psi(rng.multinomial(1000, shares), rng.multinomial(1000, shares)) for _ in range(300)]
+    assert max(draws) < noise_floor(np.full(10, 100.0), np.full(10, 100.0))
+    assert np.mean(draws) == pytest.approx(2 / 1000 * 9, rel=0.25)  # (1/n + 1/m) x (bins - 1)
+
+
+def test_score_drift_is_judged_only_between_comparable_models():
+    card = {
+        "model_version": "v1",
+        "feature_names": ["a", "b"],
+        "config_hash": "c1",
+        "champion": {"fits": {"production": {"procedure": "xgboost", "as_of": "2026-01-01"}}},
+    }
+    refit = card | {"model_version": "v2", "champion": {"fits": {"production": {"procedure": "xgboost"}}}}
+    assert procedure(card) == procedure(refit)  # a refit of the same procedure is comparable
+    assert procedure(card) != procedure(card | {"champion": {"fits": {"production": {"procedure": "rfm"}}}})
+    assert procedure(card) != procedure(card | {"feature_names": ["a"]})
+    assert procedure({"model_version": None}) is None and procedure(None) is None
+    previous, current = {"s": [500, 500, 0, 0]}, {"s": [0, 0, 500, 500]}
+    floors = score_noise_floors(previous, current, tests=1)
+    assert drift_alarms({}, score_psi(previous, current), 0.25, score_floors=floors)[0].startswith("segment s")
