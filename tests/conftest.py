@@ -134,3 +134,50 @@ def serve_url(ray_cluster):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+SMALL_SAMPLE = dict(persons=300, partners=3, days=75, seed=11)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, ray_cluster):
+    """One small generated sample and ONE uninterrupted run of every stage on it, on the session's Ray,
+    shared by the tests that read a real run (resume, the real-upstream stage checks, export keys). Read
+    it, never write into it: a test that runs stages itself gets `job(its_own_root, ...)`, the same
+    settings pointed elsewhere.
+
+    Returns {"events", "root", "run_id", "config", "summary", "job"}: `job(root, **extra)` is the job
+    mapping of this run (events, run id/date, segments, quick training) for another root."""
+    from stages.segment_tables import QUICK_TRAINING  # tests/ is on sys.path: this conftest's folder
+
+    from jobs.config import JobConfig, StorageConfig, load_config
+    from jobs.run.pipeline import run_pipeline
+    from jobs.stages import pipeline
+    from jobs.synthetic import write_events
+
+    base = tmp_path_factory.mktemp("small-run")
+    events = base / "events"
+    write_events(str(events), StorageConfig(), **SMALL_SAMPLE)
+
+    def job(root, **extra) -> dict:
+        return {
+            "events": str(events),
+            "root": str(root),
+            "run_id": "r",
+            "run_date": "2026-03-20",
+            "stages": list(JobConfig().stages),
+            "ray": {"num_partitions": 2},
+            # one model that trains keeps it quick; a brand nobody buys is a segment the train stage skips
+            "segments": [
+                {"name": "ecommerce_buyers", "kind": "ecommerce_buyers"},
+                {"name": "ghost_brand", "kind": "high_interest", "brand": "NoSuchBrand"},
+            ],
+            "training": dict(QUICK_TRAINING),
+            **extra,
+        }
+
+    root = base / "reference"
+    config = load_config(None, job(root))
+    summary = run_pipeline(config, pipeline())
+    assert summary["status"] == "succeeded", summary
+    return {"events": events, "root": root, "run_id": "r", "config": config, "summary": summary, "job": job}

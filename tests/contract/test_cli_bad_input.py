@@ -1,4 +1,6 @@
-"""Bad input through the real command (`segments resolve` in a subprocess: its own Ray, its console).
+"""Bad input through the real command (`segments resolve` in a subprocess: its own console), joining the test
+session's Ray through RAY_ADDRESS as a user's command joins a running cluster (a Ray of its own would cost
+each test a start-up and a shutdown; the start-up path is the demo's and the resume test's).
 
 A few lines broken among good ones: the run succeeds and accounts for every line. Past the quarantine
 limit: exit 2, one paragraph naming the file, the line and the field, no traceback, and the quarantine is
@@ -40,20 +42,21 @@ def write(folder: Path, bad: list[bytes], good_rows: int = 400) -> Path:
     return folder
 
 
-def resolve(events: Path, out: Path) -> subprocess.CompletedProcess:
+def resolve(events: Path, out: Path, ray_cluster) -> subprocess.CompletedProcess:
     config = out.parent / f"{out.name}.yaml"
     config.write_text(json.dumps({"run_date": "2026-11-30", "ray": {"num_partitions": 2}}))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"}
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"}
     command = [SEGMENTS, "resolve", "--events", str(events), "--out", str(out), "--config", str(config)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.slow
-def test_bad_lines_below_the_limit_cost_their_rows_only(tmp_path):
+def test_bad_lines_below_the_limit_cost_their_rows_only(tmp_path, ray_cluster):
     events = write(
         tmp_path / "events", [b'{"event_id": "x1", "ts": "2026', json.dumps(good(900, price="12.50")).encode()]
     )
-    done = resolve(events, tmp_path / "run")
+    done = resolve(events, tmp_path / "run", ray_cluster)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
     assert "empty" in done.stderr  # the empty file is a warning on the console
@@ -63,10 +66,10 @@ def test_bad_lines_below_the_limit_cost_their_rows_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_past_the_limit_one_paragraph_names_file_line_and_field(tmp_path):
+def test_past_the_limit_one_paragraph_names_file_line_and_field(tmp_path, ray_cluster):
     bad = [json.dumps(good(900 + i, price="abc")).encode() for i in range(10)] + [b"\xff{"] * 3
     events = write(tmp_path / "events", bad)
-    done = resolve(events, tmp_path / "run")
+    done = resolve(events, tmp_path / "run", ray_cluster)
     assert done.returncode == 2, done.stderr[-2000:]
     console = done.stderr + done.stdout
     assert "Traceback" not in console

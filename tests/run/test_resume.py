@@ -22,11 +22,9 @@ from jobs.config import JobConfig, StorageConfig, load_config
 from jobs.run.pipeline import run_pipeline
 from jobs.stages import pipeline
 from jobs.storage import MARKER, read_arrow
-from jobs.synthetic import write_events
 
 REPO = Path(__file__).resolve().parents[2]
 VOLATILE = {"created_at", "write_id", "written_at", "generated_at", "published_at", "seconds"}
-SAMPLE = dict(persons=300, partners=3, days=75, seed=11)
 STAGE_NAMES = list(JobConfig().stages)
 
 
@@ -69,35 +67,10 @@ def run_contents(root: Path, run_id: str) -> dict[str, object]:
     return contents
 
 
-def small_job(events: Path, root: Path, **extra) -> dict:
-    return {
-        "events": str(events),
-        "root": str(root),
-        "run_id": "r",
-        "run_date": "2026-03-20",
-        "stages": STAGE_NAMES,
-        "ray": {"num_partitions": 2},
-        "segments": [{"name": "ecommerce_buyers", "kind": "ecommerce_buyers"}],  # one model keeps it quick
-        "training": {
-            "min_positives": 5,
-            "min_negatives": 5,
-            "num_boost_round": 10,
-            "early_stopping_rounds": 5,
-            "report_every": 5,
-        },
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, ray_cluster):
-    """A small generated sample and one uninterrupted run of every stage on the test session's Ray."""
-    base = tmp_path_factory.mktemp("pipeline")
-    events = base / "events"
-    write_events(str(events), StorageConfig(), **SAMPLE)
-    summary = run_pipeline(load_config(None, small_job(events, base / "reference")), pipeline())
-    assert summary["status"] == "succeeded"
-    return {"base": base, "events": events, "summary": summary, "contents": run_contents(base / "reference", "r")}
+def reference(small_run):
+    """The session's small run (every stage, uninterrupted, on the test session's Ray) and its contents."""
+    return {**small_run, "contents": run_contents(small_run["root"], small_run["run_id"])}
 
 
 @pytest.fixture()
@@ -122,13 +95,13 @@ def _kill_tree(pids: set[int]) -> None:
 
 
 @pytest.mark.slow
-def test_run_killed_with_sigkill_resumes_to_the_same_outputs(reference, cli_env):
+def test_run_killed_with_sigkill_resumes_to_the_same_outputs(reference, cli_env, tmp_path):
     import psutil
     import yaml
 
-    base = reference["base"]
+    base = tmp_path
     config_file = base / "resume.yaml"
-    config_file.write_text(yaml.safe_dump(small_job(reference["events"], base / "resumed")))
+    config_file.write_text(yaml.safe_dump(reference["job"](base / "resumed")))
     run = base / "resumed" / "runs" / "r"
     command = [sys.executable, "-m", "jobs", "run", "--config", str(config_file)]
     log = open(base / "killed.log", "w")
@@ -159,7 +132,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_outputs(reference, cli_env)
 
 
 @pytest.mark.slow
-def test_stage_survives_a_killed_ray_worker(reference, ray_cluster):
+def test_stage_survives_a_killed_ray_worker(reference, ray_cluster, tmp_path):
     import psutil
 
     raylets = [p for p in psutil.Process().children(recursive=True) if p.name() == "raylet"]
@@ -196,9 +169,9 @@ def test_stage_survives_a_killed_ray_worker(reference, ray_cluster):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    root = reference["base"] / "worker-killed"
+    root = tmp_path / "worker-killed"
     try:
-        summary = run_pipeline(load_config(None, small_job(reference["events"], root, stages=["resolve"])), pipeline())
+        summary = run_pipeline(load_config(None, reference["job"](root, stages=["resolve"])), pipeline())
     finally:
         stop.set()
         thread.join(5)
@@ -218,7 +191,7 @@ def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
     from jobs.cli import app
 
     config_file = tmp_path / "job.yaml"
-    job = small_job(reference["events"], tmp_path / "backfill")
+    job = reference["job"](tmp_path / "backfill")
     job.pop("run_id")
     config_file.write_text(yaml.safe_dump({**job, "stages": ["resolve"]}))
     result = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "2026-03-18"])
@@ -301,7 +274,6 @@ def _recipe_phone_key(raw: str, country: str | None) -> str | None:
 
 def test_every_export_key_is_rederived_from_the_manifest_recipe(reference):
     """A partner following the manifest's key recipe reproduces 100% of the contact keys of its export."""
-    base = reference["base"]
     events = pa.concat_tables(
         [
             pq.read_table(p, columns=["partner_id", "email", "phone", "country"])
@@ -316,7 +288,7 @@ def test_every_export_key_is_rederived_from_the_manifest_recipe(reference):
         if row["phone"]:
             keys.add(_recipe_phone_key(row["phone"], row["country"]))
     checked = 0
-    for manifest in sorted((base / "reference" / "exports").rglob("manifest.json")):
+    for manifest in sorted((reference["root"] / "exports").rglob("manifest.json")):
         recipe = json.loads(manifest.read_text())["key_recipe"]
         assert recipe["version"] == "v2" and recipe["email_sha256"] and recipe["phone_sha256"]
         partner = json.loads(manifest.read_text())["partner_id"]

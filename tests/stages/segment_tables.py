@@ -35,6 +35,15 @@ INFORMATIVE = [
     "cat01_purchases_365d",
     NOISE,
 ]
+# Training settings for the small generated runs (a few hundred people; tests/conftest.py's `small_run`, shared
+# by the resume and real-upstream stage tests): a segment trains with a few positives, in a few rounds.
+QUICK_TRAINING = {
+    "min_positives": 5,
+    "min_negatives": 5,
+    "num_boost_round": 10,
+    "early_stopping_rounds": 5,
+    "report_every": 5,
+}
 EVENT_FIELDS = (
     "persona_id",
     "ts",

@@ -32,6 +32,9 @@ from jobs.storage import TableIn, TableOut, exists, folders, join, list_files, r
 RUN_DATE = "2026-03-01"
 SEGMENT_VERSIONS = {"seg_a": "aaaaaaaaaaaa", "seg_b": "bbbbbbbbbbbb"}
 TS = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+# The join's hash partitions for tests of a few hundred rows (the default, 8, is sized for real data and costs
+# a shuffle task per partition); the leak test keeps 3 so rows of one partner do cross partitions.
+SMALL_RAY = RayConfig(num_partitions=2)
 
 IDENTITY_SCHEMA = pa.schema(
     [
@@ -298,7 +301,7 @@ def test_exports_hold_only_what_each_partner_supplied(where, tmp_path, ray_clust
 def test_a_later_run_date_keeps_the_earlier_export(tmp_path, ray_cluster, storage):
     """History: each run date is its own folder; the listing shows both, each with its own rows."""
     root = str(tmp_path / "out")
-    config = JobConfig(root=root, storage=storage, ray=RayConfig(num_partitions=2))
+    config = JobConfig(root=root, storage=storage, ray=SMALL_RAY)
     run_export(build_run(root, storage, *random_world(n_personas=60)), config)
     run_export(build_run(root, storage, fixed_identity(), fixed_scores(), run_id="r2"), config, "2026-03-08")
     listed = list_exports(root, "p1", storage)
@@ -319,7 +322,7 @@ def test_failure_between_parts_and_manifest_leaves_no_export_and_a_rerun_repairs
     readable (no manifest: not listed, no URLs), the others are; the next run replaces it whole."""
     root = s3_bucket + "/x"
     layout = build_run(root, storage, fixed_identity(), fixed_scores())
-    config = JobConfig(root=root, storage=storage, export=ExportConfig(url_expires_seconds=900))
+    config = JobConfig(root=root, storage=storage, ray=SMALL_RAY, export=ExportConfig(url_expires_seconds=900))
     target = ExportLayout(root).export_dir("p2", "seg_a", RUN_DATE)
     manifest_path = ExportLayout(root).manifest("p2", "seg_a", RUN_DATE)
     real_write_json = folders.write_json
@@ -411,7 +414,7 @@ def test_the_runner_skips_a_finished_export_and_redoes_it_for_a_new_run_date(tmp
     stages = ordered([Stage.of(export.run)])
     assert stages[0].name == "export" and set(stages[0].reads) == {SCORES, IDENTITY_MAP}
     assert stages[0].writes == (EXPORTS,)
-    config = JobConfig(root=root, storage=storage, run_date=dt.date.fromisoformat(RUN_DATE))
+    config = JobConfig(root=root, storage=storage, ray=SMALL_RAY, run_date=dt.date.fromisoformat(RUN_DATE))
     first = run_pipeline(config, stages, names=["export"], layout=layout)
     assert first["stages"]["export"]["status"] == "ran" and first["stages"]["export"]["rows_out"] == 16
     again = run_pipeline(config, stages, names=["export"], layout=layout)
@@ -427,7 +430,7 @@ def test_an_export_folder_belongs_to_one_run_until_another_is_told_to_replace_it
     not claim "done already" but stops naming k1; ref with replace takes it back."""
     root = str(tmp_path / "out")
     stages = ordered([Stage.of(export.run)])
-    config = JobConfig(root=root, storage=storage, run_date=dt.date.fromisoformat(RUN_DATE))
+    config = JobConfig(root=root, storage=storage, ray=SMALL_RAY, run_date=dt.date.fromisoformat(RUN_DATE))
     ref = build_run(root, storage, *random_world(n_personas=80), run_id="ref")
     # k1's world has partners p1..p3 only: p4/p5 folders of ref must not survive a replace under k1's name
     k1 = build_run(root, storage, fixed_identity(), fixed_scores(), run_id="k1")

@@ -1,5 +1,6 @@
 """labels -> train -> score -> report after the REAL upstream stages (resolve, plan, features) on a generated
-sample: the tables they hand over fit together (cut-offs, partitions, feature columns, versions)."""
+sample (the session's shared small run, tests/conftest.py): the tables they hand over fit together (cut-offs,
+partitions, feature columns, versions)."""
 
 from __future__ import annotations
 
@@ -10,47 +11,22 @@ from pathlib import Path
 import pytest
 
 from features.catalog import feature_names
-from jobs.config import StorageConfig, load_config
+from jobs.config import StorageConfig
 from jobs.model.baselines import default_rfm_features
 from jobs.run.layout import EVENTS_RESOLVED, FEATURES, LABELS, MODELS, SCORES, RunLayout
-from jobs.run.pipeline import run_pipeline
 from jobs.run.plan import RunPlan
 from jobs.segments.definitions import label_column, labels_table
-from jobs.stages import pipeline
 from jobs.storage import TableIn, read_json
-from jobs.synthetic import write_events
 
 STAGES = ["resolve", "plan", "features", "labels", "train", "score", "report"]
 
 
 @pytest.mark.slow
-def test_segment_stages_read_what_the_real_upstream_stages_publish(tmp_path, ray_cluster):
+def test_segment_stages_read_what_the_real_upstream_stages_publish(small_run):
     storage = StorageConfig()
-    events = tmp_path / "events"
-    write_events(str(events), storage, persons=300, partners=3, days=75, seed=11)
-    config = load_config(
-        None,
-        {
-            "events": str(events),
-            "root": str(tmp_path),
-            "run_id": "r",
-            "run_date": "2026-03-20",
-            "ray": {"num_partitions": 2},
-            "segments": [
-                {"name": "ecommerce_buyers", "kind": "ecommerce_buyers"},
-                {"name": "ghost_brand", "kind": "high_interest", "brand": "NoSuchBrand"},
-            ],
-            "training": {
-                "min_positives": 5,
-                "min_negatives": 5,
-                "num_boost_round": 10,
-                "early_stopping_rounds": 5,
-                "report_every": 5,
-            },
-        },
-    )
-    layout = RunLayout.for_run(str(tmp_path), "r")
-    assert run_pipeline(config, pipeline(), names=STAGES, layout=layout)["status"] == "succeeded"
+    config = small_run["config"]
+    layout = RunLayout.for_run(str(small_run["root"]), small_run["run_id"])
+    assert all(small_run["summary"]["stages"][name]["status"] == "ran" for name in STAGES), small_run["summary"]
     plan = RunPlan.from_json(read_json(layout.plan, storage))
     features, labels, models, scores = (
         TableIn(name, layout.table(name), storage) for name in (FEATURES, LABELS, MODELS, SCORES)
