@@ -14,10 +14,9 @@ bench_resolve under .bench/events-N):
                 tables written);
       features  `features.compute.compute_local` at every snapshot of the Ray run's plan (the categories
                 and cut-offs the stage used), on the single-process resolve's events, written as Parquet;
-      train     plain `xgboost.train` (`bench_train.plain_fit`) for every booster the run fitted (per
-                segment that trained: one per champion candidate and the production refit), each on
-                synthetic rows of the card's size and feature count (`bench_train.make_data`), with the
-                config's parameters and rounds;
+      train     `bench_train.plain_boosters`: plain `xgboost.train` of every look-alike booster the run fitted
+                (each segment's evaluation fit and its production refit), on the same rows built from the Ray
+                run's features and labels tables, with the same parameters and early stopping;
       score     every exported model loaded once (`load_booster`), `inplace_predict` on the Ray run's
                 features at the plan's as_of (`features.matrix.feature_matrix`, as bench_score's baseline),
                 plus the stage's reasons (`jobs.model.reasons.contributions`, top 3), written as Parquet.
@@ -86,29 +85,13 @@ def child_features(events: str, out: str, run_dir: str) -> dict:
 
 
 def child_train(events: str, out: str, run_dir: str) -> dict:
-    import numpy as np
-    from bench_train import make_data, plain_fit
+    from bench_train import plain_boosters
+
+    from jobs.run.layout import RunLayout
 
     started = time.perf_counter()
-    training = _config(events, out).training
-    fits = 0
-    for card in _model_cards(run_dir):
-        champion = card.get("champion") or {}
-        production = (champion.get("fits") or {}).get("production") or {}
-        rows = production.get("rows")
-        if not rows:
-            continue
-        names = card["feature_names"]
-        candidates = champion.get("candidates") or {}
-        widths = [c.get("features") or len(names) for c in candidates.values()] + [len(names)]
-        for k, width in enumerate(widths):
-            width = max(width, 4)  # make_data's label uses four columns (RFM boosters have three)
-            X, y = make_data(rows, width, seed=k)
-            valid = np.random.default_rng(k).random(rows) < 0.2
-            cols = [f"f{j}" for j in range(width)]
-            plain_fit(X, y, valid, cols, training.params, training.num_boost_round, os.cpu_count())
-            fits += 1
-    return {"work_seconds": time.perf_counter() - started, "rows": fits}
+    _, fits = plain_boosters(_config(events, out), RunLayout(run_dir), os.cpu_count())
+    return {"work_seconds": time.perf_counter() - started, "rows": len(fits)}
 
 
 def child_score(events: str, out: str, run_dir: str) -> dict:

@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS_PER_PERSON = 52
 BEFORE = "ceece6b"  # the last commit with the sampled JSON reader (ray.data.read_json)
+RAY_DEFAULT_MIN_BLOCKS = 200  # Ray Data's read_op_min_num_blocks, which jobs.raykit.session now lowers
 
 
 def write_json_lines(events: int, folder: Path) -> Path:
@@ -130,6 +131,7 @@ def main() -> None:
     figures["local"], local_rows = best(lambda: read_events_local(plan, storage, ts_range).num_rows, args.repeat)
 
     import ray
+    import ray.data
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = time.perf_counter()
@@ -141,8 +143,15 @@ def main() -> None:
     count = ray.remote(lambda t: t.num_rows)
 
     def ray_before() -> int:
-        refs = old.read_events(old_plan, storage).to_arrow_refs()
-        return sum(ray.get([count.remote(r) for r in refs]))
+        # the reader of --before with Ray Data's read settings of then (at least 200 read blocks)
+        ctx = ray.data.DataContext.get_current()
+        floor, ctx.read_op_min_num_blocks = ctx.read_op_min_num_blocks, RAY_DEFAULT_MIN_BLOCKS
+        try:
+            read = old.read_events(old_plan, storage)  # a dataset (ceece6b) or (block refs, extra columns)
+            refs = read[0] if isinstance(read, tuple) else read.to_arrow_refs()
+            return sum(ray.get([count.remote(r) for r in refs]))
+        finally:
+            ctx.read_op_min_num_blocks = floor
 
     def ray_after() -> int:
         refs, _ = read_events(plan, storage, ts_range)
