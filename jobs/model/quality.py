@@ -243,7 +243,7 @@ def _level_auc(level: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
 def _future_over_past(
     features: list[tuple[str, np.ndarray]], y: np.ndarray, past_y: np.ndarray, alpha: float
 ) -> dict[str, Any]:
-    """Features whose AUC for the future label exceeds their AUC for the past label (same orientation) by
+    """Features whose future-label AUC exceeds their past-label AUC (both under the pooled-rate order) by
     more than the one-sided Bonferroni z of `alpha` standard errors of the difference."""
     z_needed = float(ndtri(1.0 - alpha / max(1, len(features))))
     flagged, gaps = [], []
@@ -253,11 +253,10 @@ def _future_over_past(
         level = _pooled_rate_levels(raw, pooled)
         future_auc, future_inf = _level_auc(level, y)
         past_auc, past_inf = _level_auc(level, past_y)
-        # the direction the feature points, from both AUCs alike: orienting by the future AUC alone would
-        # bias the gap of every weak feature upwards (its sign picked by the very noise measured)
-        sign = 1.0 if future_auc + past_auc >= 1.0 else -1.0
-        gap = sign * (future_auc - past_auc)
-        se = float(np.std(sign * (future_inf - past_inf), ddof=1) / math.sqrt(n))
+        # the pooled-rate order already points the feature towards the positives of both labels alike, so
+        # the gap needs no sign of its own (a sign picked from the AUCs would let noise choose it)
+        gap = future_auc - past_auc
+        se = float(np.std(future_inf - past_inf, ddof=1) / math.sqrt(n))
         z = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
         entry = {
             "feature": name,
