@@ -178,6 +178,12 @@ class TrainingConfig(Section):
     num_boost_round: int = Field(300, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
     report_every: int = Field(25, ge=1, description="rounds between Ray Train reports")
+    checkpoint_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Ray Train checkpoints (after a completed fit, or at a report_every round) at most this often: "
+        "a failure redoes at most this much work; each report can wait for the controller's poll",
+    )
     validation_share: float = Field(0.2, gt=0, lt=1)
     min_positives: int = Field(
         10, ge=1, description="fewer at the training cut-off: skipped (whether a model is useful: the champion checks)"

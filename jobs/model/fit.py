@@ -11,9 +11,11 @@ in the config's order (early stopping on the fit's validation rows, the `_valid`
 collective group the trainer sets up.
 
 Fault tolerance: every checkpoint holds the models of the fits completed so far (`fits/NNN.json` and their
-figures) plus, while a fit is in progress, its periodic model every `report_every` rounds; after a worker
+figures) plus, while a fit is in progress, its periodic model (at `report_every` rounds); after a worker
 failure the run restores the latest checkpoint, skips the completed fits and resumes the current one from
-its periodic model. A checkpoint is reported after each completed fit; the last one holds them all.
+its periodic model. A checkpoint is reported after a completed fit or at a periodic round once
+`training.checkpoint_seconds` have passed since the last one (each report can wait for the controller's
+poll), and after the last fit: that one holds them all.
 """
 
 from __future__ import annotations
@@ -124,11 +126,25 @@ def _quantile_dmatrix(batches: Batches, feature_names, feature_types, nthread: i
 class _Progress:
     """What a worker has done: the completed fits' models and figures, and the fit in progress."""
 
-    def __init__(self, fits: Sequence[str], rank: int) -> None:
+    def __init__(self, fits: Sequence[str], rank: int, every_seconds: float) -> None:
         self.fits = list(fits)
         self.rank = rank
         self.models: dict[str, bytes] = {}
         self.figures: dict[str, dict] = {}
+        self._every = every_seconds
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether `checkpoint_seconds` have passed since the last report, as all workers agree (the slowest
+        clock's view: every rank must report at the same steps).
+
+        Each report waits for the controller's poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S) when the previous one
+        is still unread: a report per completed fit and every `report_every` rounds cost ~0.5 s each, most of a
+        small run. A failure redoes at most `checkpoint_seconds` of work."""
+        due = time.monotonic() - self._last >= self._every
+        if xgboost.collective.get_world_size() > 1:
+            due = bool(xgboost.collective.allreduce(np.array([float(due)]), xgboost.collective.Op.MAX)[0])
+        return due
 
     def restore(self, checkpoint) -> tuple[str | None, xgboost.Booster | None]:
         """Loads the completed fits of `checkpoint`; (the fit in progress there, its periodic model)."""
@@ -157,6 +173,7 @@ class _Progress:
                     Path(path, PERIODIC_FILE).write_bytes(bytes(model.save_raw("ubj")))
             checkpoint = ray.train.Checkpoint.from_directory(path) if self.rank == 0 else None
             ray.train.report({**metrics, "completed_fits": len(self.models)}, checkpoint=checkpoint)
+        self._last = time.monotonic()
 
 
 class _ReportEveryN(xgboost.callback.TrainingCallback):
@@ -172,7 +189,7 @@ class _ReportEveryN(xgboost.callback.TrainingCallback):
         self._progress, self._fit, self._frequency = progress, fit, frequency
 
     def after_iteration(self, model, epoch, evals_log) -> bool:
-        if self._frequency and (epoch + 1) % self._frequency == 0:
+        if self._frequency and (epoch + 1) % self._frequency == 0 and self._progress.due():
             auc = (evals_log.get("validation") or {}).get("auc") or [None]
             metrics = {"round": epoch + 1} | ({"validation_auc": float(auc[-1])} if auc[-1] is not None else {})
             self._progress.report(metrics, self._fit, model)
@@ -193,7 +210,7 @@ def train_fn_per_worker(config: dict) -> None:
         params["device"] = "cuda"
 
     fits = list(config["fits"])
-    progress = _Progress(fits, rank)
+    progress = _Progress(fits, rank, config["checkpoint_seconds"])
     current, start_model = None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -211,7 +228,9 @@ def train_fn_per_worker(config: dict) -> None:
             spw = float(config["fits"][fit])
             _fit_one(config, params | {"scale_pos_weight": spw}, nthread, data.pop(fit), resume, progress, fit)
             progress.figures[fit]["load_seconds"] = load_seconds / len(todo)
-            progress.report({"final": int(len(progress.models) == len(fits))})
+            final = len(progress.models) == len(fits)
+            if final or progress.due():
+                progress.report({"final": int(final)})
 
 
 def _best(booster: xgboost.Booster, early: int | None) -> tuple[xgboost.Booster, int]:
@@ -296,6 +315,7 @@ def fit_boosters(
         "num_boost_round": training.num_boost_round,
         "early_stopping_rounds": training.early_stopping_rounds,
         "report_every": training.report_every,
+        "checkpoint_seconds": training.checkpoint_seconds,
         "seed": training.seed,
         "nthread": training.nthread,
         "use_gpu": training.use_gpu,

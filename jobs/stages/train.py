@@ -98,7 +98,8 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
         if not label_rows.get(f"as_of={as_of.isoformat()}"):  # nobody is positive at this cut-off
             return snapshot
         columns = ["persona_id", *(label_column(name) for name in label_segments[as_of.isoformat()])]
-        return join_labels(snapshot, labels.dataset(columns=columns, partition=partition), view.num_partitions)
+        rows = label_rows[f"as_of={as_of.isoformat()}"]
+        return join_labels(snapshot, labels.dataset(columns=columns, partition=partition), view.num_partitions, rows)
 
     snapshots = LabelledSnapshots(labelled)
     scratch_dir = RunLayout(posixpath.dirname(models.path.rstrip("/"))).train_scratch

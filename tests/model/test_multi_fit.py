@@ -23,6 +23,7 @@ TRAINING = TrainingConfig(
     num_boost_round=30,
     early_stopping_rounds=5,
     report_every=10,
+    checkpoint_seconds=0,  # a checkpoint after every completed fit
     max_failures=1,
     nthread=2,
     params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "max_depth": 3, "eta": 0.3},
