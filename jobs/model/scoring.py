@@ -12,20 +12,26 @@ feature blocks never cross the object store; at 110+ float columns that copy, no
 predicts `batch_size` rows at a time with `Booster.inplace_predict` on one float32 matrix built straight
 from the Arrow batch.
 
-Reasons (`jobs.model.reasons`, `ScoringConfig.reasons`): the same actors turn each scored row's XGBoost
-contributions into its top three partner-safe labels while the matrix is in memory (a second read of the wide
-features for members only would cost more than the contributions: the read is the expensive part). Who is a
-member is known only after the histogram merge, so every scored row gets its labels here and `assign` keeps
-them for members only (non-members: null).
+Reasons (`jobs.model.reasons`, `ScoringConfig.reasons`): the same actors turn XGBoost contributions into the
+top three partner-safe labels while the matrix is in memory (a second read of the wide features would cost
+more than the contributions: the read is the expensive part), for the rows that **may be members** only
+(`may_be_members`): with `membership: threshold` exactly the members (score >= threshold); with
+`top_percent` (members known only after the histogram merge) the rows at or above the block's k-th largest
+score, k = the block's expected members plus MEMBER_BOUND_Z binomial standard deviations (ties included):
+blocks are hash partitions of personas, so a member outside that bound is a ~1e-9 event per block. `assign`
+keeps reasons for members only (non-members: null; a member with no positive reason: an empty list); the
+score stage counts members left without computed reasons (`members_without_reasons`, expected 0).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 
@@ -47,6 +53,18 @@ from jobs.segments.membership import (
 )
 
 HISTOGRAM_FAN_IN = 8
+MEMBER_BOUND_Z = 6.0
+
+
+def may_be_members(scores: np.ndarray, scoring: ScoringConfig) -> np.ndarray:
+    """The rows of one block that may be members (see the module): a superset of its members."""
+    if scoring.membership == "threshold":
+        return scores >= scoring.threshold
+    n, share = len(scores), scoring.top_percent / 100.0
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    k = min(n, math.ceil(n * share + MEMBER_BOUND_Z * math.sqrt(n * share * (1.0 - share))) + 1)
+    return scores >= np.partition(scores, n - k)[n - k]
 
 
 class Scorer:
@@ -59,8 +77,10 @@ class Scorer:
         batch_size: int | None = None,
         reason_labels: Mapping[str, Mapping[str, str]] | None = None,
         reasons: str = "off",
+        scoring: ScoringConfig | None = None,
     ) -> None:
         self.batch_size = batch_size
+        self.scoring = scoring or ScoringConfig()
         self.nthread = nthread
         self.models = [(spec, load_booster(spec.raw, nthread)) for spec in specs]
         self.threads = openmp_threads(nthread)  # held for the actor's life
@@ -109,18 +129,29 @@ class Scorer:
                         "segment": pa.repeat(spec.segment.name, eligible),
                         "score": pa.array(np.asarray(scores, dtype=np.float64)),
                         "model_version": pa.repeat(spec.model_version, eligible),
-                        "reasons": self.row_reasons(spec, booster, matrix),
+                        "reasons": self.row_reasons(spec, booster, matrix, scores),
                     },
                     schema=SCORED_SCHEMA,
                 )
             )
         return pa.concat_tables(out) if out else SCORED_SCHEMA.empty_table()
 
-    def row_reasons(self, spec: ModelSpec, booster, matrix: np.ndarray) -> pa.Array:
+    def row_reasons(self, spec: ModelSpec, booster, matrix: np.ndarray, scores: np.ndarray) -> pa.Array:
+        """Reasons of the rows that may be members (null for the others: they are never members)."""
         if self.reasons == "off":
             return pa.nulls(len(matrix), REASONS_TYPE)
-        contribs = contributions(booster, matrix, spec.feature_names, spec.feature_types, self.reasons, self.nthread)
-        return self.names[spec.segment.name].top(contribs)
+        candidates = np.flatnonzero(may_be_members(np.asarray(scores, dtype=np.float64), self.scoring))
+        if not len(candidates):
+            return pa.nulls(len(matrix), REASONS_TYPE)
+        contribs = contributions(
+            booster, matrix[candidates], spec.feature_names, spec.feature_types, self.reasons, self.nthread
+        )
+        found = self.names[spec.segment.name].top(contribs)
+        if len(candidates) == len(matrix):
+            return found
+        at = np.full(len(matrix), -1, dtype=np.int64)
+        at[candidates] = np.arange(len(candidates))
+        return found.take(pa.array(at, mask=at < 0))
 
 
 def fused_read_args(files: int, scoring: ScoringConfig) -> dict[str, Any]:
@@ -147,6 +178,7 @@ def scoring_map(
             "batch_size": scoring.batch_size,
             "reason_labels": dict(reason_labels or {}),
             "reasons": scoring.reasons,
+            "scoring": scoring,
         },
         batch_format="pyarrow",
         batch_size=None,
@@ -191,32 +223,44 @@ def score_dataset(
 
 
 def _block_counts(batch: pa.Table) -> pa.Table:
+    """Scored rows and members per segment of one block; with a `reasons` column also the members whose
+    reasons were not computed (null: `may_be_members` missed them)."""
     if batch.num_rows == 0:
         return pa.table(
             {
                 "segment": pa.array([], pa.string()),
                 "scored": pa.array([], pa.int64()),
                 "members": pa.array([], pa.int64()),
+                "members_without_reasons": pa.array([], pa.int64()),
             }
         )
-    grouped = batch.group_by("segment").aggregate([("member", "count"), ("member", "sum")])
+    if "reasons" in batch.column_names:
+        missing = pc.and_(batch.column("member"), pc.is_null(batch.column("reasons")))
+    else:
+        missing = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    batch = pa.table({"segment": batch.column("segment"), "member": batch.column("member"), "missing": missing})
+    grouped = batch.group_by("segment").aggregate([("member", "count"), ("member", "sum"), ("missing", "sum")])
     return pa.table(
         {
             "segment": grouped.column("segment"),
             "scored": grouped.column("member_count").cast(pa.int64()),
             "members": grouped.column("member_sum").cast(pa.int64()),
+            "members_without_reasons": grouped.column("missing_sum").cast(pa.int64()),
         }
     )
 
 
 def segment_counts(scores_ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
-    """Scored rows and members per segment: per-block partial counts, summed on the driver (a few rows)."""
+    """Scored rows and members per segment (and, when the dataset has `reasons`, members without computed
+    reasons): per-block partial counts, summed on the driver (a few rows)."""
     refs = scores_ds.map_batches(_block_counts, batch_format="pyarrow", batch_size=None).to_arrow_refs()
     parts = [t for t in ray.get(refs) if t.num_rows]
     if not parts:
         return {}
-    total = pa.concat_tables(parts).group_by("segment").aggregate([("scored", "sum"), ("members", "sum")])
+    keys = ("scored", "members", "members_without_reasons")
+    total = pa.concat_tables(parts).group_by("segment").aggregate([(k, "sum") for k in keys])
+    with_reasons = "reasons" in scores_ds.columns()
     return {
-        row["segment"]: {"scored": int(row["scored_sum"]), "members": int(row["members_sum"])}
+        row["segment"]: {k: int(row[f"{k}_sum"]) for k in keys if with_reasons or k != "members_without_reasons"}
         for row in total.to_pylist()
     }

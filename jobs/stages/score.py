@@ -107,11 +107,12 @@ def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scor
         marker = scores.write_dataset(scored, extra=extra)
     if not marker["rows"]:  # nobody eligible (or nothing trained): an empty table that still has its schema
         marker = scores.write_arrow(SCORES_SCHEMA.empty_table(), extra=extra)
-    counts = (
-        segment_counts(read_dataset(scores.path, scores.storage, columns=["segment", "member"]))
-        if marker["rows"]
-        else {}
-    )
+    # with reasons on, also the members whose reasons were not computed (`may_be_members` missed them: 0 expected)
+    counted = ["segment", "member"] + (["reasons"] if view.scoring.reasons != "off" else [])
+    counts = segment_counts(read_dataset(scores.path, scores.storage, columns=counted)) if marker["rows"] else {}
+    for name, count in counts.items():
+        if count.get("members_without_reasons"):
+            log.warning("segment %s: %d members have no computed reasons", name, count["members_without_reasons"])
     per_segment = {
         spec.segment.name: {
             "model_version": spec.model_version,

@@ -10,7 +10,7 @@ from jobs.config import ScoringConfig, SegmentConfig, StorageConfig
 from jobs.model.booster import model_bytes, model_version
 from jobs.model.bundle import ModelSpec
 from jobs.model.reasons import ReasonNames, contributions
-from jobs.model.scoring import fused_read_args, score_histogram, scoring_map
+from jobs.model.scoring import fused_read_args, may_be_members, score_histogram, scoring_map
 from jobs.segments.membership import bin_counts, merge_histograms
 from jobs.storage import TableIn, join, writing
 
@@ -122,3 +122,18 @@ def test_score_distribution_counts_every_score_in_its_equal_width_bin():
     for name in ("a", "b"):
         want = np.bincount(np.minimum(scores[segment == name] * 20, 19).astype(int), minlength=20)
         assert got[name] == want.tolist()
+
+
+def test_reasons_are_computed_for_the_rows_that_may_be_members_only():
+    """`may_be_members` is a small superset of the members of any block of a random partition: exact with a
+    threshold, the block's top share plus a binomial margin (ties included) with top_percent."""
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.beta(1, 6, 100_000), 3)  # ties, as tree models give
+    cutoff = np.quantile(scores, 0.90)
+    members = scores >= cutoff
+    for block in np.array_split(rng.permutation(len(scores)), 50):
+        maybe = may_be_members(scores[block], ScoringConfig(top_percent=10))
+        assert maybe[members[block]].all() and maybe.mean() < 0.25
+    exact = may_be_members(scores, ScoringConfig(membership="threshold", threshold=0.3))
+    assert np.array_equal(exact, scores >= 0.3)
+    assert may_be_members(np.zeros(0), ScoringConfig()).shape == (0,)

@@ -202,6 +202,7 @@ def test_score_stage(where, tmp_path, ray_cluster, storage, s3_bucket):
             "model_version": versions[name],
             "scored": len(got),
             "members": int(members.sum()),
+            "members_without_reasons": 0,  # reasons are computed for the rows that may be members only
         }
     marker = TableIn(SCORES, join(run_dir, SCORES), storage).marker
     assert marker["as_of"] == AS_OF.isoformat() and marker["segments"] == versions
