@@ -15,6 +15,7 @@ run's summary.json. Prints one table; `--out` keeps the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from jobs.model import bundle, champion
 from jobs.model.quality import pct_label
 from jobs.run.layout import MODELS, RunLayout
 from jobs.storage import TableIn
+from jobs.synthetic.reference import START
 
 SEGMENTS = os.path.join(os.path.dirname(sys.executable), "segments")
 
@@ -52,7 +54,10 @@ def collect(work: str, profile: str, persons: int, days: int, seed: int) -> dict
                                 "--seed", str(seed), "--profile", profile)}  # fmt: skip
     # the pipeline up to train (the champion decision); score, export and report add nothing to these figures
     stages = ["resolve", "features", "labels", "train"]
-    settings = {"events": events, "root": root, "run_id": "figures", "stages": stages}  # else: the defaults
+    # the run date is the day after the generated history (it may lie after today: events past the run date
+    # would be quarantined as implausible)
+    run_date = (START + dt.timedelta(days=days)).date().isoformat()
+    settings = {"events": events, "root": root, "run_id": "figures", "run_date": run_date, "stages": stages}
     config = JobConfig(**settings)
     config_file = os.path.join(work, "job.json")  # JSON is YAML: the CLI reads it as its config
     with open(config_file, "w") as f:
