@@ -26,6 +26,7 @@ VALID = "_valid"
 SAMPLE = "_u"
 FIT = "_fit"
 SEGMENT = "_segment"
+PERSONA = "persona_id"
 
 
 def hash_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -47,8 +48,10 @@ def prepare_batch(
     validation_share: float,
     seed: int,
     label: str,
+    keep_id: bool = False,
 ) -> pa.Table:
-    """Eligible rows only; `label` as 0/1 (absent = 0); validation flag and sample key from the persona hash."""
+    """Eligible rows only; `label` as 0/1 (absent = 0); validation flag and sample key from the persona hash
+    (and persona_id with `keep_id`)."""
     missing = [n for n in feature_names if n not in batch.column_names]
     if missing:
         raise ValueError(f"the feature table lacks {len(missing)} catalogue columns, e.g. {missing[:5]}")
@@ -63,6 +66,8 @@ def prepare_batch(
     columns[LABEL] = y
     columns[VALID] = pa.array(hash_uniform(ids, seed) < validation_share, pa.bool_())
     columns[SAMPLE] = pa.array(hash_uniform(ids, seed + 1), pa.float64())
+    if keep_id:
+        columns[PERSONA] = ids
     return pa.table(columns)
 
 
@@ -78,9 +83,15 @@ def prepare_segments_batch(
     segment's name in `_segment`: one pass over a snapshot prepares the rows of every segment."""
     tables = []
     for segment, label in segments:
-        rows = prepare_batch(batch, segment, feature_names, categories, validation_share, seed, label)
+        rows = prepare_batch(batch, segment, feature_names, categories, validation_share, seed, label, keep_id=True)
         tables.append(rows.append_column(SEGMENT, pa.array([segment.name] * rows.num_rows, pa.string())))
     return pa.concat_tables(tables)
+
+
+def rows_of(batch: pa.Table, ids: Sequence[str], columns: Sequence[str]) -> pa.Table:
+    """The rows whose persona_id is in `ids` (a sample's people), in `columns`."""
+    wanted = pc.is_in(batch.column(PERSONA), value_set=pa.array(list(ids), pa.string()))
+    return batch.filter(wanted).select(list(columns))
 
 
 def segment_stats(batch: pa.Table) -> pa.Table:

@@ -52,12 +52,14 @@ from jobs.model.bundle import REJECTED, SKIPPED, TRAINED
 from jobs.model.calibration import calibrated
 from jobs.model.examples import (
     LABEL,
+    PERSONA,
     SAMPLE,
     SEGMENT,
     VALID,
     per_segment,
     predict_batch,
     prepare_segments_batch,
+    rows_of,
     sample_rows,
     segment_stats,
     tag_fits,
@@ -145,11 +147,35 @@ def join_broadcast(batch: pa.Table, blocks: list) -> pa.Table:
 
 
 class LabelledSnapshots:
-    """Labelled snapshots by cut-off, each built (one join) and materialized once, shared by every segment."""
+    """Labelled snapshots by cut-off, each built (one join) and materialized once, shared by every segment.
 
-    def __init__(self, build_snapshot: Callable[[dt.date], ray.data.Dataset]) -> None:
+    `labels(as_of)`: the labels table's partition at a cut-off (persona_id and the `label__SEGMENT` columns of
+    its positives; None when nobody is positive there), for the leakage check's past labels."""
+
+    def __init__(
+        self,
+        build_snapshot: Callable[[dt.date], ray.data.Dataset],
+        labels: Callable[[dt.date], ray.data.Dataset | None] | None = None,
+    ) -> None:
         self._build = build_snapshot
+        self._labels = labels
         self._done: dict[dt.date, ray.data.Dataset] = {}
+
+    def positives(self, as_of: dt.date, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{segment: 1/0 per id of ids[segment]: whether that persona is a positive of the segment in the labels
+        at `as_of`}, from one pass over that partition keeping only the given people (samples: bounded)."""
+        dataset = self._labels(as_of) if self._labels is not None else None
+        found = {}
+        if dataset is not None:
+            present = [c for c in (label_column(name) for name in ids) if c in dataset.schema().names]
+            wanted = sorted({str(i) for values in ids.values() for i in values})
+            found = _collect(dataset, rows_of, ids=wanted, columns=[PERSONA, *present]) if wanted else {}
+        out = {}
+        for name, values in ids.items():
+            column = found.get(label_column(name))
+            positive = found[PERSONA][np.asarray(column == 1)] if column is not None else np.empty(0, object)
+            out[name] = np.isin(values.astype(str), positive.astype(str)).astype(np.int64)
+        return out
 
     def at(self, as_of: dt.date) -> ray.data.Dataset:
         if as_of not in self._done:
@@ -483,7 +509,7 @@ def train_segments(
         t,
     )
     baselines = _fit_baselines(prepared, [(job.cut.train_as_of, job.name) for job in active], rfm_columns, t)
-    decided = _evaluate_all(active, prepared, lookalikes, baselines, rfm_columns, features, t)
+    decided = _evaluate_all(active, snapshots, prepared, lookalikes, baselines, rfm_columns, features, t)
 
     chosen = {job.name: decided[job.name]["chosen"] for job in active}
     refits = [job for job in active if job.no_refit is None and chosen[job.name] in (champion.XGBOOST, champion.RFM)]
@@ -564,6 +590,7 @@ def _start(
 
 def _evaluate_all(
     active: list[_Segment],
+    snapshots: LabelledSnapshots,
     prepared: _Prepared,
     lookalikes: dict[str, tuple[bytes, dict]],
     baselines: dict[str, tuple[bytes, dict]],
@@ -603,8 +630,14 @@ def _evaluate_all(
             for job in active
         },
         sample_rows,
-        columns=names + [LABEL],
+        columns=names + [LABEL, PERSONA],
     )
+    # Each sampled person's label of the same segment one horizon earlier (at train_as_of): a feature that
+    # peeks after its cut-off predicts the future window better than the past one (`quality.leakage_check`).
+    past_y = {}
+    for as_of in {job.cut.train_as_of for job in active}:
+        ids = {job.name: leak_samples[job.name][PERSONA] for job in active if job.cut.train_as_of == as_of}
+        past_y |= snapshots.positives(as_of, ids)
     decided = {}
     for job in active:
         train_stats, eval_stats = (
@@ -615,7 +648,7 @@ def _evaluate_all(
         y_eval = scored[job.name][LABEL].astype(np.int64)
         sizes["eval_metric_rows"] = int(len(y_eval))
         leak_rows = leak_samples[job.name]
-        leakage = quality.leakage_check({n: leak_rows[n] for n in names}, leak_rows[LABEL])
+        leakage = quality.leakage_check({n: leak_rows[n] for n in names}, leak_rows[LABEL], past_y=past_y[job.name])
         figures, entries = {}, {}
         own_features = candidate_features[job.name]
         for name in candidates[job.name]:

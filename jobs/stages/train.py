@@ -101,7 +101,13 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
         rows = label_rows[f"as_of={as_of.isoformat()}"]
         return join_labels(snapshot, labels.dataset(columns=columns, partition=partition), view.num_partitions, rows)
 
-    snapshots = LabelledSnapshots(labelled)
+    def positives(as_of: dt.date):
+        if not label_rows.get(f"as_of={as_of.isoformat()}"):  # nobody is positive at this cut-off
+            return None
+        columns = ["persona_id", *(label_column(name) for name in label_segments[as_of.isoformat()])]
+        return labels.dataset(columns=columns, partition={"as_of": as_of})
+
+    snapshots = LabelledSnapshots(labelled, positives)
     scratch_dir = RunLayout(posixpath.dirname(models.path.rstrip("/"))).train_scratch
     fs, scratch_path = filesystem_for(scratch_dir, models.storage)
     scratch = TrainScratch(scratch_path, fs if is_s3(scratch_dir) else None)
