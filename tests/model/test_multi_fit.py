@@ -4,6 +4,7 @@ checkpoint resumes without refitting the completed fit and ends with the same mo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -87,15 +88,29 @@ def test_fits_of_one_run_match_plain_xgboost_and_a_killed_worker_skips_completed
     trained_log = tmp_path / "trained.log"
     crashed = tmp_path / "crashed"
 
+    snapshot = tmp_path / "scratch" / "crash" / "checkpoint_manager_snapshot.json"
+
+    def first_fit_recorded() -> bool:
+        """Whether the controller has recorded a checkpoint holding the first completed fit: it writes its
+        checkpoint manager's state to the run's storage after taking each reported checkpoint."""
+        try:
+            state = json.loads(snapshot.read_text())
+        except (FileNotFoundError, ValueError):  # not written yet, or being written
+            return False
+        latest = state.get("latest_checkpoint_result") or {}
+        return (latest.get("metrics") or {}).get("completed_fits", 0) >= 1
+
     def crash_after_first_fit(config: dict) -> None:
         """The stage's worker function, killed (os._exit) as the second fit starts, once the controller has
-        taken the first fit's checkpoint (it polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 0.2 s here)."""
+        recorded the first fit's checkpoint (a report it has not taken yet would die with the worker)."""
         fit_one = fit._fit_one
 
         def logged_fit(*args):
             if args[-1] == second and not Path(crashed).exists():
                 Path(crashed).write_text("1")
-                time.sleep(3)
+                deadline = time.monotonic() + 120
+                while not first_fit_recorded() and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 os._exit(1)
             with open(trained_log, "a") as log:
                 log.write(args[-1] + "\n")
