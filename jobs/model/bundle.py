@@ -134,12 +134,13 @@ def model_spec(
     if not model_features:
         raise UserError(f"{source}: model.json has no feature names: the model cannot be matched to the feature table.")
     unused = check_feature_names(name, model_features, table_features, source)
-    if unused:  # by design (empty category slots, an RFM champion's three columns): nothing to act on
+    if unused:  # by design (empty category slots, an RFM champion's three columns): the run log, not the console
         log.info(
             "segment %s: the model does not use %d feature table column(s): %s",
             name,
             len(unused),
             ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""),
+            extra={"console": False},
         )
     types = card.get("feature_types") or booster.feature_types
     categories = card.get("feature_categories")
