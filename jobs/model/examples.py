@@ -133,11 +133,6 @@ def per_segment(batch: pa.Table, each, by_segment: Mapping[str, Mapping], **kwar
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def with_fit(batch: pa.Table, fit: str) -> pa.Table:
-    """The batch with a `_fit` column naming the fit its rows belong to (one dataset carries several fits)."""
-    return batch.append_column(FIT, pa.array([fit] * batch.num_rows, pa.string()))
-
-
 def sample_rows(batch: pa.Table, share: float, columns: Sequence[str]) -> pa.Table:
     """The rows whose sample key is below `share` (the same rows whatever the blocks), in `columns`."""
     if share < 1.0:

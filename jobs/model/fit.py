@@ -287,8 +287,7 @@ def fit_boosters(
     train_loop: Callable[[dict], None] = train_fn_per_worker,
 ) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], float]:
     """Fit one model per fit of `scale_pos_weights` ({fit id: scale_pos_weight}) in ONE Ray Train run, in
-    that order; `dataset` holds the rows of all of them, each with its fit id in `_fit` (`examples.tag_fits`,
-    `examples.with_fit`).
+    that order; `dataset` holds the rows of all of them, each with its fit id in `_fit` (`examples.tag_fits`).
 
     Returns ({fit: (model bytes, its figures)}, the run's wall seconds). The dataset's columns: the features,
     the label, the `_valid` flag (validation rows), the `_u` sample key and `_fit`. `storage_path` (as

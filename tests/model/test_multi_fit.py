@@ -17,7 +17,7 @@ import xgboost
 from jobs.config import TrainingConfig
 from jobs.model import fit
 from jobs.model.booster import model_bytes
-from jobs.model.examples import LABEL, SAMPLE, VALID, hash_uniform, with_fit
+from jobs.model.examples import FIT, LABEL, SAMPLE, VALID, hash_uniform
 
 NAMES = [f"f{i}" for i in range(6)]
 TRAINING = TrainingConfig(
@@ -29,6 +29,11 @@ TRAINING = TrainingConfig(
     nthread=2,
     params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "max_depth": 3, "eta": 0.3},
 )
+
+
+def _with_fit(table: pa.Table, fit_id: str) -> pa.Table:
+    """The rows of one fit with its id in `_fit`, as the train stage hands them to `fit_boosters`."""
+    return table.append_column(FIT, pa.array([fit_id] * table.num_rows, pa.string()))
 
 
 def _rows(n: int, seed: int) -> pa.Table:
@@ -66,7 +71,7 @@ def test_fits_of_one_run_match_plain_xgboost_and_a_killed_worker_skips_completed
         spw[fit_id] = float((y == 0).sum() / max(1, y.sum()))
 
     def run(name: str, train_loop=fit.train_fn_per_worker):
-        parts = [ray.data.from_arrow(with_fit(t, k)).repartition(3) for k, t in tables.items()]
+        parts = [ray.data.from_arrow(_with_fit(t, k)).repartition(3) for k, t in tables.items()]
         fitted, _ = fit.fit_boosters(
             parts[0].union(*parts[1:]),
             spw,
