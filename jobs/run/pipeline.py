@@ -195,7 +195,16 @@ def _run(
     write_json(layout.summary, summary, config.storage)
     log.info("run %s finished in %.1fs\n%s", identity.run_id, summary["seconds"], format_summary(summary))
     # what the CLI prints: the figures of the table; the stages' own details stay in summary.json
-    brief = ("status", "seconds", "rows_in", "rows_out", "quarantined", "peak_driver_rss_mb", "peak_object_store_mb")
+    brief = (
+        "status",
+        "seconds",
+        "rows_in",
+        "rows_out",
+        "quarantined",
+        "peak_driver_rss_mb",
+        "driver_peak_rss_mb",
+        "peak_object_store_mb",
+    )
     return {
         **{k: v for k, v in summary.items() if k != "stages"},
         "summary_path": layout.summary,

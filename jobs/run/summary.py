@@ -1,4 +1,5 @@
-"""What a run reports about each stage: rows in and out, quarantined, seconds, peak memory."""
+"""What a run reports about each stage: rows in and out, quarantined, seconds, peak memory (the driver's two
+figures: `jobs.run.resources`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def stage_summary(stage: Stage, ctx: StageContext, result: Any, seconds: float, 
         "quarantined": quarantined or 0,
         "tables": {name: rows for name, rows in outputs.items() if rows is not None},
         "peak_driver_rss_mb": round(sampler.peak_rss / 2**20, 1),
+        "driver_peak_rss_mb": round(sampler.driver_peak_rss / 2**20, 1),
         "peak_object_store_mb": None if sampler.peak_store is None else round(sampler.peak_store / 2**20, 1),
         "result": json.loads(json.dumps(result, default=str)),
     }
@@ -64,7 +66,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 fmt(stage.get("rows_in")),
                 fmt(stage.get("rows_out")),
                 fmt(stage.get("quarantined")),
-                fmt(stage.get("peak_driver_rss_mb")),
+                fmt(stage.get("driver_peak_rss_mb", stage.get("peak_driver_rss_mb"))),
                 fmt(stage.get("peak_object_store_mb")),
             )
         )
