@@ -68,16 +68,78 @@ def email_value(raw: str) -> tuple[str | None, bool]:
 def normalise_emails(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """(normalised, valid) for a string column; nulls and blank strings stay null, valid is False there.
 
-    Each distinct value goes through `email_value` once (dictionary encoding), whatever its repeats.
+    Only the distinct values are normalised (dictionary encoding), whatever their repeats: plain ASCII
+    addresses by Arrow kernels (`_normalise_plain`), the rest through `email_value` one by one.
     """
     col = pc.cast(column, pa.string())
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     encoded = pc.dictionary_encode(col)
-    results = [email_value(v) for v in encoded.dictionary.to_pylist()]
-    values = pa.array([r[0] for r in results], pa.string())
-    valid = pa.array([r[1] for r in results], pa.bool_())
+    distinct = encoded.dictionary
+    cleaned = pc.replace_substring_regex(pc.ascii_lower(distinct), _ASCII_WHITESPACE, "")
+    plain = pc.match_substring_regex(cleaned, _PLAIN_ADDRESS)
+    values, valid = _normalise_plain(cleaned, plain)
+    rest = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
+    if len(rest):
+        results = [email_value(v) for v in distinct.take(pa.array(rest)).to_pylist()]
+        values = _scatter(values, rest, pa.array([r[0] for r in results], pa.string()))
+        valid = _scatter(valid, rest, pa.array([r[1] for r in results], pa.bool_()))
     return values.take(encoded.indices), pc.fill_null(valid.take(encoded.indices), False)
+
+
+# A plain address: ASCII, once its ASCII whitespace (what str.split() drops from an ASCII string) is gone,
+# one @, a dot-atom local part of common characters. For it `email_value` reduces to the library's domain
+# check (once per distinct domain, `_domain_verdict`), its length limit and the project's rules, all of which
+# `_normalise_plain` applies with Arrow kernels: NFKC leaves ASCII as it is, and str.lower() lowers only A-Z.
+_ASCII_WHITESPACE = r"[\t\n\v\f\r\x1c-\x1f ]+"
+_PLAIN_ADDRESS = r"^[a-z0-9_+-]+(\.[a-z0-9_+-]+)*@[a-z0-9.-]+$"
+_MAX_ADDRESS_BYTES = 254  # email-validator's EMAIL_MAX_LENGTH (RFC 3696 errata 1690), in UTF-8 bytes
+
+
+@lru_cache(maxsize=100_000)
+def _domain_verdict(domain: str) -> tuple[str, int] | None:
+    """The library's verdict on a domain after the @-sign: None if it rejects it, else (the normalised
+    domain, the longest of its three forms in UTF-8 bytes: as typed, normalised, IDNA ASCII), from which
+    the address's length limit follows."""
+    try:
+        address = validate_email("a@" + domain, check_deliverability=False, test_environment=True)
+    except EmailNotValidError:
+        return None
+    forms = (domain, address.domain, address.ascii_domain)
+    return address.domain, max(len(f.encode()) for f in forms)
+
+
+def _normalise_plain(cleaned: pa.Array, plain: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """`email_value` of the distinct values (lowercased, ASCII whitespace dropped) where `plain` holds."""
+    parts = pc.extract_regex(pc.if_else(plain, cleaned, pa.scalar(None, pa.string())), r"^(?P<l>[^@]*)@(?P<d>.*)$")
+    local, domain = pc.struct_field(parts, "l"), pc.struct_field(parts, "d")
+    domains = pc.dictionary_encode(domain)
+    verdicts = [_domain_verdict(d) for d in domains.dictionary.to_pylist()]
+    domain_ok = pa.array([v is not None for v in verdicts], pa.bool_()).take(domains.indices)
+    normalised = pa.array([v[0] if v else None for v in verdicts], pa.string()).take(domains.indices)
+    longest = pa.array([v[1] if v else 0 for v in verdicts], pa.int64()).take(domains.indices)
+    short_enough = pc.less_equal(pc.add(pc.add(pc.utf8_length(local), 1), longest), _MAX_ADDRESS_BYTES)
+    normalised = pc.if_else(pc.equal(normalised, "googlemail.com"), "gmail.com", normalised)
+    untagged = pc.replace_substring_regex(local, r"\+.*", "")
+    gmail = pc.fill_null(pc.equal(normalised, "gmail.com"), False)
+    untagged = pc.if_else(gmail, pc.replace_substring(untagged, ".", ""), untagged)
+    valid = pc.fill_null(
+        pc.and_(
+            pc.and_(domain_ok, short_enough),
+            pc.and_(pc.match_substring_regex(local, "[a-z0-9]"), pc.greater(pc.utf8_length(untagged), 0)),
+        ),
+        False,
+    )
+    address = pc.binary_join_element_wise(untagged, normalised, "@")
+    return pc.if_else(valid, address, cleaned), valid
+
+
+def _scatter(values: pa.Array, positions: np.ndarray, new: pa.Array) -> pa.Array:
+    """`values` with `new` at `positions` (sorted, distinct)."""
+    index = np.full(len(values), -1, np.int64)
+    index[positions] = np.arange(len(positions))
+    pick_new = pa.array(index >= 0)
+    return pc.if_else(pick_new, new.take(pa.array(np.maximum(index, 0))), values)
 
 
 def phone_digits(column: pa.Array | pa.ChunkedArray) -> pa.Array:
