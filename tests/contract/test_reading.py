@@ -182,3 +182,15 @@ def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_buc
     table = pa.concat_tables(ray_cluster.get(read_events(plan, storage)[0]))
     local = read_events_local(plan, storage)
     assert table.column(SOURCE).to_pylist() == local.column(SOURCE).to_pylist() == [f"{s3_bucket}/in/a.parquet"] * 3
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Sofia", "+02:00", None])
+def test_timestamp_raw_text_is_arrows_text(unit, tz):
+    """ts_raw of a timestamp column is Arrow's own text of it, whatever the unit and zone (UTC takes a
+    faster road to the same text)."""
+    scale = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    values = [0, None, 1_700_000_000 * scale + scale // 8, -scale // 4]  # fractions of a second where the unit has them
+    column = pa.array(values, pa.timestamp(unit, tz=tz))
+    batch = normalise_batch(pa.table({"event_id": ["a", "b", "c", "d"], "ts": column}), [])
+    assert batch.column(TS_RAW).equals(pa.chunked_array([pc.cast(column, pa.string())]))
