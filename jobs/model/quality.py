@@ -23,10 +23,32 @@ Checks (`jobs.model.champion` turns them into a candidate's alarms):
   label at least about as well as the future one; a feature that peeks after the cut-off predicts the future
   label clearly better. Both AUCs are taken under one order of the feature's values, the rate of
   (future + past) positives in its quantile bin, so a feature not monotone in the label is judged fairly.
-  "Clearly" is a noise floor from the sample, not a constant: the AUC difference's
-  standard error from DeLong's placement values (both AUCs on the same rows, so their covariance counts),
-  and a one-sided z at a family-wise false-alarm rate of LEAKAGE_FAMILY_ALPHA, Bonferroni-split over the
-  features tested.
+
+  "Clearly better" cannot mean "the gap is above its own sampling noise": honest features share a
+  systematic gap wherever the eligibility rule is decided from the past window's own events. A category
+  lover is eligible because she bought in the category in the last 365 days, so her past label (bought in
+  the last h days) is partly fixed by the rule (everyone eligible bought; it only says whether that purchase
+  fell late), and every behavioural feature predicts the past label worse than the future one (views 0.82
+  vs 0.69 on the generator). The gap is real, not noise, so a z against the gap's standard error grows with
+  sqrt(rows) and would fire on clean data at any large enough sample. A category virgin is the extreme: her
+  eligibility makes every past label 0. So a feature is judged against the segment's OTHER features, which
+  share the same eligibility and windows (a random-effects outlier test): centre = the median gap, spread =
+  1.4826 x the median absolute deviation of the gaps, both over the features that carry signal for either
+  label (AUC more than the test's own z from 0.5, falling back to every feature when fewer than
+  MIN_REFERENCE_FEATURES do: a feature that predicts neither label has gap 0 whatever the selection, so it
+  says nothing about the honest dispersion). z = (gap - centre) / sqrt(se^2 + spread^2), se the DeLong
+  standard error of the gap (both AUCs on the same rows, so their covariance counts); the spread keeps
+  sampling noise in, which also bounds the z of a rare feature whose DeLong se is too small. Since the
+  spread does not shrink to 0 as rows grow, the false-alarm rate does not grow with the data; a feature that
+  peeks after the cut-off is far outside the honest spread (planted: 6-20 spreads). Flagged above a
+  one-sided z at a family-wise false-alarm rate of LEAKAGE_FAMILY_ALPHA, Bonferroni over features x pairs.
+
+  Two label pairs are judged: the segment's own (y, past_y), where its past labels have both classes, and a
+  `reference` pair defined for everyone eligible (the train stage: positive in any segment with the same
+  cut-offs, after vs before the cut-off), so a segment whose eligibility empties its past labels (category
+  virgins) is judged too, and a feature that knows behaviour after the cut-off shows even when the
+  segment's own label is narrow. Limit: a fault that shifts EVERY feature alike (the whole snapshot built a
+  horizon late) moves the centre, not one feature; the label-AUC flag and IMPLAUSIBLE_AUC guard that case.
 * `IMPLAUSIBLE_AUC`: an out-of-time ROC-AUC above 0.97 for whether someone does something in the coming
   weeks is not a forecast but a leak that no single feature shows (several features that see the label
   window together); behavioural look-alike models out of time sit far below it.
@@ -48,6 +70,7 @@ RELIABILITY_BINS = 10
 LEAKAGE_AUC = 0.95
 LEAKAGE_FAMILY_ALPHA = 0.001
 FUTURE_OVER_PAST_BINS = 20
+MIN_REFERENCE_FEATURES = 3
 IMPLAUSIBLE_AUC = 0.97
 CHANCE_RUNS = 100
 CHANCE_Z = 3.0
@@ -240,38 +263,77 @@ def _level_auc(level: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     return auc, influence
 
 
-def _future_over_past(
-    features: list[tuple[str, np.ndarray]], y: np.ndarray, past_y: np.ndarray, alpha: float
-) -> dict[str, Any]:
-    """Features whose future-label AUC exceeds their past-label AUC (both under the pooled-rate order) by
-    more than the one-sided Bonferroni z of `alpha` standard errors of the difference."""
-    z_needed = float(ndtri(1.0 - alpha / max(1, len(features))))
-    flagged, gaps = [], []
+def _pair_gaps(
+    features: list[tuple[str, np.ndarray]], y: np.ndarray, past_y: np.ndarray, pair: str
+) -> list[dict[str, Any]]:
+    """Per feature: future and past AUC under the pooled-rate order, their gap with its DeLong standard error,
+    and `signal`: how many standard errors the stronger of the two AUCs lies from 0.5."""
     n = len(y)
     pooled = (y + past_y).astype(np.float64)
+    entries = []
     for name, raw in features:
         level = _pooled_rate_levels(raw, pooled)
         future_auc, future_inf = _level_auc(level, y)
         past_auc, past_inf = _level_auc(level, past_y)
         # the pooled-rate order already points the feature towards the positives of both labels alike, so
         # the gap needs no sign of its own (a sign picked from the AUCs would let noise choose it)
-        gap = future_auc - past_auc
         se = float(np.std(future_inf - past_inf, ddof=1) / math.sqrt(n))
-        z = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
-        entry = {
-            "feature": name,
-            "kind": "future_over_past",
-            "auc": round(future_auc, 4),
-            "past_auc": round(past_auc, 4),
-            "gap": round(gap, 4),
-            "se": round(se, 4),
-            "z": round(z, 2) if math.isfinite(z) else None,
+        future_se, past_se = (float(np.std(i, ddof=1) / math.sqrt(n)) for i in (future_inf, past_inf))
+        signal = max(
+            abs(future_auc - 0.5) / future_se if future_se > 0 else 0.0,
+            abs(past_auc - 0.5) / past_se if past_se > 0 else 0.0,
+        )
+        entries.append(
+            {
+                "feature": name,
+                "kind": "future_over_past",
+                "pair": pair,
+                "auc": future_auc,
+                "past_auc": past_auc,
+                "gap": future_auc - past_auc,
+                "se": se,
+                "signal": signal,
+            }
+        )
+    return entries
+
+
+def _judge_gaps(entries: list[dict[str, Any]], z_needed: float) -> dict[str, float]:
+    """Each entry's z against the gaps of the features that carry signal (see the module docstring): centre =
+    their median gap, spread = 1.4826 x their median absolute deviation (sampling noise included), z = (gap -
+    centre) / sqrt(se^2 + spread^2). Returns the centre and spread."""
+    gaps = np.array([e["gap"] for e in entries])
+    carrying = np.array([e["signal"] > z_needed for e in entries])
+    if carrying.sum() < MIN_REFERENCE_FEATURES:
+        carrying = np.ones(len(entries), dtype=bool)
+    centre = float(np.median(gaps[carrying]))
+    spread = float(1.4826 * np.median(np.abs(gaps[carrying] - centre)))
+    for e in entries:
+        scale = math.sqrt(e["se"] ** 2 + spread**2)
+        e["z"] = (e["gap"] - centre) / scale if scale > 0 else 0.0
+    return {"centre": centre, "spread": spread, "reference_features": int(carrying.sum())}
+
+
+def _future_over_past(
+    features: list[tuple[str, np.ndarray]], pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], alpha: float
+) -> dict[str, Any]:
+    """Features whose future-over-past gap, under each (future, past) label pair, lies above the gaps of the
+    segment's other signal-carrying features by more than the one-sided Bonferroni z of `alpha` (over every
+    feature of every pair)."""
+    z_needed = float(ndtri(1.0 - alpha / max(1, len(features) * len(pairs))))
+    flagged, largest, judged = [], [], {}
+    for pair, (y, past_y) in pairs.items():
+        entries = _pair_gaps(features, y, past_y, pair)
+        judged[pair] = {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in _judge_gaps(entries, z_needed).items()
         }
-        gaps.append(entry)
-        if z > z_needed:
-            flagged.append(entry)
-    gaps.sort(key=lambda e: -(e["z"] if e["z"] is not None else math.inf))
-    return {"z_needed": round(z_needed, 3), "alpha": alpha, "flagged": flagged, "largest": gaps[:5]}
+        for e in entries:
+            e.update({k: round(e[k], 4) for k in ("auc", "past_auc", "gap", "se")})
+            e["z"], e["signal"] = round(e["z"], 2), round(e["signal"], 2)
+            (flagged if e["z"] > z_needed else largest).append(e)
+    flagged.sort(key=lambda e: -e["z"])
+    largest = sorted(flagged + largest, key=lambda e: -e["z"])[:5]
+    return {"z_needed": round(z_needed, 3), "alpha": alpha, "pairs": judged, "flagged": flagged, "largest": largest}
 
 
 def leakage_check(
@@ -281,12 +343,16 @@ def leakage_check(
     top: int = 10,
     past_y: np.ndarray | None = None,
     alpha: float = LEAKAGE_FAMILY_ALPHA,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """AUC of every single feature alone (missing values rank lowest); flag those above the threshold
     (`kind` "label_auc"). With `past_y` (per row, the label one horizon earlier: its window ends at the
-    cut-off) also the features that predict the future label clearly better than the past one (`kind`
-    "future_over_past", with both AUCs, the gap, its standard error and z; see the module docstring). The
-    result's `future_over_past` says what that check did (or, in `note`, why it could not run)."""
+    cut-off) and/or `reference` (per row, a (future, past) label pair of the same horizon defined for everyone,
+    such as "positive in any segment with these cut-offs") also the features that predict the future label
+    clearly better than the past one, judged against the segment's other features (`kind`
+    "future_over_past", with both AUCs, the gap, its standard error, z and the pair; see the module
+    docstring). The result's `future_over_past` says what that check did (or, in `note`, why it could not
+    run)."""
     y = np.asarray(y, dtype=np.int64)
     result: dict[str, Any] = {"threshold": threshold, "rows": int(len(y)), "flagged": [], "top_features": []}
     if not 0 < y.sum() < len(y):
@@ -307,19 +373,34 @@ def leakage_check(
     result["flagged"] = [
         {"feature": n, "kind": "label_auc", "auc": round(a, 4)} for n, a in aucs if a > threshold or a < 1 - threshold
     ]
-    if past_y is not None:
-        past_y = np.asarray(past_y, dtype=np.int64)
-        if len(past_y) != len(y):
-            raise ValueError(f"past_y has {len(past_y)} rows, y {len(y)}")
-        if not 0 < past_y.sum() < len(past_y):
-            result["future_over_past"] = {"note": "the past labels have one class only: no past AUC to compare"}
+    if past_y is None and reference is None:
+        return result
+    candidates = {"segment": (y, past_y)} if past_y is not None else {}
+    if reference is not None:
+        candidates["reference"] = reference
+    pairs, skipped = {}, []
+    for pair, (future, past) in candidates.items():
+        future, past = np.asarray(future, dtype=np.int64), np.asarray(past, dtype=np.int64)
+        if len(future) != len(y) or len(past) != len(y):
+            raise ValueError(f"the {pair} label pair has {len(future)} / {len(past)} rows, y {len(y)}")
+        if 0 < future.sum() < len(y) and 0 < past.sum() < len(y):
+            pairs[pair] = (future, past)
         else:
-            check = _future_over_past(usable, y, past_y, alpha)
-            known = {f["feature"] for f in result["flagged"]}
-            result["flagged"] += [f for f in check["flagged"] if f["feature"] not in known]
-            result["future_over_past"] = {k: v for k, v in check.items() if k != "flagged"} | {
-                "flagged": len(check["flagged"])
-            }
+            skipped.append(pair)
+    note = f"one class only in the past or future labels of: {', '.join(skipped)}" if skipped else None
+    if not pairs or len(usable) < MIN_REFERENCE_FEATURES:
+        result["future_over_past"] = {"note": note or "too few features to judge one against the others"}
+        return result
+    check = _future_over_past(usable, pairs, alpha)
+    known = {f["feature"] for f in result["flagged"]}
+    seen = set()
+    for f in check["flagged"]:
+        if f["feature"] not in known | seen:
+            seen.add(f["feature"])
+            result["flagged"].append(f)
+    result["future_over_past"] = {k: v for k, v in check.items() if k != "flagged"} | {"flagged": len(seen)}
+    if note:
+        result["future_over_past"]["note"] = note
     return result
 
 

@@ -102,27 +102,33 @@ def _persona_windows(n: int, seed: int):
     rng = np.random.default_rng(seed)
     propensity = rng.gamma(0.5, 1.0, size=n)
     older, past, future = (rng.poisson(propensity * k) for k in (3.0, 1.0, 1.0))
-    return rng, older, past, future
+    return rng, propensity, older, past, future
+
+
+def _history_features(rng, propensity, history, honest: int) -> dict[str, np.ndarray]:
+    """Honest features: counts over the history before the cut-off (views, carts, orders of several windows
+    and noise levels, a recency with missing values) and pure noise."""
+    n = len(propensity)
+    columns = {f"noise_{i}": rng.normal(size=n) for i in range(10)}
+    for i in range(honest):
+        columns[f"views_{i}"] = rng.poisson(propensity * (2.0 + i)).astype(float)
+    for i in range(3):
+        columns[f"orders_{i}"] = (history + rng.poisson(0.3 * (i + 1), size=n)).astype(float)
+    columns["recency_days"] = np.where(history > 0, rng.exponential(60.0 / (1.0 + propensity)), np.nan)
+    return columns
 
 
 def test_a_feature_that_knows_the_future_better_than_the_past_is_flagged():
-    rng, older, past, future = _persona_windows(4000, seed=2)
+    rng, propensity, older, past, future = _persona_windows(4000, seed=2)
     y, past_y = (future > 0).astype(int), (past > 0).astype(int)
-    days_since_purchase = np.where(
-        past > 0, rng.uniform(0, 30, 4000), np.where(older > 0, rng.uniform(30, 365, 4000), np.nan)
-    )
-    columns = {
-        "orders_120d": (older + past).astype(float),  # honest: events before the cut-off only
-        "recency_days": days_since_purchase,  # honest, pointing down, mostly missing for non-buyers
-        "noise": rng.normal(size=4000),
-        # peeks: part of the purchases AFTER the cut-off; far from deciding the label on its own (AUC < 0.95)
-        "purchases_next_week": rng.binomial(future, 0.3).astype(float),
-    }
+    columns = _history_features(rng, propensity, older + past, honest=10)
+    # peeks: part of the purchases AFTER the cut-off; far from deciding the label on its own (AUC < 0.95)
+    columns["purchases_next_week"] = rng.binomial(future, 0.7).astype(float)
     result = quality.leakage_check(columns, y, past_y=past_y)
     flagged = {f["feature"]: f for f in result["flagged"]}
     assert set(flagged) == {"purchases_next_week"}
     peek = flagged["purchases_next_week"]
-    assert peek["kind"] == "future_over_past" and peek["auc"] < quality.LEAKAGE_AUC
+    assert peek["kind"] == "future_over_past" and peek["pair"] == "segment" and peek["auc"] < quality.LEAKAGE_AUC
     assert peek["auc"] > peek["past_auc"] and peek["z"] > result["future_over_past"]["z_needed"]
     assert result["future_over_past"]["flagged"] == 1
     # without past labels only the label-AUC check runs; with one-class past labels the check says why not
@@ -131,15 +137,63 @@ def test_a_feature_that_knows_the_future_better_than_the_past_is_flagged():
 
 
 def test_the_future_over_past_check_stays_quiet_on_honest_features_of_many_samples():
-    # the floor is the sample's own noise (DeLong standard error, Bonferroni over the features): 40 honest or
-    # noise features on 30 independent samples of several sizes raise nothing
     for seed in range(30):
         n = (500, 2000, 8000)[seed % 3]
-        rng, older, past, future = _persona_windows(n, seed=100 + seed)
+        rng, propensity, older, past, future = _persona_windows(n, seed=100 + seed)
         y, past_y = (future > 0).astype(int), (past > 0).astype(int)
-        columns = {f"noise_{i}": rng.normal(size=n) for i in range(30)}
-        columns |= {f"orders_{i}": (older + past + rng.poisson(0.2 * (i + 1), size=n)).astype(float) for i in range(10)}
+        columns = _history_features(rng, propensity, older + past, honest=10)
         assert quality.leakage_check(columns, y, past_y=past_y)["flagged"] == [], seed
+
+
+def _lovers(n: int, seed: int):
+    """A segment whose eligibility is decided from the past window's own events, like category lovers:
+    eligible = bought in the history (which includes the past label window). The past label is then partly
+    fixed by the rule, so every honest behavioural feature predicts it worse than the future label: a
+    systematic, real gap shared by the honest features."""
+    rng, propensity, older, past, future = _persona_windows(n, seed)
+    eligible = (older + past) > 0
+    columns = _history_features(rng, propensity, older + past, honest=10)
+    columns = {k: v[eligible] for k, v in columns.items()}
+    return rng, columns, (future[eligible] > 0).astype(int), (past[eligible] > 0).astype(int), future[eligible]
+
+
+def test_honest_features_with_a_shared_systematic_gap_stay_quiet_at_any_size():
+    for n in (3_000, 30_000, 300_000):
+        _, columns, y, past_y, _ = _lovers(n, seed=7)
+        result = quality.leakage_check(columns, y, past_y=past_y)
+        assert result["flagged"] == [], (n, result["future_over_past"]["largest"][:2])
+        judged = result["future_over_past"]["pairs"]["segment"]
+        assert judged["centre"] > 0  # the honest gap is systematic: future above past
+    # the old rule (a gap against its own standard error) fires on the same honest features once rows grow
+    top = result["future_over_past"]["largest"][0]
+    assert top["gap"] / top["se"] > result["future_over_past"]["z_needed"]
+
+
+def test_a_planted_future_feature_is_caught_beside_the_systematic_gap():
+    for n in (3_000, 30_000):
+        rng, columns, y, past_y, future = _lovers(n, seed=8)
+        columns["purchases_next_week"] = rng.binomial(future, 0.7).astype(float)
+        flagged = quality.leakage_check(columns, y, past_y=past_y)["flagged"]
+        assert [f["feature"] for f in flagged] == ["purchases_next_week"], n
+
+
+def test_a_virgin_style_segment_is_judged_on_the_reference_pair():
+    # eligibility makes every past label 0 (never bought in the category): the segment's own pair cannot be
+    # judged, the reference pair (any purchase after vs before the cut-off, defined for everyone) can
+    rng, propensity, older, past, future = _persona_windows(6000, seed=9)
+    eligible = (older + past) > 0
+    columns = _history_features(rng, propensity, older + past, honest=10)
+    columns = {k: v[eligible] for k, v in columns.items()}
+    y = (rng.binomial(future[eligible], 0.2) > 0).astype(int)  # a first purchase in the category
+    past_y = np.zeros(int(eligible.sum()), dtype=int)
+    reference = ((future[eligible] > 0).astype(int), (past[eligible] > 0).astype(int))
+    alone = quality.leakage_check(columns, y, past_y=past_y)
+    assert alone["flagged"] == [] and "segment" in alone["future_over_past"]["note"]
+    clean = quality.leakage_check(columns, y, past_y=past_y, reference=reference)
+    assert clean["flagged"] == [] and set(clean["future_over_past"]["pairs"]) == {"reference"}
+    columns["purchases_next_week"] = rng.binomial(future[eligible], 0.7).astype(float)
+    planted = quality.leakage_check(columns, y, past_y=past_y, reference=reference)
+    assert [(f["feature"], f["pair"]) for f in planted["flagged"]] == [("purchases_next_week", "reference")]
 
 
 def test_auc_placements_agree_with_sklearn_and_the_bootstrap():
