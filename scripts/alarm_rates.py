@@ -7,7 +7,8 @@ way the train stage judges it, in this process: the same eligible rows, labels a
 parameters (the train stage fits the same booster on Ray Train; Ray's fixed cost per fit would make ten
 runs take an hour here), the same RFM booster, and the very functions that decide: `quality.chance_test`,
 `quality.leakage_check` (with `past_y`: each evaluation row's label at train_as_of, the window that ends at
-the evaluation cut-off, as the train stage passes it), `champion.candidate_alarms`, `champion.choose`.
+the evaluation cut-off, and `reference`: positive in any segment with the same cut-offs at eval_as_of vs at
+train_as_of, as the train stage passes them), `champion.candidate_alarms`, `champion.choose`.
 Conditions per run:
 
 * clean: the data as generated. A false alarm = any candidate alarm; a clean rejection is counted apart.
@@ -60,6 +61,8 @@ from jobs.synthetic.files import write_events
 CONDITIONS = ("clean", "future_feature", "label_feature", "row_order")
 FUTURE_DAYS = 30
 PAST_LABEL = "_past_label"
+REFERENCE_FUTURE, REFERENCE_PAST = "_reference_future", "_reference_past"
+EXTRA = (PAST_LABEL, REFERENCE_FUTURE, REFERENCE_PAST)
 
 
 def _planted_column(names: list[str], types: list[str], rfm: list[str]) -> str:
@@ -81,24 +84,46 @@ def _labels_at(labels: TableIn, as_of) -> pa.Table | None:
     return at.drop_columns([c for c in at.column_names if c == "as_of"])
 
 
-def _labelled(features: TableIn, labels: TableIn, as_of, names: list[str], past_as_of, label: str) -> pa.Table:
-    """The snapshot at `as_of` with its labels, and in PAST_LABEL the segment's label at `past_as_of` (the
-    window one horizon earlier, ending at `as_of`) joined by persona: absent = 0, as in the labels table."""
+def _any_positive(table: pa.Table | None, columns: list[str], name: str) -> pa.Table | None:
+    """persona_id and `name`: 1 where the persona is a positive of any of `columns` (None: no such rows)."""
+    present = [c for c in columns if table is not None and c in table.column_names]
+    if not present:
+        return None
+    hits = np.zeros(table.num_rows, dtype=np.int64)
+    for c in present:
+        hits |= table.column(c).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pa.table({"persona_id": table.column("persona_id"), name: pa.array(hits)})
+
+
+def _labelled(
+    features: TableIn, labels: TableIn, as_of, names: list[str], past_as_of, label: str, reference: list[str]
+) -> pa.Table:
+    """The snapshot at `as_of` with its labels, in PAST_LABEL the segment's label at `past_as_of` (the window
+    one horizon earlier, ending at `as_of`) and in REFERENCE_FUTURE / REFERENCE_PAST the reference pair the
+    train stage passes: positive in any of the `reference` label columns (the segments with the same cut-offs)
+    at `as_of` / `past_as_of`; joined by persona: absent = 0, as in the labels table."""
     snapshot = features.arrow(columns=["persona_id", *names], partition={"as_of": as_of})
-    at = _labels_at(labels, as_of)
+    at, past = _labels_at(labels, as_of), _labels_at(labels, past_as_of)
     if at is not None:
         snapshot = snapshot.join(at, keys="persona_id", join_type="left outer")
-    past = _labels_at(labels, past_as_of)
-    if past is not None and label in past.column_names:
-        past = past.select(["persona_id", label]).rename_columns(["persona_id", PAST_LABEL])
-        snapshot = snapshot.join(past, keys="persona_id", join_type="left outer")
-    else:
-        snapshot = snapshot.append_column(PAST_LABEL, pa.nulls(len(snapshot), pa.int64()))
-    return snapshot.set_column(
-        snapshot.column_names.index(PAST_LABEL),
-        PAST_LABEL,
-        pc.fill_null(snapshot.column(PAST_LABEL).cast(pa.int64()), 0),
+    past_own = (
+        past.select(["persona_id", label]).rename_columns(["persona_id", PAST_LABEL])
+        if past is not None and label in past.column_names
+        else None
     )
+    for name, table in (
+        (PAST_LABEL, past_own),
+        (REFERENCE_FUTURE, _any_positive(at, reference, REFERENCE_FUTURE)),
+        (REFERENCE_PAST, _any_positive(past, reference, REFERENCE_PAST)),
+    ):
+        if table is not None:
+            snapshot = snapshot.join(table, keys="persona_id", join_type="left outer")
+        else:
+            snapshot = snapshot.append_column(name, pa.nulls(len(snapshot), pa.int64()))
+        snapshot = snapshot.set_column(
+            snapshot.column_names.index(name), name, pc.fill_null(snapshot.column(name).cast(pa.int64()), 0)
+        )
+    return snapshot
 
 
 def _plant(table: pa.Table, condition: str, column: str, label: str, future: dict, rng) -> pa.Table:
@@ -146,9 +171,15 @@ def _judge(train: pa.Table, evaluation: pa.Table, names, types, rfm, config: Job
         champion.RFM: load_booster(rfm_model).inplace_predict(feature_matrix(evaluation, rfm)),
     }
     features = {champion.XGBOOST: names, champion.RFM: rfm}
-    past_y = evaluation.column(PAST_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+    past_y, reference_future, reference_past = (
+        evaluation.column(c).to_numpy(zero_copy_only=False).astype(np.int64)
+        for c in (PAST_LABEL, REFERENCE_FUTURE, REFERENCE_PAST)
+    )
     leakage = quality.leakage_check(
-        {n: evaluation.column(n).to_numpy(zero_copy_only=False) for n in names}, y_eval, past_y=past_y
+        {n: evaluation.column(n).to_numpy(zero_copy_only=False) for n in names},
+        y_eval,
+        past_y=past_y,
+        reference=(reference_future, reference_past),
     )
     entries = {}
     for name, score in scores.items():
@@ -198,6 +229,12 @@ def one_run(seed: int, persons: int, work: str, conditions: list[str]) -> list[d
     for segment in config.segments:
         cut = plan.for_segment(segment.name)
         label = label_column(segment.name)
+        same_cutoffs = [
+            label_column(s.name)
+            for s in config.segments
+            if (plan.for_segment(s.name).train_as_of, plan.for_segment(s.name).eval_as_of)
+            == (cut.train_as_of, cut.eval_as_of)
+        ]
         past_of = {
             cut.train_as_of: cut.train_as_of - (cut.eval_as_of - cut.train_as_of),
             cut.eval_as_of: cut.train_as_of,
@@ -207,10 +244,10 @@ def one_run(seed: int, persons: int, work: str, conditions: list[str]) -> list[d
             prepared = {}
             for as_of in (cut.train_as_of, cut.eval_as_of):
                 future = _future_purchases(purchases, as_of) if condition == "future_feature" else {}
-                labelled = _labelled(features, labels, as_of, names, past_of[as_of], label)
+                labelled = _labelled(features, labels, as_of, names, past_of[as_of], label, same_cutoffs)
                 table = _plant(labelled, condition, planted, label, future, rng)
                 prepared[as_of] = prepare_batch(
-                    table, segment, [*names, PAST_LABEL], list(plan.categories), config.training.validation_share,
+                    table, segment, [*names, *EXTRA], list(plan.categories), config.training.validation_share,
                     config.training.seed, label,
                 )  # fmt: skip
             judged = _judge(prepared[cut.train_as_of], prepared[cut.eval_as_of], names, types, rfm, config)

@@ -52,7 +52,11 @@ def candidate_alarms(metrics: Mapping[str, Any], leakage: Mapping[str, Any], fea
     if peeking:
         alarms.append(
             "leakage, knows the future better than the past: "
-            + ", ".join(f"{f['feature']} (AUC {f['auc']:.3f} vs {f['past_auc']:.3f}, z {f['z']})" for f in peeking[:5])
+            + ", ".join(
+                f"{f['feature']} ({'reference label ' if f.get('pair') == 'reference' else ''}AUC {f['auc']:.3f} vs "
+                f"{f['past_auc']:.3f}, z {f['z']} against the other features)"
+                for f in peeking[:5]
+            )
         )
     auc = metrics.get("roc_auc")
     if auc is not None and auc > IMPLAUSIBLE_AUC:

@@ -3,9 +3,10 @@ candidate with an alarm, nothing that loses to the RFM baseline, and `rejected` 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from jobs.model import champion
+from jobs.model import champion, quality
 
 
 def entry(pr_auc, *, better=True, null_std=0.005, alarms=(), roc_auc=0.8):
@@ -55,6 +56,27 @@ def test_candidate_alarms_name_leaks_in_its_own_features_and_implausible_figures
     assert champion.candidate_alarms({"roc_auc": 0.8}, leakage, ["orders_365d"]) == []
     (alarm,) = champion.candidate_alarms({"roc_auc": 0.99}, {"flagged": []}, ["a"])
     assert alarm.startswith("implausible out-of-time ROC-AUC 0.990")
+
+
+def test_a_feature_peeking_after_the_cut_off_keeps_a_virgin_segment_candidate_from_export():
+    # a category-virgin-like segment: every past label is 0 (eligibility), so only the reference pair (any
+    # purchase after vs before the cut-off) can judge it; the look-alike uses a peeking feature, RFM does not
+    rng = np.random.default_rng(3)
+    n = 5000
+    propensity = rng.gamma(0.5, 1.0, size=n)
+    past, future = rng.poisson(propensity), rng.poisson(propensity)
+    columns = {f"views_{i}": rng.poisson(propensity * (2.0 + i)).astype(float) for i in range(8)}
+    columns |= {f"noise_{i}": rng.normal(size=n) for i in range(5)}
+    columns["orders_365d"] = (past + rng.poisson(propensity * 3)).astype(float)
+    columns["purchases_next_week"] = rng.binomial(future, 0.7).astype(float)
+    y = (rng.binomial(future, 0.2) > 0).astype(int)
+    reference = ((future > 0).astype(int), (past > 0).astype(int))
+    leakage = quality.leakage_check(columns, y, past_y=np.zeros(n, dtype=int), reference=reference)
+    (alarm,) = champion.candidate_alarms({"roc_auc": 0.8}, leakage, list(columns))
+    assert alarm.startswith("leakage, knows the future better than the past: purchases_next_week (reference label")
+    assert champion.candidate_alarms({"roc_auc": 0.7}, leakage, ["orders_365d"]) == []
+    xgb, rfm = entry(0.5, alarms=[alarm]), entry(0.3)
+    assert champion.choose({"xgboost": xgb, "rfm": rfm}, "rfm", 0.02)[0] == "rfm"
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.02])
