@@ -160,6 +160,8 @@ def measure_ray(events: str, out: str) -> dict:
             "seconds": s["seconds"],
             "driver_peak_mb": s.get("driver_peak_rss_mb", s.get("peak_driver_rss_mb")),
             "driver_sampled_mb": s.get("peak_driver_rss_mb"),
+            "driver_start_mb": s.get("driver_rss_start_mb"),
+            "spilled_mb": s.get("object_store_spilled_mb"),
             "object_store_mb": s.get("peak_object_store_mb"),
         }
         for name, s in summary["stages"].items()
@@ -257,8 +259,10 @@ def scale(results: list[dict]) -> None:
         peaks = [latest[n]["ray"]["stages"].get(name, {}).get("driver_peak_mb") for n in sizes]
         growth = peaks[-1] / peaks[0] if peaks[0] and peaks[-1] else None
         verdict = "-" if growth is None else ("flat" if growth <= 1.2 else "NOT FLAT")
+        starts = [latest[n]["ray"]["stages"].get(name, {}).get("driver_start_mb") for n in sizes]
         shown = " / ".join("-" if p is None else f"{p:.0f}" for p in peaks)
-        print(f"{name:>10}: {shown}  -> {'-' if growth is None else f'{growth:.2f}x'} {verdict}")
+        at_start = " / ".join("-" if p is None else f"{p:.0f}" for p in starts)
+        print(f"{name:>10}: {shown}  -> {'-' if growth is None else f'{growth:.2f}x'} {verdict} (at start {at_start})")
     whole = " / ".join(f"{latest[n]['ray']['peak_rss_mb']:.0f}" for n in sizes)
     print(f"whole command (os.wait4): {whole} MB")
     print("\ntime per event (us), Ray stage / one process, per size:")

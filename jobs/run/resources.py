@@ -6,8 +6,12 @@ Two figures of the driver's memory per stage:
     by writing 5 to /proc/self/clear_refs, read at its end. It sees every page the stage touched, however
     briefly; the largest stage's figure is what an outside tool reports for the whole command (unless a
     child process it waited for peaked higher). Where the system has no such counter (not Linux, or a kernel
-    before 4.0) it is the sampled figure below.
+    before 4.0) it is the sampled figure below. It includes what earlier stages left in the driver's heap:
+    `driver_rss_start_mb` (the RSS at the stage's start) tells the stage's own growth apart.
   * `peak_driver_rss_mb`: RSS sampled every half second (psutil): a lower bound that can miss a short burst.
+And of the cluster's object store: its peak use, and the bytes Ray spilled to disk during the stage (when
+the store is full, Ray writes objects out and reads them back on use: what lets data larger than memory
+through).
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ class PeakSampler:
         self._state = None
         self._high_water_reset = False
         self.peak_rss = 0
+        self.start_rss: int | None = None
         self.high_water_rss: int | None = None
         self.peak_store: int | None = None
+        self._spilled_before: int | None = None
+        self.spilled: int | None = None
 
     @property
     def driver_peak_rss(self) -> int:
@@ -67,13 +74,14 @@ class PeakSampler:
     def __enter__(self) -> PeakSampler:
         self._high_water_reset = reset_peak_rss()
         self._sample(store=True)
+        self.start_rss = self.peak_rss or None
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._sample(store=False)
+        self._sample(store=True)
         if self._high_water_reset:
             self.high_water_rss = peak_rss()
 
@@ -89,11 +97,16 @@ class PeakSampler:
         except Exception:  # noqa: BLE001 - sampling must never fail a stage
             pass
         if store:
-            used = self._object_store_used()
-            if used is not None:
+            stats = self._object_store_stats()
+            if stats is not None:
+                used, spilled = stats
                 self.peak_store = max(self.peak_store or 0, used)
+                if self._spilled_before is None:
+                    self._spilled_before = spilled
+                self.spilled = spilled - self._spilled_before
 
-    def _object_store_used(self) -> int | None:
+    def _object_store_stats(self) -> tuple[int, int] | None:
+        """(bytes in the object store now, bytes spilled since the cluster started)."""
         if self._state is False:
             return None
         try:
@@ -103,7 +116,7 @@ class PeakSampler:
             if self._state is None:
                 self._state = get_state_from_address(ray.get_runtime_context().gcs_address)
             reply = get_memory_info_reply(self._state, timeout_seconds=5.0)
-            return int(reply.store_stats.object_store_bytes_used)
+            return int(reply.store_stats.object_store_bytes_used), int(reply.store_stats.spilled_bytes_total)
         except Exception:  # noqa: BLE001 - an internal API; without it the figure is just left out
             self._state = False
             return None

@@ -42,7 +42,9 @@ def stage_summary(stage: Stage, ctx: StageContext, result: Any, seconds: float, 
         "tables": {name: rows for name, rows in outputs.items() if rows is not None},
         "peak_driver_rss_mb": round(sampler.peak_rss / 2**20, 1),
         "driver_peak_rss_mb": round(sampler.driver_peak_rss / 2**20, 1),
+        "driver_rss_start_mb": None if sampler.start_rss is None else round(sampler.start_rss / 2**20, 1),
         "peak_object_store_mb": None if sampler.peak_store is None else round(sampler.peak_store / 2**20, 1),
+        "object_store_spilled_mb": None if sampler.spilled is None else round(sampler.spilled / 2**20, 1),
         "result": json.loads(json.dumps(result, default=str)),
     }
 

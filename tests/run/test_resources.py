@@ -83,8 +83,24 @@ def test_the_stage_summary_reports_both_driver_figures_and_the_table_shows_the_k
     assert figures["driver_peak_rss_mb"] == round(sampler.driver_peak_rss / MB, 1)
     assert figures["peak_driver_rss_mb"] == round(sampler.peak_rss / MB, 1)
     assert figures["driver_peak_rss_mb"] >= figures["peak_driver_rss_mb"]
+    assert figures["object_store_spilled_mb"] is None  # no Ray: no store figures
+    assert 0 < figures["driver_rss_start_mb"] < figures["driver_peak_rss_mb"] - 0.8 * BURST / MB
     table = format_summary({"stages": {"noop": figures}})
     assert str(figures["driver_peak_rss_mb"]) in table.splitlines()[-1]
     # a summary written before the kernel's figure existed (a skipped stage's marker) still shows a figure
     old = {k: v for k, v in figures.items() if k != "driver_peak_rss_mb"}
     assert str(old["peak_driver_rss_mb"]) in format_summary({"stages": {"noop": old}}).splitlines()[-1]
+
+
+def test_objects_beyond_the_store_are_spilled_and_the_stage_counts_them(ray_cluster):
+    store = int(ray_cluster.available_resources()["object_store_memory"])
+    block = np.ones(store // 3 // 8, dtype=np.float64)
+    with PeakSampler(interval_s=60) as sampler:
+        refs = [ray_cluster.put(block) for _ in range(5)]  # ~1.7x the store, all held: some must go to disk
+        assert all(ray_cluster.get(ref, timeout=60).size == block.size for ref in refs)
+        del refs
+    assert sampler.spilled is not None and sampler.spilled >= block.nbytes
+    assert 0 < sampler.peak_store <= store
+    with PeakSampler(interval_s=60) as quiet:  # the next stage counts only its own spilling
+        pass
+    assert quiet.spilled == 0
