@@ -142,14 +142,16 @@ def run_watched(command: list[str], log: Path, floor: int | None = None, step_fi
     }
 
 
-def part_ray(size: int, work: Path, stages: list[str]) -> dict:
+def part_ray(size: int, work: Path, stages: list[str], partitions: int) -> dict:
     events = str(work / f"events-{size}")
     out = work / f"scale-{size}-ray"
     config = Path(f"{out}.yaml")
     if stages == ["resolve"]:
         shutil.rmtree(out, ignore_errors=True)  # a finished resolve would be skipped, not measured
     config.write_text(
-        json.dumps({"events": events, "root": str(out), "stages": stages, "ray": {"num_partitions": 8}}, indent=2)
+        json.dumps(
+            {"events": events, "root": str(out), "stages": stages, "ray": {"num_partitions": partitions}}, indent=2
+        )
     )
     command = [str(Path(sys.executable).parent / "segments"), "run", "--config", str(config), "--run-id", "scale"]
     figures = run_watched(command, work / f"scale-{size}-ray-{stages[-1]}.log")
@@ -256,6 +258,9 @@ def main() -> None:
     parser.add_argument(
         "--floor-gb", type=float, default=1.5, help="the one process is out of memory below this MemAvailable"
     )
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="ray.num_partitions of the run (the setting scales with data)"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -276,9 +281,10 @@ def main() -> None:
         results["generate_s"] = round(time.perf_counter() - started, 1)
         results["events_files_mb"] = round(sum(p.stat().st_size for p in Path(events).glob("*.parquet")) / MB)
     elif args.part == "ray-resolve":
-        results["ray-resolve"] = part_ray(args.size, work, ["resolve"])
+        results["ray-resolve"] = part_ray(args.size, work, ["resolve"], args.partitions)
+        results["partitions"] = args.partitions
     elif args.part == "ray-features":
-        results["ray-features"] = part_ray(args.size, work, ["resolve", "features"])
+        results["ray-features"] = part_ray(args.size, work, ["resolve", "features"], results["partitions"])
     elif args.part == "single":
         results["single"] = part_single(args.size, work, args.floor_gb)
     results[f"{args.part}_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
