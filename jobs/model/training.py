@@ -114,38 +114,6 @@ class SegmentModel:
         return self.metrics["status"]
 
 
-BROADCAST_LABEL_ROWS = 1_000_000  # labels of at most this many positives join by broadcast, not a shuffle
-
-
-def join_labels(
-    features_ds: ray.data.Dataset,
-    labels_ds: ray.data.Dataset | None,
-    num_partitions: int,
-    label_rows: int | None = None,
-):
-    """The feature snapshot left-joined with the labels at the same cut-off (no labels: everyone is 0).
-
-    The labels partition holds the positives only. When it has at most BROADCAST_LABEL_ROWS rows (`label_rows`,
-    from the labels marker) its blocks go to every feature block's task by reference (a broadcast hash join:
-    no shuffle, whose actors and exchange cost ~10 s on 2 cores whatever the size); else a hash-shuffle join."""
-    if labels_ds is None:
-        return features_ds
-    if label_rows is not None and label_rows <= BROADCAST_LABEL_ROWS:
-        blocks = labels_ds.to_arrow_refs()  # read once; the blocks stay in the object store
-        return features_ds.map_batches(join_broadcast, batch_format="pyarrow", fn_kwargs={"blocks": blocks})
-    return features_ds.join(labels_ds, join_type="left_outer", num_partitions=num_partitions, on=("persona_id",))
-
-
-def join_broadcast(batch: pa.Table, blocks: list) -> pa.Table:
-    """A feature block left-joined with the labels' blocks (object references) on persona_id."""
-    labels = pa.concat_tables(ray.get(blocks), promote_options="permissive")
-    key = batch.schema.field("persona_id").type
-    if labels.schema.field("persona_id").type != key:
-        index = labels.schema.get_field_index("persona_id")
-        labels = labels.set_column(index, "persona_id", labels.column("persona_id").cast(key))
-    return batch.join(labels, keys="persona_id", join_type="left outer")
-
-
 class LabelledSnapshots:
     """Labelled snapshots by cut-off, each built (one join) and materialized once, shared by every segment.
 

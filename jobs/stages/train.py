@@ -35,9 +35,9 @@ from jobs.model.training import (
     SegmentModel,
     TrainScratch,
     decision_line,
-    join_labels,
     train_segments,
 )
+from jobs.raykit.join import join_labels
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
 from jobs.segments.definitions import check_segment, label_column
