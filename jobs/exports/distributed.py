@@ -1,9 +1,12 @@
 """The export's distributed part: partner keys joined with the members, written as staged parts by workers.
 
-identity_map rows become (persona_id, partner_id, key_type, key) rows in a map (`keys.partner_keys`), are
-joined with the member scores by Ray Data (hash join), and every joined block writes one Parquet part per
-(partner, segment) it holds into a staging folder, returning the part's rows and sha256. The driver only
-sees that list of parts (and the partner ids), never a row of the data.
+identity_map rows become (persona_id, partner_id, key_type, key) rows in a map (`keys.partner_keys`),
+materialised once; the member scores are joined with them (`jobs.raykit.join`: every key goes by reference
+to each members block's task while there are at most `BROADCAST_ROWS` keys, counted from the materialised
+blocks' metadata; else Ray Data's hash join), and every joined block writes one Parquet part per (partner,
+segment) it holds into a staging folder, returning the part's rows and sha256. Either way all the keys of a
+persona meet its member row in one block, so a part holds each key once. The driver only sees that list of
+parts (and the partner ids), never a row of the data.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import ray
 from jobs.config import StorageConfig
 from jobs.exports.keys import IDENTITY_COLUMNS, partner_keys
 from jobs.exports.parts import COMPRESSION, PART_ROWS, SCORE_COLUMNS, export_parts, export_schema, members
+from jobs.raykit.join import join_datasets
 from jobs.storage import TableIn, join, write_parquet
 
 
@@ -44,7 +48,7 @@ def stage_parts_distributed(
     member_rows = scores.dataset(columns=columns).map_batches(
         members, fn_kwargs={"reasons": reasons}, batch_format="pyarrow"
     )
-    joined = keys.join(member_rows, join_type="inner", num_partitions=num_partitions, on=("persona_id",))
+    joined = join_datasets(member_rows, keys, ["persona_id"], "inner", num_partitions, keys.count())
     written = joined.map_batches(
         _stage_block,
         fn_kwargs={"staging": staging, "storage": storage, "reasons": reasons},

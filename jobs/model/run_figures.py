@@ -1,8 +1,10 @@
 """The report's run figures on Ray: segment sizes per partner, identifiers per persona, refusals per junk rule,
 and the feature histograms drift compares between runs.
 
-Each figure is per-block partial counts (a few rows per block) summed on the driver; the one join (members x
-the partners that saw each persona) is Ray Data's hash join. No persona-sized table reaches the driver.
+Each figure is per-block partial counts (a few rows per block) summed on the driver; the one join (scores x
+the partners that saw each persona) is `jobs.raykit.join`'s: the (persona, partner) pairs go by reference to
+every scores block's task while they are few enough (counted from their blocks' metadata), else a hash join.
+No persona-sized table reaches the driver.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ray
 import ray.data
 
 from jobs.model.drift import feature_bins, merge_feature_bins
+from jobs.raykit.join import join_datasets
 from jobs.raykit.reduce import tree_reduce
 
 IDENTIFIER_COUNTS = ("n_devices", "n_emails", "n_phones", "n_customers", "n_subscribers")
@@ -65,7 +68,7 @@ def partner_sizes(
 ) -> dict[str, dict[str, dict[str, int]]]:
     """segment -> partner -> {scored, members}: a persona counts at every partner that has seen it."""
     pairs = personas_ds.map_batches(_persona_partners, batch_format="pyarrow")
-    joined = scores_ds.join(pairs, join_type="inner", num_partitions=num_partitions, on=("persona_id",))
+    joined = join_datasets(scores_ds, pairs, ["persona_id"], "inner", num_partitions)
     out: dict[str, dict[str, dict[str, int]]] = {}
     for row in _summed(_partials(joined, _partner_counts), ["segment", "partner"], ["scored", "members"]):
         out.setdefault(row["segment"], {})[row["partner"]] = {"scored": row["scored"], "members": row["members"]}

@@ -22,6 +22,7 @@ import pytest
 from jobs.config import ExportConfig, ExportView, JobConfig, RayConfig, StorageConfig
 from jobs.errors import UserError
 from jobs.exports.partners import list_exports, presigned_urls
+from jobs.raykit import join as raykit_join
 from jobs.run.layout import IDENTITY_MAP, SCORES, ExportLayout, RunLayout
 from jobs.run.pipeline import run_pipeline
 from jobs.run.stage import EXPORTS, PartnerExports, RunIdentity, Stage, ordered
@@ -32,8 +33,9 @@ from jobs.storage import TableIn, TableOut, exists, folders, join, list_files, r
 RUN_DATE = "2026-03-01"
 SEGMENT_VERSIONS = {"seg_a": "aaaaaaaaaaaa", "seg_b": "bbbbbbbbbbbb"}
 TS = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
-# The join's hash partitions for tests of a few hundred rows (the default, 8, is sized for real data and costs
-# a shuffle task per partition); the leak test keeps 3 so rows of one partner do cross partitions.
+# The join's hash partitions for tests of a few hundred rows where a test takes the hash join (the default, 8,
+# is sized for real data and costs a shuffle task per partition); the leak test's hash variant keeps 3 so rows
+# of one partner do cross partitions.
 SMALL_RAY = RayConfig(num_partitions=2)
 
 IDENTITY_SCHEMA = pa.schema(
@@ -160,9 +162,12 @@ def build_run(
     TableOut(IDENTITY_MAP, layout.table(IDENTITY_MAP), storage).write_arrow(
         pa.Table.from_pylist(identity, schema=IDENTITY_SCHEMA)
     )
-    TableOut(SCORES, layout.table(SCORES), storage).write_arrow(
-        pa.Table.from_pylist(scores, schema=SCORES_SCHEMA), extra={"segments": SEGMENT_VERSIONS, "skipped": []}
-    )
+    # scores in three parts, so a partner's and a segment's members are in several blocks
+    table = pa.Table.from_pylist(scores, schema=SCORES_SCHEMA)
+    size = -(-table.num_rows // 3)
+    with TableOut(SCORES, layout.table(SCORES), storage).writing({"segments": SEGMENT_VERSIONS, "skipped": []}) as w:
+        for i in range(3):
+            w.write_arrow(table.slice(i * size, size), name=f"part-{i:05d}")
     return layout
 
 
@@ -251,9 +256,18 @@ def files_without_write_id(root: str, storage: StorageConfig) -> list[str]:
 # ----------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
-def test_exports_hold_only_what_each_partner_supplied(where, tmp_path, ray_cluster, storage, s3_bucket):
-    """Leak test: hand-made shared personas (exact expectations) plus a world of 400 randomly shared ones."""
+@pytest.mark.parametrize(
+    ("where", "join_path"),
+    [("local", "broadcast"), ("local", "hash"), pytest.param("s3", "broadcast", marks=pytest.mark.slow)],
+)
+def test_exports_hold_only_what_each_partner_supplied(
+    where, join_path, tmp_path, ray_cluster, storage, s3_bucket, monkeypatch
+):
+    """Leak test: hand-made shared personas (exact expectations) plus a world of 400 randomly shared ones; the
+    keys joined by broadcast (a few thousand keys) and by the hash join that more keys than
+    `BROADCAST_ROWS` take."""
+    if join_path == "hash":
+        monkeypatch.setattr(raykit_join, "BROADCAST_ROWS", 0)
     root = str(tmp_path / "out") if where == "local" else s3_bucket + "/data"
     world_ids, world_scores = random_world()
     identity, scores = fixed_identity() + world_ids, fixed_scores() + world_scores
@@ -290,6 +304,8 @@ def test_exports_hold_only_what_each_partner_supplied(where, tmp_path, ray_clust
     if where == "local":
         assert not (tmp_path / "out" / "exports" / "_staging").exists(), "no empty staging folder left behind"
 
+    if join_path == "hash":
+        return
     # rerun of the same run: replaces, never duplicates
     before = files_without_write_id(root, storage)
     run_export(layout, config)
