@@ -600,12 +600,21 @@ def _evaluate_all(
         sample_rows,
         columns=names + [LABEL, PERSONA],
     )
-    # Each sampled person's label of the same segment one horizon earlier (at train_as_of): a feature that
-    # peeks after its cut-off predicts the future window better than the past one (`quality.leakage_check`).
-    past_y = {}
-    for as_of in {job.cut.train_as_of for job in active}:
-        ids = {job.name: leak_samples[job.name][PERSONA] for job in active if job.cut.train_as_of == as_of}
-        past_y |= snapshots.positives(as_of, ids)
+    # Each sampled person's label of the same segment one horizon earlier (at train_as_of), and a reference pair
+    # defined for everyone: positive in any segment with the same cut-offs after (eval_as_of) vs before
+    # (train_as_of) the cut-off. A feature that peeks after its cut-off predicts the future better than the past
+    # (`quality.leakage_check`); the reference also judges segments whose past labels are all 0 (category virgins).
+    groups: dict[tuple[dt.date, dt.date], list[_Segment]] = {}
+    for job in active:
+        groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job)
+    past_y, reference = {}, {}
+    for (train_as_of, eval_as_of), jobs in groups.items():
+        ids = np.unique(np.concatenate([leak_samples[j.name][PERSONA].astype(str) for j in jobs]))
+        after, before = (snapshots.positives(a, {j.name: ids for j in jobs}) for a in (eval_as_of, train_as_of))
+        for job in jobs:
+            at = np.searchsorted(ids, leak_samples[job.name][PERSONA].astype(str))
+            past_y[job.name] = before[job.name][at]
+            reference[job.name] = tuple(np.bitwise_or.reduce([w[j.name][at] for j in jobs]) for w in (after, before))
     decided = {}
     for job in active:
         train_stats, eval_stats = (
@@ -616,7 +625,12 @@ def _evaluate_all(
         y_eval = scored[job.name][LABEL].astype(np.int64)
         sizes["eval_metric_rows"] = int(len(y_eval))
         leak_rows = leak_samples[job.name]
-        leakage = quality.leakage_check({n: leak_rows[n] for n in names}, leak_rows[LABEL], past_y=past_y[job.name])
+        leakage = quality.leakage_check(
+            {n: leak_rows[n] for n in names},
+            leak_rows[LABEL],
+            past_y=past_y[job.name],
+            reference=reference[job.name],
+        )
         figures, entries = {}, {}
         own_features = candidate_features[job.name]
         for name in candidates[job.name]:
