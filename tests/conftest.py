@@ -125,9 +125,12 @@ def redis_url():
     server.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve_url(ray_cluster):
-    """Ray Serve on the session's Ray, its HTTP proxy on a free port of 127.0.0.1; yields the base URL."""
+    """Ray Serve on the session's Ray, its HTTP proxy on a free port of 127.0.0.1; yields the base URL.
+
+    For the module that serves (its controller, proxy and HAProxy poll while idle: they stop with it rather
+    than share the two cores with the rest of the suite)."""
     from ray import serve
 
     port = _free_port()

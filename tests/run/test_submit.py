@@ -120,7 +120,7 @@ def ray_head(free_port):
             if proc.poll() is not None or time.time() > deadline:
                 log.seek(0)
                 pytest.fail(f"ray start --head did not come up:\n{log.read()[-3000:]}")
-            time.sleep(1)
+            time.sleep(0.25)
         yield url
     finally:
         _stop_tree(proc, temp_dir)
@@ -217,7 +217,7 @@ def test_submitted_run_succeeds_and_writes_its_outputs(ray_head, tmp_path):
     deadline = time.time() + 300
     while (status := job_status(ray_head, job_id)["status"]) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
         assert time.time() < deadline, "job did not finish in time"
-        time.sleep(2)
+        time.sleep(0.5)
     logs = job_logs(ray_head, job_id)
     assert status == "SUCCEEDED", logs[-3000:]
     run = tmp_path / "root" / "runs" / "2026-02-01"
