@@ -1,6 +1,8 @@
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 
-from jobs.raykit.shuffle import hash_partition, map_exchange, map_partitions, split_by_hash
+from jobs.raykit.shuffle import _HASH_KEY, hash_columns, hash_partition, map_exchange, map_partitions, split_by_hash
 
 
 def test_split_keeps_every_row_and_each_key_in_one_part():
@@ -11,6 +13,28 @@ def test_split_keeps_every_row_and_each_key_in_one_part():
     for index, part in enumerate(parts):
         for key in set(part.column("k").to_pylist()):
             assert seen.setdefault(key, index) == index
+
+
+def test_hash_columns_is_pandas_hash_per_value_whatever_the_cardinality():
+    """String columns of few distinct values hash only their dictionary: the hash of every row must be the
+    one pandas gives that row's value (the partitions, and dedupe's tie order, depend on it)."""
+    rng = np.random.default_rng(3)
+    n = 50_000
+    few = [None if i % 13 == 0 else f"p{i % 7}" for i in rng.integers(0, 10_000, n)]
+    many = [None if i % 101 == 0 else f"e{i}" for i in range(n)]
+    head_unique = [f"u{i}" for i in range(20_000)] + [f"r{i % 5}" for i in range(n - 20_000)]
+    table = pa.table({"few": few, "many": many, "head_unique": head_unique, "n": rng.integers(0, 9, n)})
+    table = pa.concat_tables([table.slice(0, 777), table.slice(777)])  # several chunks
+    for keys in (["few"], ["many"], ["head_unique"], ["few", "many", "n"]):
+        want = None
+        for key in keys:
+            values = np.array(table.column(key).to_pylist(), dtype=object)
+            if key == "n":
+                hashed = pd.util.hash_array(values.astype(np.int64), hash_key=_HASH_KEY)
+            else:
+                hashed = pd.util.hash_array(values, hash_key=_HASH_KEY, categorize=False)
+            want = hashed if want is None else pd.util.hash_array(want * np.uint64(31) + hashed, hash_key=_HASH_KEY)
+        np.testing.assert_array_equal(hash_columns(table, keys), want)
 
 
 def test_hash_partition_over_ray_groups_keys_across_blocks(ray_cluster):

@@ -155,13 +155,12 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
     Needs every row of a partner + device (without session_id) in this table (the `_skey` partitioning).
     """
     n = slim.num_rows
-    key = np.full(n, None, dtype=object)
     sid = slim.column("session_id").combine_chunks()
     has_sid = pc.is_valid(sid).to_numpy(zero_copy_only=False)
-    key[has_sid] = sid.filter(pc.is_valid(sid)).to_numpy(zero_copy_only=False)
     dev = slim.column("device_id").combine_chunks()
     cut = ~has_sid & pc.is_valid(dev).to_numpy(zero_copy_only=False)
     idx = np.flatnonzero(cut)
+    cut_keys = pa.array([], pa.string())
     if len(idx):
         sub = slim.take(pa.array(idx))
         group = pc.binary_join_element_wise(sub.column("partner_id"), sub.column("device_id"), "\x1f")
@@ -172,38 +171,51 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
         gap = np.int64(gap_minutes) * 60_000_000
         new = np.ones(len(order), dtype=bool)
         new[1:] = (g[1:] != g[:-1]) | ((t[1:] - t[:-1]) > gap)
-        start = t[np.flatnonzero(new)][np.cumsum(new) - 1]
-        devs = sub.column("device_id").combine_chunks().take(pa.array(order))
-        keys = pc.binary_join_element_wise(devs, pa.array(start.astype(str)), "@").to_numpy(zero_copy_only=False)
-        key[idx[order]] = keys
-    return slim.append_column("session_key", pa.array(key, pa.string()))
+        start = np.empty(len(order), np.int64)
+        start[order] = t[np.flatnonzero(new)][np.cumsum(new) - 1]  # back in the rows' order
+        cut_keys = pc.binary_join_element_wise(
+            sub.column("device_id").combine_chunks(), pa.array(start).cast(pa.string()), "@"
+        )
+    position = np.full(n, -1, np.int64)
+    position[idx] = np.arange(len(idx))
+    device_keys = cut_keys.take(pa.array(position, mask=position < 0))
+    key = pc.if_else(pa.array(has_sid), sid, device_keys)
+    return slim.append_column("session_key", key)
 
 
 _HASH_KEY = "segments-ids-v01"
 
 
-def hash_strings(*columns: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit id per row of the given string columns (null is its own value). Per column only the
-    distinct values are hashed (dictionary encoding); columns are combined numerically."""
+def hash_strings(*columns: pa.Array | pa.ChunkedArray | str) -> np.ndarray:
+    """A 64-bit id per row of the given string columns (null is its own value); a `str` stands for a column
+    holding that value on every row. Per column only the distinct values are hashed (dictionary encoding);
+    columns are combined numerically."""
+    rows = {len(c) for c in columns if not isinstance(c, str)}
+    n = rows.pop() if rows else 0
     combined = None
     for c in columns:
-        c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-        enc = pc.dictionary_encode(pc.cast(c, pa.string()))
-        uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
-        hashed_uniq = (
-            pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False) if len(uniq) else np.zeros(0, np.uint64)
-        )
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        valid = pc.is_valid(enc.indices).to_numpy(zero_copy_only=False)
-        hashed = np.full(len(c), np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
-        if len(uniq):
-            hashed[valid] = hashed_uniq[codes[valid].astype(np.int64)]
+        hashed = _value_hashes(pa.array([c], pa.string()))[0] if isinstance(c, str) else _value_hashes(c)
         combined = (
-            hashed
+            np.broadcast_to(hashed, n).copy()
             if combined is None
             else pd.util.hash_array(combined * np.uint64(1_000_003) ^ hashed, hash_key=_HASH_KEY)
         )
     return combined if combined is not None else np.zeros(0, np.uint64)
+
+
+_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _value_hashes(c: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The hash of every value of one string column (null: `_NULL_HASH`)."""
+    c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+    if c.null_count == len(c):
+        return np.full(len(c), _NULL_HASH, dtype=np.uint64)
+    enc = pc.dictionary_encode(pc.cast(c, pa.string()))
+    uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    hashed_uniq = pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False)
+    codes = pc.fill_null(enc.indices, len(uniq)).to_numpy(zero_copy_only=False)
+    return np.append(hashed_uniq, _NULL_HASH)[codes]
 
 
 def with_ids(sess: pa.Table) -> pa.Table:
@@ -215,11 +227,11 @@ def with_ids(sess: pa.Table) -> pa.Table:
     for t in IDENTIFIER_TYPES:
         col = sess.column(_SOURCE_COLUMN[t]).combine_chunks()
         scope = partner if t in SCOPED else pa.nulls(n, pa.string())
-        ids = node_ids(pa.array([t] * n, pa.string()) if n else pa.array([], pa.string()), scope, col)
+        ids = node_ids(t, scope, col)
         out = out.append_column(f"_n_{t}", pa.array(ids, pa.uint64()))
     skey = sess.column("session_key").combine_chunks()
-    session_anchor = hash_strings(pa.array(["s"] * n, pa.string()), partner, skey)
-    event_anchor = hash_strings(pa.array(["e"] * n, pa.string()), partner, sess.column("event_id"))
+    session_anchor = hash_strings("s", partner, skey)
+    event_anchor = hash_strings("e", partner, sess.column("event_id"))
     out = out.append_column("_a_session", pa.array(session_anchor, pa.uint64()))
     out = out.append_column("_a_event", pa.array(event_anchor, pa.uint64()))
     return out
@@ -234,7 +246,7 @@ def anchor_ids(sess: pa.Table, per_event: np.ndarray | None = None) -> np.ndarra
     return np.where(use_event, sess.column("_a_event").to_numpy(), sess.column("_a_session").to_numpy())
 
 
-def node_ids(identifier_type: pa.Array, scope: pa.Array, identifier: pa.Array) -> np.ndarray:
+def node_ids(identifier_type: pa.Array | str, scope: pa.Array, identifier: pa.Array) -> np.ndarray:
     return hash_strings(identifier_type, scope, identifier)
 
 

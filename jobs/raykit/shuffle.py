@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 # A fixed key keeps partition assignment (and so every output) deterministic across runs and machines.
@@ -30,13 +31,30 @@ def hash_columns(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
             values = column.to_numpy(zero_copy_only=False)
             hashed = pd.util.hash_array(np.asarray(values), hash_key=_HASH_KEY)
         else:
-            values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-            hashed = pd.util.hash_array(values.astype(object), hash_key=_HASH_KEY, categorize=False)
+            hashed = _hash_strings(column.cast(pa.string()))
         combined = (
             hashed if combined is None else pd.util.hash_array(combined * np.uint64(31) + hashed, hash_key=_HASH_KEY)
         )
     assert combined is not None, "hash_columns needs at least one key"
     return combined
+
+
+def _hash_strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """pandas' hash of every value of a string column (null hashes as None does). A column of few distinct
+    values (partner ids, sessions) hashes only its dictionary: the same hash per value, without a Python
+    string per row; a sample of its head decides which way is cheaper, never the result."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    sample = column.slice(0, _SAMPLE_ROWS)
+    if len(column) < 2 * _SAMPLE_ROWS or pc.count_distinct(sample, mode="all").as_py() > len(sample) // 2:
+        values = column.to_numpy(zero_copy_only=False).astype(object)
+        return pd.util.hash_array(values, hash_key=_HASH_KEY, categorize=False)
+    encoded = pc.dictionary_encode(column)
+    distinct = np.append(encoded.dictionary.to_numpy(zero_copy_only=False).astype(object), None)
+    hashed = pd.util.hash_array(distinct, hash_key=_HASH_KEY, categorize=False)
+    return hashed[pc.fill_null(encoded.indices, len(distinct) - 1).to_numpy(zero_copy_only=False)]
+
+
+_SAMPLE_ROWS = 10_000
 
 
 def split_by_hash(table: pa.Table, keys: Sequence[str], num_partitions: int) -> list[pa.Table]:

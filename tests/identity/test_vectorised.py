@@ -38,3 +38,53 @@ def test_partners_union_equals_sorted_python_sets() -> None:
     for g, values in zip(group, lists):
         want[g] = sorted(set(want[g] or []) | set(values))
     assert got == want
+
+
+def test_sessionise_equals_a_loop_over_rows() -> None:
+    """session_key: the partner's session_id, else device + '@' + the first ts of its cut session (a new one
+    after more than the gap, per partner and device), else null; checked against a plain loop."""
+    import datetime as dt
+
+    from jobs.identity.graph import SLIM_SCHEMA, sessionise
+
+    rng = np.random.default_rng(5)
+    n = 400
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    rows = {name: [None] * n for name in SLIM_SCHEMA.names}
+    rows["partner_id"] = [f"p{i}" for i in rng.integers(0, 2, n)]
+    rows["event_id"] = [f"e{i}" for i in range(n)]
+    rows["ts"] = [base + dt.timedelta(minutes=int(m)) for m in rng.integers(0, 600, n)]
+    kind = rng.integers(0, 3, n)  # 0: session id, 1: device only, 2: neither
+    rows["session_id"] = [f"s{i % 7}" if k == 0 else None for i, k in enumerate(kind)]
+    rows["device_id"] = [f"d{i % 5}" if k in (0, 1) else None for i, k in enumerate(kind)]
+    slim = pa.table(rows, schema=SLIM_SCHEMA)
+    got = sessionise(slim, 30).column("session_key").to_pylist()
+
+    want: list = [None] * n
+    by_device: dict = {}
+    for i in range(n):
+        if rows["session_id"][i] is not None:
+            want[i] = rows["session_id"][i]
+        elif rows["device_id"][i] is not None:
+            by_device.setdefault((rows["partner_id"][i], rows["device_id"][i]), []).append(i)
+    for (_, device), members in by_device.items():
+        start = last = None
+        for i in sorted(members, key=lambda i: rows["ts"][i]):
+            t = rows["ts"][i]
+            if last is None or t - last > dt.timedelta(minutes=30):
+                start = t
+            last = t
+            want[i] = (
+                f"{device}@{(start - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)}"
+            )
+    assert got == want
+
+
+def test_hash_strings_constant_equals_its_column() -> None:
+    from jobs.identity.graph import hash_strings
+
+    values = pa.array(["a", None, "b", "a", ""] * 20)
+    scope = pa.nulls(len(values), pa.string())
+    constant = pa.array(["email"] * len(values))
+    np.testing.assert_array_equal(hash_strings("email", scope, values), hash_strings(constant, scope, values))
+    np.testing.assert_array_equal(hash_strings("e", values), hash_strings(pa.array(["e"] * len(values)), values))
