@@ -4,7 +4,8 @@ outputs, the baseline Ray must be measured against (`scripts/bench_resolve.py`, 
 pyarrow reads every input file (`read_events_local`: the stage's own normaliser, so the same rows are
 quarantined for the same reasons), the row rules and identity rules run as the vectorised partition steps
 of `jobs.identity.steps` on whole tables (`LocalExecutor`: one partition, scipy's connected components in one
-pass; identifiers dictionary-encoded and hashed once, emails and phones validated once per distinct string),
+pass; identifiers dictionary-encoded and hashed once, plain emails normalised by Arrow kernels, other emails
+and phones once per distinct string),
 and pyarrow writes the five tables the resolve stage publishes, with the stage's schemas.
 """
 
