@@ -143,22 +143,18 @@ SMALL_SAMPLE = dict(persons=300, partners=3, days=75, seed=11)
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory, ray_cluster):
-    """One small generated sample and ONE uninterrupted run of every stage on it, on the session's Ray,
-    shared by the tests that read a real run (resume, the real-upstream stage checks, export keys). Read
-    it, never write into it: a test that runs stages itself gets `job(its_own_root, ...)`, the same
-    settings pointed elsewhere.
+def small_sample(tmp_path_factory):
+    """One small generated sample, and the job of every test that runs stages on it.
 
-    Returns {"events", "root", "run_id", "config", "summary", "job"}: `job(root, **extra)` is the job
-    mapping of this run (events, run id/date, segments, quick training) for another root."""
+    Returns {"events", "job"}: `job(root, **extra)` is the job mapping (events, run id/date, segments, quick
+    training) for a root. Tests that need the events or the job only take this, not `small_run`, so they do
+    not pay for a whole pipeline when run alone or under `-m "not slow"`."""
     from stages.segment_tables import QUICK_TRAINING  # tests/ is on sys.path: this conftest's folder
 
-    from jobs.config import JobConfig, StorageConfig, load_config
-    from jobs.run.pipeline import run_pipeline
-    from jobs.stages import pipeline
+    from jobs.config import JobConfig, StorageConfig
     from jobs.synthetic import write_events
 
-    base = tmp_path_factory.mktemp("small-run")
+    base = tmp_path_factory.mktemp("small-sample")
     events = base / "events"
     write_events(str(events), StorageConfig(), **SMALL_SAMPLE)
 
@@ -179,8 +175,22 @@ def small_run(tmp_path_factory, ray_cluster):
             **extra,
         }
 
-    root = base / "reference"
-    config = load_config(None, job(root))
+    return {"events": events, "job": job}
+
+
+@pytest.fixture(scope="session")
+def small_run(small_sample, tmp_path_factory, ray_cluster):
+    """ONE uninterrupted run of every stage on the small sample, on the session's Ray, shared by the tests
+    that read a real run (resume, the real-upstream stage checks, export keys). Read it, never write into
+    it: a test that runs stages itself gets `job(its_own_root, ...)`, the same settings pointed elsewhere.
+
+    Returns {"events", "root", "run_id", "config", "summary", "job"} (`events` and `job`: small_sample's)."""
+    from jobs.config import load_config
+    from jobs.run.pipeline import run_pipeline
+    from jobs.stages import pipeline
+
+    root = tmp_path_factory.mktemp("small-run") / "reference"
+    config = load_config(None, small_sample["job"](root))
     summary = run_pipeline(config, pipeline())
     assert summary["status"] == "succeeded", summary
-    return {"events": events, "root": root, "run_id": "r", "config": config, "summary": summary, "job": job}
+    return {**small_sample, "root": root, "run_id": "r", "config": config, "summary": summary}

@@ -185,14 +185,14 @@ def test_stage_survives_a_killed_ray_worker(reference, ray_cluster, tmp_path):
         )
 
 
-def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
+def test_cli_run_date_flag_names_a_backfill_run(small_sample, ray_cluster, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
     from jobs.cli import app
 
     config_file = tmp_path / "job.yaml"
-    job = reference["job"](tmp_path / "backfill")
+    job = small_sample["job"](tmp_path / "backfill")
     job.pop("run_id")
     config_file.write_text(yaml.safe_dump({**job, "stages": ["resolve"]}))
     result = CliRunner().invoke(app, ["run", "--config", str(config_file), "--run-date", "2026-03-18"])
@@ -205,13 +205,13 @@ def test_cli_run_date_flag_names_a_backfill_run(reference, tmp_path):
     assert bad.exit_code == 2 and "--run-date" in bad.output
 
 
-def test_cli_stage_commands_share_the_runner_and_bad_input_is_one_paragraph(reference, tmp_path):
+def test_cli_stage_commands_share_the_runner_and_bad_input_is_one_paragraph(small_sample, ray_cluster, tmp_path):
     from typer.testing import CliRunner
 
     from jobs.cli import app
 
     run = tmp_path / "runs" / "one"
-    resolved = CliRunner().invoke(app, ["resolve", "--events", str(reference["events"]), "--out", str(run)])
+    resolved = CliRunner().invoke(app, ["resolve", "--events", str(small_sample["events"]), "--out", str(run)])
     assert resolved.exit_code == 0, resolved.output
     assert json.loads(resolved.stdout)["stages"]["resolve"]["status"] == "ran"
     assert (run / "_stages" / "resolve.json").exists(), "a stage command leaves the same marker as `segments run`"
@@ -273,6 +273,7 @@ def _recipe_phone_key(raw: str, country: str | None) -> str | None:
     return hashlib.sha256(e164.encode()).hexdigest()
 
 
+@pytest.mark.slow  # reads the exports of the session's whole small run
 def test_every_export_key_is_rederived_from_the_manifest_recipe(reference):
     """A partner following the manifest's key recipe reproduces 100% of the contact keys of its export."""
     events = pa.concat_tables(
