@@ -25,6 +25,8 @@ _QUARANTINE_NAMES = {TS_RAW: "ts_raw", REASON: "reason", SOURCE: "source_file", 
 def split_invalid(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(valid rows, rows with a reason)."""
     bad = pc.is_valid(table.column(REASON))
+    if not pc.any(bad).as_py():  # the usual batch: no copy of its columns
+        return table, table.slice(0, 0)
     return table.filter(pc.invert(bad)), table.filter(bad)
 
 

@@ -154,9 +154,20 @@ def size_cap_audit(hubs: pa.Table, cap: int) -> pa.Table:
 
 
 def event_personas(event_map: pa.Table, anchor_persona: pa.Table) -> pa.Table:
-    """Co-partitioned by anchor: (partner_id, event_id, persona_id, session_key)."""
-    joined = event_map.join(anchor_persona, "anchor", join_type="left outer", use_threads=False)
-    return joined.select(EVENT_PERSONA_SCHEMA.names).cast(EVENT_PERSONA_SCHEMA)
+    """Co-partitioned by anchor: (partner_id, event_id, persona_id, session_key), in the event map's order
+    (each anchor has one persona: a sorted lookup, not a hash join)."""
+    keys = anchor_persona.column("anchor").to_numpy()
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    if (sorted_keys[1:] == sorted_keys[:-1]).any():
+        raise ValueError("an anchor with two personas")
+    anchors = event_map.column("anchor").to_numpy()
+    pos = np.minimum(np.searchsorted(sorted_keys, anchors), max(len(keys) - 1, 0))
+    hit = sorted_keys[pos] == anchors if len(keys) else np.zeros(len(anchors), bool)
+    persona = anchor_persona.column("persona_id").combine_chunks()
+    persona = persona.take(pa.array(order[pos], mask=~hit)) if len(keys) else pa.nulls(len(anchors), pa.string())
+    columns = [event_map.column("partner_id"), event_map.column("event_id"), persona, event_map.column("session_key")]
+    return pa.table(columns, names=EVENT_PERSONA_SCHEMA.names).cast(EVENT_PERSONA_SCHEMA)
 
 
 def attach(kept: pa.Table, event_persona: pa.Table) -> pa.Table:
@@ -165,6 +176,12 @@ def attach(kept: pa.Table, event_persona: pa.Table) -> pa.Table:
     if base.num_rows == 0:
         return base.append_column("persona_id", pa.array([], pa.string())).append_column(
             "session_key", pa.array([], pa.string())
+        )
+    if event_persona.num_rows == base.num_rows and all(
+        base.column(k).equals(event_persona.column(k)) for k in ("partner_id", "event_id")
+    ):  # row for row already (one process: both come from the same rows in the same order)
+        return base.append_column("persona_id", event_persona.column("persona_id")).append_column(
+            "session_key", event_persona.column("session_key")
         )
     joined = base.join(event_persona, ["partner_id", "event_id"], join_type="left outer", use_threads=False)
     return joined.select(base.column_names + ["persona_id", "session_key"])
