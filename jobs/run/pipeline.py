@@ -31,7 +31,7 @@ from jobs.run.layout import RunLayout
 from jobs.run.lease import run_lease
 from jobs.run.logs import run_log
 from jobs.run.plan import RunPlan
-from jobs.run.resources import PeakSampler
+from jobs.run.resources import PeakSampler, release_unused_memory
 from jobs.run.stage import EXPORTS, PLAN, RunIdentity, Stage, StageContext, upstream_of
 from jobs.run.summary import fmt, format_summary, stage_summary
 from jobs.storage import check_bucket, check_writable, delete, read_json_or_none, write_json
@@ -150,6 +150,7 @@ def _run(
             try:
                 with PeakSampler() as sampler:
                     result = stage.function(**ctx.arguments(stage))
+                release_unused_memory()  # the next stage's driver figure starts from what this one still holds
             except BaseException as exc:
                 seconds = time.monotonic() - stage_started
                 log.error("%s: failed after %.1fs", tag, seconds)

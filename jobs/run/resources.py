@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 import psutil
+import pyarrow as pa
 
 CLEAR_REFS = "/proc/self/clear_refs"
 PROC_STATUS = "/proc/self/status"
@@ -45,6 +46,14 @@ def peak_rss() -> int | None:
     except OSError:
         return None
     return None if found is None else int(found.group(1)) * 1024
+
+
+def release_unused_memory() -> None:
+    """Hand back to the system the memory Arrow's allocator (mimalloc or jemalloc) keeps after the tables
+    it held are freed. Without this, a stage that collected samples on the driver leaves its peak resident
+    for every stage after it (the train stage's evaluation samples, ~0.8 GB at 5M events, stayed through
+    score, report and export)."""
+    pa.default_memory_pool().release_unused()
 
 
 class PeakSampler:
