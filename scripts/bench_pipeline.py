@@ -151,7 +151,7 @@ def _model_cards(run_dir: str) -> list[dict]:
 
 def measure_ray(events: str, out: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # a finished run would be skipped, not measured
-    seconds, peak, _ = run_measured(
+    seconds, peak, *_ = run_measured(
         [str(Path(sys.executable).parent / "segments"), "run", "--config", out + ".yaml", "--run-id", "bench"]
     )
     summary = json.loads(Path(out, "runs", "bench", "summary.json").read_text())
@@ -170,7 +170,7 @@ def measure_ray(events: str, out: str) -> dict:
 
 
 def measure_child(stage: str, events: str, out: str, arg: str) -> dict:
-    seconds, peak, stdout = run_measured([sys.executable, __file__, "--child", stage, events, out, arg])
+    seconds, peak, stdout, *_ = run_measured([sys.executable, __file__, "--child", stage, events, out, arg])
     figures = json.loads(stdout.strip().splitlines()[-1])
     return {
         "seconds": round(seconds, 2),
