@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -245,6 +246,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as jobs.model.fit sets it
     os.environ.setdefault("SEGMENTS_PROGRESS", "0")
+    logging.getLogger("jobs").setLevel(logging.INFO)  # the stage's step times go to the run's log, as in the CLI
     from jobs.config import JobConfig
 
     nthread = os.cpu_count() or 1

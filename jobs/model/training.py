@@ -218,9 +218,20 @@ class _Prepared:
     def collect(self, wanted: dict[tuple[dt.date, str], dict], fn: Callable, **kwargs) -> dict[str, dict]:
         """{segment: numpy columns} of `fn(rows, **kwargs, **wanted[(cut-off, segment)])` on each wanted
         segment's rows at its cut-off: one pass per prepared cut-off, whatever the number of segments."""
+        return self.gather(self.launch(wanted, fn, **kwargs))
+
+    def launch(self, wanted: dict[tuple[dt.date, str], dict], fn: Callable, **kwargs) -> list:
+        """`collect`'s tasks, started and not waited for (`gather` waits): they run while the driver does
+        something else, e.g. waits for a Ray Train run."""
+        return [
+            (list(own), _launch(self._cuts[cut], per_segment, each=fn, by_segment=own, **kwargs))
+            for cut, own in self._groups(wanted).items()
+        ]
+
+    def gather(self, launched: list) -> dict[str, dict]:
         out = {}
-        for cut, own in self._groups(wanted).items():
-            columns = _collect(self._cuts[cut], per_segment, each=fn, by_segment=own, **kwargs)
+        for own, refs in launched:
+            columns = _gather(refs)
             names = columns.pop(SEGMENT, np.empty(0, object))
             for name in own:
                 rows = names == name
@@ -239,7 +250,23 @@ _STAT_KEYS = ("rows", "positives", "valid_rows", "valid_positives")
 
 def _collect(ds: ray.data.Dataset, fn: Callable, **kwargs) -> dict[str, np.ndarray]:
     """Small per-row results (predictions, samples) on the driver, as numpy columns."""
-    refs = ds.map_batches(fn, batch_format="pyarrow", fn_kwargs=kwargs).to_arrow_refs()
+    return _gather(_launch(ds, fn, **kwargs))
+
+
+@ray.remote
+def _per_block(block: pa.Table, fn: Callable, kwargs: dict) -> pa.Table:
+    return fn(block, **kwargs)
+
+
+def _launch(ds: ray.data.Dataset, fn: Callable, **kwargs) -> list[ray.ObjectRef]:
+    """`fn(block, **kwargs)` on every block of `ds`, one Ray task per block (arguments put once). The prepared
+    cut-offs are materialized: a Ray Data pass over them would pay a streaming executor's start-up (~0.2-1 s on 2
+    cores) for each of a run's ~10 small collections, and could not run while the driver waits for Ray Train."""
+    arguments = ray.put(kwargs)
+    return [_per_block.remote(block, fn, arguments) for block in ds.to_arrow_refs()]
+
+
+def _gather(refs: list[ray.ObjectRef]) -> dict[str, np.ndarray]:
     tables = [t for t in ray.get(refs) if t.num_rows] or ray.get(refs[:1])
     table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
@@ -353,16 +380,25 @@ def _fit_round(
     return fitted, {"name": name, "fits": len(fits), "seconds": round(seconds, 3)}
 
 
-def _fit_baselines(
+def _baseline_samples(
     prepared: _Prepared, wanted: list[tuple[dt.date, str]], columns: list[str], t: TrainingConfig
-) -> dict[str, tuple[bytes, dict[str, Any]]]:
-    """{segment: the RFM booster fitted in this process on a hash sample of its prepared rows, its figures}."""
-    started = time.perf_counter()
-    samples = prepared.collect(
+) -> list:
+    """The tasks sampling the RFM boosters' rows (`_fit_baselines`), started: they need no look-alike, so they
+    run while the Ray Train run does."""
+    return prepared.launch(
         {key: {"share": min(1.0, t.max_metric_rows / max(1, prepared.stats(*key)["rows"]))} for key in wanted},
         sample_rows,
         columns=columns + [LABEL, VALID],
     )
+
+
+def _fit_baselines(
+    prepared: _Prepared, wanted: list[tuple[dt.date, str]], columns: list[str], t: TrainingConfig, launched=None
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """{segment: the RFM booster fitted in this process on a hash sample of its prepared rows, its figures};
+    `launched`: its samples' tasks when `_baseline_samples` started them earlier."""
+    started = time.perf_counter()
+    samples = prepared.gather(launched if launched is not None else _baseline_samples(prepared, wanted, columns, t))
     sampled = time.perf_counter() - started
     out = {}
     for _, name in wanted:
@@ -446,9 +482,11 @@ def train_segments(
     4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
+    lap = _Laps()
     todo = [_start(segment, cut, previous, features, features_config, t, inputs) for segment, cut, previous in segments]
     prepared = _Prepared(snapshots, features, t)
     prepared.prepare([(job.cut.train_as_of, job.segment) for job in todo if job.result is None])
+    lap("prepare train cut-offs")
     active = []
     for job in todo:
         if job.result is not None:
@@ -462,13 +500,16 @@ def train_segments(
     prepared.prepare([(as_of, job.segment) for job in active for as_of in (job.cut.eval_as_of, job.cut.refit_as_of)])
     for job in active:
         job.no_refit = _no_refit(prepared.stats(job.cut.refit_as_of, job.name), job.cut.refit_as_of, t)
+    lap("prepare eval/refit cut-offs")
 
     first = {(job.cut.train_as_of, job.name): f"{job.name}/evaluation" for job in active}
     first |= {(job.cut.refit_as_of, job.name): f"{job.name}/production" for job in _speculative(active, prepared, t)}
-    fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
-
     names = list(features.names)
     rfm_columns = list(t.rfm_features or default_rfm_features(names))
+    evaluated = [(job.cut.train_as_of, job.name) for job in active]
+    rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
+    fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
+    lap("first Ray Train run")
     lookalikes = _calibrate_all(
         prepared,
         {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active},
@@ -476,8 +517,11 @@ def train_segments(
         features,
         t,
     )
-    baselines = _fit_baselines(prepared, [(job.cut.train_as_of, job.name) for job in active], rfm_columns, t)
+    lap("calibration")
+    baselines = _fit_baselines(prepared, evaluated, rfm_columns, t, rfm_samples)
+    lap("rfm baselines")
     decided = _evaluate_all(active, snapshots, prepared, lookalikes, baselines, rfm_columns, features, t)
+    lap("evaluation")
 
     chosen = {job.name: decided[job.name]["chosen"] for job in active}
     refits = [job for job in active if job.no_refit is None and chosen[job.name] in (champion.XGBOOST, champion.RFM)]
@@ -488,6 +532,7 @@ def train_segments(
     }
     refitted, second_run = _fit_round(prepared, second, features, t, scratch, "production")
     fitted |= refitted
+    lap("second Ray Train run")
     production = _calibrate_all(
         prepared,
         {
@@ -501,9 +546,23 @@ def train_segments(
     )
     rfm_refits = [(job.cut.refit_as_of, job.name) for job in refits if chosen[job.name] == champion.RFM]
     production |= _fit_baselines(prepared, rfm_refits, rfm_columns, t) if rfm_refits else {}
+    lap("production calibration")
     for job in active:
         job.result = _finish(job, decided[job.name], production.get(job.name), prepared, features, t)
+    lap("cards")
     return {job.name: job.result for job in todo}
+
+
+class _Laps:
+    """The seconds of each step of `train_segments`, in the run log."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        log.info("train: %s took %.2fs", step, now - self._last)
+        self._last = now
 
 
 def _speculative(active: list[_Segment], prepared: _Prepared, t: TrainingConfig) -> list[_Segment]:
