@@ -554,14 +554,14 @@ def train_segments(
 
 
 class _Laps:
-    """The seconds of each step of `train_segments`, in the run log."""
+    """The seconds of each step of `train_segments`, in the run log (not on the console)."""
 
     def __init__(self) -> None:
         self._last = time.perf_counter()
 
     def __call__(self, step: str) -> None:
         now = time.perf_counter()
-        log.info("train: %s took %.2fs", step, now - self._last)
+        log.info("train: %s took %.2fs", step, now - self._last, extra={"console": False})
         self._last = now
 
 
