@@ -231,18 +231,31 @@ class _Prepared:
     def gather(self, launched: list) -> dict[str, dict]:
         out = {}
         for own, refs in launched:
-            columns = _gather(refs)
-            names = columns.pop(SEGMENT, np.empty(0, object))
-            for name in own:
-                rows = names == name
-                out[name] = {column: values[rows] for column, values in columns.items()}
+            out.update(_by_segment(own, _gather(refs)))
         return out
+
+    @staticmethod
+    def narrowed(launched: list, columns: list[str]) -> list:
+        """`launch`ed tasks' outputs narrowed to `columns` by a task per block: `gather` then fetches only those
+        columns, and the wide outputs stay in the object store for the tasks that read them."""
+        narrow = ray.put({"share": 1.0, "columns": [SEGMENT, *columns]})
+        return [(own, [_per_block.remote(ref, sample_rows, narrow) for ref in refs]) for own, refs in launched]
 
     def _groups(self, wanted: dict[tuple[dt.date, str], Any]) -> dict[int, dict[str, Any]]:
         groups: dict[int, dict[str, Any]] = {}
         for (as_of, name), own in wanted.items():
             groups.setdefault(self._where[(as_of, name)], {})[name] = own
         return groups
+
+
+def _by_segment(own: list[str], columns: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{segment: its rows' numpy columns} of a `per_segment` output (its `_segment` column says whose)."""
+    names = columns.pop(SEGMENT, np.empty(0, object))
+    out = {}
+    for name in own:
+        rows = names == name
+        out[name] = {column: values[rows] for column, values in columns.items()}
+    return out
 
 
 _STAT_KEYS = ("rows", "positives", "valid_rows", "valid_positives")
@@ -270,6 +283,21 @@ def _gather(refs: list[ray.ObjectRef]) -> dict[str, np.ndarray]:
     tables = [t for t in ray.get(refs) if t.num_rows] or ray.get(refs[:1])
     table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+@ray.remote
+def _leakage_checks(
+    refs: list[ray.ObjectRef], own: list[str], names: list[str], pairs: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """`quality.leakage_check` of each segment in `own` on its leak sample (the `per_segment` outputs `refs` of
+    one prepared cut-off), in a worker: a sample holds every feature of up to `training.leakage_sample_rows`
+    rows per segment (~165 MB each at the cap), which the driver never holds. `pairs`: per segment its
+    `past_y` and `reference` in the sample's row order."""
+    samples = _by_segment(own, _gather(refs))
+    return {
+        name: quality.leakage_check({n: rows[n] for n in names}, rows[LABEL], **pairs[name])
+        for name, rows in samples.items()
+    }
 
 
 def _now() -> str:
@@ -651,7 +679,7 @@ def _evaluate_all(
         feature_names=names,
         keep=[],
     )
-    leak_samples = prepared.collect(
+    leak_samples = prepared.launch(
         {
             (job.cut.eval_as_of, job.name): {"share": min(1.0, t.leakage_sample_rows / max(1, eval_rows[job.name]))}
             for job in active
@@ -659,6 +687,7 @@ def _evaluate_all(
         sample_rows,
         columns=names + [LABEL, PERSONA],
     )
+    sampled = prepared.gather(prepared.narrowed(leak_samples, [PERSONA]))
     # Each sampled person's label of the same segment one horizon earlier (at train_as_of), and a reference pair
     # defined for everyone: positive in any segment with the same cut-offs after (eval_as_of) vs before
     # (train_as_of) the cut-off. A feature that peeks after its cut-off predicts the future better than the past
@@ -668,12 +697,18 @@ def _evaluate_all(
         groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job)
     past_y, reference = {}, {}
     for (train_as_of, eval_as_of), jobs in groups.items():
-        ids = np.unique(np.concatenate([leak_samples[j.name][PERSONA].astype(str) for j in jobs]))
+        ids = np.unique(np.concatenate([sampled[j.name][PERSONA].astype(str) for j in jobs]))
         after, before = (snapshots.positives(a, {j.name: ids for j in jobs}) for a in (eval_as_of, train_as_of))
         for job in jobs:
-            at = np.searchsorted(ids, leak_samples[job.name][PERSONA].astype(str))
+            at = np.searchsorted(ids, sampled[job.name][PERSONA].astype(str))
             past_y[job.name] = before[job.name][at]
             reference[job.name] = tuple(np.bitwise_or.reduce([w[j.name][at] for j in jobs]) for w in (after, before))
+    pairs = {job.name: {"past_y": past_y[job.name], "reference": reference[job.name]} for job in active}
+    leakages = {}
+    for checked in ray.get(
+        [_leakage_checks.remote(refs, own, names, {n: pairs[n] for n in own}) for own, refs in leak_samples]
+    ):
+        leakages.update(checked)
     decided = {}
     for job in active:
         train_stats, eval_stats = (
@@ -683,13 +718,7 @@ def _evaluate_all(
         sizes.update({"eval_rows": eval_stats["rows"], "eval_positives": eval_stats["positives"]})
         y_eval = scored[job.name][LABEL].astype(np.int64)
         sizes["eval_metric_rows"] = int(len(y_eval))
-        leak_rows = leak_samples[job.name]
-        leakage = quality.leakage_check(
-            {n: leak_rows[n] for n in names},
-            leak_rows[LABEL],
-            past_y=past_y[job.name],
-            reference=reference[job.name],
-        )
+        leakage = leakages[job.name]
         figures, entries = {}, {}
         own_features = candidate_features[job.name]
         for name in candidates[job.name]:
