@@ -88,12 +88,6 @@ def prepare_segments_batch(
     return pa.concat_tables(tables)
 
 
-def rows_of(batch: pa.Table, ids: Sequence[str], columns: Sequence[str]) -> pa.Table:
-    """The rows whose persona_id is in `ids` (a sample's people), in `columns`."""
-    wanted = pc.is_in(batch.column(PERSONA), value_set=pa.array(list(ids), pa.string()))
-    return batch.filter(wanted).select(list(columns))
-
-
 def segment_stats(batch: pa.Table) -> pa.Table:
     """Rows and positives, in all and in the validation split, per segment of a block prepared by
     `prepare_segments_batch` (one row per segment)."""

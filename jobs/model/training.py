@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
 import ray.data
@@ -59,7 +60,6 @@ from jobs.model.examples import (
     per_segment,
     predict_batch,
     prepare_segments_batch,
-    rows_of,
     sample_rows,
     segment_stats,
     tag_fits,
@@ -118,7 +118,7 @@ class LabelledSnapshots:
     """Labelled snapshots by cut-off, each built (one join) and materialized once, shared by every segment.
 
     `labels(as_of)`: the labels table's partition at a cut-off (persona_id and the `label__SEGMENT` columns of
-    its positives; None when nobody is positive there), for the leakage check's past labels."""
+    its positives; None when nobody is positive there), for the leakage check's past labels (`label_refs`)."""
 
     def __init__(
         self,
@@ -129,21 +129,12 @@ class LabelledSnapshots:
         self._labels = labels
         self._done: dict[dt.date, ray.data.Dataset] = {}
 
-    def positives(self, as_of: dt.date, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """{segment: 1/0 per id of ids[segment]: whether that persona is a positive of the segment in the labels
-        at `as_of`}, from one pass over that partition keeping only the given people (samples: bounded)."""
+    def label_refs(self, as_of: dt.date) -> list[ray.ObjectRef]:
+        """The blocks of the labels' partition at `as_of` (persona_id and the `label__SEGMENT` columns of its
+        positives) in the object store, for the tasks that look people up in them; none when nobody is positive
+        there."""
         dataset = self._labels(as_of) if self._labels is not None else None
-        found = {}
-        if dataset is not None:
-            present = [c for c in (label_column(name) for name in ids) if c in dataset.schema().names]
-            wanted = sorted({str(i) for values in ids.values() for i in values})
-            found = _collect(dataset, rows_of, ids=wanted, columns=[PERSONA, *present]) if wanted else {}
-        out = {}
-        for name, values in ids.items():
-            column = found.get(label_column(name))
-            positive = found[PERSONA][np.asarray(column == 1)] if column is not None else np.empty(0, object)
-            out[name] = np.isin(values.astype(str), positive.astype(str)).astype(np.int64)
-        return out
+        return dataset.to_arrow_refs() if dataset is not None else []
 
     def at(self, as_of: dt.date) -> ray.data.Dataset:
         if as_of not in self._done:
@@ -234,13 +225,6 @@ class _Prepared:
             out.update(_by_segment(own, _gather(refs)))
         return out
 
-    @staticmethod
-    def narrowed(launched: list, columns: list[str]) -> list:
-        """`launch`ed tasks' outputs narrowed to `columns` by a task per block: `gather` then fetches only those
-        columns, and the wide outputs stay in the object store for the tasks that read them."""
-        narrow = ray.put({"share": 1.0, "columns": [SEGMENT, *columns]})
-        return [(own, [_per_block.remote(ref, sample_rows, narrow) for ref in refs]) for own, refs in launched]
-
     def _groups(self, wanted: dict[tuple[dt.date, str], Any]) -> dict[int, dict[str, Any]]:
         groups: dict[int, dict[str, Any]] = {}
         for (as_of, name), own in wanted.items():
@@ -259,11 +243,6 @@ def _by_segment(own: list[str], columns: dict[str, np.ndarray]) -> dict[str, dic
 
 
 _STAT_KEYS = ("rows", "positives", "valid_rows", "valid_positives")
-
-
-def _collect(ds: ray.data.Dataset, fn: Callable, **kwargs) -> dict[str, np.ndarray]:
-    """Small per-row results (predictions, samples) on the driver, as numpy columns."""
-    return _gather(_launch(ds, fn, **kwargs))
 
 
 @ray.remote
@@ -285,19 +264,74 @@ def _gather(refs: list[ray.ObjectRef]) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
+def _refs_by_segment(launched: list) -> dict[str, list[ray.ObjectRef]]:
+    """{segment: the output blocks of `_Prepared.launch`'s tasks that hold its rows (its cut-off's)}."""
+    return {name: refs for own, refs in launched for name in own}
+
+
+def _segment_rows(refs: list[ray.ObjectRef], name: str) -> pa.Table:
+    """Segment `name`'s rows of the `per_segment` outputs `refs` (their `_segment` column says whose), in
+    block order."""
+    tables = [t.filter(pc.equal(t.column(SEGMENT), name)) for t in ray.get(refs)]
+    tables = [t for t in tables if t.num_rows] or tables[:1]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+def _numpy(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def _positives(labels: list[pa.Table], name: str, persons: pa.ChunkedArray) -> np.ndarray:
+    """1/0 per person of `persons`: whether they are a positive of segment `name` in the label blocks."""
+    column = label_column(name)
+    found = [t.filter(pc.equal(t.column(column), 1)).column(PERSONA) for t in labels if column in t.column_names]
+    if not found:
+        return np.zeros(len(persons), np.int64)
+    positive = pa.chunked_array([c for f in found for c in f.chunks], pa.string())
+    return pc.is_in(persons, value_set=positive).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 @ray.remote
-def _leakage_checks(
-    refs: list[ray.ObjectRef], own: list[str], names: list[str], pairs: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """`quality.leakage_check` of each segment in `own` on its leak sample (the `per_segment` outputs `refs` of
-    one prepared cut-off), in a worker: a sample holds every feature of up to `training.leakage_sample_rows`
-    rows per segment (~165 MB each at the cap), which the driver never holds. `pairs`: per segment its
-    `past_y` and `reference` in the sample's row order."""
-    samples = _by_segment(own, _gather(refs))
-    return {
-        name: quality.leakage_check({n: rows[n] for n in names}, rows[LABEL], **pairs[name])
-        for name, rows in samples.items()
-    }
+def _judge_segment(
+    scored: list[ray.ObjectRef],
+    sampled: list[ray.ObjectRef],
+    labels_after: list[ray.ObjectRef],
+    labels_before: list[ray.ObjectRef],
+    job: dict[str, Any],
+) -> dict[str, Any]:
+    """One segment's out-of-time evaluation, in a worker: the metrics, permutation null and alarms of every
+    candidate on its scored evaluation rows (`scored`), and the leakage check on its leak sample (`sampled`:
+    every feature of up to `training.leakage_sample_rows` rows, ~165 MB at the cap), which the driver never
+    holds. Each sampled person's label one horizon earlier (`labels_before`, at train_as_of) gives the past
+    label; the reference pair is "positive in any segment of `job['group']`" (the segments with the same
+    cut-offs) after (`labels_after`, at eval_as_of) vs before the cut-off: a feature that peeks after its
+    cut-off predicts the future better than the past (`quality.leakage_check`), and the reference also judges
+    segments whose past labels are all 0 (category virgins). One task per segment: the segments' checks run
+    side by side."""
+    name = job["name"]
+    sample = _segment_rows(sampled, name)
+    persons = sample.column(PERSONA)
+    after, before = (
+        {other: _positives(ray.get(refs), other, persons) for other in job["group"]}
+        for refs in (labels_after, labels_before)
+    )
+    leakage = quality.leakage_check(
+        {column: _numpy(sample, column) for column in job["feature_names"]},
+        _numpy(sample, LABEL),
+        past_y=before[name],
+        reference=tuple(np.bitwise_or.reduce([w[other] for other in job["group"]]) for w in (after, before)),
+    )
+    del sample
+    scores = _segment_rows(scored, name)
+    y_eval = _numpy(scores, LABEL).astype(np.int64)
+    figures, entries = {}, {}
+    for candidate, own_features in job["candidate_features"].items():
+        score = _numpy(scores, candidate).astype(np.float64)
+        figures[candidate] = quality.binary_metrics(y_eval, score)
+        chance = quality.chance_test(y_eval, score, seed=job["seed"])
+        alarms = champion.candidate_alarms(figures[candidate], leakage, own_features)
+        entries[candidate] = champion.candidate_entry(figures[candidate], chance, alarms, own_features)
+    return {"leakage": leakage, "figures": figures, "entries": entries, "eval_metric_rows": int(len(y_eval))}
 
 
 def _now() -> str:
@@ -506,7 +540,7 @@ def train_segments(
     2. ONE Ray Train run fits every segment's evaluation look-alike, and speculatively its production refit
        when the refits are small (`training.speculative_refit_rows`, see `_speculative`).
     3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
-       then per segment the evaluation and the champion.
+       then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion.
     4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
@@ -654,7 +688,8 @@ def _evaluate_all(
     t: TrainingConfig,
 ) -> dict[str, dict[str, Any]]:
     """Per segment: the out-of-time evaluation of every candidate and the champion. The evaluation rows'
-    scores and the leak samples of every segment come from one pass each per cut-off."""
+    scores and the leak samples of every segment come from one pass each per cut-off and stay in the object
+    store; a task per segment judges them (`_judge_segment`), and the driver receives only its figures."""
     names = list(features.names)
     candidates, candidate_features, incumbents = {}, {}, {}
     for job in active:
@@ -666,67 +701,64 @@ def _evaluate_all(
             candidate_features[job.name][champion.PREVIOUS] = previous_names
     # Out of time: every candidate scores the snapshot at eval_as_of (labels after it).
     eval_rows = {job.name: prepared.stats(job.cut.eval_as_of, job.name)["rows"] for job in active}
-    scored = prepared.collect(
-        {
-            (job.cut.eval_as_of, job.name): {
-                "models": candidates[job.name],
-                "share": min(1.0, t.max_metric_rows / max(1, eval_rows[job.name])),
-                "model_features": candidate_features[job.name],
-            }
-            for job in active
-        },
-        predict_batch,
-        feature_names=names,
-        keep=[],
+    scored = _refs_by_segment(
+        prepared.launch(
+            {
+                (job.cut.eval_as_of, job.name): {
+                    "models": candidates[job.name],
+                    "share": min(1.0, t.max_metric_rows / max(1, eval_rows[job.name])),
+                    "model_features": candidate_features[job.name],
+                }
+                for job in active
+            },
+            predict_batch,
+            feature_names=names,
+            keep=[],
+        )
     )
-    leak_samples = prepared.launch(
-        {
-            (job.cut.eval_as_of, job.name): {"share": min(1.0, t.leakage_sample_rows / max(1, eval_rows[job.name]))}
-            for job in active
-        },
-        sample_rows,
-        columns=names + [LABEL, PERSONA],
+    sampled = _refs_by_segment(
+        prepared.launch(
+            {
+                (job.cut.eval_as_of, job.name): {"share": min(1.0, t.leakage_sample_rows / max(1, eval_rows[job.name]))}
+                for job in active
+            },
+            sample_rows,
+            columns=names + [LABEL, PERSONA],
+        )
     )
-    sampled = prepared.gather(prepared.narrowed(leak_samples, [PERSONA]))
-    # Each sampled person's label of the same segment one horizon earlier (at train_as_of), and a reference pair
-    # defined for everyone: positive in any segment with the same cut-offs after (eval_as_of) vs before
-    # (train_as_of) the cut-off. A feature that peeks after its cut-off predicts the future better than the past
-    # (`quality.leakage_check`); the reference also judges segments whose past labels are all 0 (category virgins).
-    groups: dict[tuple[dt.date, dt.date], list[_Segment]] = {}
+    cut_offs = sorted({as_of for job in active for as_of in (job.cut.train_as_of, job.cut.eval_as_of)})
+    labels = {as_of: snapshots.label_refs(as_of) for as_of in cut_offs}
+    groups: dict[tuple[dt.date, dt.date], list[str]] = {}
     for job in active:
-        groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job)
-    past_y, reference = {}, {}
-    for (train_as_of, eval_as_of), jobs in groups.items():
-        ids = np.unique(np.concatenate([sampled[j.name][PERSONA].astype(str) for j in jobs]))
-        after, before = (snapshots.positives(a, {j.name: ids for j in jobs}) for a in (eval_as_of, train_as_of))
-        for job in jobs:
-            at = np.searchsorted(ids, sampled[job.name][PERSONA].astype(str))
-            past_y[job.name] = before[job.name][at]
-            reference[job.name] = tuple(np.bitwise_or.reduce([w[j.name][at] for j in jobs]) for w in (after, before))
-    pairs = {job.name: {"past_y": past_y[job.name], "reference": reference[job.name]} for job in active}
-    leakages = {}
-    for checked in ray.get(
-        [_leakage_checks.remote(refs, own, names, {n: pairs[n] for n in own}) for own, refs in leak_samples]
-    ):
-        leakages.update(checked)
+        groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job.name)
+    judged = ray.get(
+        [
+            _judge_segment.remote(
+                scored[job.name],
+                sampled[job.name],
+                labels[job.cut.eval_as_of],
+                labels[job.cut.train_as_of],
+                {
+                    "name": job.name,
+                    "group": groups[(job.cut.train_as_of, job.cut.eval_as_of)],
+                    "feature_names": names,
+                    "candidate_features": candidate_features[job.name],
+                    "seed": t.seed,
+                },
+            )
+            for job in active
+        ]
+    )
     decided = {}
-    for job in active:
+    for job, judgement in zip(active, judged):
         train_stats, eval_stats = (
             prepared.stats(as_of, job.name) for as_of in (job.cut.train_as_of, job.cut.eval_as_of)
         )
         sizes = _split_sizes(train_stats)
         sizes.update({"eval_rows": eval_stats["rows"], "eval_positives": eval_stats["positives"]})
-        y_eval = scored[job.name][LABEL].astype(np.int64)
-        sizes["eval_metric_rows"] = int(len(y_eval))
-        leakage = leakages[job.name]
-        figures, entries = {}, {}
+        sizes["eval_metric_rows"] = judgement["eval_metric_rows"]
+        leakage, figures, entries = judgement["leakage"], judgement["figures"], judgement["entries"]
         own_features = candidate_features[job.name]
-        for name in candidates[job.name]:
-            score = scored[job.name][name].astype(np.float64)
-            figures[name] = quality.binary_metrics(y_eval, score)
-            chance = quality.chance_test(y_eval, score, seed=t.seed)
-            alarms = champion.candidate_alarms(figures[name], leakage, own_features[name])
-            entries[name] = champion.candidate_entry(figures[name], chance, alarms, own_features[name])
         procedure = incumbents[job.name]
         incumbent = champion.PREVIOUS if champion.PREVIOUS in candidates[job.name] else (procedure or champion.RFM)
         chosen, why = champion.choose(entries, incumbent, t.champion_margin)
