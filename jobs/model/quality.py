@@ -214,6 +214,22 @@ def chance_test(
     }
 
 
+def rank_auc(values: np.ndarray, y: np.ndarray) -> float:
+    """ROC-AUC of `values` for 0/1 `y` (both classes present) in the Mann-Whitney form: the share of
+    (positive, negative) pairs in which the positive ranks higher, ties counting half. Equal to sklearn's
+    `roc_auc_score` (the trapezoid area under the ROC curve) but about ten times faster, which matters in
+    `leakage_check` (one AUC per feature, a hundred features and more): two plain sorts (far faster than an
+    argsort) and a binary search of the positives among the negatives.
+
+    The pairs are counted in integers (twice, so a tie's half pair stays whole) and divided once, so the AUC
+    is exact to the last bit and features of equal AUC get equal floats.
+    """
+    positive = y == 1
+    pos, neg = np.sort(values[positive]), np.sort(values[~positive])
+    twice_pairs_won = int(np.sum(np.searchsorted(neg, pos, "left") + np.searchsorted(neg, pos, "right")))
+    return twice_pairs_won / (2 * len(pos) * len(neg))
+
+
 def auc_placements(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """(ROC-AUC of `x` for 0/1 `y`, each row's influence on it): DeLong's placement values.
 
@@ -234,17 +250,23 @@ def auc_placements(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     return auc, influence
 
 
-def _pooled_rate_levels(values: np.ndarray, pooled: np.ndarray, bins: int = FUTURE_OVER_PAST_BINS) -> np.ndarray:
-    """The feature as the rank level (0, 1, ...) of the rate of (future + past) positives of its quantile bin
-    (missing values a bin of their own): one order, taken from both labels alike, under which both AUCs are
-    compared. A monotone AUC of the raw values would misjudge an honest feature that is not monotone in the
-    label (days since the last purchase, missing for those who never bought: the missing rank next to the
-    most recent buyers)."""
+def _quantile_bins(values: np.ndarray, bins: int = FUTURE_OVER_PAST_BINS) -> tuple[np.ndarray, int]:
+    """Each row's quantile bin of the feature (missing values a bin of their own, the last) and the number of
+    bins. They depend on the feature alone, so `_future_over_past` computes them once for every label pair."""
     finite = np.isfinite(values)
     edges = np.unique(np.quantile(values[finite], np.linspace(0.0, 1.0, bins + 1))) if finite.any() else np.zeros(1)
     which = np.where(finite, np.searchsorted(edges[1:-1], np.where(finite, values, 0.0), "right"), len(edges))
-    rows = np.bincount(which, minlength=len(edges) + 1)
-    rate = np.bincount(which, weights=pooled, minlength=len(edges) + 1) / np.maximum(rows, 1)
+    return which, len(edges) + 1
+
+
+def _pooled_rate_levels(which: np.ndarray, bin_count: int, pooled: np.ndarray) -> np.ndarray:
+    """The feature as the rank level (0, 1, ...) of the rate of (future + past) positives of its quantile bin
+    (`which`, from `_quantile_bins`): one order, taken from both labels alike, under which both AUCs are
+    compared. A monotone AUC of the raw values would misjudge an honest feature that is not monotone in the
+    label (days since the last purchase, missing for those who never bought: the missing rank next to the
+    most recent buyers)."""
+    rows = np.bincount(which, minlength=bin_count)
+    rate = np.bincount(which, weights=pooled, minlength=bin_count) / np.maximum(rows, 1)
     _, level_of_bin = np.unique(rate, return_inverse=True)
     return level_of_bin[which]
 
@@ -264,15 +286,16 @@ def _level_auc(level: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _pair_gaps(
-    features: list[tuple[str, np.ndarray]], y: np.ndarray, past_y: np.ndarray, pair: str
+    binned: list[tuple[str, np.ndarray, int]], y: np.ndarray, past_y: np.ndarray, pair: str
 ) -> list[dict[str, Any]]:
-    """Per feature: future and past AUC under the pooled-rate order, their gap with its DeLong standard error,
-    and `signal`: how many standard errors the stronger of the two AUCs lies from 0.5."""
+    """Per feature (name, quantile bins, bin count): future and past AUC under the pooled-rate order, their gap
+    with its DeLong standard error, and `signal`: how many standard errors the stronger of the two AUCs lies
+    from 0.5."""
     n = len(y)
     pooled = (y + past_y).astype(np.float64)
     entries = []
-    for name, raw in features:
-        level = _pooled_rate_levels(raw, pooled)
+    for name, which, bin_count in binned:
+        level = _pooled_rate_levels(which, bin_count, pooled)
         future_auc, future_inf = _level_auc(level, y)
         past_auc, past_inf = _level_auc(level, past_y)
         # the pooled-rate order already points the feature towards the positives of both labels alike, so
@@ -321,9 +344,10 @@ def _future_over_past(
     segment's other signal-carrying features by more than the one-sided Bonferroni z of `alpha` (over every
     feature of every pair)."""
     z_needed = float(ndtri(1.0 - alpha / max(1, len(features) * len(pairs))))
+    binned = [(name, *_quantile_bins(raw)) for name, raw in features]
     flagged, largest, judged = [], [], {}
     for pair, (y, past_y) in pairs.items():
-        entries = _pair_gaps(features, y, past_y, pair)
+        entries = _pair_gaps(binned, y, past_y, pair)
         judged[pair] = {
             k: round(v, 4) if isinstance(v, float) else v for k, v in _judge_gaps(entries, z_needed).items()
         }
@@ -364,10 +388,11 @@ def leakage_check(
         finite = np.isfinite(v)
         if not finite.any():
             continue
-        if np.unique(v[finite]).size > 1 or not finite.all():
+        finite_values = v[finite]
+        lowest = finite_values.min()
+        if finite_values.max() != lowest or not finite.all():
             usable.append((name, v))
-        v = np.where(finite, v, v[finite].min() - 1.0)
-        aucs.append((name, float(roc_auc_score(y, v))))
+        aucs.append((name, rank_auc(np.where(finite, v, lowest - 1.0), y)))
     aucs.sort(key=lambda item: -abs(item[1] - 0.5))
     result["top_features"] = [{"feature": n, "auc": round(a, 4)} for n, a in aucs[:top]]
     result["flagged"] = [

@@ -210,3 +210,20 @@ def test_auc_placements_agree_with_sklearn_and_the_bootstrap():
     fast_auc, fast_influence = quality._level_auc(levels, y)
     slow_auc, slow_influence = quality.auc_placements(levels.astype(float), y)
     assert fast_auc == pytest.approx(slow_auc) and np.allclose(fast_influence, slow_influence)
+
+
+def test_rank_auc_equals_sklearn_with_ties_and_at_the_extremes():
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        n = int(rng.integers(2, 2000))
+        y = (rng.random(n) < rng.uniform(0.02, 0.98)).astype(np.int64)
+        y[:2] = [0, 1]  # both classes
+        levels = int(rng.integers(1, 12))  # heavy ties: a handful of distinct values, one value at times
+        x = rng.integers(0, levels, n) + 0.3 * y * (trial % 3 == 0)
+        assert abs(quality.rank_auc(x.astype(float), y) - roc_auc_score(y, x)) < 1e-12
+        x = rng.normal(size=n) + y
+        assert abs(quality.rank_auc(x, y) - roc_auc_score(y, x)) < 1e-12
+    y = np.array([0] * 7 + [1] * 3)
+    separating = np.r_[np.full(7, -2.0), np.arange(3.0)]
+    assert quality.rank_auc(separating, y) == 1.0 and quality.rank_auc(-separating, y) == 0.0
+    assert quality.rank_auc(np.ones(10), y) == 0.5
