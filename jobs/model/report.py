@@ -191,12 +191,25 @@ def segment_section(metrics: Mapping[str, Any]) -> str:
             f"with the evaluation labels permuted (z {_fmt(chance.get('z'), 1)})</li>"
         )
     flagged = leakage.get("flagged") or []
-    if flagged:
-        listed = ", ".join(f"{html.escape(f['feature'])} ({f['auc']:.3f})" for f in flagged[:10])
+    label_like = [f for f in flagged if f.get("kind", "label_auc") == "label_auc"]
+    peeking = [f for f in flagged if f.get("kind") == "future_over_past"]
+    if label_like:
+        listed = ", ".join(f"{html.escape(f['feature'])} ({f['auc']:.3f})" for f in label_like[:10])
         alarms.append(
             f'<li class="alarm">possible leakage, single-feature AUC beyond {leakage.get("threshold")}: {listed}</li>'
         )
-    else:
+    if peeking:
+        listed = ", ".join(
+            f"{html.escape(f['feature'])} (AUC {f['auc']:.3f} after the cut-off vs {f['past_auc']:.3f} before, "
+            f"z {f['z']})"
+            for f in peeking[:10]
+        )
+        needed = (leakage.get("future_over_past") or {}).get("z_needed")
+        alarms.append(
+            '<li class="alarm">possible leakage, predicts the label after the cut-off better than the one before '
+            f"(z above {needed} against the segment's other features): {listed}</li>"
+        )
+    if not flagged:
         top = (leakage.get("top_features") or [{}])[0]
         alarms.append(
             f'<li class="ok">no single feature beyond AUC {leakage.get("threshold")} '

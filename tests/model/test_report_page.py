@@ -71,3 +71,19 @@ def test_run_page_shows_who_was_scored_and_who_is_a_member():
     virgins = re.search(r'<tr><td><a href="#virgins">virgins</a></td>.*?</tr>', page).group(0)
     assert "<td>–</td><td>–</td>" in virgins
     assert "<th>scored</th>" not in render_page("Run r1", [_metrics("buyers")])
+
+
+def test_a_feature_that_knows_the_future_is_named_as_such_not_as_a_high_auc():
+    rng = np.random.default_rng(5)
+    n = 20_000
+    propensity = rng.normal(size=n)
+    y, past_y = ((propensity + rng.normal(size=(2, n)) * 1.5) > 1.5).astype(np.int64)
+    honest = {f"honest_{i}": propensity + rng.normal(scale=1.0 + i / 4, size=n) for i in range(6)}
+    leakage = quality.leakage_check(honest | {"peeks": y + rng.normal(scale=1.2, size=n)}, y, past_y=past_y)
+    kinds = {f["feature"]: f["kind"] for f in leakage["flagged"]}
+    assert kinds == {"peeks": "future_over_past"}, leakage["flagged"]
+
+    page = render_page("run", [_metrics("buyers") | {"leakage": leakage}])
+    assert "predicts the label after the cut-off better than the one before" in page
+    assert re.search(r"peeks \(AUC 0\.\d{3} after the cut-off vs 0\.\d{3} before, z [\d.]+\)", page)
+    assert "single-feature AUC beyond" not in page
