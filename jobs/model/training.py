@@ -292,46 +292,88 @@ def _positives(labels: list[pa.Table], name: str, persons: pa.ChunkedArray) -> n
 
 
 @ray.remote
-def _judge_segment(
-    scored: list[ray.ObjectRef],
+def _leakage_check(
     sampled: list[ray.ObjectRef],
     labels_after: list[ray.ObjectRef],
     labels_before: list[ray.ObjectRef],
-    job: dict[str, Any],
+    name: str,
+    group: list[str],
+    feature_names: list[str],
 ) -> dict[str, Any]:
-    """One segment's out-of-time evaluation, in a worker: the metrics, permutation null and alarms of every
-    candidate on its scored evaluation rows (`scored`), and the leakage check on its leak sample (`sampled`:
-    every feature of up to `training.leakage_sample_rows` rows, ~165 MB at the cap), which the driver never
-    holds. Each sampled person's label one horizon earlier (`labels_before`, at train_as_of) gives the past
-    label; the reference pair is "positive in any segment of `job['group']`" (the segments with the same
-    cut-offs) after (`labels_after`, at eval_as_of) vs before the cut-off: a feature that peeks after its
-    cut-off predicts the future better than the past (`quality.leakage_check`), and the reference also judges
-    segments whose past labels are all 0 (category virgins). One task per segment: the segments' checks run
-    side by side."""
-    name = job["name"]
+    """Segment `name`'s `quality.leakage_check` on its leak sample (`sampled`: every feature of up to
+    `training.leakage_sample_rows` evaluation rows, ~165 MB at the cap), in a worker: the driver never holds
+    it. Each sampled person's label one horizon earlier (`labels_before`, at train_as_of) gives the past label;
+    the reference pair is "positive in any segment of `group`" (the segments with the same cut-offs) after
+    (`labels_after`, at eval_as_of) vs before the cut-off: a feature that peeks after its cut-off predicts the
+    future better than the past, and the reference also judges segments whose past labels are all 0 (category
+    virgins)."""
     sample = _segment_rows(sampled, name)
     persons = sample.column(PERSONA)
     after, before = (
-        {other: _positives(ray.get(refs), other, persons) for other in job["group"]}
-        for refs in (labels_after, labels_before)
+        {other: _positives(ray.get(refs), other, persons) for other in group} for refs in (labels_after, labels_before)
     )
-    leakage = quality.leakage_check(
-        {column: _numpy(sample, column) for column in job["feature_names"]},
+    return quality.leakage_check(
+        {column: _numpy(sample, column) for column in feature_names},
         _numpy(sample, LABEL),
         past_y=before[name],
-        reference=tuple(np.bitwise_or.reduce([w[other] for other in job["group"]]) for w in (after, before)),
+        reference=tuple(np.bitwise_or.reduce([w[other] for other in group]) for w in (after, before)),
     )
-    del sample
+
+
+@ray.remote
+def _judge_segment(
+    scored: list[ray.ObjectRef], leakage: dict[str, Any], name: str, candidate_features: dict, seed: int
+) -> dict[str, Any]:
+    """Segment `name`'s out-of-time figures, in a worker: the metrics, permutation null and alarms (with its
+    `leakage` check) of every candidate on its scored evaluation rows (`scored`)."""
     scores = _segment_rows(scored, name)
     y_eval = _numpy(scores, LABEL).astype(np.int64)
     figures, entries = {}, {}
-    for candidate, own_features in job["candidate_features"].items():
+    for candidate, own_features in candidate_features.items():
         score = _numpy(scores, candidate).astype(np.float64)
         figures[candidate] = quality.binary_metrics(y_eval, score)
-        chance = quality.chance_test(y_eval, score, seed=job["seed"])
+        chance = quality.chance_test(y_eval, score, seed=seed)
         alarms = champion.candidate_alarms(figures[candidate], leakage, own_features)
         entries[candidate] = champion.candidate_entry(figures[candidate], chance, alarms, own_features)
     return {"leakage": leakage, "figures": figures, "entries": entries, "eval_metric_rows": int(len(y_eval))}
+
+
+def _leakage_checks(
+    active: list[_Segment], snapshots: LabelledSnapshots, prepared: _Prepared, names: list[str], t: TrainingConfig
+) -> dict[str, ray.ObjectRef]:
+    """{segment: its leakage check's task}, started: the checks need no model, so they run while the Ray Train
+    run starts up and fits. One pass per eval cut-off samples every segment's rows there; a task per segment
+    checks its sample (`_leakage_check`)."""
+    sampled = _refs_by_segment(
+        prepared.launch(
+            {
+                (job.cut.eval_as_of, job.name): {
+                    "share": min(
+                        1.0, t.leakage_sample_rows / max(1, prepared.stats(job.cut.eval_as_of, job.name)["rows"])
+                    )
+                }
+                for job in active
+            },
+            sample_rows,
+            columns=names + [LABEL, PERSONA],
+        )
+    )
+    cut_offs = sorted({as_of for job in active for as_of in (job.cut.train_as_of, job.cut.eval_as_of)})
+    labels = {as_of: snapshots.label_refs(as_of) for as_of in cut_offs}
+    groups: dict[tuple[dt.date, dt.date], list[str]] = {}
+    for job in active:
+        groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job.name)
+    return {
+        job.name: _leakage_check.remote(
+            sampled[job.name],
+            labels[job.cut.eval_as_of],
+            labels[job.cut.train_as_of],
+            job.name,
+            groups[(job.cut.train_as_of, job.cut.eval_as_of)],
+            names,
+        )
+        for job in active
+    }
 
 
 def _now() -> str:
@@ -450,7 +492,7 @@ def _baseline_samples(
     return prepared.launch(
         {key: {"share": min(1.0, t.max_metric_rows / max(1, prepared.stats(*key)["rows"]))} for key in wanted},
         sample_rows,
-        columns=columns + [LABEL, VALID],
+        columns=columns + [LABEL, VALID, SAMPLE],
     )
 
 
@@ -465,7 +507,10 @@ def _fit_baselines(
     out = {}
     for _, name in wanted:
         started = time.perf_counter()
-        rows = samples[name]
+        # in the order of the persona hash, as the look-alikes (`fit._shard_batches`): the blocks of a Ray Data
+        # pass come in any order, and XGBoost's sketch and splits depend on the rows' order
+        order = np.argsort(samples[name][SAMPLE], kind="stable")
+        rows = {column: values[order] for column, values in samples[name].items()}
         raw = fit_rfm({c: rows[c] for c in columns}, rows[LABEL], rows[VALID], seed=t.seed, nthread=t.nthread or 1)
         out[name] = (
             raw,
@@ -540,7 +585,8 @@ def train_segments(
     2. ONE Ray Train run fits every segment's evaluation look-alike, and speculatively its production refit
        when the refits are small (`training.speculative_refit_rows`, see `_speculative`).
     3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
-       then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion.
+       then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion. The leakage
+       checks and the RFM samples need no model: their tasks start before the Ray Train run.
     4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
@@ -570,6 +616,7 @@ def train_segments(
     rfm_columns = list(t.rfm_features or default_rfm_features(names))
     evaluated = [(job.cut.train_as_of, job.name) for job in active]
     rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
+    leakages = _leakage_checks(active, snapshots, prepared, names, t)
     fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
     lap("first Ray Train run")
     lookalikes = _calibrate_all(
@@ -582,7 +629,7 @@ def train_segments(
     lap("calibration")
     baselines = _fit_baselines(prepared, evaluated, rfm_columns, t, rfm_samples)
     lap("rfm baselines")
-    decided = _evaluate_all(active, snapshots, prepared, lookalikes, baselines, rfm_columns, features, t)
+    decided = _evaluate_all(active, prepared, lookalikes, baselines, rfm_columns, leakages, features, t)
     lap("evaluation")
 
     chosen = {job.name: decided[job.name]["chosen"] for job in active}
@@ -679,17 +726,18 @@ def _start(
 
 def _evaluate_all(
     active: list[_Segment],
-    snapshots: LabelledSnapshots,
     prepared: _Prepared,
     lookalikes: dict[str, tuple[bytes, dict]],
     baselines: dict[str, tuple[bytes, dict]],
     rfm_columns: list[str],
+    leakages: dict[str, ray.ObjectRef],
     features: FeatureSet,
     t: TrainingConfig,
 ) -> dict[str, dict[str, Any]]:
     """Per segment: the out-of-time evaluation of every candidate and the champion. The evaluation rows'
-    scores and the leak samples of every segment come from one pass each per cut-off and stay in the object
-    store; a task per segment judges them (`_judge_segment`), and the driver receives only its figures."""
+    scores of every segment come from one pass per cut-off and stay in the object store; a task per segment
+    judges them with its leakage check (`leakages`: their tasks, from `_leakage_checks`), and the driver
+    receives only the figures."""
     names = list(features.names)
     candidates, candidate_features, incumbents = {}, {}, {}
     for job in active:
@@ -716,36 +764,9 @@ def _evaluate_all(
             keep=[],
         )
     )
-    sampled = _refs_by_segment(
-        prepared.launch(
-            {
-                (job.cut.eval_as_of, job.name): {"share": min(1.0, t.leakage_sample_rows / max(1, eval_rows[job.name]))}
-                for job in active
-            },
-            sample_rows,
-            columns=names + [LABEL, PERSONA],
-        )
-    )
-    cut_offs = sorted({as_of for job in active for as_of in (job.cut.train_as_of, job.cut.eval_as_of)})
-    labels = {as_of: snapshots.label_refs(as_of) for as_of in cut_offs}
-    groups: dict[tuple[dt.date, dt.date], list[str]] = {}
-    for job in active:
-        groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job.name)
     judged = ray.get(
         [
-            _judge_segment.remote(
-                scored[job.name],
-                sampled[job.name],
-                labels[job.cut.eval_as_of],
-                labels[job.cut.train_as_of],
-                {
-                    "name": job.name,
-                    "group": groups[(job.cut.train_as_of, job.cut.eval_as_of)],
-                    "feature_names": names,
-                    "candidate_features": candidate_features[job.name],
-                    "seed": t.seed,
-                },
-            )
+            _judge_segment.remote(scored[job.name], leakages[job.name], job.name, candidate_features[job.name], t.seed)
             for job in active
         ]
     )
