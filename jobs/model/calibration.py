@@ -53,8 +53,10 @@ def prior_corrected(model: bytes, scale_pos_weight: float) -> tuple[bytes, bool]
 
 
 def fit_intercept(margins: np.ndarray, y: np.ndarray) -> float:
-    """The shift c with mean(sigmoid(margin + c)) == mean(y): intercept-only recalibration."""
-    margins = np.asarray(margins, dtype=np.float64)
+    """The shift c with mean(sigmoid(margin + c)) == mean(y): intercept-only recalibration. The margins are
+    sorted first: a float mean depends on the order it adds in, and the rows come in whatever order a Ray
+    Data pass delivered its blocks."""
+    margins = np.sort(np.asarray(margins, dtype=np.float64))
     target = float(np.mean(y))
     lo, hi = -50.0, 50.0
     for _ in range(200):
