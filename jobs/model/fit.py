@@ -49,9 +49,10 @@ FITS_DIR = "fits"
 CURRENT_FILE = "current.json"
 PERIODIC_FILE = "model.ubj"
 BATCH_ROWS = 65_536
-# Train V2 waits for the controller's poll (this interval, 2 s by default) at every report; the driver's
-# value travels to the controller and workers when the trainer starts (Ray Train propagates it).
-HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Train V2 waits for the controller's poll (this interval, 2 s by default) at every report, and a run ends a
+# poll after its last one: 0.2 s instead of 0.5 s takes ~1 s off every run (a poll is one small remote call per
+# worker). The driver's value travels to the controller and workers when the trainer starts.
+HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 # --------------------------------------------------------------------------------------------------
