@@ -38,10 +38,20 @@ def ray_cluster():
     ray.shutdown()
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this session: the kernel may give a just-closed port
+    again, and a server started with two equal ports fails (`ray start` refused one for its dashboard and its
+    runtime-env agent in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
