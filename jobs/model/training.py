@@ -310,7 +310,8 @@ def _leakage_check(
     sample = _segment_rows(sampled, name)
     persons = sample.column(PERSONA)
     after, before = (
-        {other: _positives(ray.get(refs), other, persons) for other in group} for refs in (labels_after, labels_before)
+        {other: _positives(tables, other, persons) for other in group}
+        for tables in (ray.get(labels_after), ray.get(labels_before))
     )
     return quality.leakage_check(
         {column: _numpy(sample, column) for column in feature_names},
