@@ -70,6 +70,12 @@ class RayConfig(Section):
     num_partitions: int = Field(
         8, ge=1, le=4096, description="hash partitions for shuffles (identity, features); scale with data"
     )
+    components_one_task_edges: int = Field(
+        4_000_000,
+        ge=0,
+        description="a connected-components pass over at most this many directed edges runs in one task "
+        "(~100 bytes an edge at its peak) instead of distributed rounds; 0: always distributed",
+    )
 
 
 class InputConfig(Section):
@@ -455,22 +461,34 @@ class ResolveView(StageView):
     input: InputConfig
     identity: IdentityConfig
     num_partitions: int
-    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+    components_one_task_edges: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions", "components_one_task_edges")
 
     @classmethod
     def from_config(cls, config: JobConfig) -> ResolveView:
-        return cls(input=config.input, identity=config.identity, num_partitions=config.ray.num_partitions)
+        return cls(
+            input=config.input,
+            identity=config.identity,
+            num_partitions=config.ray.num_partitions,
+            components_one_task_edges=config.ray.components_one_task_edges,
+        )
 
 
 class EvaluateView(StageView):
     identity: IdentityConfig
     evaluation: EvaluationConfig
     num_partitions: int
-    tuning: ClassVar[tuple[str, ...]] = ("num_partitions",)
+    components_one_task_edges: int
+    tuning: ClassVar[tuple[str, ...]] = ("num_partitions", "components_one_task_edges")
 
     @classmethod
     def from_config(cls, config: JobConfig) -> EvaluateView:
-        return cls(identity=config.identity, evaluation=config.evaluation, num_partitions=config.ray.num_partitions)
+        return cls(
+            identity=config.identity,
+            evaluation=config.evaluation,
+            num_partitions=config.ray.num_partitions,
+            components_one_task_edges=config.ray.components_one_task_edges,
+        )
 
 
 class PlanView(StageView):

@@ -115,6 +115,13 @@ def small_star(part: pa.Table) -> pa.Table:
     return _uv(np.concatenate([a, b]), np.concatenate([b, a]))
 
 
+def labels_of_directed(*parts: pa.Table) -> pa.Table:
+    """(node, label) of the (u, v) edges of `parts` (both directions, no self loops) with scipy, in one pass."""
+    pairs = [_arrays(part, "u", "v") for part in parts]
+    nodes, label = _min_label_components(np.concatenate([u for u, _ in pairs]), np.concatenate([v for _, v in pairs]))
+    return pa.table([pa.array(nodes, pa.uint64()), pa.array(label, pa.uint64())], schema=LABEL_SCHEMA)
+
+
 def connected_components_local(edges: pa.Table) -> pa.Table:
     """Single-process reference: the same labels (min node of the component) with scipy, for (`src`, `dst`)."""
     u, v = _arrays(edges, "src", "dst")

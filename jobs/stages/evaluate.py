@@ -31,7 +31,7 @@ def run(
         raise UserError(
             f"{events_resolved.path} has no ground-truth column {truth_column!r} (columns: {', '.join(columns)})."
         )
-    ex = RayExecutor(view.num_partitions)
+    ex = RayExecutor(view.num_partitions, view.components_one_task_edges)
     blocks = events.to_arrow_refs()
     result = pairwise_metrics(ex, blocks, truth_column)
     result["oracle"] = oracle_metrics(ex, blocks, view.identity, truth_column)

@@ -54,7 +54,7 @@ def run(
         log.warning(
             "%d input files are empty (0 bytes) and hold no events: %s", len(plan.empty_files), plan.empty_files[:5]
         )
-    ex = RayExecutor(view.num_partitions)
+    ex = RayExecutor(view.num_partitions, view.components_one_task_edges)
     blocks, extra_columns = read_events(plan, events.storage, plausible_ts(view, run_identity))
     parts, block_rows = ex.map(
         steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1

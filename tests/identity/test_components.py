@@ -57,6 +57,22 @@ def test_distributed_components_match_networkx(ray_cluster, seed, n, m, partitio
     assert sum(len(s) for s in seen) == len(got)
 
 
+@pytest.mark.parametrize("seed, n, m, partitions", [(1, 500, 400, 4), (6, 3000, 2990, 8), (3, 300, 1200, 1)])
+def test_one_task_components_match_the_rounds_partition_by_partition(ray_cluster, seed, n, m, partitions):
+    edges, pairs = random_edges(seed, n, m)
+    blocks = [ray_cluster.put(edges.slice(i, 97)) for i in range(0, max(m, 1), 97)]
+    in_rounds, rounds = connected_components_distributed(blocks, partitions)
+    directed = 2 * sum(a != b for a, b in pairs)  # both directions, self loops dropped
+    in_one_task, one_pass = connected_components_distributed(blocks, partitions, one_task_edges=directed)
+    assert one_pass == {"rounds": 0} and rounds["rounds"] >= 1
+    for a, b in zip(ray_cluster.get(in_rounds), ray_cluster.get(in_one_task), strict=True):
+        assert as_dict(a) == as_dict(b)  # the same nodes in the same partitions, with the same labels
+    assert as_dict(pa.concat_tables(ray_cluster.get(in_one_task))) == networkx_labels(pairs)
+    # one edge over the bound: the rounds
+    _, over = connected_components_distributed(blocks, partitions, one_task_edges=directed - 1)
+    assert over["rounds"] >= 1
+
+
 def test_long_path_converges(ray_cluster):
     ids = np.arange(1, 401, dtype=np.uint64)[::-1] * np.uint64(7919)
     edges = pa.table({"src": pa.array(ids[:-1]), "dst": pa.array(ids[1:])})

@@ -21,9 +21,11 @@ SORT_KEYS = {
 }
 
 
-def resolve_on_ray(ray_cluster, events: pa.Table, config: IdentityConfig, partitions: int) -> dict:
+def resolve_on_ray(
+    ray_cluster, events: pa.Table, config: IdentityConfig, partitions: int, one_task_edges: int = 0
+) -> dict:
     """`resolve_local`'s work with the Ray executor, from blocks of `events` (what the resolve stage does)."""
-    ex = RayExecutor(partitions)
+    ex = RayExecutor(partitions, one_task_edges)
     blocks = [ray_cluster.put(events.slice(i, 97)) for i in range(0, events.num_rows, 97)]
     parts, _ = ex.map(steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1)
     rows = check_rows(ex, parts, junk.blocklists(config))
@@ -84,8 +86,8 @@ def scenario_rows() -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("partitions", [1, 3])
-def test_ray_and_local_give_the_same_tables(ray_cluster, partitions):
+@pytest.mark.parametrize("partitions, one_task_edges", [(1, 0), (3, 0), (3, 10**9)])
+def test_ray_and_local_give_the_same_tables(ray_cluster, partitions, one_task_edges):
     config = IdentityConfig(max_persona_identifiers=20, min_fanout_devices=4)
     events = canonical(scenario_rows())
     local = resolve_local(events, config)
@@ -93,7 +95,11 @@ def test_ray_and_local_give_the_same_tables(ray_cluster, partitions):
         local["identity_audit"].column("rule").to_pylist()
     )
     assert local["quarantine"].num_rows == 1
-    assert_same_tables(local, resolve_on_ray(ray_cluster, events, config, partitions))
+    on_ray = resolve_on_ray(ray_cluster, events, config, partitions, one_task_edges)
+    assert_same_tables(local, on_ray)
+    # the size-cap rounds ran; each components pass either in one task (0 star rounds) or in star rounds
+    assert len(on_ray["figures"]["cc_rounds"]) >= 3
+    assert (set(on_ray["figures"]["cc_rounds"]) == {0}) == bool(one_task_edges)
 
 
 def test_ray_and_local_give_the_same_tables_on_generated_events(ray_cluster):
