@@ -51,12 +51,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from bench_resolve import generate, run_measured  # noqa: E402  (sibling benchmark scripts)
+from bench_resolve import generate, run_measured, wait_for_ray_to_exit  # noqa: E402  (sibling benchmark scripts)
 
 COMPARED = ("resolve", "features", "train", "score")
 ORDER = ("resolve", "plan", "features", "labels", "train", "score", "report", "export")  # as `segments run`
@@ -172,30 +170,6 @@ def measure_ray(events: str, out: str) -> dict:
         for name, s in summary["stages"].items()
     }
     return {"seconds": seconds, "peak_rss_mb": round(peak, 1), "stages": stages, "run_date": summary["run_date"]}
-
-
-def _ray_processes() -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        command = " ".join(process.info["cmdline"] or [])
-        if (
-            process.info["name"] in ("raylet", "gcs_server")
-            or command.startswith("ray::")
-            or "default_worker.py" in command
-        ):
-            found.append(process)
-    return found
-
-
-def wait_for_ray_to_exit(timeout: float = 60.0) -> None:
-    """Returns once no Ray process is left on this machine (or after `timeout`, saying so): a baseline started
-    among a finished run's exiting processes would be slowed down."""
-    deadline = time.monotonic() + timeout
-    while _ray_processes():
-        if time.monotonic() > deadline:
-            print(f"warning: Ray processes still running after {timeout:.0f} s; the baseline shares the machine")
-            return
-        time.sleep(0.5)
 
 
 def measure_child(stage: str, events: str, out: str, arg: str, runs: int) -> dict:
