@@ -71,7 +71,7 @@ class RayConfig(Section):
         8, ge=1, le=4096, description="hash partitions for shuffles (identity, features); scale with data"
     )
     components_one_task_edges: int = Field(
-        4_000_000,
+        16_000_000,
         ge=0,
         description="a connected-components pass over at most this many directed edges runs in one task "
         "(~100 bytes an edge at its peak) instead of distributed rounds; 0: always distributed",
