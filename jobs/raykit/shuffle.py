@@ -44,14 +44,21 @@ def _hash_strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     values (partner ids, sessions) hashes only its dictionary: the same hash per value, without a Python
     string per row; a sample of its head decides which way is cheaper, never the result."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    sample = column.slice(0, _SAMPLE_ROWS)
-    if len(column) < 2 * _SAMPLE_ROWS or pc.count_distinct(sample, mode="all").as_py() > len(sample) // 2:
+    if not worth_encoding(column):
         values = column.to_numpy(zero_copy_only=False).astype(object)
         return pd.util.hash_array(values, hash_key=_HASH_KEY, categorize=False)
     encoded = pc.dictionary_encode(column)
     distinct = np.append(encoded.dictionary.to_numpy(zero_copy_only=False).astype(object), None)
     hashed = pd.util.hash_array(distinct, hash_key=_HASH_KEY, categorize=False)
     return hashed[pc.fill_null(encoded.indices, len(distinct) - 1).to_numpy(zero_copy_only=False)]
+
+
+def worth_encoding(column: pa.Array) -> bool:
+    """Whether a string column repeats its values enough that hashing only its dictionary is cheaper than
+    hashing every row (dictionary-encoding a column of distinct values costs twice its hashing): a sample of
+    its head decides, never the hashes."""
+    sample = column.slice(0, _SAMPLE_ROWS)
+    return len(column) >= 2 * _SAMPLE_ROWS and pc.count_distinct(sample, mode="all").as_py() <= len(sample) // 2
 
 
 _SAMPLE_ROWS = 10_000

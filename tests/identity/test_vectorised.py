@@ -88,3 +88,32 @@ def test_hash_strings_constant_equals_its_column() -> None:
     constant = pa.array(["email"] * len(values))
     np.testing.assert_array_equal(hash_strings("email", scope, values), hash_strings(constant, scope, values))
     np.testing.assert_array_equal(hash_strings("e", values), hash_strings(pa.array(["e"] * len(values)), values))
+
+
+def test_value_hashes_are_the_same_whether_the_column_is_encoded_or_not() -> None:
+    from jobs.identity.graph import _NULL_HASH, _value_hashes
+    from jobs.raykit.shuffle import worth_encoding
+
+    rng = np.random.default_rng(3)
+    distinct = pa.array([f"ev-{i}" if i % 7 else None for i in range(30_000)])  # every row its own value
+    repeated = pa.array([f"p{i}" if i else None for i in rng.integers(0, 5, 30_000)])
+    assert not worth_encoding(distinct) and worth_encoding(repeated)
+    both = pa.concat_arrays([repeated, distinct])  # the first rows repeat: hashed through the dictionary
+    assert worth_encoding(both)
+    hashed = _value_hashes(both)
+    np.testing.assert_array_equal(hashed[: len(repeated)], _value_hashes(repeated))
+    np.testing.assert_array_equal(hashed[len(repeated) :], _value_hashes(distinct))
+    assert (_value_hashes(distinct)[::7] == _NULL_HASH).all() and (hashed != 0).all()
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_sorted_runs_equals_a_stable_sort_by_the_keys(width: int) -> None:
+    from jobs.identity.graph import sorted_runs
+
+    rng = np.random.default_rng(width)
+    keys = [rng.integers(0, 4, 2_000).astype(np.uint64) for _ in range(width)]
+    order, starts = sorted_runs(*keys)
+    rows = sorted(range(2_000), key=lambda i: (tuple(int(k[i]) for k in reversed(keys)), i))
+    assert order.tolist() == rows
+    as_tuples = [tuple(int(k[i]) for k in keys) for i in rows]
+    assert starts.tolist() == [i for i in range(2_000) if i == 0 or as_tuples[i] != as_tuples[i - 1]]
