@@ -226,7 +226,9 @@ def generate(
     out: Annotated[str, typer.Option("--out", help="folder (local or s3://) for the event files")],
     persons: Annotated[int, typer.Option(min=1, help="people behind the events")] = 2000,
     partners: Annotated[int, typer.Option(min=1, max=500, help="partner stores")] = 8,
-    days: Annotated[int, typer.Option(min=1, help="days of events")] = 180,
+    days: Annotated[
+        int, typer.Option(min=1, help="days of events from 2026-01-01 (past today: run with the --run-date it prints)")
+    ] = 180,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 7,
     profile: Annotated[
         str,

@@ -8,6 +8,7 @@ hash partition on that key). Quarantined rows keep every column they came with, 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 
 import numpy as np
@@ -120,11 +121,13 @@ def check_quarantine_share(
     source: str,
     quarantine_table: str,
     examples: dict[str, str] | None = None,
+    ts_range: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> float:
     """The quarantined share of the input; a UserError when there are no rows or the share passes the limit.
 
     The message counts every reason, the first place each was seen (`examples`, from `quarantine_examples`)
-    and, for `bad_type:FIELD`, the field: one paragraph, no row content.
+    and, for `bad_type:FIELD`, the field; with `ts_range` (the plausible times) an `implausible_ts` count says
+    the range and what sets it: one paragraph, no row content.
     """
     if rows_in == 0:
         raise UserError(f"input {source} holds no rows.")
@@ -136,9 +139,15 @@ def check_quarantine_share(
             f"{k}: {v}" + (f" (first: {examples[k]})" if k in examples else "")
             for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         )
+        plausible = (
+            f" A plausible time lies from {ts_range[0]:%Y-%m-%d} to {ts_range[1]:%Y-%m-%d %H:%M:%S} UTC "
+            "(input.plausible_ts_from, and the run date + 1 day: set --run-date for a log that runs past today)."
+            if ts_range and "implausible_ts" in reasons
+            else ""
+        )
         raise UserError(
             f"{quarantined} of {rows_in} input rows ({share:.2%}) broke the input contract, more than "
             f"input.max_quarantine_share={max_share:.2%} ({by_reason}); the rows and their reasons are in "
-            f"{quarantine_table}."
+            f"{quarantine_table}.{plausible}"
         )
     return share

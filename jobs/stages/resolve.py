@@ -55,7 +55,8 @@ def run(
             "%d input files are empty (0 bytes) and hold no events: %s", len(plan.empty_files), plan.empty_files[:5]
         )
     ex = RayExecutor(view.num_partitions, view.components_one_task_edges)
-    blocks, extra_columns = read_events(plan, events.storage, plausible_ts(view, run_identity))
+    ts_range = plausible_ts(view, run_identity)
+    blocks, extra_columns = read_events(plan, events.storage, ts_range)
     parts, block_rows = ex.map(
         steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1
     )
@@ -72,7 +73,7 @@ def run(
     log.info("read %d rows: %d valid, %d quarantined %s", rows_in, rows.rows_kept, rows_quarantined, rows.reasons)
     examples = _first_examples(ex, rows.quarantined) if rows_quarantined else {}
     share = check_quarantine_share(
-        rows_in, rows.reasons, view.input.max_quarantine_share, events.path, quarantine.path, examples
+        rows_in, rows.reasons, view.input.max_quarantine_share, events.path, quarantine.path, examples, ts_range
     )
     clock.mark("validate+quarantine")
     identity = resolve_identity(ex, rows.slim, view.identity)

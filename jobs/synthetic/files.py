@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from jobs.config import StorageConfig
 from jobs.storage import check_bucket, join, write_parquet
@@ -30,7 +32,9 @@ def write_events(
     """Generate the log of `profile` (`jobs.synthetic.profiles`) and write it as files of one partner each (at
     most `rows_per_file` rows a file).
 
-    The same arguments give byte-identical files.
+    The same arguments give byte-identical files. The result names the days the events span and the
+    earliest run date that keeps every row (the resolve stage quarantines a row after the run date + 1 day as
+    `implausible_ts`); a log that runs past today says so, with that run date.
     """
     check_bucket(out, storage)  # a missing bucket is a one-line user error, before the work
     started = time.perf_counter()
@@ -49,6 +53,8 @@ def write_events(
             files.append(path)
     seconds = time.perf_counter() - started
     partners = len(bounds) - 1
+    first, last = (value.as_py().date() for value in pc.min_max(table.column("ts")).values())
+    run_date_from = last - dt.timedelta(days=1)
     log.info(
         "generated %d events (%s) of %d people at %d partners over %d days in %.1fs (%.1fs generating), %d files",
         table.num_rows,
@@ -60,6 +66,14 @@ def write_events(
         generated,
         len(files),
     )
+    if run_date_from > dt.datetime.now(dt.timezone.utc).date():
+        log.warning(
+            "the events run from %s to %s, past today: run them with --run-date %s or later, or the rows after "
+            "the run date + 1 day are quarantined as implausible_ts",
+            first,
+            last,
+            run_date_from,
+        )
     return {
         "rows": table.num_rows,
         "files": len(files),
@@ -68,6 +82,9 @@ def write_events(
         "days": days,
         "seed": seed,
         "profile": profile,
+        "first_event_date": first.isoformat(),
+        "last_event_date": last.isoformat(),
+        "run_date_from": run_date_from.isoformat(),
         "path": out,
         "seconds": round(seconds, 2),
     }

@@ -69,3 +69,14 @@ def test_quarantine_share_limit():
         check_quarantine_share(100, {"missing_ts": 2}, 0.01, "in/", "run/quarantine")
     with pytest.raises(UserError, match="input in/ holds no rows"):
         check_quarantine_share(0, {}, 0.01, "in/", "run/quarantine")
+
+
+def test_quarantine_share_limit_names_the_plausible_times():
+    low = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    high = dt.datetime(2026, 12, 2, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)
+    with pytest.raises(UserError, match=r"from 2000-01-01 to 2026-12-02 23:59:59 UTC .*--run-date") as raised:
+        check_quarantine_share(10, {"implausible_ts": 5}, 0.01, "in/", "q", ts_range=(low, high))
+    assert "\n" not in str(raised.value)
+    with pytest.raises(UserError) as other:  # another reason: no word on times
+        check_quarantine_share(10, {"missing_ts": 5}, 0.01, "in/", "q", ts_range=(low, high))
+    assert "plausible" not in str(other.value)

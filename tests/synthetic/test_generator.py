@@ -3,6 +3,7 @@ behaviour, and the event files it writes (local and moto S3)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import phonenumbers
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -405,3 +407,18 @@ def test_writes_to_s3(storage, s3_bucket):
     fs, _ = filesystem_for(out, storage)
     rows = sum(pq.read_table(fs_path(f), filesystem=fs).num_rows for f in files)
     assert rows == result["rows"] == generate_events(150, 2, 14, 7).num_rows
+
+
+def test_the_result_names_the_run_date_that_keeps_every_row(tmp_path, caplog):
+    result = write_events(str(tmp_path / "short"), StorageConfig(), persons=20, partners=1, days=3)
+    last = pa.concat_tables(pq.read_table(p) for p in (tmp_path / "short").iterdir()).column("ts")
+    assert result["last_event_date"] == pc.max(last).as_py().date().isoformat()
+    assert (
+        result["run_date_from"] == (dt.date.fromisoformat(result["last_event_date"]) - dt.timedelta(days=1)).isoformat()
+    )
+    assert result["first_event_date"] >= "2026-01-01"
+    # a log that runs past today says which run date keeps its rows
+    far = (dt.datetime.now(dt.timezone.utc).date() - dt.date(2026, 1, 1)).days + 30
+    with caplog.at_level(logging.WARNING, logger="jobs.synthetic.files"):
+        late = write_events(str(tmp_path / "late"), StorageConfig(), persons=20, partners=1, days=far)
+    assert f"--run-date {late['run_date_from']} or later" in caplog.text
