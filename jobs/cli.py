@@ -9,6 +9,7 @@ stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,11 +160,46 @@ def _configure_logging(verbose: bool) -> str:
     return str(path)
 
 
+@contextlib.contextmanager
+def _native_stderr_to(path: str) -> Iterator[None]:
+    """Lines native code writes straight to file descriptor 2 go to the command's log file: Ray's C++ core
+    worker prints its max_restarts warning (ray-project/ray#53727) for every scoring actor Ray Data creates,
+    and Ray's own handlers write to the stream they saw at import. Python's `sys.stderr` keeps the terminal
+    (a duplicate of it): the console lines, progress bars and the error paragraph. Quiet mode only, and only
+    when `sys.stderr` is the process's own: an embedding caller that swapped it (a test's CliRunner) keeps
+    what it set."""
+    try:
+        fd = sys.__stderr__.fileno() if sys.stderr is sys.__stderr__ and not _console.verbose else None
+    except (AttributeError, OSError, ValueError):  # no real descriptor behind it
+        fd = None
+    if fd is None:
+        yield
+        return
+    sys.stderr.flush()
+    terminal = open(os.dup(fd), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    with open(path, "ab") as log_file:
+        os.dup2(log_file.fileno(), fd)
+    sys.stderr = terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        os.dup2(terminal.fileno(), fd)
+        sys.stderr = sys.__stderr__
+        terminal.close()
+
+
 def _invoke(fn: Callable[[], Any]) -> Any:
     """Call one function; user mistakes and infrastructure faults become one paragraph and their exit code
     (2: fix the input or config, 3: retry later); anything else one paragraph and exit 1. Tracebacks go to the
     log files only (the run's under RUN/logs/ once there is a run folder), and to the console with --verbose."""
     command_log = _configure_logging(_console.verbose)
+    with _native_stderr_to(command_log):
+        return _report(fn, command_log)
+
+
+def _report(fn: Callable[[], Any], command_log: str) -> Any:
+    """`fn`'s result on stdout (JSON unless a string), or its exception as one paragraph and an exit code."""
     try:
         result = fn()
     except Exception as exc:  # noqa: BLE001 - the console gets one paragraph, the log file the traceback

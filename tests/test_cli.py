@@ -4,6 +4,8 @@ traceback on the console (the command's log file keeps it)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -116,3 +118,21 @@ def test_a_partner_key_is_not_made_where_it_cannot_be_stored():
     result = CliRunner().invoke(app, ["serve", "keys", "create", "--partner", "p1", "--root", "/etc/hostname/x"])
     assert result.exit_code == 2, result.output
     assert "cannot write to /etc/hostname/x/online/keys" in result.output and "Traceback" not in result.output
+
+
+def test_native_stderr_goes_to_the_log_and_python_stderr_to_the_console(tmp_path):
+    """What native code writes to descriptor 2 (Ray's C++ warnings) lands in the command's log file; the
+    console lines (Python's sys.stderr) stay on the terminal; both are as before once the command ends."""
+    log_file = tmp_path / "command.log"
+    script = (
+        "import os, sys\n"
+        "from jobs import cli\n"
+        "with cli._native_stderr_to(sys.argv[1]):\n"
+        "    os.write(2, b'native inside\\n')\n"
+        "    print('console inside', file=sys.stderr)\n"
+        "print('console after', file=sys.stderr, flush=True)\n"
+        "os.write(2, b'native after\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(log_file)], capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines() == ["console inside", "console after", "native after"]
+    assert log_file.read_text() == "native inside\n"
