@@ -29,10 +29,16 @@ def ray_cluster():
     """One local Ray (2 CPUs, small object store) shared by every test that needs it."""
     import ray
 
-    from jobs.raykit.session import configure_data_context
+    from jobs.raykit.session import LOCAL_SYSTEM_CONFIG, configure_data_context
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=600 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=2,
+            object_store_memory=600 * 1024 * 1024,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config=LOCAL_SYSTEM_CONFIG,  # as a command's local Ray
+        )
     configure_data_context()
     yield ray
     ray.shutdown()
