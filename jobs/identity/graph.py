@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.contract.normalise import normalise_emails, normalise_phones, phone_digits
-from jobs.raykit.shuffle import worth_encoding
+from jobs.raykit.shuffle import string_hashes
 
 DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK = "device", "email", "phone", "customer", "subscriber", "click_token"
 IDENTIFIER_TYPES = (DEVICE, EMAIL, PHONE, CUSTOMER, SUBSCRIBER, CLICK)
@@ -212,19 +212,10 @@ def _value_hashes(c: pa.Array | pa.ChunkedArray) -> np.ndarray:
     c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
     if c.null_count == len(c):
         return np.full(len(c), _NULL_HASH, dtype=np.uint64)
-    c = pc.cast(c, pa.string())
-    if not worth_encoding(c):  # e.g. event ids: every row its own value
-        hashed = pd.util.hash_array(
-            c.to_numpy(zero_copy_only=False).astype(object), hash_key=_HASH_KEY, categorize=False
-        )
-        if c.null_count:
-            hashed[pc.is_null(c).to_numpy(zero_copy_only=False)] = _NULL_HASH
-        return hashed
-    enc = pc.dictionary_encode(c)
-    uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
-    hashed_uniq = pd.util.hash_array(uniq, hash_key=_HASH_KEY, categorize=False)
-    codes = pc.fill_null(enc.indices, len(uniq)).to_numpy(zero_copy_only=False)
-    return np.append(hashed_uniq, _NULL_HASH)[codes]
+    hashed = string_hashes(pc.cast(c, pa.string()), _HASH_KEY)
+    if c.null_count:
+        hashed[pc.is_null(c).to_numpy(zero_copy_only=False)] = _NULL_HASH
+    return hashed
 
 
 def with_ids(sess: pa.Table) -> pa.Table:

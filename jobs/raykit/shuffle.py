@@ -31,7 +31,7 @@ def hash_columns(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
             values = column.to_numpy(zero_copy_only=False)
             hashed = pd.util.hash_array(np.asarray(values), hash_key=_HASH_KEY)
         else:
-            hashed = _hash_strings(column.cast(pa.string()))
+            hashed = string_hashes(column.cast(pa.string()), _HASH_KEY)
         combined = (
             hashed if combined is None else pd.util.hash_array(combined * np.uint64(31) + hashed, hash_key=_HASH_KEY)
         )
@@ -39,21 +39,22 @@ def hash_columns(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
     return combined
 
 
-def _hash_strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """pandas' hash of every value of a string column (null hashes as None does). A column of few distinct
-    values (partner ids, sessions) hashes only its dictionary: the same hash per value, without a Python
-    string per row; a sample of its head decides which way is cheaper, never the result."""
+def string_hashes(column: pa.ChunkedArray | pa.Array, hash_key: str) -> np.ndarray:
+    """pandas' hash (under `hash_key`) of every value of a string column (null hashes as None does). A column
+    of few distinct values (partner ids, sessions) hashes only its dictionary: the same hash per value, without
+    a Python string per row; a sample of its head decides which way is cheaper (`_worth_encoding`), never the
+    result."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not worth_encoding(column):
+    if not _worth_encoding(column):
         values = column.to_numpy(zero_copy_only=False).astype(object)
-        return pd.util.hash_array(values, hash_key=_HASH_KEY, categorize=False)
+        return pd.util.hash_array(values, hash_key=hash_key, categorize=False)
     encoded = pc.dictionary_encode(column)
     distinct = np.append(encoded.dictionary.to_numpy(zero_copy_only=False).astype(object), None)
-    hashed = pd.util.hash_array(distinct, hash_key=_HASH_KEY, categorize=False)
+    hashed = pd.util.hash_array(distinct, hash_key=hash_key, categorize=False)
     return hashed[pc.fill_null(encoded.indices, len(distinct) - 1).to_numpy(zero_copy_only=False)]
 
 
-def worth_encoding(column: pa.Array) -> bool:
+def _worth_encoding(column: pa.Array) -> bool:
     """Whether a string column repeats its values enough that hashing only its dictionary is cheaper than
     hashing every row (dictionary-encoding a column of distinct values costs twice its hashing): a sample of
     its head decides, never the hashes."""

@@ -92,7 +92,7 @@ def test_hash_strings_constant_equals_its_column() -> None:
 
 def test_value_hashes_are_the_same_whether_the_column_is_encoded_or_not() -> None:
     from jobs.identity.graph import _NULL_HASH, _value_hashes
-    from jobs.raykit.shuffle import worth_encoding
+    from jobs.raykit.shuffle import _worth_encoding as worth_encoding
 
     rng = np.random.default_rng(3)
     distinct = pa.array([f"ev-{i}" if i % 7 else None for i in range(30_000)])  # every row its own value
