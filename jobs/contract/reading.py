@@ -78,6 +78,19 @@ BOM = b"\xef\xbb\xbf"
 TsRange = tuple[dt.datetime, dt.datetime]
 
 
+def plausible_ts_range(plausible_from: dt.date, run_date: dt.date) -> TsRange:
+    """The times a row may carry for a run dated `run_date`: from `input.plausible_ts_from` to the end of the
+    day after the run date (UTC), inclusive; a row outside is quarantined as `implausible_ts`."""
+    low = dt.datetime.combine(plausible_from, dt.time(), dt.timezone.utc)
+    high = dt.datetime.combine(run_date + dt.timedelta(days=2), dt.time(), dt.timezone.utc)
+    return low, high - dt.timedelta(microseconds=1)
+
+
+def earliest_run_date(last_event: dt.date) -> dt.date:
+    """The first run date whose plausible range (`plausible_ts_range`) holds an event on `last_event`."""
+    return last_event - dt.timedelta(days=1)
+
+
 @dataclass
 class InputFile:
     path: str

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import JobConfig
 from jobs.contract import plan_input, read_events_local
-from jobs.contract.reading import extra_columns_of
+from jobs.contract.reading import extra_columns_of, plausible_ts_range
 from jobs.contract.rows import quarantine_schema, to_quarantine
 from jobs.identity.junk import AUDIT_SCHEMA
 from jobs.identity.personas import IDENTITY_MAP_SCHEMA, PERSONA_SCHEMA
@@ -28,14 +28,6 @@ from jobs.identity.rounds import resolve_local
 from jobs.identity.steps import resolved_schema
 
 OUTPUTS = ("quarantine", "events_resolved", "identity_map", "identity_audit", "personas")
-
-
-def plausible_range(config: JobConfig, run_date: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """The resolve stage's plausible timestamps: `input.plausible_ts_from` to the end of the day after the
-    run date (UTC), inclusive."""
-    low = dt.datetime.combine(config.input.plausible_ts_from, dt.time(), dt.timezone.utc)
-    high = dt.datetime.combine(run_date + dt.timedelta(days=2), dt.time(), dt.timezone.utc)
-    return low, high - dt.timedelta(microseconds=1)
 
 
 def resolve_files(
@@ -51,7 +43,7 @@ def resolve_files(
     seconds: dict[str, float] = {}
     run_date = run_date or config.run_date or dt.datetime.now(dt.timezone.utc).date()
     plan = plan_input(paths, config.storage)
-    events = read_events_local(plan, config.storage, plausible_range(config, run_date))
+    events = read_events_local(plan, config.storage, plausible_ts_range(config.input.plausible_ts_from, run_date))
     extra = extra_columns_of(events.column_names)
     seconds["read"], clock = time.perf_counter() - clock, time.perf_counter()
     result = resolve_local(events, config.identity)

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.config import JobConfig, ScoringConfig, SegmentConfig, StorageConfig
-from jobs.contract.reading import TsRange, normalise_batch, parse_lines
+from jobs.contract.reading import TsRange, normalise_batch, parse_lines, plausible_ts_range
 from jobs.contract.schema import CONTRACT_SCHEMA, REASON
 from jobs.identity.graph import slim_events
 from jobs.identity.junk import blocklists
@@ -117,11 +117,8 @@ class Intake:
 
 def live_ts_range(config: JobConfig, now: dt.datetime | None = None) -> TsRange:
     """The batch's plausible timestamps for a run dated today: `input.plausible_ts_from` to the end of tomorrow
-    (UTC), inclusive (`jobs.stages.resolve.plausible_ts`)."""
-    today = (now or dt.datetime.now(dt.timezone.utc)).date()
-    low = dt.datetime.combine(config.input.plausible_ts_from, dt.time(), dt.timezone.utc)
-    high = dt.datetime.combine(today + dt.timedelta(days=2), dt.time(), dt.timezone.utc)
-    return low, high - dt.timedelta(microseconds=1)
+    (UTC), inclusive (`plausible_ts_range`)."""
+    return plausible_ts_range(config.input.plausible_ts_from, (now or dt.datetime.now(dt.timezone.utc)).date())
 
 
 def intake(body: bytes, partner_id: str, seen: set[int], max_events: int, ts_range: TsRange | None = None) -> Intake:

@@ -8,7 +8,6 @@ failed run still shows its rows); identity resolution runs as Ray tasks (`jobs.i
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from typing import Any
@@ -18,7 +17,7 @@ import pyarrow as pa
 import ray.data
 
 from jobs.config import ResolveView
-from jobs.contract.reading import plan_input, read_events
+from jobs.contract.reading import plan_input, plausible_ts_range, read_events
 from jobs.contract.rows import (
     check_quarantine_share,
     merge_counts,
@@ -55,7 +54,7 @@ def run(
             "%d input files are empty (0 bytes) and hold no events: %s", len(plan.empty_files), plan.empty_files[:5]
         )
     ex = RayExecutor(view.num_partitions, view.components_one_task_edges)
-    ts_range = plausible_ts(view, run_identity)
+    ts_range = plausible_ts_range(view.input.plausible_ts_from, run_identity.run_date)
     blocks, extra_columns = read_events(plan, events.storage, ts_range)
     parts, block_rows = ex.map(
         steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1
@@ -104,13 +103,6 @@ def run(
         "stage_seconds": clock.seconds,
         "driver_rss_mb_after": clock.rss_mb,
     }
-
-
-def plausible_ts(view: ResolveView, identity: RunIdentity) -> tuple[dt.datetime, dt.datetime]:
-    """Events from `input.plausible_ts_from` to the end of the day after the run date (UTC), inclusive."""
-    low = dt.datetime.combine(view.input.plausible_ts_from, dt.time(), dt.timezone.utc)
-    high = dt.datetime.combine(identity.run_date + dt.timedelta(days=2), dt.time(), dt.timezone.utc)
-    return low, high - dt.timedelta(microseconds=1)
 
 
 def _first_examples(ex: RayExecutor, quarantined: list) -> dict[str, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from jobs.config import StorageConfig
+from jobs.contract.reading import earliest_run_date
 from jobs.storage import check_bucket, join, write_parquet
 from jobs.synthetic.profiles import Profile, generate_profile
 
@@ -54,7 +55,7 @@ def write_events(
     seconds = time.perf_counter() - started
     partners = len(bounds) - 1
     first, last = (value.as_py().date() for value in pc.min_max(table.column("ts")).values())
-    run_date_from = last - dt.timedelta(days=1)
+    run_date_from = earliest_run_date(last)
     log.info(
         "generated %d events (%s) of %d people at %d partners over %d days in %.1fs (%.1fs generating), %d files",
         table.num_rows,
