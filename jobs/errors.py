@@ -30,6 +30,9 @@ _INFRA_NAMES = (
     "ServerDisconnectedError",
 )
 
+# the AWS credential chain found nothing usable: the user's to set, not the store's fault
+_CREDENTIAL_NAMES = ("NoCredentialsError", "PartialCredentialsError")
+
 
 def _causes(exc: BaseException):
     """`exc` and what it wraps: `__cause__`/`__context__` chains and Ray's task errors (their `cause`)."""
@@ -48,7 +51,8 @@ def classify(exc: BaseException) -> SegmentsError | None:
     """The user's or the infrastructure's fault behind an unexpected exception, when it can be told.
 
     A store or cluster that could not be reached after the retries is an InfraError (exit 3: retry later); a
-    local path that cannot be written or read (missing, not a folder, no permission) is a UserError naming it.
+    local path that cannot be written or read (missing, not a folder, no permission), or S3 without credentials,
+    is a UserError naming it.
     """
     for cause in _causes(exc):
         if isinstance(cause, SegmentsError):
@@ -58,6 +62,12 @@ def classify(exc: BaseException) -> SegmentsError | None:
                 f"the object store or cluster did not answer after retries ({type(cause).__name__}: "
                 f"{str(cause)[:300]}). Check that the endpoint is up and reachable, then run again: "
                 "finished stages are kept."
+            )
+        if type(cause).__name__ in _CREDENTIAL_NAMES:
+            return UserError(
+                f"S3 needs credentials and none were usable ({type(cause).__name__}: {str(cause)[:200]}). Provide "
+                "them through the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the "
+                "node's instance role), never in the job config."
             )
         if isinstance(cause, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
             what = f"path {cause.filename}: {cause.strerror}" if cause.filename else str(cause)

@@ -136,3 +136,19 @@ def test_native_stderr_goes_to_the_log_and_python_stderr_to_the_console(tmp_path
     done = subprocess.run([sys.executable, "-c", script, str(log_file)], capture_output=True, text=True, check=True)
     assert done.stderr.splitlines() == ["console inside", "console after", "native after"]
     assert log_file.read_text() == "native inside\n"
+
+
+def test_s3_without_credentials_is_a_user_error_in_one_paragraph(tmp_path, free_port, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = tmp_path / "job.yaml"
+    config.write_text(f"storage:\n  endpoint_url: http://127.0.0.1:{free_port()}\n  retries: 1\n")
+    result = CliRunner().invoke(
+        app, ["resolve", "--events", "s3://bucket/events/", "--out", str(tmp_path / "r"), "--config", str(config)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "S3 needs credentials" in result.output and "AWS_ACCESS_KEY_ID" in result.output
+    assert "Traceback" not in result.output
