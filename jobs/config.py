@@ -208,7 +208,16 @@ class TrainingConfig(Section):
             "reg_lambda": 5,
         }
     )
-    max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig.max_failures")
+    max_failures: int = Field(
+        2, ge=0, description="Ray Train FailureConfig.max_failures; the retries of a round fitted in one task"
+    )
+    one_task_rows: int = Field(
+        500_000,
+        ge=0,
+        description="with one worker, a round of fits with at most this many rows together runs in one Ray task "
+        "instead of a Ray Train run: Ray Train's start (~6-10 s on 2 cores) would be most of such a round, and its "
+        "checkpoints save little; a failure reruns the task; 0: always Ray Train",
+    )
     speculative_refit_rows: int = Field(
         500_000,
         ge=0,
@@ -543,6 +552,7 @@ class TrainView(StageView):
         "training.use_gpu",
         "training.report_every",
         "training.max_failures",
+        "training.one_task_rows",
         "training.nthread",
     )
 

@@ -19,7 +19,8 @@ process and run:
 
 **One booster** (`--rows`): synthetic data (N rows x 110 float32 features, ~20% positives), the same
 parameters and a fixed number of rounds, no early stopping: plain QuantileDMatrix + xgboost.train against
-`jobs.model.fit.fit_boosters` with that one fit (one XGBoostTrainer run).
+`jobs.model.fit.fit_boosters` with that one fit (one Ray task up to `training.one_task_rows` rows, else one
+XGBoostTrainer run; `--one-task-rows 0` forces Ray Train). Both modes print which runner fitted.
 
     .venv/bin/python scripts/bench_train.py                          # whole run at the demo's size (3000)
     .venv/bin/python scripts/bench_train.py --persons 3000 20000
@@ -72,7 +73,7 @@ def plain_fit(X, y, valid, names, params, rounds, nthread) -> float:
     return time.perf_counter() - started
 
 
-def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
+def ray_fit(X, y, valid, names, config, rounds, spw) -> tuple[float, str]:
     import pyarrow as pa
     import ray.data
 
@@ -84,7 +85,7 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
     columns[FIT] = np.full(len(y), "bench")
     dataset = ray.data.from_arrow(pa.table(columns))
     with tempfile.TemporaryDirectory() as storage:
-        models, _ = fit_boosters(
+        models, run = fit_boosters(
             dataset,
             {"bench": spw},
             training=config.training,
@@ -95,7 +96,7 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> float:
             name=f"bench-{len(y)}",
         )
     assert models
-    return time.perf_counter() - started
+    return time.perf_counter() - started, run["runner"]
 
 
 RAY_START: list[float] = []
@@ -224,6 +225,7 @@ def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
                 "rows": rows.num_rows,
                 "best_iteration": best_iteration,
                 "stage_best_iteration": stage.get("best_iteration"),
+                "stage_runner": stage.get("fit_run", {}).get("runner"),
             }
         )
     return time.perf_counter() - started, lines
@@ -237,6 +239,9 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=110)
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: training.num_boost_round)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--one-task-rows", type=int, default=None, help="one booster: training.one_task_rows (0: Ray Train)"
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="interleaved plain/Ray pairs per size; the median pair counts"
     )
@@ -257,10 +262,14 @@ def main() -> None:
         ray.shutdown()
         for r in runs:
             print(json.dumps(r), flush=True)
-        print(f"\n{'persons':>8} {'fits':>5} {'plain s':>8} {'stage s':>8} {'ratio':>6} {'+start s':>9} {'ratio':>6}")
+        print(
+            f"\n{'persons':>8} {'fits':>5} {'runner':>10} {'plain s':>8} {'stage s':>8} {'ratio':>6} {'+start s':>9} "
+            f"{'ratio':>6}"
+        )
         for r in runs:
+            runners = "+".join(sorted({f["stage_runner"] or "?" for f in r["fits"]}))
             print(
-                f"{r['persons']:>8,} {len(r['fits']):>5} {r['plain_s']:>8.2f} {r['stage_s']:>8.2f} "
+                f"{r['persons']:>8,} {len(r['fits']):>5} {runners:>10} {r['plain_s']:>8.2f} {r['stage_s']:>8.2f} "
                 f"{r['ratio_warm']:>6.2f} {r['stage_s'] + r['ray_startup_s']:>9.2f} {r['ratio_with_startup']:>6.2f}"
             )
         same = all(f["best_iteration"] == f["stage_best_iteration"] for r in runs for f in r["fits"])
@@ -273,6 +282,7 @@ def main() -> None:
         update={
             "training": base.training.model_copy(
                 update={"num_boost_round": args.rounds, "early_stopping_rounds": None, "nthread": nthread}
+                | ({} if args.one_task_rows is None else {"one_task_rows": args.one_task_rows})
             )
         }
     )
@@ -297,13 +307,15 @@ def main() -> None:
                 ray.init(include_dashboard=False, log_to_driver=False)
                 configure_data_context()
                 ray_started = time.perf_counter() - t0
-            pairs.append((plain, ray_fit(X, y, valid, names, config, args.rounds, spw)))
+            seconds, runner = ray_fit(X, y, valid, names, config, args.rounds, spw)
+            pairs.append((plain, seconds))
         plain, warm = sorted(pairs, key=lambda p: p[1] / p[0])[len(pairs) // 2]  # the median pair
         row = {
             "rows": rows,
             "cols": args.cols,
             "rounds": args.rounds,
             "nthread": nthread,
+            "runner": runner,
             "repeat": args.repeat,
             "plain_s": round(plain, 2),
             "ray_warm_s": round(warm, 2),
@@ -317,10 +329,10 @@ def main() -> None:
     import ray
 
     ray.shutdown()
-    print(f"\n{'rows':>10} {'plain s':>9} {'ray s':>9} {'ratio':>7} {'+start s':>9} {'ratio':>7}")
+    print(f"\n{'rows':>10} {'runner':>10} {'plain s':>9} {'ray s':>9} {'ratio':>7} {'+start s':>9} {'ratio':>7}")
     for r in results:
         print(
-            f"{r['rows']:>10,} {r['plain_s']:>9.2f} {r['ray_warm_s']:>9.2f} {r['ratio_warm']:>7.2f} "
+            f"{r['rows']:>10,} {r['runner']:>10} {r['plain_s']:>9.2f} {r['ray_warm_s']:>9.2f} {r['ratio_warm']:>7.2f} "
             f"{r['ray_warm_s'] + r['ray_startup_s']:>9.2f} {r['ratio_with_startup']:>7.2f}"
         )
     _write(Path(args.out), {"results": results, "machine": {"cpus": os.cpu_count()}})

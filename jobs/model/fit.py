@@ -14,7 +14,11 @@ object store. Each worker (`train_fn_per_worker`) reads its share once, groups t
 flag) inside the one collective group the trainer sets up. The driver holds the blocks until the run ends, so
 a restarted worker fetches them again.
 
-Fault tolerance: every checkpoint holds the models of the fits completed so far (`fits/NNN.json` and their
+A round small enough that this fixed cost would be most of it (one worker, at most `training.one_task_rows`
+rows) runs in one Ray task instead (`_fit_in_task`): the same function on the one share, the same models,
+no reports or checkpoints; Ray reruns the task if its worker dies.
+
+Fault tolerance (Ray Train): every checkpoint holds the models of the fits completed so far (`fits/NNN.json` and their
 figures) plus, while a fit is in progress, its periodic model (at `report_every` rounds); after a worker
 failure the run restores the latest checkpoint, skips the completed fits and resumes the current one from
 its periodic model. A checkpoint is reported after a completed fit or at a periodic round once
@@ -211,7 +215,51 @@ def train_fn_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: shard -> per fit QuantileDMatrix -> xgboost.train -> checkpoint."""
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    nthread = config.get("nthread") or max(1, (os.cpu_count() or 1) // max(1, context.get_local_world_size()))
+    progress = _Progress(config["fits"], rank, config["checkpoint_seconds"])
+    current, start_model = None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        current, start_model = progress.restore(checkpoint)
+    if len(progress.models) == len(progress.fits):  # failed after the last fit's report: report it again
+        progress.report({"final": 1})
+        return
+    _fit_shard(config, progress, context.get_local_world_size(), current, start_model)
+
+
+class _Unreported(_Progress):
+    """The progress of a round fitted in one Ray task: nothing is reported or checkpointed (a failure reruns
+    the task, see `fit_boosters`)."""
+
+    def __init__(self, fits: Sequence[str]) -> None:
+        super().__init__(fits, rank=0, every_seconds=0.0)
+
+    def due(self) -> bool:
+        return False
+
+    def report(self, metrics: dict, current: str | None = None, model: xgboost.Booster | None = None) -> None:
+        return None
+
+
+@ray.remote
+def _fit_in_task(config: dict) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Every fit of `config` in this one task, as one Ray Train worker alone would fit them:
+    {fit: (model bytes, its figures)}."""
+    progress = _Unreported(config["fits"])
+    _fit_shard(config, progress, local_world_size=1)
+    return {fit: (progress.models[fit], progress.figures[fit]) for fit in progress.fits}
+
+
+def _fit_shard(
+    config: dict,
+    progress: _Progress,
+    local_world_size: int,
+    current: str | None = None,
+    start_model: xgboost.Booster | None = None,
+) -> None:
+    """The fits of `config` not in `progress` yet, on this rank's shard, in the config's order (the one in
+    progress, `current`, resumed from `start_model`); reports after a fit when `progress` is due, and after the
+    last one."""
+    nthread = config.get("nthread") or max(1, (os.cpu_count() or 1) // max(1, local_world_size))
     params = dict(config["params"])
     params.update({"nthread": nthread, "seed": config["seed"]})
     metrics = params.get("eval_metric") or ["auc"]
@@ -219,19 +267,9 @@ def train_fn_per_worker(config: dict) -> None:
     params["eval_metric"] = [m for m in metrics if m != "auc"] + ["auc"]  # early stopping watches the last
     if config.get("use_gpu"):
         params["device"] = "cuda"
-
-    fits = list(config["fits"])
-    progress = _Progress(fits, rank, config["checkpoint_seconds"])
-    current, start_model = None, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        current, start_model = progress.restore(checkpoint)
-    todo = [fit for fit in fits if fit not in progress.models]
-    if not todo:  # failed after the last fit's report: report it again
-        progress.report({"final": 1})
-        return
+    todo = [fit for fit in progress.fits if fit not in progress.models]
     started = time.perf_counter()
-    shard = _blocks(config["shards"][rank])
+    shard = _blocks(config["shards"][progress.rank])
     data = _shard_batches(shard, todo, config["feature_names"], config["batch_size"])
     load_seconds = time.perf_counter() - started
     with openmp_threads(nthread):
@@ -240,7 +278,7 @@ def train_fn_per_worker(config: dict) -> None:
             spw = float(config["fits"][fit])
             _fit_one(config, params | {"scale_pos_weight": spw}, nthread, data.pop(fit), resume, progress, fit)
             progress.figures[fit]["load_seconds"] = load_seconds / len(todo)
-            final = len(progress.models) == len(fits)
+            final = len(progress.models) == len(progress.fits)
             if final or progress.due():
                 progress.report({"final": int(final)})
 
@@ -286,10 +324,11 @@ def _fit_one(config: dict, params: dict, nthread: int, batches, start_model, pro
 # The driver side
 
 
-def _shards(dataset: ray.data.Dataset, workers: int) -> list[list[ray.ObjectRef]]:
-    """The dataset's blocks (materialized once) as one equal share of rows per worker: their references."""
+def _shards(dataset: ray.data.Dataset, workers: int) -> tuple[list[list[ray.ObjectRef]], int]:
+    """The dataset's blocks (materialized once) as one equal share of rows per worker: their references, and
+    the rows of all of them."""
     shares = dataset.split(workers, equal=True) if workers > 1 else [dataset.materialize()]
-    return [share.to_arrow_refs() for share in shares]
+    return [share.to_arrow_refs() for share in shares], sum(share.count() for share in shares)
 
 
 def fit_boosters(
@@ -303,27 +342,25 @@ def fit_boosters(
     storage_filesystem: pafs.FileSystem | None,
     name: str,
     train_loop: Callable[[dict], None] = train_fn_per_worker,
-) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], float]:
+) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
     """Fit one model per fit of `scale_pos_weights` ({fit id: scale_pos_weight}) in ONE Ray Train run, in
     that order; `dataset` holds the rows of all of them, each with its fit id in `_fit` (`examples.tag_fits`).
 
-    Returns ({fit: (model bytes, its figures)}, the run's wall seconds). The dataset's columns: the features,
-    the label, the `_valid` flag (validation rows), the `_u` sample key and `_fit`. `storage_path` (as
-    `storage_filesystem` names it; None = local) holds Ray Train's checkpoints of the run under `name`; the
-    caller removes them. `train_loop`: the workers' function (a test wraps `train_fn_per_worker` to kill a
-    worker mid-run).
+    With one worker and at most `training.one_task_rows` rows, the same fits run in one Ray task instead
+    (`_fit_in_task`, retried `training.max_failures` times if its worker dies): the models are the same, and
+    the run skips Ray Train's controller, worker group and collective set-up, seconds that a round of that
+    size never earns back with checkpoints.
+
+    Returns ({fit: (model bytes, its figures)}, the run's figures: `runner` "ray_train" or "ray_task", `rows`,
+    `seconds`). The dataset's columns: the features, the label, the `_valid` flag (validation rows), the `_u`
+    sample key and `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's
+    checkpoints of the run under `name`; the caller removes them. `train_loop`: the Ray Train workers'
+    function (a test wraps `train_fn_per_worker` to kill a worker mid-run).
     """
     if not scale_pos_weights:
-        return {}, 0.0
-    os.environ.setdefault(*HEALTH_CHECK_INTERVAL)
+        return {}, {}
     started = time.perf_counter()
-    run_config = ray.train.RunConfig(
-        name=name,
-        storage_path=storage_path,
-        storage_filesystem=storage_filesystem,
-        failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-    )
+    shards, rows = _shards(dataset, training.num_workers)
     loop_config = {
         "fits": {fit: float(spw) for fit, spw in scale_pos_weights.items()},
         "feature_names": list(feature_names),
@@ -337,8 +374,39 @@ def fit_boosters(
         "nthread": training.nthread,
         "use_gpu": training.use_gpu,
         "batch_size": BATCH_ROWS,
-        "shards": _shards(dataset, training.num_workers),
+        "shards": shards,
     }
+    if training.num_workers == 1 and rows <= training.one_task_rows:
+        fitted = ray.get(
+            _fit_in_task.options(
+                num_cpus=training.cpus_per_worker,
+                num_gpus=1 if training.use_gpu else 0,
+                max_retries=training.max_failures,
+            ).remote(loop_config)
+        )
+        return fitted, {"runner": "ray_task", "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+    fitted = _ray_train_run(loop_config, training, storage_path, storage_filesystem, name, train_loop)
+    return fitted, {"runner": "ray_train", "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _ray_train_run(
+    loop_config: dict,
+    training: TrainingConfig,
+    storage_path: str,
+    storage_filesystem: pafs.FileSystem | None,
+    name: str,
+    train_loop: Callable[[dict], None],
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """The fits of `loop_config` in one `XGBoostTrainer` run: {fit: (model bytes, its figures)}, read from the
+    run's last checkpoint."""
+    os.environ.setdefault(*HEALTH_CHECK_INTERVAL)
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
+        failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+    )
     trainer = XGBoostTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -354,9 +422,9 @@ def fit_boosters(
         raise RuntimeError(f"Ray Train run {name} ended without a checkpoint")
     fitted = {}
     with result.checkpoint.as_directory() as local:
-        for i, fit in enumerate(scale_pos_weights):
+        for i, fit in enumerate(loop_config["fits"]):
             model, figures = Path(local, FITS_DIR, f"{i:03d}.json"), Path(local, FITS_DIR, f"{i:03d}.figures.json")
             if not model.exists():
                 raise RuntimeError(f"Ray Train run {name} ended without the model of fit {fit}")
             fitted[fit] = (model.read_bytes(), json.loads(figures.read_text()))
-    return fitted, time.perf_counter() - started
+    return fitted

@@ -11,9 +11,9 @@ For a segment with cut-offs train_as_of < eval_as_of (the run plan's):
    snapshot, or a category segment whose category has no feature slot: the segment is `skipped`, with the
    reason; the run goes on.
 3. **Fit** at train_as_of: the look-alikes of ALL segments in one Ray Train run (`jobs.model.fit`: a run's
-   fixed cost is paid once, not per segment), each calibrated on its validation split
-   (`jobs.model.calibration`) so it predicts probabilities; the RFM booster (`jobs.model.baselines`) on a
-   hash sample of the same rows.
+   fixed cost is paid once, not per segment; a round too small to earn it back runs in one Ray task), each
+   calibrated on its validation split (`jobs.model.calibration`) so it predicts probabilities; the RFM booster
+   (`jobs.model.baselines`) on a hash sample of the same rows.
 4. **Evaluation** out of time (`jobs.model.quality`): the snapshot at eval_as_of, labels after it, scored by
    every candidate (also the previous run's champion when comparable); per candidate the metrics, the
    permutation null on the evaluation labels and the alarms; the single-feature leakage check. Metric rows
@@ -421,7 +421,7 @@ def _calibrate_all(
     """{segment: (its look-alike calibrated on its validation split, how it was fitted)} for the boosters
     `fitted` ({(cut-off, segment): (model bytes, the fit's figures)}), from one pass per cut-off.
 
-    `run`: the figures of the Ray Train run the fits shared."""
+    `run`: the figures of the run the fits shared (Ray Train or one task, `fit.fit_boosters`)."""
     valid = prepared.collect(
         {
             key: {
@@ -452,7 +452,7 @@ def _calibrate_all(
                 "num_workers": t.num_workers,
                 "cpus_per_worker": t.cpus_per_worker,
                 "fit_seconds": round(figures.get("load_seconds", 0.0) + figures.get("train_seconds", 0.0), 3),
-                "ray_train_run": run,
+                "fit_run": run,
             },
         )
     return out
@@ -466,13 +466,12 @@ def _fit_round(
     scratch: TrainScratch,
     name: str,
 ) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
-    """Every fit of `fits` ({(cut-off, segment): fit id}) in ONE Ray Train run over one dataset of their rows;
-    ({fit id: (model bytes, figures)}, the run's figures)."""
+    """Every fit of `fits` ({(cut-off, segment): fit id}) in ONE Ray Train run (or one Ray task, when small:
+    `fit.fit_boosters`) over one dataset of their rows; ({fit id: (model bytes, figures)}, the run's figures)."""
     if not fits:
         return {}, {}
-    log.info("train: %d fit(s) in one Ray Train run (%s)", len(fits), name)
     names = list(features.names)
-    fitted, seconds = fit_boosters(
+    fitted, run = fit_boosters(
         prepared.dataset(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
         {fit: _spw(prepared.stats(*key)) for key, fit in fits.items()},
         training=t,
@@ -482,7 +481,8 @@ def _fit_round(
         storage_filesystem=scratch.filesystem,
         name=f"{name}-{uuid.uuid4().hex[:8]}",
     )
-    return fitted, {"name": name, "fits": len(fits), "seconds": round(seconds, 3)}
+    log.info("train: %d fit(s) of %s rows in one %s run (%s)", len(fits), f"{run['rows']:,}", run["runner"], name)
+    return fitted, {"name": name, "fits": len(fits), **run}
 
 
 def _baseline_samples(
@@ -583,8 +583,9 @@ def train_segments(
 
     1. Data: every segment's rows at its train_as_of prepared in one pass per cut-off; the gates; then the
        same at eval_as_of and refit_as_of for the segments that passed.
-    2. ONE Ray Train run fits every segment's evaluation look-alike, and speculatively its production refit
-       when the refits are small (`training.speculative_refit_rows`, see `_speculative`).
+    2. ONE Ray Train run (one Ray task when the round is small, `fit.fit_boosters`) fits every segment's
+       evaluation look-alike, and speculatively its production refit when the refits are small
+       (`training.speculative_refit_rows`, see `_speculative`).
     3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
        then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion. The leakage
        checks and the RFM samples need no model: their tasks start before the Ray Train run.
@@ -619,7 +620,7 @@ def train_segments(
     rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
     leakages = _leakage_checks(active, snapshots, prepared, names, t)
     fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
-    lap("first Ray Train run")
+    lap("first fit run")
     lookalikes = _calibrate_all(
         prepared,
         {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active},
@@ -642,7 +643,7 @@ def train_segments(
     }
     refitted, second_run = _fit_round(prepared, second, features, t, scratch, "production")
     fitted |= refitted
-    lap("second Ray Train run")
+    lap("second fit run")
     production = _calibrate_all(
         prepared,
         {

@@ -1,6 +1,7 @@
 """Several boosters in ONE Ray Train run (`jobs.model.fit.fit_boosters`) on the real shared Ray: each fit
-gives the booster plain `xgboost.train` gives on the same rows, and a worker killed after the first fit's
-checkpoint resumes without refitting the completed fit and ends with the same models."""
+gives the booster plain `xgboost.train` gives on the same rows, a round small enough for one Ray task gives
+the same boosters there, and a worker killed after the first fit's checkpoint resumes without refitting the
+completed fit and ends with the same models."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ TRAINING = TrainingConfig(
     report_every=10,
     checkpoint_seconds=0,  # a checkpoint after every completed fit
     max_failures=1,
+    one_task_rows=0,  # Ray Train, whatever the rows
     nthread=2,
     params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "max_depth": 3, "eta": 0.3},
 )
@@ -62,20 +64,21 @@ def _plain(table: pa.Table) -> bytes:
     return model_bytes(fit._best(booster, 5)[0])
 
 
-def test_fits_of_one_run_match_plain_xgboost_and_a_killed_worker_skips_completed_fits(ray_cluster, tmp_path):
+def test_fits_of_one_run_match_plain_xgboost_also_in_one_task_and_a_killed_worker_resumes(ray_cluster, tmp_path):
     tables = {f"seg{i}/evaluation": _rows(1500 + 400 * i, seed=i) for i in range(3)}
+    second = list(tables)[1]
     spw = {}
     for fit_id, table in tables.items():
         train = table.filter(pa.compute.invert(table.column(VALID)))
         y = train.column(LABEL).to_numpy()
         spw[fit_id] = float((y == 0).sum() / max(1, y.sum()))
 
-    def run(name: str, train_loop=fit.train_fn_per_worker):
+    def run(name: str, train_loop=fit.train_fn_per_worker, training=TRAINING):
         parts = [ray.data.from_arrow(_with_fit(t, k)).repartition(3) for k, t in tables.items()]
-        fitted, _ = fit.fit_boosters(
+        fitted, figures = fit.fit_boosters(
             parts[0].union(*parts[1:]),
             spw,
-            training=TRAINING,
+            training=training,
             feature_names=NAMES,
             feature_types=["float"] * len(NAMES),
             storage_path=str(tmp_path / "scratch"),
@@ -83,12 +86,20 @@ def test_fits_of_one_run_match_plain_xgboost_and_a_killed_worker_skips_completed
             name=name,
             train_loop=train_loop,
         )
-        return fitted
+        assert figures["rows"] == sum(t.num_rows for t in tables.values())
+        return fitted, figures["runner"]
 
-    clean = run("clean")
-    assert list(clean) == list(tables)
+    clean, runner = run("clean")
+    assert runner == "ray_train" and list(clean) == list(tables)
     for fit_id, table in tables.items():
         assert clean[fit_id][0] == _plain(table), fit_id
+
+    rows = sum(t.num_rows for t in tables.values())
+    in_task, runner = run("small", training=TRAINING.model_copy(update={"one_task_rows": rows}))
+    assert runner == "ray_task"
+    assert {k: v[0] for k, v in in_task.items()} == {k: v[0] for k, v in clean.items()}
+    assert in_task[second][1]["best_iteration"] == clean[second][1]["best_iteration"]
+    assert not (tmp_path / "scratch" / "small").exists()  # no Ray Train run, no checkpoints
 
     trained_log = tmp_path / "trained.log"
     crashed = tmp_path / "crashed"
@@ -124,8 +135,7 @@ def test_fits_of_one_run_match_plain_xgboost_and_a_killed_worker_skips_completed
         fit._fit_one = logged_fit
         fit.train_fn_per_worker(config)
 
-    second = list(tables)[1]
-    resumed = run("crash", crash_after_first_fit)
+    resumed, _ = run("crash", crash_after_first_fit)
     assert crashed.exists()
     # the first fit was trained once (before the crash), the others once each after the restore
     assert trained_log.read_text().split() == list(tables)

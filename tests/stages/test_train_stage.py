@@ -1,6 +1,7 @@
-"""Train stage on a real local Ray: Ray Train XGBoost per segment from the features and labels TABLES, gates,
-the champion selection and the production refit, the models bundle, honest alarms, S3, `--segment`
-carry-over; a planted leak and a model no better than chance never reach `scores/`.
+"""Train stage on a real local Ray: XGBoost per segment (a small single-worker round in one Ray task, two workers
+on Ray Train) from the features and labels TABLES, gates, the champion selection and the production refit,
+the models bundle, honest alarms, S3, `--segment` carry-over; a planted leak and a model no better than
+chance never reach `scores/`.
 
 events_resolved and features/ are published by hand (`segment_tables`); labels/ comes from the real labels
 stage, so labels -> train runs as the pipeline runs it (test_segment_stages_on_real_upstream runs them all
@@ -138,6 +139,8 @@ def test_train_publishes_one_bundle_and_skips_thin_segments(ray_cluster, tmp_pat
         assert set(m["model"]["lift"]) == {"1%", "5%", "10%", "20%"}
         assert m["model"]["reliability"] and m["model"]["brier"] is not None
         assert m["training"]["calibration"]["method"].startswith("base margin shift fitted on the validation")
+        # one worker and a few thousand rows: the round is fitted in one Ray task, not a Ray Train run
+        assert m["training"]["fit_run"]["runner"] == "ray_task" and m["training"]["fit_run"]["rows"] > 0
         assert m["importance"][0]["feature"] in INFORMATIVE
 
     buyers = results["buyers"]
@@ -186,6 +189,7 @@ def test_s3_run_two_workers_leak_never_exported_and_one_segment_keeps_the_others
 
     m = read_json_metrics(layout, config, "buyers")
     assert m["status"] == "trained" and m["training"]["num_workers"] == 2
+    assert m["training"]["fit_run"]["runner"] == "ray_train"
     assert [f["feature"] for f in m["leakage"]["flagged"]] == [NOISE]
     # a model with a leak looks too good to be true, which is the point of the alarm
     assert m["model"]["roc_auc"] > 0.95
