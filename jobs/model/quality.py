@@ -271,18 +271,23 @@ def _pooled_rate_levels(which: np.ndarray, bin_count: int, pooled: np.ndarray) -
     return level_of_bin[which]
 
 
-def _level_auc(level: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """`auc_placements` for a feature of few integer levels, in O(rows): placements per level from counts."""
-    k = int(level.max()) + 1
-    pos = np.bincount(level, weights=y, minlength=k)
-    neg = np.bincount(level, minlength=k) - pos
+def _level_influence(counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """`auc_placements` for a feature of few integer levels, from its rows counted per (level, class 0/1): the
+    AUC and the influence of a row at each (level, class), in O(levels)."""
+    neg, pos = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
     n1, n0 = pos.sum(), neg.sum()
     below = (np.cumsum(neg) - neg / 2.0) / n0  # a positive at this level: share of negatives it outranks
     above = (n1 - np.cumsum(pos) + pos / 2.0) / n1  # a negative at this level: share of positives above it
     auc = float(np.dot(pos, below) / n1)
-    share = n1 / len(y)
-    influence = np.where(y == 1, (below[level] - auc) / share, (above[level] - auc) / (1.0 - share))
-    return auc, influence
+    share = n1 / (n0 + n1)
+    return auc, np.stack([(above - auc) / (1.0 - share), (below - auc) / share], axis=1)
+
+
+def _spread(values: np.ndarray, counts: np.ndarray) -> float:
+    """The sample standard deviation (ddof 1) of rows of which `counts` have each of `values`."""
+    n = counts.sum()
+    mean = np.sum(counts * values) / n
+    return float(np.sqrt(np.sum(counts * (values - mean) ** 2) / (n - 1)))
 
 
 def _pair_gaps(
@@ -296,12 +301,15 @@ def _pair_gaps(
     entries = []
     for name, which, bin_count in binned:
         level = _pooled_rate_levels(which, bin_count, pooled)
-        future_auc, future_inf = _level_auc(level, y)
-        past_auc, past_inf = _level_auc(level, past_y)
+        # a row's influences depend on its (level, future, past) cell only: the figures come from cell counts
+        cells = np.bincount(level * 4 + y * 2 + past_y, minlength=4 * (int(level.max()) + 1)).reshape(-1, 2, 2)
+        future_auc, future_inf = _level_influence(cells.sum(axis=2))
+        past_auc, past_inf = _level_influence(cells.sum(axis=1))
         # the pooled-rate order already points the feature towards the positives of both labels alike, so
         # the gap needs no sign of its own (a sign picked from the AUCs would let noise choose it)
-        se = float(np.std(future_inf - past_inf, ddof=1) / math.sqrt(n))
-        future_se, past_se = (float(np.std(i, ddof=1) / math.sqrt(n)) for i in (future_inf, past_inf))
+        se = _spread(future_inf[:, :, None] - past_inf[:, None, :], cells) / math.sqrt(n)
+        future_se = _spread(future_inf, cells.sum(axis=2)) / math.sqrt(n)
+        past_se = _spread(past_inf, cells.sum(axis=1)) / math.sqrt(n)
         signal = max(
             abs(future_auc - 0.5) / future_se if future_se > 0 else 0.0,
             abs(past_auc - 0.5) / past_se if past_se > 0 else 0.0,

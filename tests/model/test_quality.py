@@ -207,9 +207,11 @@ def test_auc_placements_agree_with_sklearn_and_the_bootstrap():
     assert influence.std(ddof=1) / np.sqrt(3000) == pytest.approx(bootstrap_se, rel=0.2)
     # the O(rows) form the check uses on its few rate levels gives the same figures
     levels = np.digitize(x, np.quantile(x, np.linspace(0, 1, 9)[1:-1]))
-    fast_auc, fast_influence = quality._level_auc(levels, y)
+    counts = np.bincount(levels * 2 + y, minlength=2 * (levels.max() + 1)).reshape(-1, 2)
+    fast_auc, per_cell = quality._level_influence(counts)
     slow_auc, slow_influence = quality.auc_placements(levels.astype(float), y)
-    assert fast_auc == pytest.approx(slow_auc) and np.allclose(fast_influence, slow_influence)
+    assert fast_auc == pytest.approx(slow_auc) and np.allclose(per_cell[levels, y], slow_influence)
+    assert quality._spread(per_cell, counts) == pytest.approx(slow_influence.std(ddof=1), rel=1e-12)
 
 
 def test_rank_auc_equals_sklearn_with_ties_and_at_the_extremes():
