@@ -481,7 +481,8 @@ def _fit_round(
         storage_filesystem=scratch.filesystem,
         name=f"{name}-{uuid.uuid4().hex[:8]}",
     )
-    log.info("train: %d fit(s) of %s rows in one %s run (%s)", len(fits), f"{run['rows']:,}", run["runner"], name)
+    runner = "Ray task" if run["runner"] == "ray_task" else "Ray Train run"
+    log.info("train: %d fit(s) of %s rows in one %s (%s)", len(fits), f"{run['rows']:,}", runner, name)
     return fitted, {"name": name, "fits": len(fits), **run}
 
 
