@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import chi2
+from scipy.special import gammaincinv
 
 from jobs.segments.membership import order_keys
 
@@ -130,7 +130,9 @@ def noise_floor(expected: Sequence[float], actual: Sequence[float], tests: int =
     bins = int(np.count_nonzero((e + a) > 0))
     if n <= 0 or m <= 0 or bins < 2:
         return 0.0
-    return float((1.0 / n + 1.0 / m) * chi2.ppf(1.0 - FAMILY_ALPHA / max(1, tests), bins - 1))
+    # the chi-square quantile as scipy.stats.chi2.ppf computes it, without importing scipy.stats (~0.5 s)
+    quantile = 2.0 * gammaincinv((bins - 1) / 2.0, 1.0 - FAMILY_ALPHA / max(1, tests))
+    return float((1.0 / n + 1.0 / m) * quantile)
 
 
 def _equal_mass_edges(bins: np.ndarray, counts: np.ndarray) -> np.ndarray:

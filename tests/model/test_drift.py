@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from scipy.stats import chi2
 
 from jobs.model.drift import (
+    FAMILY_ALPHA,
     drift_alarms,
     feature_bins,
     feature_noise_floors,
@@ -109,6 +111,12 @@ def test_noise_floor_shrinks_with_the_sample_and_matches_the_null():
     draws = [psi(rng.multinomial(1000, shares), rng.multinomial(1000, shares)) for _ in range(300)]
     assert max(draws) < noise_floor(np.full(10, 100.0), np.full(10, 100.0))
     assert np.mean(draws) == pytest.approx(2 / 1000 * 9, rel=0.25)  # (1/n + 1/m) x (bins - 1)
+    # scipy.stats' chi-square quantile, to the bit, for any bins and number of tests
+    for bins in (2, 10, 57):
+        for tests in (1, 203):
+            quantile = chi2.ppf(1.0 - FAMILY_ALPHA / tests, bins - 1)
+            n, m = 100.0 * bins, 300.0 * bins
+            assert noise_floor(np.full(bins, 100.0), np.full(bins, 300.0), tests) == (1.0 / n + 1.0 / m) * quantile
 
 
 def test_score_drift_is_judged_only_between_comparable_models():

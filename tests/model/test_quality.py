@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from jobs.model import quality
 
@@ -212,6 +212,19 @@ def test_auc_placements_agree_with_sklearn_and_the_bootstrap():
     slow_auc, slow_influence = quality.auc_placements(levels.astype(float), y)
     assert fast_auc == pytest.approx(slow_auc) and np.allclose(per_cell[levels, y], slow_influence)
     assert quality._spread(per_cell, counts) == pytest.approx(slow_influence.std(ddof=1), rel=1e-12)
+
+
+def test_binary_metrics_agree_with_sklearn_with_ties_and_rare_positives():
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        n = int(rng.integers(2, 3000))
+        y = (rng.random(n) < rng.uniform(0.001, 0.9)).astype(np.int64)
+        y[:2] = [0, 1]
+        p = rng.random(n) if trial % 2 else np.round(rng.random(n), 1)  # heavy ties every other trial
+        m = quality.binary_metrics(y, p)
+        assert abs(m["roc_auc"] - roc_auc_score(y, p)) < 1e-12
+        assert abs(m["pr_auc"] - average_precision_score(y, p)) < 1e-12
+        assert abs(m["brier"] - brier_score_loss(y, p)) < 1e-12
 
 
 def test_rank_auc_equals_sklearn_with_ties_and_at_the_extremes():
