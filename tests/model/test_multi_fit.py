@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -64,28 +65,33 @@ def _plain(table: pa.Table) -> bytes:
     return model_bytes(fit._best(booster, 5)[0])
 
 
+def _scale_pos_weight(table: pa.Table) -> float:
+    y = table.filter(pa.compute.invert(table.column(VALID))).column(LABEL).to_numpy()
+    return float((y == 0).sum() / max(1, y.sum()))
+
+
+def _fit_round(tables: dict[str, pa.Table], training: TrainingConfig, storage: Path, name: str, **kwargs):
+    """`fit.fit_boosters` on the rows of `tables` ({fit id: its rows}, three blocks each), as the stage calls it."""
+    parts = [ray.data.from_arrow(_with_fit(t, k)).repartition(3) for k, t in tables.items()]
+    return fit.fit_boosters(
+        parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0],
+        {fit_id: _scale_pos_weight(table) for fit_id, table in tables.items()},
+        training=training,
+        feature_names=NAMES,
+        feature_types=["float"] * len(NAMES),
+        storage_path=str(storage),
+        storage_filesystem=None,
+        name=name,
+        **kwargs,
+    )
+
+
 def test_fits_of_one_run_match_plain_xgboost_also_in_one_task_and_a_killed_worker_resumes(ray_cluster, tmp_path):
     tables = {f"seg{i}/evaluation": _rows(1500 + 400 * i, seed=i) for i in range(3)}
     second = list(tables)[1]
-    spw = {}
-    for fit_id, table in tables.items():
-        train = table.filter(pa.compute.invert(table.column(VALID)))
-        y = train.column(LABEL).to_numpy()
-        spw[fit_id] = float((y == 0).sum() / max(1, y.sum()))
 
     def run(name: str, train_loop=fit.train_fn_per_worker, training=TRAINING):
-        parts = [ray.data.from_arrow(_with_fit(t, k)).repartition(3) for k, t in tables.items()]
-        fitted, figures = fit.fit_boosters(
-            parts[0].union(*parts[1:]),
-            spw,
-            training=training,
-            feature_names=NAMES,
-            feature_types=["float"] * len(NAMES),
-            storage_path=str(tmp_path / "scratch"),
-            storage_filesystem=None,
-            name=name,
-            train_loop=train_loop,
-        )
+        fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name, train_loop=train_loop)
         assert figures["rows"] == sum(t.num_rows for t in tables.values())
         return fitted, figures["runner"]
 
@@ -140,3 +146,42 @@ def test_fits_of_one_run_match_plain_xgboost_also_in_one_task_and_a_killed_worke
     # the first fit was trained once (before the crash), the others once each after the restore
     assert trained_log.read_text().split() == list(tables)
     assert {k: v[0] for k, v in resumed.items()} == {k: v[0] for k, v in clean.items()}
+
+
+def test_a_round_in_one_task_is_rerun_when_its_worker_is_killed(ray_cluster, tmp_path):
+    """The one-task round (`fit._fit_in_task`) whose worker is SIGKILLed while it runs: Ray reruns the task
+    (`training.max_failures` retries) and the models are those of an undisturbed run."""
+    import psutil
+
+    tables = {"seg/evaluation": _rows(20_000, seed=9)}
+    training = TRAINING.model_copy(update={"one_task_rows": 20_000, "num_boost_round": 200})
+
+    def run(name: str) -> dict:
+        fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name)
+        assert figures["runner"] == "ray_task"
+        return {k: v[0] for k, v in fitted.items()}
+
+    def running_the_task() -> list[psutil.Process]:
+        """The workers whose process title says they run `_fit_in_task` (Ray names a busy worker after its task)."""
+        return [p for p in psutil.process_iter(["cmdline"]) if "ray::_fit_in_task" in " ".join(p.info["cmdline"] or [])]
+
+    clean = run("clean")
+    deadline = time.monotonic() + 30
+    while running_the_task() and time.monotonic() < deadline:  # the clean run's worker is idle again
+        time.sleep(0.01)
+    killed: list[int] = []
+
+    def kill_the_first_attempt() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for proc in running_the_task():
+                proc.kill()
+                killed.append(proc.pid)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_first_attempt, daemon=True)
+    killer.start()
+    assert run("killed") == clean
+    killer.join(timeout=1)
+    assert len(killed) == 1
