@@ -376,7 +376,8 @@ def fit_boosters(
         "batch_size": BATCH_ROWS,
         "shards": shards,
     }
-    if training.num_workers == 1 and rows <= training.one_task_rows:
+    in_one_task = training.num_workers == 1 and rows <= training.one_task_rows
+    if in_one_task:
         fitted = ray.get(
             _fit_in_task.options(
                 num_cpus=training.cpus_per_worker,
@@ -384,9 +385,10 @@ def fit_boosters(
                 max_retries=training.max_failures,
             ).remote(loop_config)
         )
-        return fitted, {"runner": "ray_task", "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
-    fitted = _ray_train_run(loop_config, training, storage_path, storage_filesystem, name, train_loop)
-    return fitted, {"runner": "ray_train", "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+    else:
+        fitted = _ray_train_run(loop_config, training, storage_path, storage_filesystem, name, train_loop)
+    runner = "ray_task" if in_one_task else "ray_train"
+    return fitted, {"runner": runner, "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _ray_train_run(

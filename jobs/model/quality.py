@@ -165,10 +165,15 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     """Average precision (PR-AUC) of `score` for 0/1 `y` with at least one positive, as sklearn's
     `average_precision_score` defines it (ties share a threshold); this module's own, so that the workers
     that judge models need not import scikit-learn (~1 s a process)."""
+    order, ends = _descending(score)
+    return _average_precision_sorted(y[order], ends, int(y.sum()))
+
+
+def _descending(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows in descending score order, stable; the last row of each tie group in that order)."""
     order = np.argsort(-score, kind="stable")
     s = score[order]
-    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
-    return _average_precision_sorted(y[order], ends, int(y.sum()))
+    return order, np.flatnonzero(np.r_[s[1:] != s[:-1], True])
 
 
 def _average_precision_sorted(y_sorted: np.ndarray, ends: np.ndarray, positives: int) -> float:
@@ -206,11 +211,9 @@ def chance_test(
     result: dict[str, Any] = {"metric": "pr_auc", "runs": runs, "rows": int(len(y)), "z_needed": CHANCE_Z}
     if not 0 < positives < len(y) or runs < 2:
         return result | {"pr_auc": None, "null_mean": None, "null_std": None, "z": None, "better": False}
-    order = np.argsort(-score, kind="stable")
-    s = score[order]
-    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
-    observed = _average_precision_sorted(y[order], ends, positives)
+    order, ends = _descending(score)
     y_sorted = y[order]
+    observed = _average_precision_sorted(y_sorted, ends, positives)
     null = np.array([_average_precision_sorted(rng.permutation(y_sorted), ends, positives) for _ in range(runs)])
     mean, std = float(null.mean()), float(null.std(ddof=1))
     z = (observed - mean) / std if std > 0 else (math.inf if observed > mean else 0.0)
