@@ -163,7 +163,7 @@ def _configure_logging(verbose: bool) -> str:
 @contextlib.contextmanager
 def _native_stderr_to(path: str) -> Iterator[None]:
     """Lines native code writes straight to file descriptor 2 go to the command's log file: Ray's C++ core
-    worker prints its max_restarts warning (ray-project/ray#53727) for every scoring actor Ray Data creates,
+    worker prints its max_restarts warning (ray-project/ray#53727) for every actor Ray Data or Ray Train creates,
     and Ray's own handlers write to the stream they saw at import. Python's `sys.stderr` keeps the terminal
     (a duplicate of it): the console lines, progress bars and the error paragraph. Quiet mode only, and only
     when `sys.stderr` is the process's own: an embedding caller that swapped it (a test's CliRunner) keeps

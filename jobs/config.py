@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.errors import UserError
 
@@ -26,7 +26,7 @@ class StageView(BaseModel):
     """The part of the config one stage reads: all it can see, so its fingerprint cannot miss a setting.
 
     `tuning` names fields (dotted for nested ones) that change how a stage runs but not what it writes
-    (partition counts, actor counts, batch sizes): they are left out of the fingerprint, so raising them
+    (partition counts, task counts, batch sizes): they are left out of the fingerprint, so raising them
     on a bigger cluster does not redo finished work.
     """
 
@@ -256,16 +256,27 @@ class ScoringConfig(Section):
     membership: Literal["top_percent", "threshold"] = "top_percent"
     top_percent: float = Field(10.0, gt=0, le=100)
     threshold: float = Field(0.5, ge=0, le=1)
-    actors: int = Field(
-        2, ge=1, description="scoring actors (each loads every model once and reads its own feature files)"
+    # configs from when scoring ran in an actor pool name these actors, cpus_per_actor, threads_per_actor: they
+    # still read, with the same meaning
+    tasks: int = Field(
+        4,
+        ge=1,
+        validation_alias=AliasChoices("tasks", "actors"),
+        description="scoring tasks at once (each worker process loads every model once and reads its own files)",
     )
-    cpus_per_actor: float = Field(
+    cpus_per_task: float = Field(
         0.5,
         gt=0,
-        description="CPUs per scoring actor; fractional so the rest of the stage keeps a core on small machines",
+        validation_alias=AliasChoices("cpus_per_task", "cpus_per_actor"),
+        description="CPUs per scoring task; fractional so prediction (one thread) shares a core with the read",
     )
-    threads_per_actor: int = Field(1, ge=1, description="XGBoost prediction threads in each scoring actor")
-    batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each actor's float32 matrix)")
+    threads_per_task: int = Field(
+        1,
+        ge=1,
+        validation_alias=AliasChoices("threads_per_task", "threads_per_actor"),
+        description="XGBoost prediction threads in each scoring task",
+    )
+    batch_size: int = Field(65536, ge=1, description="rows per prediction call (bounds each task's float32 matrix)")
     reasons: Literal["off", "approx", "shap"] = Field(
         "approx",
         description="top-3 partner-safe reasons per member in scores/ from XGBoost's contributions: 'approx' "
@@ -571,9 +582,9 @@ class ScoreView(StageView):
     scoring: ScoringConfig
     features: FeaturesConfig  # the catalogue that names reasons
     tuning: ClassVar[tuple[str, ...]] = (
-        "scoring.actors",
-        "scoring.cpus_per_actor",
-        "scoring.threads_per_actor",
+        "scoring.tasks",
+        "scoring.cpus_per_task",
+        "scoring.threads_per_task",
         "scoring.batch_size",
     )
 

@@ -108,7 +108,7 @@ def child_score(events: str, out: str, run_dir: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from features.matrix import feature_matrix  # what bench_score's baseline and the scoring actors use
+    from features.matrix import feature_matrix  # what bench_score's baseline and the scoring tasks use
     from jobs.model.booster import load_booster
     from jobs.model.reasons import contributions
 

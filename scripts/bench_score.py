@@ -11,15 +11,15 @@ What it does, in one process and one run:
   3. baseline, the same work in one process: read the table's Parquet files (pyarrow, all threads), build
      the float32 matrix, `Booster.inplace_predict` with all cores; its predict-only time is kept too;
   4. Ray: the features partition read with `jobs.model.scoring.fused_read_args` + `scoring_map` (Parquet read
-     fused into the actor pool that loads the
-     model once -> scores) on a fresh local Ray, timed with `ray.init` (first execution), on a running Ray
-     (each execution starts its actors), and as a marginal rate; plus the whole `score_dataset` (scores +
+     fused into the scoring tasks, whose worker processes load the model once -> scores) on a fresh local
+     Ray, timed with `ray.init` (first execution), on a running Ray (each execution loads the model again in
+     its workers), and as a marginal rate; plus the whole `score_dataset` (scores +
      distributed percentiles + membership) for reference.
 Baseline and Ray rounds are interleaved (--repeat) so both paths see the same machine; every round is
 listed. Ratios are Ray time over baseline time for the same rows (1.0 = as fast as one process):
   ratio_without_startup   the marginal rate: (N - n) rows over t(N) - t(n), from executions on N rows and
                           on a small n-row table on a running Ray, so every fixed cost of an execution
-                          (Ray Data's actor start, xgboost import, model load, planning) cancels; the
+                          (worker start, xgboost import, model load, planning) cancels; the
                           target, within 1.5x, is judged on its median round;
   ratio_execution         one execution on a running Ray, fixed costs included;
   ratio_with_startup      the first execution plus `ray.init`;
@@ -108,9 +108,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=110)
     parser.add_argument("--rounds", type=int, default=200, help="trees in the model")
-    parser.add_argument("--actors", type=int, default=2)
-    parser.add_argument("--cpus-per-actor", type=float, default=0.5)
-    parser.add_argument("--threads-per-actor", type=int, default=1)
+    parser.add_argument("--tasks", type=int, default=4, help="scoring tasks at once (scoring.tasks)")
+    parser.add_argument("--cpus-per-task", type=float, default=0.5)
+    parser.add_argument("--threads-per-task", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=65536)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--out", default=".bench/score", help="local folder for the bench run")
@@ -140,9 +140,9 @@ def main() -> None:
         storage=storage,
         ray=RayConfig(num_cpus=args.num_cpus),
         scoring=ScoringConfig(
-            actors=args.actors,
-            cpus_per_actor=args.cpus_per_actor,
-            threads_per_actor=args.threads_per_actor,
+            tasks=args.tasks,
+            cpus_per_task=args.cpus_per_task,
+            threads_per_task=args.threads_per_task,
             batch_size=args.batch_size,
             reasons=args.reasons,
         ),
@@ -219,7 +219,7 @@ def main() -> None:
         return handle.dataset(partition={"as_of": AS_OF}, **fused_read_args(len(files), config.scoring))
 
     def ray_execution(handle: TableIn) -> tuple[float, pa.Table]:
-        """One Ray Data execution of the scoring map (read Parquet, actor pool, scores), consumed in full."""
+        """One Ray Data execution of the scoring map (read Parquet, scoring tasks, scores), consumed in full."""
         start = time.perf_counter()
         ds = scoring_map(read(handle), [spec], config.scoring, labels)
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
@@ -266,7 +266,7 @@ def main() -> None:
         "cluster_cpus": resources.get("CPU"),
         "ray_init_s": round(init_s, 2),
         "first_execution_s": round(cold_s, 2),
-        "execution_s (median; Ray up: actor start + model load + read + score)": median("ray_execution_s"),
+        "execution_s (median; Ray up: model load + read + score)": median("ray_execution_s"),
         "rows_per_s_execution": round(args.rows / median("ray_execution_s")),
         "score_dataset_with_percentiles_s": round(full_s, 2) if full_s else None,
         "max_abs_diff_vs_baseline": max_diff,

@@ -11,6 +11,15 @@ def test_yaml_then_flags(tmp_path):
     assert config.root == "/data" and config.ray.num_partitions == 16 and config.training.num_workers == 2
 
 
+def test_scoring_settings_of_the_actor_pool_era_still_read(tmp_path):
+    """Scoring left its actor pool for tasks: a config naming actors, cpus_per_actor, threads_per_actor keeps
+    working, with the same meaning, under the new names."""
+    path = tmp_path / "job.yaml"
+    path.write_text("scoring:\n  actors: 8\n  cpus_per_actor: 1\n  threads_per_actor: 2\n")
+    scoring = load_config(path).scoring
+    assert (scoring.tasks, scoring.cpus_per_task, scoring.threads_per_task) == (8, 1.0, 2)
+
+
 def test_invalid_field_is_named(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("ray:\n  num_partitions: -1\nsurprise: 1\n")

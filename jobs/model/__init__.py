@@ -10,5 +10,5 @@ champion     which candidate a segment exports: primary metric, margin, alarms, 
 quality      metrics, lift, the permutation null, the leakage check, importance
 report       the HTML quality page
 training     one segment from labelled snapshots to its champion (refitted), its card and its figures
-scoring      every trained model over a feature table on Ray (actor pool, fused read, percentiles)
+scoring      every trained model over a feature table on Ray (tasks with a fused read, percentiles)
 """

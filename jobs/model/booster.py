@@ -33,10 +33,10 @@ def model_bytes(booster: xgboost.Booster) -> bytes:
 
 
 def openmp_threads(n: int) -> threadpool_limits:
-    """Let XGBoost in this Ray worker use `n` threads; usable as a context manager (or held for an actor's life).
+    """Let XGBoost in this Ray worker use `n` threads inside a `with` block (limits restored after it).
 
     Ray starts a worker with OMP_NUM_THREADS set to its task's CPU reservation (1 for the fractional CPUs
-    we give Train workers and scoring actors), and XGBoost caps its `nthread` at OpenMP's maximum, so
+    we give Train workers and scoring tasks), and XGBoost caps its `nthread` at OpenMP's maximum, so
     without this a Train worker asked for 2 threads trains on 1. threadpoolctl raises the limit of the
     OpenMP runtime XGBoost has loaded (this module imports xgboost first).
     """

@@ -1,18 +1,22 @@
 """Scoring on Ray: every eligible persona gets a score, a percentile and a membership flag per trained model.
 
-    features (one as_of partition) ──ReadParquet->MapBatches(Scorer), fused in an actor pool──▶
+    features (one as_of partition) ──ReadParquet->MapBatches(score_block), fused into tasks──▶
         (persona, segment, score, model_version)
     ──per-block score histograms──▶ tree of Ray tasks merging them (`jobs.segments.membership`)
     ──driver: cumulative counts per segment (bins, not scores)──▶ percentile + member per row
 
-Scoring runs in a pool of `scoring.actors` actors (fractional CPUs, so the rest of the stage keeps a core on
-a 2-core machine); each actor loads every model once in `__init__` (`jobs.model.booster`), then reads feature
-files itself (read with `fused_read_args`: Ray Data then fuses the Parquet read into the actors, so the wide
-feature blocks never cross the object store; at 110+ float columns that copy, not XGBoost, was the cost) and
-predicts `batch_size` rows at a time with `Booster.inplace_predict` on one float32 matrix built straight
-from the Arrow batch.
+Scoring runs as Ray tasks, at most `scoring.tasks` at once (fractional CPUs: a one-thread prediction leaves
+most of a core to the Parquet read beside it). Each task reads its feature files itself (read with
+`fused_read_args`: Ray Data then fuses the Parquet read into the scoring tasks, so the wide feature blocks
+never cross the object store; at 110+ float columns that copy, not XGBoost, was the cost) and predicts
+`batch_size` rows at a time with `Booster.inplace_predict` on one float32 matrix built straight from the
+Arrow batch. The models load once per worker process, as in an actor (`jobs.model.booster`): the stage puts
+the `Scorer`'s arguments in the object store once, and a worker keeps the `Scorer` built from them for the
+tasks after its first. Tasks run in the workers earlier stages left warm; an actor pool started new
+processes, which import xgboost and our modules again (3.5-4.0 s against 1.8 s to score the 1M-event run's
+19k personas).
 
-Reasons (`jobs.model.reasons`, `ScoringConfig.reasons`): the same actors turn XGBoost contributions into the
+Reasons (`jobs.model.reasons`, `ScoringConfig.reasons`): the same tasks turn XGBoost contributions into the
 top three partner-safe labels while the matrix is in memory (a second read of the wide features would cost
 more than the contributions: the read is the expensive part), for the rows that **may be members** only
 (`may_be_members`): with `membership: threshold` exactly the members (score >= threshold); with
@@ -68,7 +72,7 @@ def may_be_members(scores: np.ndarray, scoring: ScoringConfig) -> np.ndarray:
 
 
 class Scorer:
-    """Ray Data callable class: loads every model once per actor, then scores Arrow batches."""
+    """Loads every model once, then scores Arrow batches (`score_block` keeps one per worker process)."""
 
     def __init__(
         self,
@@ -83,7 +87,6 @@ class Scorer:
         self.scoring = scoring or ScoringConfig()
         self.nthread = nthread
         self.models = [(spec, load_booster(spec.raw, nthread)) for spec in specs]
-        self.threads = openmp_threads(nthread)  # held for the actor's life
         self.reasons = reasons
         labels = reason_labels or {}
         self.names = {
@@ -94,9 +97,10 @@ class Scorer:
         if block.num_rows == 0 or not self.models:
             return SCORED_SCHEMA.empty_table()
         step = self.batch_size or block.num_rows
-        return pa.concat_tables(
-            [self.score_batch(block.slice(start, step)) for start in range(0, block.num_rows, step)]
-        )
+        with openmp_threads(self.nthread):  # for this call only: the worker runs other stages' tasks too
+            return pa.concat_tables(
+                [self.score_batch(block.slice(start, step)) for start in range(0, block.num_rows, step)]
+            )
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         persona = batch.column("persona_id")
@@ -155,9 +159,27 @@ class Scorer:
 
 
 def fused_read_args(files: int, scoring: ScoringConfig) -> dict[str, Any]:
-    """Read options that make Ray Data fuse the Parquet read into the scoring actors: one read task per file
-    (at least two per actor, so every actor gets work) at the actors' CPUs."""
-    return {"override_num_blocks": max(files, 2 * scoring.actors), "num_cpus": scoring.cpus_per_actor}
+    """Read options that make Ray Data fuse the Parquet read into the scoring tasks: one read task per file
+    (at least two per concurrent task, so every one gets work) at the scoring tasks' CPUs and concurrency
+    (Ray Data fuses two task maps only when both name the same concurrency)."""
+    return {
+        "override_num_blocks": max(files, 2 * scoring.tasks),
+        "num_cpus": scoring.cpus_per_task,
+        "concurrency": scoring.tasks,
+    }
+
+
+_worker_scorer: dict[str, Scorer] = {}  # this worker process's Scorer, by the object id of its arguments
+
+
+def score_block(block: pa.Table, scorer_args: ray.ObjectRef) -> pa.Table:
+    """Scores one block with this worker's `Scorer` for `scorer_args`, built at the worker's first such block."""
+    key = scorer_args.hex()
+    scorer = _worker_scorer.get(key)
+    if scorer is None:
+        _worker_scorer.clear()  # one stage's models at a time: a long-lived worker does not collect runs' models
+        scorer = _worker_scorer[key] = Scorer(**ray.get(scorer_args))
+    return scorer(block)
 
 
 def scoring_map(
@@ -166,24 +188,27 @@ def scoring_map(
     scoring: ScoringConfig,
     reason_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ray.data.Dataset:
-    """The actor-pool map: features dataset -> (persona_id, segment, score, model_version, reasons) dataset.
+    """The scoring map: features dataset -> (persona_id, segment, score, model_version, reasons) dataset.
 
     `reason_labels`: per segment, feature name -> partner-safe label (`features.catalog.reason_labels`);
     reasons are computed when `scoring.reasons` is not "off"."""
-    return features_ds.map_batches(
-        Scorer,
-        fn_constructor_kwargs={
+    scorer_args = ray.put(
+        {
             "specs": list(specs),
-            "nthread": scoring.threads_per_actor,
+            "nthread": scoring.threads_per_task,
             "batch_size": scoring.batch_size,
             "reason_labels": dict(reason_labels or {}),
             "reasons": scoring.reasons,
             "scoring": scoring,
-        },
+        }
+    )
+    return features_ds.map_batches(
+        score_block,
+        fn_kwargs={"scorer_args": scorer_args},
         batch_format="pyarrow",
         batch_size=None,
-        compute=ray.data.ActorPoolStrategy(size=scoring.actors),
-        num_cpus=scoring.cpus_per_actor,
+        compute=ray.data.TaskPoolStrategy(size=scoring.tasks),
+        num_cpus=scoring.cpus_per_task,
     )
 
 

@@ -42,7 +42,7 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
 
 # A local Ray kills a pool worker after 1 s idle while more workers than its CPUs are alive. A Ray Train run's
 # controller, cleaner and worker actors are processes of their own, so the task workers that had imported
-# xgboost and our modules died during the run, and the calibration tasks and scoring actors after it paid new
+# xgboost and our modules died during the run, and the calibration tasks and scoring after it paid new
 # processes and their imports: at the demo's size calibration took 1.4 s, 0.2-0.3 s with a minute's grace,
 # and score 3.4 s against 2.5-2.8 s. An idle worker keeps its memory that long, no CPU.
 LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}

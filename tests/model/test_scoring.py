@@ -1,4 +1,4 @@
-"""Scoring on Ray: the Parquet read fused into the actor pool, and the histogram tree merge."""
+"""Scoring on Ray: the Parquet read fused into the scoring tasks, and the histogram tree merge."""
 
 from __future__ import annotations
 
@@ -15,19 +15,30 @@ from jobs.segments.membership import bin_counts, merge_histograms
 from jobs.storage import TableIn, join, writing
 
 
-def test_read_is_fused_into_the_scoring_actors(tmp_path, ray_cluster):
-    """A table of >= 2 files per actor: each actor reads its own files (no feature block crosses the object
-    store), scores them `batch_size` rows at a time, and every persona comes out exactly once."""
-    import ray
-
-    rng = np.random.default_rng(3)
-    n, names = 600, [f"f{i:02d}" for i in range(12)]
+def _features_and_model(n: int, seed: int) -> tuple[pa.Table, xgboost.Booster, ModelSpec]:
+    """A table of `n` personas x 12 features, a small booster fitted on it, and its model spec."""
+    rng = np.random.default_rng(seed)
+    names = [f"f{i:02d}" for i in range(12)]
     features = pa.table({"persona_id": [f"per-{i:05d}" for i in range(n)], **{c: rng.normal(size=n) for c in names}})
     booster = xgboost.train(
         {"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
         xgboost.DMatrix(features.select(names).to_pandas(), label=rng.random(n) < 0.3),
         10,
     )
+    raw = model_bytes(booster)
+    spec = ModelSpec(
+        SegmentConfig(name="seg_a", kind="ecommerce_buyers"), raw, model_version(raw), tuple(names), None, ()
+    )
+    return features, booster, spec
+
+
+def test_read_is_fused_into_the_scoring_tasks(tmp_path, ray_cluster):
+    """A table of >= 2 files per task: each task reads its own files (no feature block crosses the object
+    store), scores them `batch_size` rows at a time, and every persona comes out exactly once."""
+    import ray
+
+    n = 600
+    features, booster, spec = _features_and_model(n, seed=3)
     store = StorageConfig()
     table_path = join(str(tmp_path), "features")
     with writing(table_path, store) as writer:
@@ -36,20 +47,47 @@ def test_read_is_fused_into_the_scoring_actors(tmp_path, ray_cluster):
     handle = TableIn("features", table_path, store)
     files = handle.files({"as_of": "2026-03-01"})
     assert len(files) == 5
-    raw = model_bytes(booster)
-    spec = ModelSpec(
-        SegmentConfig(name="seg_a", kind="ecommerce_buyers"), raw, model_version(raw), tuple(names), None, ()
-    )
-    scoring = ScoringConfig(actors=2, batch_size=50)
+    scoring = ScoringConfig(tasks=2, batch_size=50)
     features_ds = handle.dataset(partition={"as_of": "2026-03-01"}, **fused_read_args(len(files), scoring))
     scored_ds = scoring_map(features_ds, [spec], scoring)
     scored = pa.concat_tables(ray.get(scored_ds.to_arrow_refs())).to_pandas().set_index("persona_id")
 
-    assert "ReadParquet->MapBatches(Scorer)" in scored_ds.stats()
+    assert "ReadParquet->MapBatches(score_block)" in scored_ds.stats()
     ids = features.column("persona_id").to_pylist()
     assert sorted(scored.index) == sorted(ids)
-    expected = booster.inplace_predict(features.select(names).to_pandas().to_numpy(np.float32))
+    expected = booster.inplace_predict(features.select(spec.feature_names).to_pandas().to_numpy(np.float32))
     np.testing.assert_allclose(scored.loc[ids, "score"].to_numpy(), expected, rtol=1e-6)
+
+
+def test_a_worker_builds_its_scorer_once_per_stage(ray_cluster):
+    """`score_block` builds a worker's Scorer at its first block of a stage, reuses it for the stage's other
+    blocks, and replaces it (not adds to it) when a new stage's arguments come; the OpenMP thread limit a
+    call sets is lifted after it, as other stages' tasks run in the same worker."""
+    import ray
+    from threadpoolctl import threadpool_info
+
+    from jobs.model import scoring as scoring_module
+
+    features, booster, spec = _features_and_model(300, seed=4)
+    args = {"specs": [spec], "nthread": 1, "batch_size": 64, "scoring": ScoringConfig(reasons="off")}
+    openmp_before = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "openmp"]
+    assert openmp_before  # xgboost's OpenMP runtime is loaded
+    first_stage = ray.put(args)
+    head = scoring_module.score_block(features.slice(0, 100), first_stage)
+    scorer = scoring_module._worker_scorer[first_stage.hex()]
+    tail = scoring_module.score_block(features.slice(100), first_stage)
+    assert scoring_module._worker_scorer == {first_stage.hex(): scorer}
+    scores = pa.concat_tables([head, tail]).column("score").to_numpy()
+    expected = booster.inplace_predict(features.select(spec.feature_names).to_pandas().to_numpy(np.float32))
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "openmp"] == (
+        openmp_before
+    )
+
+    next_stage = ray.put(args)
+    scoring_module.score_block(features.slice(0, 10), next_stage)
+    assert list(scoring_module._worker_scorer) == [next_stage.hex()]
+    assert scoring_module._worker_scorer[next_stage.hex()] is not scorer
 
 
 def test_histogram_tree_merge_over_many_blocks(ray_cluster):

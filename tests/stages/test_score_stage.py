@@ -1,4 +1,4 @@
-"""Score stage: actor-pool scoring of the plan's as_of partition, distributed percentiles, membership, skipped
+"""Score stage: task scoring of the plan's as_of partition, distributed percentiles, membership, skipped
 segments, and the checks that refuse a model that does not fit the config or the feature table.
 
 The inputs are built here by hand: a small features table (two snapshots; only the plan's as_of is scored)
@@ -161,7 +161,7 @@ def reference_scores(booster, features: pa.Table) -> np.ndarray:
 def test_score_stage(where, tmp_path, ray_cluster, storage, s3_bucket):
     root = str(tmp_path) if where == "local" else s3_bucket + "/prefix"
     run_dir, features, boosters, versions, _ = build_run(root, storage)
-    config = JobConfig(storage=storage, segments=SEGMENTS, scoring=ScoringConfig(batch_size=128, actors=1))
+    config = JobConfig(storage=storage, segments=SEGMENTS, scoring=ScoringConfig(batch_size=128, tasks=1))
     summary = run_score(config, run_dir)
 
     assert summary["as_of"] == AS_OF.isoformat() and summary["rows_in"] == features.num_rows
@@ -225,13 +225,13 @@ def assert_member_reasons(got, driver: str) -> None:
     assert first.count(LABELS[driver]) > len(first) / 2, first
 
 
-def test_threshold_membership_two_actors_and_everyone_eligible(tmp_path, ray_cluster, storage):
+def test_threshold_membership_two_tasks_and_everyone_eligible(tmp_path, ray_cluster, storage):
     run_dir, features, _, _, _ = build_run(str(tmp_path), storage)
     segments = [SEGMENTS[0], SegmentConfig(name="seg_b", kind="price_hunters")]  # kinds that score everyone
     config = JobConfig(
         storage=storage,
         segments=segments,
-        scoring=ScoringConfig(membership="threshold", threshold=0.6, actors=2, batch_size=100),
+        scoring=ScoringConfig(membership="threshold", threshold=0.6, tasks=2, batch_size=100),
     )
     run_score(config, run_dir)
     scores = TableIn(SCORES, join(run_dir, SCORES), storage).arrow().to_pandas()
