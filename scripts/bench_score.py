@@ -10,7 +10,7 @@ What it does, in one process and one run:
      model_card.json as the train stage would;
   3. baseline, the same work in one process: read the table's Parquet files (pyarrow, all threads), build
      the float32 matrix, `Booster.inplace_predict` with all cores; its predict-only time is kept too;
-  4. Ray: the features partition read with `jobs.model.scoring.fused_read_args` + `scoring_map` (Parquet read
+  4. Ray: `jobs.model.scoring.scoring_map` over the features partition (Parquet read
      fused into the scoring tasks, whose worker processes load the model once -> scores) on a fresh local
      Ray, timed with `ray.init` (first execution), on a running Ray (each execution loads the model again in
      its workers), and as a marginal rate; plus the whole `score_dataset` (scores +
@@ -211,17 +211,13 @@ def main() -> None:
 
     import ray
 
-    from jobs.model.scoring import fused_read_args, score_dataset, scoring_map
+    from jobs.model.scoring import score_dataset, scoring_map
     from jobs.raykit.session import ray_session
-
-    def read(handle: TableIn):
-        files = handle.files({"as_of": AS_OF})
-        return handle.dataset(partition={"as_of": AS_OF}, **fused_read_args(len(files), config.scoring))
 
     def ray_execution(handle: TableIn) -> tuple[float, pa.Table]:
         """One Ray Data execution of the scoring map (read Parquet, scoring tasks, scores), consumed in full."""
         start = time.perf_counter()
-        ds = scoring_map(read(handle), [spec], config.scoring, labels)
+        ds = scoring_map(handle, {"as_of": AS_OF}, [spec], config.scoring, labels)
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         return time.perf_counter() - start, pa.concat_tables(tables)
 
@@ -252,7 +248,7 @@ def main() -> None:
         full_s = None
         if not args.skip_full:
             t = time.perf_counter()
-            score_dataset(read(features), [spec], config.scoring, labels)[0].materialize()
+            score_dataset(features, {"as_of": AS_OF}, [spec], config.scoring, labels)[0].materialize()
             full_s = time.perf_counter() - t
         resources = ray.cluster_resources()
     assert out.num_rows == args.rows, out.num_rows

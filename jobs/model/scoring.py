@@ -6,15 +6,14 @@
     ──driver: cumulative counts per segment (bins, not scores)──▶ percentile + member per row
 
 Scoring runs as Ray tasks, at most `scoring.tasks` at once (fractional CPUs: a one-thread prediction leaves
-most of a core to the Parquet read beside it). Each task reads its feature files itself (read with
-`fused_read_args`: Ray Data then fuses the Parquet read into the scoring tasks, so the wide feature blocks
-never cross the object store; at 110+ float columns that copy, not XGBoost, was the cost) and predicts
-`batch_size` rows at a time with `Booster.inplace_predict` on one float32 matrix built straight from the
-Arrow batch. The models load once per worker process, as in an actor (`jobs.model.booster`): the stage puts
-the `Scorer`'s arguments in the object store once, and a worker keeps the `Scorer` built from them for the
-tasks after its first. Tasks run in the workers earlier stages left warm; an actor pool started new
-processes, which import xgboost and our modules again (3.5-4.0 s against 1.8 s to score the 1M-event run's
-19k personas).
+most of a core to the Parquet read beside it). Each task reads its feature file itself (`scoring_map`: Ray
+Data fuses the Parquet read into the scoring task, so the wide feature blocks never cross the object store;
+at 110+ float columns that copy, not XGBoost, was the cost) and predicts `batch_size` rows at a time with
+`Booster.inplace_predict` on one float32 matrix built straight from the Arrow batch. The models load once
+per worker process, as in an actor (`jobs.model.booster`): the stage puts the `Scorer`'s arguments in the
+object store once, and a worker keeps the `Scorer` built from them for the tasks after its first. Tasks run
+in the workers earlier stages left warm; an actor pool started new processes, which import xgboost and our
+modules again (3.5-4.0 s against 1.8 s to score the 1M-event run's 19k personas).
 
 Reasons (`jobs.model.reasons`, `ScoringConfig.reasons`): the same tasks turn XGBoost contributions into the
 top three partner-safe labels while the matrix is in memory (a second read of the wide features would cost
@@ -55,6 +54,7 @@ from jobs.segments.membership import (
     merge_histograms,
     percentile_lookup,
 )
+from jobs.storage import TableIn
 
 HISTOGRAM_FAN_IN = 8
 MEMBER_BOUND_Z = 6.0
@@ -158,17 +158,6 @@ class Scorer:
         return found.take(pa.array(at, mask=at < 0))
 
 
-def fused_read_args(files: int, scoring: ScoringConfig) -> dict[str, Any]:
-    """Read options that make Ray Data fuse the Parquet read into the scoring tasks: one read task per file
-    (at least two per concurrent task, so every one gets work) at the scoring tasks' CPUs and concurrency
-    (Ray Data fuses two task maps only when both name the same concurrency)."""
-    return {
-        "override_num_blocks": max(files, 2 * scoring.tasks),
-        "num_cpus": scoring.cpus_per_task,
-        "concurrency": scoring.tasks,
-    }
-
-
 _worker_scorer: dict[str, Scorer] = {}  # this worker process's Scorer, by the object id of its arguments
 
 
@@ -183,15 +172,24 @@ def score_block(block: pa.Table, scorer_args: ray.ObjectRef) -> pa.Table:
 
 
 def scoring_map(
-    features_ds: ray.data.Dataset,
+    features: TableIn,
+    partition: Mapping[str, Any],
     specs: Sequence[ModelSpec],
     scoring: ScoringConfig,
     reason_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ray.data.Dataset:
-    """The scoring map: features dataset -> (persona_id, segment, score, model_version, reasons) dataset.
+    """The scoring map over one partition of the features table: (persona_id, segment, score, model_version,
+    reasons) rows.
 
-    `reason_labels`: per segment, feature name -> partner-safe label (`features.catalog.reason_labels`);
-    reasons are computed when `scoring.reasons` is not "off"."""
+    One read task per file, fused into the scoring task that follows it (Ray Data fuses two task maps only
+    when both have the same CPUs and concurrency): at most `scoring.tasks` at once, and no more than there are
+    files, so every one gets a file. `reason_labels`: per segment, feature name -> partner-safe label
+    (`features.catalog.reason_labels`); reasons are computed when `scoring.reasons` is not "off"."""
+    files = features.files(partition)
+    tasks = max(1, min(scoring.tasks, len(files)))
+    features_ds = features.dataset(
+        partition=partition, override_num_blocks=len(files), num_cpus=scoring.cpus_per_task, concurrency=tasks
+    )
     scorer_args = ray.put(
         {
             "specs": list(specs),
@@ -207,7 +205,7 @@ def scoring_map(
         fn_kwargs={"scorer_args": scorer_args},
         batch_format="pyarrow",
         batch_size=None,
-        compute=ray.data.TaskPoolStrategy(size=scoring.tasks),
+        compute=ray.data.TaskPoolStrategy(size=tasks),
         num_cpus=scoring.cpus_per_task,
     )
 
@@ -231,14 +229,16 @@ def _assign(batch: pa.Table, lookup_ref: ray.ObjectRef, scoring: ScoringConfig) 
 
 
 def score_dataset(
-    features_ds: ray.data.Dataset,
+    features: TableIn,
+    partition: Mapping[str, Any],
     specs: Sequence[ModelSpec],
     scoring: ScoringConfig,
     reason_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[ray.data.Dataset, pa.Table]:
-    """Scores with percentiles, membership and members' reasons (`SCORES_SCHEMA`), as a Ray Dataset, and the
-    merged score histogram (`jobs.segments.membership`: a row per occupied bin, small)."""
-    scored = scoring_map(features_ds, specs, scoring, reason_labels).materialize()
+    """Scores of one features partition with percentiles, membership and members' reasons (`SCORES_SCHEMA`),
+    as a Ray Dataset, and the merged score histogram (`jobs.segments.membership`: a row per occupied bin,
+    small)."""
+    scored = scoring_map(features, partition, specs, scoring, reason_labels).materialize()
     histogram = score_histogram(scored)
     lookup_ref = ray.put(percentile_lookup(histogram))
     assigned = scored.map_batches(

@@ -26,7 +26,7 @@ from features.catalog import reason_labels
 from jobs.config import ScoreView
 from jobs.errors import UserError
 from jobs.model import bundle
-from jobs.model.scoring import fused_read_args, score_dataset, segment_counts
+from jobs.model.scoring import score_dataset, segment_counts
 from jobs.run.layout import RunLayout
 from jobs.run.plan import RunPlan
 from jobs.segments.membership import SCORES_SCHEMA, score_distribution
@@ -97,12 +97,11 @@ def run(view: ScoreView, plan: RunPlan, features: TableIn, models: TableIn, scor
     }
     marker = {"rows": 0}
     if specs:
-        features_ds = features.dataset(partition=partition, **fused_read_args(len(files), view.scoring))
         labels = {
             s.segment.name: reason_labels(view.features, s.categories if s.categories is not None else plan.categories)
             for s in specs
         }
-        scored, histogram = score_dataset(features_ds, specs, view.scoring, labels)
+        scored, histogram = score_dataset(features, partition, specs, view.scoring, labels)
         extra["distribution"] = score_distribution(histogram)
         marker = scores.write_dataset(scored, extra=extra)
     if not marker["rows"]:  # nobody eligible (or nothing trained): an empty table that still has its schema

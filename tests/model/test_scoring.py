@@ -10,7 +10,7 @@ from jobs.config import ScoringConfig, SegmentConfig, StorageConfig
 from jobs.model.booster import model_bytes, model_version
 from jobs.model.bundle import ModelSpec
 from jobs.model.reasons import ReasonNames, contributions
-from jobs.model.scoring import fused_read_args, may_be_members, score_histogram, scoring_map
+from jobs.model.scoring import may_be_members, score_histogram, scoring_map
 from jobs.segments.membership import bin_counts, merge_histograms
 from jobs.storage import TableIn, join, writing
 
@@ -48,8 +48,7 @@ def test_read_is_fused_into_the_scoring_tasks(tmp_path, ray_cluster):
     files = handle.files({"as_of": "2026-03-01"})
     assert len(files) == 5
     scoring = ScoringConfig(tasks=2, batch_size=50)
-    features_ds = handle.dataset(partition={"as_of": "2026-03-01"}, **fused_read_args(len(files), scoring))
-    scored_ds = scoring_map(features_ds, [spec], scoring)
+    scored_ds = scoring_map(handle, {"as_of": "2026-03-01"}, [spec], scoring)
     scored = pa.concat_tables(ray.get(scored_ds.to_arrow_refs())).to_pandas().set_index("persona_id")
 
     assert "ReadParquet->MapBatches(score_block)" in scored_ds.stats()
