@@ -1,7 +1,7 @@
-"""Several boosters in ONE Ray Train run (`jobs.model.fit.fit_boosters`) on the real shared Ray: each fit
-gives the booster plain `xgboost.train` gives on the same rows, a round small enough for one Ray task gives
-the same boosters there, and a worker killed after the first fit's checkpoint resumes without refitting the
-completed fit and ends with the same models."""
+"""Several boosters in ONE Ray Train run or one Ray task (`jobs.model.fit.fit_boosters`) on the real shared
+Ray: each fit gives the booster plain `xgboost.train` gives on the same rows, in a round small enough for one
+task and in a Ray Train run whose worker is killed after the first fit's checkpoint, which resumes without
+refitting the completed fit."""
 
 from __future__ import annotations
 
@@ -86,25 +86,23 @@ def _fit_round(tables: dict[str, pa.Table], training: TrainingConfig, storage: P
     )
 
 
-def test_fits_of_one_run_match_plain_xgboost_also_in_one_task_and_a_killed_worker_resumes(ray_cluster, tmp_path):
+def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_through_a_killed_worker(
+    ray_cluster, tmp_path
+):
     tables = {f"seg{i}/evaluation": _rows(1500 + 400 * i, seed=i) for i in range(3)}
     second = list(tables)[1]
+    plain = {fit_id: _plain(table) for fit_id, table in tables.items()}
 
     def run(name: str, train_loop=fit.train_fn_per_worker, training=TRAINING):
         fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name, train_loop=train_loop)
         assert figures["rows"] == sum(t.num_rows for t in tables.values())
+        assert list(fitted) == list(tables)
         return fitted, figures["runner"]
-
-    clean, runner = run("clean")
-    assert runner == "ray_train" and list(clean) == list(tables)
-    for fit_id, table in tables.items():
-        assert clean[fit_id][0] == _plain(table), fit_id
 
     rows = sum(t.num_rows for t in tables.values())
     in_task, runner = run("small", training=TRAINING.model_copy(update={"one_task_rows": rows}))
     assert runner == "ray_task"
-    assert {k: v[0] for k, v in in_task.items()} == {k: v[0] for k, v in clean.items()}
-    assert in_task[second][1]["best_iteration"] == clean[second][1]["best_iteration"]
+    assert {k: v[0] for k, v in in_task.items()} == plain
     assert not (tmp_path / "scratch" / "small").exists()  # no Ray Train run, no checkpoints
 
     trained_log = tmp_path / "trained.log"
@@ -141,11 +139,12 @@ def test_fits_of_one_run_match_plain_xgboost_also_in_one_task_and_a_killed_worke
         fit._fit_one = logged_fit
         fit.train_fn_per_worker(config)
 
-    resumed, _ = run("crash", crash_after_first_fit)
-    assert crashed.exists()
+    resumed, runner = run("crash", crash_after_first_fit)  # one_task_rows 0: a Ray Train run
+    assert runner == "ray_train" and crashed.exists()
     # the first fit was trained once (before the crash), the others once each after the restore
     assert trained_log.read_text().split() == list(tables)
-    assert {k: v[0] for k, v in resumed.items()} == {k: v[0] for k, v in clean.items()}
+    assert {k: v[0] for k, v in resumed.items()} == plain
+    assert resumed[second][1]["best_iteration"] == in_task[second][1]["best_iteration"]
 
 
 def test_a_round_in_one_task_is_rerun_when_its_worker_is_killed(ray_cluster, tmp_path):
