@@ -52,12 +52,13 @@ def prepare_batch(
 ) -> pa.Table:
     """Eligible rows only; `label` as 0/1 (absent = 0); validation flag and sample key from the persona hash
     (and persona_id with `keep_id`)."""
-    missing = [n for n in feature_names if n not in batch.column_names]
+    present = set(batch.column_names)  # the property builds a new list on every access
+    missing = [n for n in feature_names if n not in present]
     if missing:
         raise ValueError(f"the feature table lacks {len(missing)} catalogue columns, e.g. {missing[:5]}")
     mask = eligible_mask(segment, batch, categories)
     batch = batch.filter(pa.array(mask, pa.bool_()))
-    if label in batch.column_names:
+    if label in present:
         y = pc.fill_null(batch.column(label).cast(pa.int64()), 0)
     else:
         y = pa.array(np.zeros(batch.num_rows, dtype=np.int64))
