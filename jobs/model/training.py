@@ -33,7 +33,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,10 +269,10 @@ def _refs_by_segment(launched: list) -> dict[str, list[ray.ObjectRef]]:
     return {name: refs for own, refs in launched for name in own}
 
 
-def _segment_rows(refs: list[ray.ObjectRef], name: str) -> pa.Table:
-    """Segment `name`'s rows of the `per_segment` outputs `refs` (their `_segment` column says whose), in
+def _segment_rows(blocks: Sequence[pa.Table], name: str) -> pa.Table:
+    """Segment `name`'s rows of the `per_segment` output `blocks` (their `_segment` column says whose), in
     block order."""
-    tables = [t.filter(pc.equal(t.column(SEGMENT), name)) for t in ray.get(refs)]
+    tables = [t.filter(pc.equal(t.column(SEGMENT), name)) for t in blocks]
     tables = [t for t in tables if t.num_rows] or tables[:1]
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
@@ -293,25 +293,25 @@ def _positives(labels: list[pa.Table], name: str, persons: pa.ChunkedArray) -> n
 
 @ray.remote
 def _leakage_check(
-    sampled: list[ray.ObjectRef],
-    labels_after: list[ray.ObjectRef],
-    labels_before: list[ray.ObjectRef],
-    name: str,
-    group: list[str],
-    feature_names: list[str],
+    name: str, group: list[str], feature_names: list[str], counts: tuple[int, int], *blocks: pa.Table
 ) -> dict[str, Any]:
-    """Segment `name`'s `quality.leakage_check` on its leak sample (`sampled`: every feature of up to
-    `training.leakage_sample_rows` evaluation rows, ~165 MB at the cap), in a worker: the driver never holds
-    it. Each sampled person's label one horizon earlier (`labels_before`, at train_as_of) gives the past label;
-    the reference pair is "positive in any segment of `group`" (the segments with the same cut-offs) after
-    (`labels_after`, at eval_as_of) vs before the cut-off: a feature that peeks after its cut-off predicts the
-    future better than the past, and the reference also judges segments whose past labels are all 0 (category
-    virgins)."""
+    """Segment `name`'s `quality.leakage_check` on its leak sample, in a worker: the driver never holds it.
+
+    `blocks`: the sample's blocks (every feature of up to `training.leakage_sample_rows` evaluation rows, ~165 MB
+    at the cap), then the label blocks at eval_as_of, then those at train_as_of, `counts` giving how many of the
+    first two kinds. They are arguments, not a list of references, so Ray starts the task once they exist: a
+    task blocked in `ray.get` gives its CPU back, and Ray starts new worker processes (each importing xgboost
+    and this module) for the tasks that fill them.
+
+    Each sampled person's label one horizon earlier gives the past label; the reference pair is "positive in
+    any segment of `group`" (the segments with the same cut-offs) after vs before the cut-off: a feature that
+    peeks after its cut-off predicts the future better than the past, and the reference also judges segments
+    whose past labels are all 0 (category virgins)."""
+    sampled, labels_after, labels_before = blocks[: counts[0]], blocks[counts[0] : sum(counts)], blocks[sum(counts) :]
     sample = _segment_rows(sampled, name)
     persons = sample.column(PERSONA)
     after, before = (
-        {other: _positives(tables, other, persons) for other in group}
-        for tables in (ray.get(labels_after), ray.get(labels_before))
+        {other: _positives(tables, other, persons) for other in group} for tables in (labels_after, labels_before)
     )
     return quality.leakage_check(
         {column: _numpy(sample, column) for column in feature_names},
@@ -323,10 +323,11 @@ def _leakage_check(
 
 @ray.remote
 def _judge_segment(
-    scored: list[ray.ObjectRef], leakage: dict[str, Any], name: str, candidate_features: dict, seed: int
+    leakage: dict[str, Any], name: str, candidate_features: dict, seed: int, *scored: pa.Table
 ) -> dict[str, Any]:
     """Segment `name`'s out-of-time figures, in a worker: the metrics, permutation null and alarms (with its
-    `leakage` check) of every candidate on its scored evaluation rows (`scored`)."""
+    `leakage` check) of every candidate on its scored evaluation blocks (`scored`: arguments, so the task
+    starts once they exist, see `_leakage_check`)."""
     scores = _segment_rows(scored, name)
     y_eval = _numpy(scores, LABEL).astype(np.int64)
     figures, entries = {}, {}
@@ -366,12 +367,13 @@ def _leakage_checks(
         groups.setdefault((job.cut.train_as_of, job.cut.eval_as_of), []).append(job.name)
     return {
         job.name: _leakage_check.remote(
-            sampled[job.name],
-            labels[job.cut.eval_as_of],
-            labels[job.cut.train_as_of],
             job.name,
             groups[(job.cut.train_as_of, job.cut.eval_as_of)],
             names,
+            (len(sampled[job.name]), len(labels[job.cut.eval_as_of])),
+            *sampled[job.name],
+            *labels[job.cut.eval_as_of],
+            *labels[job.cut.train_as_of],
         )
         for job in active
     }
@@ -769,7 +771,7 @@ def _evaluate_all(
     )
     judged = ray.get(
         [
-            _judge_segment.remote(scored[job.name], leakages[job.name], job.name, candidate_features[job.name], t.seed)
+            _judge_segment.remote(leakages[job.name], job.name, candidate_features[job.name], t.seed, *scored[job.name])
             for job in active
         ]
     )
