@@ -75,7 +75,7 @@ def plain_fit(X, y, valid, names, params, rounds, nthread) -> float:
 
 def ray_fit(X, y, valid, names, config, rounds, spw) -> tuple[float, str]:
     import pyarrow as pa
-    import ray.data
+    import ray
 
     from jobs.model.examples import FIT, LABEL, SAMPLE, VALID
     from jobs.model.fit import fit_boosters
@@ -83,10 +83,11 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> tuple[float, str]:
     started = time.perf_counter()
     columns = {**{n: X[:, j] for j, n in enumerate(names)}, LABEL: y, VALID: valid, SAMPLE: np.arange(len(y)) / len(y)}
     columns[FIT] = np.full(len(y), "bench")
-    dataset = ray.data.from_arrow(pa.table(columns))
+    blocks = [ray.put(pa.table(columns))]
     with tempfile.TemporaryDirectory() as storage:
         models, run = fit_boosters(
-            dataset,
+            blocks,
+            len(y),
             {"bench": spw},
             training=config.training,
             feature_names=names,

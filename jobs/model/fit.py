@@ -3,9 +3,9 @@
 A Ray Train run has a fixed cost (worker group, rabit tracker, the split coordinator, the controller's
 polls: ~10-14 s on 2 cores) that one fit of a few thousand rows never earns back, so the driver
 (`fit_boosters`) hands all of a round's fits (e.g. every segment's evaluation fit) to one `XGBoostTrainer`
-as ONE dataset whose `_fit` column names each row's fit (the union of the prepared cut-offs, each read
-once). The driver materializes it and splits its blocks into one equal share per worker
-(`Dataset.split(equal=True)`, what Ray Train's own data config does with a streaming split); each worker gets
+as ONE set of blocks in the object store whose `_fit` column names each row's fit (made by tasks from the
+prepared cut-offs, each read once). With several workers the driver splits them into one equal share per
+worker (`Dataset.split(equal=True)`, what Ray Train's own data config does with a streaming split); each worker gets
 its share's block references in its config and fetches them from the object store. Handing the dataset to
 the trainer (`datasets=`) would start a dataset manager and a split coordinator actor (new processes) and a
 streaming executor in every run: 2-7 s of a small run's reading on 2 cores, for rows that already sit in the
@@ -67,7 +67,7 @@ Batches = list[tuple[np.ndarray, np.ndarray]]
 
 
 def _blocks(refs: Sequence[ray.ObjectRef]):
-    """The worker's share of the dataset's blocks, fetched one at a time (bounded memory)."""
+    """The worker's share of the round's blocks, fetched one at a time (bounded memory)."""
     for ref in refs:
         yield ray.get(ref)
 
@@ -75,7 +75,7 @@ def _blocks(refs: Sequence[ray.ObjectRef]):
 def _shard_batches(blocks, fits: Sequence[str], feature_names: Sequence[str], batch_size: int):
     """{fit: (training batches, validation batches)} of the worker's blocks, read once.
 
-    Blocks come in whatever order the dataset produced them; each fit's rows are put in the order of their
+    Blocks come in whatever order the tasks made them; each fit's rows are put in the order of their
     persona hash (the `_u` column) so that the same data gives the same model (subsampling draws by row
     position). With several workers the split between them still varies from run to run.
     """
@@ -324,15 +324,20 @@ def _fit_one(config: dict, params: dict, nthread: int, batches, start_model, pro
 # The driver side
 
 
-def _shards(dataset: ray.data.Dataset, workers: int) -> tuple[list[list[ray.ObjectRef]], int]:
-    """The dataset's blocks (materialized once) as one equal share of rows per worker: their references, and
-    the rows of all of them."""
-    shares = dataset.split(workers, equal=True) if workers > 1 else [dataset.materialize()]
-    return [share.to_arrow_refs() for share in shares], sum(share.count() for share in shares)
+def _shards(blocks: Sequence[ray.ObjectRef], workers: int) -> list[list[ray.ObjectRef]]:
+    """The blocks as one equal share of rows per worker (their references), each block made before a worker
+    asks for it: a task that blocked in `ray.get` on one still being made would give its CPU back, and Ray
+    would start another worker process meanwhile."""
+    if workers == 1:
+        if blocks:
+            ray.wait(list(blocks), num_returns=len(blocks), fetch_local=False)
+        return [list(blocks)]
+    return [share.to_arrow_refs() for share in ray.data.from_arrow_refs(list(blocks)).split(workers, equal=True)]
 
 
 def fit_boosters(
-    dataset: ray.data.Dataset,
+    blocks: Sequence[ray.ObjectRef],
+    rows: int,
     scale_pos_weights: Mapping[str, float],
     *,
     training: TrainingConfig,
@@ -344,7 +349,8 @@ def fit_boosters(
     train_loop: Callable[[dict], None] = train_fn_per_worker,
 ) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
     """Fit one model per fit of `scale_pos_weights` ({fit id: scale_pos_weight}) in ONE Ray Train run, in
-    that order; `dataset` holds the rows of all of them, each with its fit id in `_fit` (`examples.tag_fits`).
+    that order; `blocks` (Arrow tables in the object store, `rows` rows in all) hold the rows of all of them, each
+    with its fit id in `_fit` (`examples.tag_fits`).
 
     With one worker and at most `training.one_task_rows` rows, the same fits run in one Ray task instead
     (`_fit_in_task`, retried `training.max_failures` times if its worker dies): the models are the same, and
@@ -352,7 +358,7 @@ def fit_boosters(
     size never earns back with checkpoints.
 
     Returns ({fit: (model bytes, its figures)}, the run's figures: `runner` "ray_train" or "ray_task", `rows`,
-    `seconds`). The dataset's columns: the features, the label, the `_valid` flag (validation rows), the `_u`
+    `seconds`). The blocks' columns: the features, the label, the `_valid` flag (validation rows), the `_u`
     sample key and `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's
     checkpoints of the run under `name`; the caller removes them. `train_loop`: the Ray Train workers'
     function (a test wraps `train_fn_per_worker` to kill a worker mid-run).
@@ -360,7 +366,7 @@ def fit_boosters(
     if not scale_pos_weights:
         return {}, {}
     started = time.perf_counter()
-    shards, rows = _shards(dataset, training.num_workers)
+    shards = _shards(blocks, training.num_workers)
     loop_config = {
         "fits": {fit: float(spw) for fit, spw in scale_pos_weights.items()},
         "feature_names": list(feature_names),

@@ -4,7 +4,7 @@ honest out-of-time evaluation, the champion selection and the production refit (
 For a segment with cut-offs train_as_of < eval_as_of (the run plan's):
 
 1. **Data** (Ray Data, nothing collected but samples): the labelled snapshot at each cut-off (features
-   left-joined with labels, `LabelledSnapshots`, shared by every segment), restricted to the segment's
+   left-joined with labels, `LabelledSnapshots`, prepared once for every segment), restricted to the segment's
    eligible population and split into train / validation by a seeded hash of persona_id
    (`jobs.model.examples`).
 2. **Gates**: fewer than `training.min_positives` positives or `min_negatives` negatives in the training
@@ -115,32 +115,30 @@ class SegmentModel:
 
 
 class LabelledSnapshots:
-    """Labelled snapshots by cut-off, each built (one join) and materialized once, shared by every segment.
+    """Labelled snapshots by cut-off (one join each), lazy: the pass that prepares every segment's rows at a
+    cut-off (`_Prepared`) reads it, and only the prepared rows are materialized.
 
-    `labels(as_of)`: the labels table's partition at a cut-off (persona_id and the `label__SEGMENT` columns of
-    its positives; None when nobody is positive there), for the leakage check's past labels (`label_refs`)."""
+    `labels(as_of)`: the blocks of the labels table's partition at a cut-off (persona_id and the `label__SEGMENT`
+    columns of its positives) in the object store, none when nobody is positive there, for the leakage check's
+    past labels (`label_refs`)."""
 
     def __init__(
         self,
         build_snapshot: Callable[[dt.date], ray.data.Dataset],
-        labels: Callable[[dt.date], ray.data.Dataset | None] | None = None,
+        labels: Callable[[dt.date], list[ray.ObjectRef] | None] | None = None,
     ) -> None:
         self._build = build_snapshot
         self._labels = labels
-        self._done: dict[dt.date, ray.data.Dataset] = {}
 
     def label_refs(self, as_of: dt.date) -> list[ray.ObjectRef]:
         """The blocks of the labels' partition at `as_of` (persona_id and the `label__SEGMENT` columns of its
         positives) in the object store, for the tasks that look people up in them; none when nobody is positive
         there."""
-        dataset = self._labels(as_of) if self._labels is not None else None
-        return dataset.to_arrow_refs() if dataset is not None else []
+        return (self._labels(as_of) if self._labels is not None else None) or []
 
     def at(self, as_of: dt.date) -> ray.data.Dataset:
-        if as_of not in self._done:
-            log.info("train: labelled snapshot as of %s", as_of)
-            self._done[as_of] = self._build(as_of).materialize()
-        return self._done[as_of]
+        log.info("train: labelled snapshot as of %s", as_of)
+        return self._build(as_of)
 
 
 def config_hash(features: FeaturesConfig, training: TrainingConfig, segment: SegmentConfig, categories) -> str:
@@ -157,7 +155,7 @@ def config_hash(features: FeaturesConfig, training: TrainingConfig, segment: Seg
 class _Prepared:
     """Prepared rows (`prepare_segments_batch`: eligible rows, label, validation flag, sample key, `_segment`)
     by cut-off: ONE pass over a labelled snapshot prepares every segment that needs it (materialized, with
-    per-segment counts from one more pass), and later passes serve every segment of a cut-off at once."""
+    per-segment counts from a task per block), and later passes serve every segment of a cut-off at once."""
 
     def __init__(self, snapshots: LabelledSnapshots, features: FeatureSet, t: TrainingConfig) -> None:
         self._snapshots, self._features, self._t = snapshots, features, t
@@ -187,24 +185,24 @@ class _Prepared:
                 )
                 .materialize()
             )
-            counts = prepared.map_batches(segment_stats, batch_format="pyarrow", batch_size=None).to_pandas()
-            sums = counts.groupby(SEGMENT).sum() if len(counts) else None
+            counts = _gather(_launch(prepared, segment_stats))  # one row per (block, segment)
             for name in segments:
                 self._where[(as_of, name)] = len(self._cuts)
-                row = sums.loc[name] if sums is not None and name in sums.index else None
-                self._stats[(as_of, name)] = {k: int(row[k]) if row is not None else 0 for k in _STAT_KEYS}
+                own = counts.get(SEGMENT, np.empty(0, object)) == name
+                self._stats[(as_of, name)] = {k: int(counts[k][own].sum()) if k in counts else 0 for k in _STAT_KEYS}
             self._cuts.append(prepared)
 
     def stats(self, as_of: dt.date, name: str) -> dict[str, int]:
         return self._stats[(as_of, name)]
 
-    def dataset(self, wanted: dict[tuple[dt.date, str], Any], fn: Callable, columns: list[str]) -> ray.data.Dataset:
-        """One dataset of the rows of `wanted` ({(cut-off, segment): what `fn` takes}) through `fn`."""
-        parts = [
-            self._cuts[cut].map_batches(fn, batch_format="pyarrow", fn_kwargs={"fits": own, "columns": columns})
+    def blocks(self, wanted: dict[tuple[dt.date, str], Any], fn: Callable, columns: list[str]) -> list[ray.ObjectRef]:
+        """The rows of `wanted` ({(cut-off, segment): what `fn` takes}) through `fn`, a task per prepared block
+        (`_launch`), started."""
+        return [
+            block
             for cut, own in self._groups(wanted).items()
+            for block in _launch(self._cuts[cut], fn, fits=own, columns=columns)
         ]
-        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
     def collect(self, wanted: dict[tuple[dt.date, str], dict], fn: Callable, **kwargs) -> dict[str, dict]:
         """{segment: numpy columns} of `fn(rows, **kwargs, **wanted[(cut-off, segment)])` on each wanted
@@ -469,12 +467,14 @@ def _fit_round(
     name: str,
 ) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
     """Every fit of `fits` ({(cut-off, segment): fit id}) in ONE Ray Train run (or one Ray task, when small:
-    `fit.fit_boosters`) over one dataset of their rows; ({fit id: (model bytes, figures)}, the run's figures)."""
+    `fit.fit_boosters`) over one set of blocks of their rows; ({fit id: (model bytes, figures)}, the run's
+    figures)."""
     if not fits:
         return {}, {}
     names = list(features.names)
     fitted, run = fit_boosters(
-        prepared.dataset(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
+        prepared.blocks(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
+        sum(prepared.stats(*key)["rows"] for key in fits),
         {fit: _spw(prepared.stats(*key)) for key, fit in fits.items()},
         training=t,
         feature_names=names,
