@@ -19,6 +19,7 @@ folder (`RunLayout.train_scratch`, next to the tables) and are removed once ever
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import posixpath
@@ -92,20 +93,20 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
                     f"{labels.path} has no labels of segment {segment.name} at {as_of}: run the labels stage again."
                 )
 
-    def labelled(as_of: dt.date):
-        partition = {"as_of": as_of}
-        snapshot = features.dataset(columns=["persona_id", *feature_set.names], partition=partition)
-        if not label_rows.get(f"as_of={as_of.isoformat()}"):  # nobody is positive at this cut-off
-            return snapshot
-        columns = ["persona_id", *(label_column(name) for name in label_segments[as_of.isoformat()])]
-        rows = label_rows[f"as_of={as_of.isoformat()}"]
-        return join_labels(snapshot, labels.dataset(columns=columns, partition=partition), view.num_partitions, rows)
-
+    @functools.cache
     def positives(as_of: dt.date):
-        if not label_rows.get(f"as_of={as_of.isoformat()}"):  # nobody is positive at this cut-off
+        """The labels partition at `as_of` in the object store, read once for the join and the leakage check;
+        None when nobody is positive there."""
+        if not label_rows.get(f"as_of={as_of.isoformat()}"):
             return None
         columns = ["persona_id", *(label_column(name) for name in label_segments[as_of.isoformat()])]
-        return labels.dataset(columns=columns, partition={"as_of": as_of})
+        return labels.blocks(columns=columns, partition={"as_of": as_of})
+
+    def labelled(as_of: dt.date):
+        snapshot = features.dataset(columns=["persona_id", *feature_set.names], partition={"as_of": as_of})
+        if positives(as_of) is None:  # everyone is 0
+            return snapshot
+        return join_labels(snapshot, positives(as_of), view.num_partitions, label_rows[f"as_of={as_of.isoformat()}"])
 
     snapshots = LabelledSnapshots(labelled, positives)
     scratch_dir = RunLayout(posixpath.dirname(models.path.rstrip("/"))).train_scratch

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 import ray.data
 
+from jobs.raykit import join as raykit_join
 from jobs.raykit.join import BROADCAST_ROWS, join_broadcast, join_datasets, join_labels
 
 # the left side: persona-keyed rows in several blocks, one with a null key, people the right side lacks
@@ -85,15 +86,14 @@ def test_an_empty_right_side_broadcasts_its_columns(ray_cluster, join_type):
         )
 
 
-def test_join_labels_keeps_the_train_stage_call_shapes(ray_cluster):
+def test_join_labels_keeps_the_train_stage_call_shapes(ray_cluster, monkeypatch):
     features = ray.data.from_arrow(LEFT)
-    assert join_labels(features, None, 2) is features  # no labels at the cut-off: everyone is 0
     labels = [pa.table({"persona_id": ["p2", "p9"], "label__a": [1, 1]})]
-    for rows in (2, None):
-        joined = join_labels(features, ray.data.from_arrow(labels), 2, rows)
-        expected = pa.concat_tables(LEFT).join(labels[0], keys="persona_id", join_type="left outer")
-        assert _rows(_collected(joined)) == _rows(expected)
     blocks = [ray.put(t) for t in labels]
+    expected = pa.concat_tables(LEFT).join(labels[0], keys="persona_id", join_type="left outer")
+    assert _rows(_collected(join_labels(features, blocks, 2, 2))) == _rows(expected)
+    monkeypatch.setattr(raykit_join, "BROADCAST_ROWS", 1)  # more labels than a broadcast takes: the hash join
+    assert _rows(_collected(join_labels(features, blocks, 2, 2))) == _rows(expected)
     assert _rows(join_broadcast(LEFT[0], blocks)) == _rows(
         LEFT[0].join(labels[0], keys="persona_id", join_type="left outer")
     )
