@@ -167,38 +167,15 @@ def test_unreachable_cluster_is_a_user_error(tmp_path, free_port):
 
 
 @pytest.mark.slow
-def test_a_failed_job_ends_a_waiting_submit_with_exit_1(ray_head, tmp_path, caplog, capsys):
-    path = tmp_path / "job.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "events": str(tmp_path / "no-such-events"),
-                "root": str(tmp_path / "root"),
-                "run_id": "failing",
-                "stages": ["resolve"],
-            }
-        )
-    )
-    with caplog.at_level(logging.INFO, logger="jobs.run.submit"), pytest.raises(SystemExit) as ended:
-        submit_job(ray_head, path, wait=True)
-    assert ended.value.code == 1
-    submitted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("submitted job ")]
-    job_id = submitted[0].split()[2]
-    assert any(r.levelno == logging.ERROR and f"job {job_id} ended FAILED" in r.getMessage() for r in caplog.records)
-    assert "error:" in capsys.readouterr().out, "the job's logs were followed: its own one-paragraph error"
-    status = job_status(ray_head, job_id)
-    assert status["status"] == "FAILED" and status["run_id"] == "failing"
-    assert "error:" in job_logs(ray_head, job_id)
-    with pytest.raises(UserError, match="knows no job"):
-        job_status(ray_head, "raysubmit_doesnotexist")
-
-
-@pytest.mark.slow
-def test_submitted_run_succeeds_and_writes_its_outputs(ray_head, tmp_path):
+def test_a_submitted_run_writes_its_outputs_and_a_failed_job_ends_a_waiting_submit_with_exit_1(
+    ray_head, tmp_path, caplog, capsys
+):
+    """Two jobs on the head at once (each job's start-up is mostly waiting): a run that succeeds, submitted
+    without waiting, and one whose input is missing, followed by a waiting submit to its end."""
     events = tmp_path / "events"
     write_events(str(events), StorageConfig(), persons=60, partners=3, days=20, seed=3)
-    path = tmp_path / "job.yaml"
-    path.write_text(
+    good = tmp_path / "job.yaml"
+    good.write_text(
         yaml.safe_dump(
             {
                 "events": str(events),
@@ -209,11 +186,36 @@ def test_submitted_run_succeeds_and_writes_its_outputs(ray_head, tmp_path):
             }
         )
     )
-    job_id = submit_job(ray_head, path, wait=False)
+    job_id = submit_job(ray_head, good, wait=False)
     assert job_id.startswith("segments-2026-02-01-")
     submitted = job_status(ray_head, job_id)
     assert submitted["run_id"] == "2026-02-01"
     assert submitted["entrypoint"].startswith(str(BIN / "python")), "the head's own interpreter, not PATH's python"
+
+    bad = tmp_path / "failing.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "events": str(tmp_path / "no-such-events"),
+                "root": str(tmp_path / "failing-root"),
+                "run_id": "failing",
+                "stages": ["resolve"],
+            }
+        )
+    )
+    with caplog.at_level(logging.INFO, logger="jobs.run.submit"), pytest.raises(SystemExit) as ended:
+        submit_job(ray_head, bad, wait=True)
+    assert ended.value.code == 1
+    submitted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("submitted job ")]
+    failed_id = submitted[0].split()[2]
+    assert any(r.levelno == logging.ERROR and f"job {failed_id} ended FAILED" in r.getMessage() for r in caplog.records)
+    assert "error:" in capsys.readouterr().out, "the job's logs were followed: its own one-paragraph error"
+    status = job_status(ray_head, failed_id)
+    assert status["status"] == "FAILED" and status["run_id"] == "failing"
+    assert "error:" in job_logs(ray_head, failed_id)
+    with pytest.raises(UserError, match="knows no job"):
+        job_status(ray_head, "raysubmit_doesnotexist")
+
     deadline = time.time() + 300
     while (status := job_status(ray_head, job_id)["status"]) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
         assert time.time() < deadline, "job did not finish in time"
