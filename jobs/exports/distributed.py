@@ -45,7 +45,9 @@ def stage_parts_distributed(
 ) -> list[dict[str, Any]]:
     """Join the keys with the member scores and write the parts under `staging`; returns one row per part."""
     columns = SCORE_COLUMNS + (["reasons"] if reasons else [])
-    member_rows = scores.dataset(columns=columns).map_batches(
+    # a block per file of the scores (the score stage sizes them): an export's parts are its members in each
+    # joined block, and Ray Data would split a few small files into 2 x CPUs blocks, each a part of every export
+    member_rows = scores.dataset(columns=columns, override_num_blocks=len(scores.files())).map_batches(
         members, fn_kwargs={"reasons": reasons}, batch_format="pyarrow"
     )
     joined = join_datasets(member_rows, keys, ["persona_id"], "inner", num_partitions, keys.count())
