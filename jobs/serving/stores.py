@@ -262,8 +262,13 @@ def _packed_profiles(table: pa.Table, segments: Sequence[str], with_reasons: boo
     ]
 
 
+def _write_part_in_task(name: str, arguments: dict) -> int:
+    """A Ray task's call: `arguments`, put in the object store once, are the same for every part."""
+    return _write_part_to_redis(name, **arguments)
+
+
 def _write_part_to_redis(
-    batch: dict,
+    name: str,
     profiles: dict,
     keys: dict,
     links: dict,
@@ -273,40 +278,38 @@ def _write_part_to_redis(
     with_reasons: bool,
     url: str,
     batch_rows: int,
-) -> dict:
-    """A Ray Data map over part numbers: every key of one part, written in pipelined batches."""
+) -> int:
+    """Every key of part `name`, written in pipelined batches; how many."""
     import redis
 
     client = redis.Redis.from_url(url)
-    written = []
-    for name in batch["part"]:
-        table = read_parquet_file(profiles[name], storage).combine_chunks()
-        ids = table.column("persona_id").to_pylist()
-        count = 0
-        pipe = client.pipeline(transaction=False)
-        for persona, blob in zip(ids, _packed_profiles(table, segments, with_reasons)):
-            pipe.set(f"{namespace}:p:{persona}", blob)
+    table = read_parquet_file(profiles[name], storage).combine_chunks()
+    ids = table.column("persona_id").to_pylist()
+    count = 0
+    pipe = client.pipeline(transaction=False)
+    for persona, blob in zip(ids, _packed_profiles(table, segments, with_reasons)):
+        pipe.set(f"{namespace}:p:{persona}", blob)
+        count += 1
+        if count % batch_rows == 0:
+            pipe.execute()
+    for files, tag in ((keys, "k"), (links, "l")):
+        if name not in files:
+            continue
+        part = read_parquet_file(files[name], storage)
+        for hash_value, row in zip(part.column("key_hash").to_numpy(), part.column("row").to_numpy()):
+            pipe.set(f"{namespace}:{tag}:{_hex(hash_value)}", ids[row])
             count += 1
             if count % batch_rows == 0:
                 pipe.execute()
-        for files, tag in ((keys, "k"), (links, "l")):
-            if name not in files:
-                continue
-            part = read_parquet_file(files[name], storage)
-            for hash_value, row in zip(part.column("key_hash").to_numpy(), part.column("row").to_numpy()):
-                pipe.set(f"{namespace}:{tag}:{_hex(hash_value)}", ids[row])
-                count += 1
-                if count % batch_rows == 0:
-                    pipe.execute()
-        pipe.execute()
-        written.append(count)
+    pipe.execute()
     client.close()
-    return {"written": np.array(written, np.int64)}
+    return count
 
 
 def publish_to_redis(config: JobConfig, online: OnlineLayout, meta: dict[str, Any]) -> int:
-    """Write a release into Redis with a Ray Data job (one row per part); its meta key goes last."""
-    import ray.data
+    """Write a release into Redis, a Ray task per part (a Ray Data job would pay a streaming executor's start-up
+    for a handful of parts); its meta key goes last."""
+    import ray
     import redis
 
     storage = config.storage
@@ -319,32 +322,27 @@ def publish_to_redis(config: JobConfig, online: OnlineLayout, meta: dict[str, An
     profiles = named("profiles")
     namespace = redis_namespace(config, release_id)
     junk = [read_parquet_file(f, storage).column("link_hash").to_numpy() for f in named("junk").values()]
-    written = (
-        ray.data.from_items([{"part": name} for name in sorted(profiles)])
-        .map_batches(
-            _write_part_to_redis,
-            batch_size=1,
-            batch_format="numpy",
-            fn_kwargs={
-                "profiles": profiles,
-                "keys": named("keys"),
-                "links": named("links"),
-                "storage": storage,
-                "namespace": namespace,
-                "segments": [s["name"] for s in meta["segments"]],
-                "with_reasons": bool(meta.get("with_reasons")),
-                "url": config.serving.redis_url,
-                "batch_rows": config.serving.redis_batch_rows,
-            },
-        )
-        .sum("written")
+    arguments = ray.put(
+        {
+            "profiles": profiles,
+            "keys": named("keys"),
+            "links": named("links"),
+            "storage": storage,
+            "namespace": namespace,
+            "segments": [s["name"] for s in meta["segments"]],
+            "with_reasons": bool(meta.get("with_reasons")),
+            "url": config.serving.redis_url,
+            "batch_rows": config.serving.redis_batch_rows,
+        }
     )
+    write_part = ray.remote(_write_part_in_task)
+    written = sum(ray.get([write_part.remote(name, arguments) for name in sorted(profiles)]))
     client = redis.Redis.from_url(config.serving.redis_url)
     junk_hashes = np.unique(np.concatenate(junk)) if junk else np.zeros(0, np.uint64)
     client.set(f"{namespace}:junk", junk_hashes.astype("<u8").tobytes())
     client.set(f"{namespace}:meta", json.dumps(meta, default=str))  # last: the release is complete
     client.close()
-    return int(written or 0)
+    return written
 
 
 def drop_redis_release(config: JobConfig, release_id: str) -> None:
