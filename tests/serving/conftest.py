@@ -1,7 +1,7 @@
 """One published fixture run per store, each served by its own Serve application (2 replicas) over HTTP.
 
 `deployed[store]` gives the application's URL, ROOT, config and one API key per partner. Both
-applications live for the module that uses them (test_app.py) and are deleted after it, so their replicas
+applications live for the module that uses them (test_app.py) and stop with Serve after it, so their replicas
 do not hold CPUs while the rest of the suite runs.
 """
 
@@ -92,8 +92,8 @@ def deployed(tmp_path_factory, serve_url, redis_url):
             else:
                 time.sleep(0.2)
     yield apps
-    for app in apps.values():
-        serve.delete(app.config.serving.app_name)
+    # no serve.delete per application: serve_url's serve.shutdown() after this module stops both at once, where
+    # each delete waited ~3 s for its replicas to drain, one after the other
 
 
 @pytest.fixture(params=STORES)
