@@ -9,7 +9,7 @@
             keys/part-P     (partner-scoped lookup key hash -> row of profiles/part-P)
             links/part-P    (link id hash -> row), and junk/ (link ids of the run's audited identifiers)
     ROOT/online/releases/RELEASE_ID/{profiles,keys,links,junk}/ + models/SEG/model.json + release.json (last)
-    [--store redis] a Ray Data job writes every key of the release under its own Redis namespace in
+    [--store redis] a Ray task per part writes every key of the release under its own Redis namespace in
                     pipelined batches, then the release's meta key (last)
     ROOT/online/current.json  <- one atomic write: replicas switch when they see it
 
