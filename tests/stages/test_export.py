@@ -361,9 +361,7 @@ def test_failure_between_parts_and_manifest_leaves_no_export_and_a_rerun_repairs
     with pytest.raises(UserError, match="no published export"):
         presigned_urls(root, "p2", "seg_a", storage, 900)
 
-    first = run_export(layout, config)
-    second = run_export(layout, config)  # and once more: replaces, never duplicates
-    assert first["rows_out"] == second["rows_out"] > 0
+    assert run_export(layout, config)["rows_out"] > 0  # a rerun of the same run replaces: the leak test's rerun
     exported = export_folders(root, storage)
     assert len(exported) == 3 * 2
     for folder in exported:
