@@ -38,6 +38,7 @@ def test_demo_runs_every_stage_and_a_second_demo_only_looks(tmp_path, ray_cluste
     assert run_log.name in done.stderr, "the console names the run's log"
     kept = run_log.read_text()
     assert "[8/8] export: done in" in kept and "INFO ray" in kept, "the run's log keeps Ray's own lines too"
+    assert " DEBUG ray" not in kept, "but not Ray's DEBUG records (Ray Data's context and metrics dumps)"
     layout = RunLayout(str(out / "runs" / "demo"))
     assert f"report:   {layout.report}" in first and (out / "runs" / "demo" / "report.html").is_file()
     scored = TableIn(SCORES, layout.table(SCORES), StorageConfig()).marker["segments"]
