@@ -1,7 +1,7 @@
 """Quality figures of a look-alike model: metrics, lift, alarms, the leakage check, importance. Pure.
 
-Numpy arrays in, JSON-able dicts out (`jobs.model.report` draws them). The metrics are computed here, with numpy
-only: xgboost imports scikit-learn whenever it is installed, ~1.2 s in every process that imports it.
+Numpy arrays in, JSON-able dicts out (`jobs.model.report` draws them). The metrics are this module's own, not
+scikit-learn's: xgboost imports scikit-learn whenever it is installed, ~1.2 s in every process that imports it.
 
 Figures for one score vector against 0/1 labels (`binary_metrics`):
 * ROC-AUC, PR-AUC (average precision) next to the base rate (the PR-AUC of a random score);
