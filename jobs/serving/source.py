@@ -22,18 +22,26 @@ from jobs.config import JobConfig, SegmentConfig, StorageConfig
 from jobs.errors import UserError
 from jobs.model import bundle
 from jobs.run.layout import RunLayout
-from jobs.storage import filesystem_for, fs_path, marker_or_none, read_marker, read_published_file, table_files
+from jobs.storage import (
+    filesystem_for,
+    fs_path,
+    marker_or_none,
+    read_marker,
+    read_parquet,
+    read_published_file,
+    table_files,
+)
 
 ID_COLUMNS = ("persona_id", "as_of")  # every other column of features/ is a feature
 
 
 def read_parquet_file(path: str, storage: StorageConfig, columns: Sequence[str] | None = None) -> pa.Table:
     """One Parquet file of a table (inside a Ray task); columns that the file lacks are simply absent."""
-    fs, _ = filesystem_for(path, storage)
     if columns is not None:
+        fs, _ = filesystem_for(path, storage)
         present = set(pq.read_schema(fs_path(path), filesystem=fs).names)
         columns = [c for c in columns if c in present]
-    return pq.read_table(fs_path(path), filesystem=fs, columns=columns, partitioning=None)
+    return read_parquet(path, storage, columns)
 
 
 @dataclass(frozen=True)

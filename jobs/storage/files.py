@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import StorageConfig
 from jobs.errors import UserError
-from jobs.storage.paths import filesystem_for, is_s3, join, with_scheme
+from jobs.storage.paths import filesystem_for, fs_path, is_s3, join, with_scheme
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,12 @@ def write_parquet(path: str, table: pa.Table, storage: StorageConfig, **options:
     data = sink.getvalue().to_pybytes()
     write_bytes(path, data, storage)
     return data
+
+
+def read_parquet(path: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as a table (only `columns`, when given), local or on S3."""
+    fs, _ = filesystem_for(path, storage)
+    return pq.read_table(fs_path(path), filesystem=fs, columns=columns, partitioning=None)
 
 
 def _fsync_folder(folder: str) -> None:

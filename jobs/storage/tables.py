@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import StorageConfig
 from jobs.errors import UserError
-from jobs.storage.files import list_files, read_bytes, read_json_or_none, write_bytes, write_json
+from jobs.storage.files import list_files, read_bytes, read_json_or_none, read_parquet, write_bytes, write_json
 from jobs.storage.paths import filesystem_for, fs_path, join
 
 MARKER = "_SUCCESS"
@@ -175,16 +175,11 @@ def read_blocks(
     return [_file_reader().remote(f, storage, columns) for f in files]
 
 
-def _read_file(path: str, storage: StorageConfig, columns: list[str] | None) -> pa.Table:
-    fs, _ = filesystem_for(path, storage)
-    return pq.read_table(fs_path(path), filesystem=fs, columns=columns, partitioning=None)
-
-
 @functools.cache
 def _file_reader():
     import ray  # not at import: the storage layer also serves processes without Ray
 
-    return ray.remote(_read_file)
+    return ray.remote(read_parquet)
 
 
 def read_arrow(
@@ -194,11 +189,7 @@ def read_arrow(
     partition: Mapping[str, Any] | None = None,
 ) -> pa.Table:
     """A small published table in memory (metrics, test checks); not for event-sized tables."""
-    fs, _ = filesystem_for(table_path, storage)
-    tables = [
-        pq.read_table(fs_path(f), filesystem=fs, columns=columns, partitioning=None)
-        for f in table_files(table_path, storage, partition)
-    ]
+    tables = [read_parquet(f, storage, columns) for f in table_files(table_path, storage, partition)]
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
