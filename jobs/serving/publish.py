@@ -421,11 +421,13 @@ def run_publish(config: JobConfig, run_dir: str, store: str | None = None) -> di
         }
         write_json(online.release_meta(release_id), meta, storage)  # the release is complete once this exists
         if store == "redis":
-            from jobs.serving.stores import publish_to_redis  # the redis client only where it is used
+            import redis  # the redis client only where it is used
+
+            from jobs.serving.stores import publish_to_redis
 
             try:
                 meta["redis_keys"] = publish_to_redis(config, online, meta)
-            except OSError as exc:
+            except (OSError, redis.RedisError) as exc:  # redis-py's ConnectionError is not an OSError
                 raise InfraError(
                     f"Redis at {config.serving.redis_url} is unreachable ({type(exc).__name__}); "
                     "the release was written but not made current."

@@ -410,3 +410,20 @@ def test_publish_under_load_swaps_releases_without_a_failed_request(app):
     run_load(0.5, publish_and_wait, reader, threads=2)
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert old in releases and len(releases) == 2
+
+
+def test_a_redis_that_does_not_answer_is_an_infrastructure_error(ray_cluster, tmp_path, free_port):
+    """`publish --store redis` with nobody at the Redis URL: an InfraError (exit 3, one paragraph naming the
+    URL), not redis-py's ConnectionError (exit 1); the release is not made current."""
+    from jobs.errors import InfraError
+    from jobs.run.layout import OnlineLayout
+    from jobs.serving.publish import run_publish
+    from jobs.serving.synthetic import build_run, job_config
+    from jobs.storage import exists
+
+    root = str(tmp_path / "online")
+    run_dir = build_run(root, StorageConfig())
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(InfraError, match=f"Redis at {url} is unreachable"):
+        run_publish(job_config(root, store="redis", redis_url=url), run_dir)
+    assert not exists(OnlineLayout(root).current, StorageConfig())
