@@ -1,9 +1,9 @@
-"""Every segment's model, driven from the driver over Ray Data and Ray Train: gates, fit, calibration, the
+"""Every segment's model, driven from the driver over Ray tasks and Ray Train: gates, fit, calibration, the
 honest out-of-time evaluation, the champion selection and the production refit (`train_segments`).
 
 For a segment with cut-offs train_as_of < eval_as_of (the run plan's):
 
-1. **Data** (Ray Data, nothing collected but samples): the labelled snapshot at each cut-off (features
+1. **Data** (Ray tasks, nothing collected but samples): the labelled snapshot at each cut-off (features
    left-joined with labels, `LabelledSnapshots`, prepared once for every segment), restricted to the segment's
    eligible population and split into train / validation by a seeded hash of persona_id
    (`jobs.model.examples`).
@@ -42,7 +42,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
-import ray.data
 
 from jobs.config import FeaturesConfig, SegmentConfig, TrainingConfig
 from jobs.model import champion, quality
@@ -115,8 +114,11 @@ class SegmentModel:
 
 
 class LabelledSnapshots:
-    """Labelled snapshots by cut-off (one join each), lazy: the pass that prepares every segment's rows at a
-    cut-off (`_Prepared`) reads it, and only the prepared rows are materialized.
+    """Labelled snapshots by cut-off (one join each), never materialized: `prepared` reads one, joins it and
+    prepares every segment's rows at that cut-off in one pass (`_Prepared`); only the prepared rows are kept.
+
+    `build(as_of, then, then_kwargs)`: the blocks of `then(rows, **then_kwargs)` on the labelled snapshot at a
+    cut-off, in the object store (`jobs.raykit.join.join_labels`).
 
     `labels(as_of)`: the blocks of the labels table's partition at a cut-off (persona_id and the `label__SEGMENT`
     columns of its positives) in the object store, none when nobody is positive there, for the leakage check's
@@ -124,10 +126,10 @@ class LabelledSnapshots:
 
     def __init__(
         self,
-        build_snapshot: Callable[[dt.date], ray.data.Dataset],
+        build: Callable[[dt.date, Callable[..., pa.Table], dict[str, Any]], list[ray.ObjectRef]],
         labels: Callable[[dt.date], list[ray.ObjectRef] | None] | None = None,
     ) -> None:
-        self._build = build_snapshot
+        self._build = build
         self._labels = labels
 
     def label_refs(self, as_of: dt.date) -> list[ray.ObjectRef]:
@@ -136,9 +138,11 @@ class LabelledSnapshots:
         there."""
         return (self._labels(as_of) if self._labels is not None else None) or []
 
-    def at(self, as_of: dt.date) -> ray.data.Dataset:
-        log.info("train: labelled snapshot as of %s", as_of)
-        return self._build(as_of)
+    def prepared(
+        self, as_of: dt.date, then: Callable[..., pa.Table], then_kwargs: dict[str, Any]
+    ) -> list[ray.ObjectRef]:
+        log.debug("train: labelled snapshot as of %s", as_of)
+        return self._build(as_of, then, then_kwargs)
 
 
 def config_hash(features: FeaturesConfig, training: TrainingConfig, segment: SegmentConfig, categories) -> str:
@@ -154,12 +158,13 @@ def config_hash(features: FeaturesConfig, training: TrainingConfig, segment: Seg
 
 class _Prepared:
     """Prepared rows (`prepare_segments_batch`: eligible rows, label, validation flag, sample key, `_segment`)
-    by cut-off: ONE pass over a labelled snapshot prepares every segment that needs it (materialized, with
-    per-segment counts from a task per block), and later passes serve every segment of a cut-off at once."""
+    by cut-off: ONE pass over a labelled snapshot prepares every segment that needs it (blocks in the object
+    store, with per-segment counts from a task per block), and later passes serve every segment of a cut-off
+    at once."""
 
     def __init__(self, snapshots: LabelledSnapshots, features: FeatureSet, t: TrainingConfig) -> None:
         self._snapshots, self._features, self._t = snapshots, features, t
-        self._cuts: list[ray.data.Dataset] = []
+        self._cuts: list[list[ray.ObjectRef]] = []
         self._where: dict[tuple[dt.date, str], int] = {}
         self._stats: dict[tuple[dt.date, str], dict[str, int]] = {}
 
@@ -169,21 +174,16 @@ class _Prepared:
             if (as_of, segment.name) not in self._where:
                 pending.setdefault(as_of, {})[segment.name] = segment
         for as_of, segments in pending.items():
-            prepared = (
-                self._snapshots.at(as_of)
-                .map_batches(
-                    prepare_segments_batch,
-                    batch_format="pyarrow",
-                    zero_copy_batch=True,
-                    fn_kwargs={
-                        "segments": [(segment, label_column(name)) for name, segment in segments.items()],
-                        "feature_names": list(self._features.names),
-                        "categories": list(self._features.categories),
-                        "validation_share": self._t.validation_share,
-                        "seed": self._t.seed,
-                    },
-                )
-                .materialize()
+            prepared = self._snapshots.prepared(
+                as_of,
+                prepare_segments_batch,
+                {
+                    "segments": [(segment, label_column(name)) for name, segment in segments.items()],
+                    "feature_names": list(self._features.names),
+                    "categories": list(self._features.categories),
+                    "validation_share": self._t.validation_share,
+                    "seed": self._t.seed,
+                },
             )
             counts = _gather(_launch(prepared, segment_stats))  # one row per (block, segment)
             for name in segments:
@@ -248,12 +248,12 @@ def _per_block(block: pa.Table, fn: Callable, kwargs: dict) -> pa.Table:
     return fn(block, **kwargs)
 
 
-def _launch(ds: ray.data.Dataset, fn: Callable, **kwargs) -> list[ray.ObjectRef]:
-    """`fn(block, **kwargs)` on every block of `ds`, one Ray task per block (arguments put once). The prepared
-    cut-offs are materialized: a Ray Data pass over them would pay a streaming executor's start-up (~0.2-1 s on 2
-    cores) for each of a run's ~10 small collections, and could not run while the driver waits for Ray Train."""
+def _launch(blocks: list[ray.ObjectRef], fn: Callable, **kwargs) -> list[ray.ObjectRef]:
+    """`fn(block, **kwargs)` on every one of `blocks`, one Ray task per block (arguments put once): a Ray Data
+    pass over them would pay a streaming executor's start-up (~0.2-1 s on 2 cores) for each of a run's ~10 small
+    collections, and could not run while the driver waits for Ray Train."""
     arguments = ray.put(kwargs)
-    return [_per_block.remote(block, fn, arguments) for block in ds.to_arrow_refs()]
+    return [_per_block.remote(block, fn, arguments) for block in blocks]
 
 
 def _gather(refs: list[ray.ObjectRef]) -> dict[str, np.ndarray]:

@@ -11,11 +11,15 @@ partitions, so no task ever has to hold a side that grows with the data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import ray
 import ray.data
+
+if TYPE_CHECKING:
+    from jobs.storage import TableIn
 
 # the right side's rows at most for a broadcast: each left block's task holds all of them at once
 BROADCAST_ROWS = 1_000_000
@@ -49,17 +53,38 @@ def join_datasets(
 
 
 def join_labels(
-    features_ds: ray.data.Dataset, label_blocks: Sequence[ray.ObjectRef], num_partitions: int, label_rows: int
-) -> ray.data.Dataset:
-    """The feature snapshot left-joined with the labels at the same cut-off.
+    features: TableIn,
+    columns: list[str],
+    partition: Mapping[str, Any],
+    label_blocks: Sequence[ray.ObjectRef],
+    label_rows: int,
+    num_partitions: int,
+    then: Callable[..., pa.Table],
+    then_kwargs: dict[str, Any],
+) -> list[ray.ObjectRef]:
+    """`then(rows, **then_kwargs)` of a partition of the features table (its `columns`) left-joined on persona_id
+    with the labels at the same cut-off, as blocks in the object store.
 
-    `label_blocks`: the labels partition in the object store (`TableIn.blocks`: a task per file, not a Ray Data
-    pass, whose streaming executor's start-up costs 0.3-0.7 s on 2 cores for a few small files); it holds the
-    positives only, `label_rows` of them (the labels marker's count)."""
+    `label_blocks`: the labels partition in the object store (`TableIn.blocks`); it holds the positives only,
+    `label_rows` of them (the labels marker's count; no blocks: nobody is positive). Up to `BROADCAST_ROWS`, one
+    Ray task per features file reads it, joins it with every label block and applies `then`, started and not
+    waited for: no Ray Data pass, which costs 1-3 s on 2 cores however few the rows (a streaming executor's
+    start-up, and a first second that runs one task at a time while it learns its share of the cluster). Above,
+    Ray Data's hash join, `then` on each joined block, materialized."""
     if label_rows <= BROADCAST_ROWS:
-        return broadcast_join(features_ds, label_blocks, ["persona_id"])
-    labels_ds = ray.data.from_arrow_refs(list(label_blocks))
-    return join_datasets(features_ds, labels_ds, ["persona_id"], "left_outer", num_partitions, label_rows)
+        return features.blocks(columns, partition, then=_join_then, args=(then, then_kwargs, *label_blocks))
+    labels = ray.data.from_arrow_refs(list(label_blocks))
+    joined = join_datasets(
+        features.dataset(columns, partition), labels, ["persona_id"], "left_outer", num_partitions, label_rows
+    )
+    prepared = joined.map_batches(then, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs=then_kwargs)
+    return prepared.materialize().to_arrow_refs()
+
+
+def _join_then(
+    rows: pa.Table, then: Callable[..., pa.Table], then_kwargs: dict[str, Any], *labels: pa.Table
+) -> pa.Table:
+    return then(join_tables(rows, labels, ["persona_id"]) if labels else rows, **then_kwargs)
 
 
 def broadcast_join(
@@ -86,15 +111,20 @@ def join_broadcast(
     join_type: str = "left_outer",
     schema: pa.Schema | None = None,
 ) -> pa.Table:
-    """A left block joined with the right side's blocks (object references) on the `on` columns; the right
-    key columns take the left's types (a string key may be read as large_string on one side)."""
+    """A left block joined with the right side's blocks (object references) on the `on` columns."""
     tables = [t for t in ray.get(blocks) if t.num_columns]
-    if not tables:
-        tables = [schema.empty_table()]
-    right = pa.concat_tables(tables, promote_options="permissive")
+    return join_tables(batch, tables or [schema.empty_table()], on, join_type)
+
+
+def join_tables(
+    left: pa.Table, right: Sequence[pa.Table], on: Sequence[str], join_type: str = "left_outer"
+) -> pa.Table:
+    """`left` joined with the concatenated `right` tables on the `on` columns; the right key columns take the
+    left's types (a string key may be read as large_string on one side)."""
+    joined = pa.concat_tables(right, promote_options="permissive")
     for name in on:
-        wanted = batch.schema.field(name).type
-        if right.schema.field(name).type != wanted:
-            index = right.schema.get_field_index(name)
-            right = right.set_column(index, name, right.column(name).cast(wanted))
-    return batch.join(right, keys=list(on), join_type=JOIN_TYPES[join_type])
+        wanted = left.schema.field(name).type
+        if joined.schema.field(name).type != wanted:
+            index = joined.schema.get_field_index(name)
+            joined = joined.set_column(index, name, joined.column(name).cast(wanted))
+    return left.join(joined, keys=list(on), join_type=JOIN_TYPES[join_type])

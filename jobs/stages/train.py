@@ -102,11 +102,17 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
         columns = ["persona_id", *(label_column(name) for name in label_segments[as_of.isoformat()])]
         return labels.blocks(columns=columns, partition={"as_of": as_of})
 
-    def labelled(as_of: dt.date):
-        snapshot = features.dataset(columns=["persona_id", *feature_set.names], partition={"as_of": as_of})
-        if positives(as_of) is None:  # everyone is 0
-            return snapshot
-        return join_labels(snapshot, positives(as_of), view.num_partitions, label_rows[f"as_of={as_of.isoformat()}"])
+    def labelled(as_of: dt.date, then, then_kwargs: dict):
+        return join_labels(
+            features,
+            ["persona_id", *feature_set.names],
+            {"as_of": as_of},
+            positives(as_of) or [],  # none: everyone is 0
+            label_rows.get(f"as_of={as_of.isoformat()}", 0),
+            view.num_partitions,
+            then,
+            then_kwargs,
+        )
 
     snapshots = LabelledSnapshots(labelled, positives)
     scratch_dir = RunLayout(posixpath.dirname(models.path.rstrip("/"))).train_scratch

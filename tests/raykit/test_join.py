@@ -8,8 +8,11 @@ import pyarrow as pa
 import pytest
 import ray.data
 
+from jobs.config import StorageConfig
+from jobs.errors import UserError
 from jobs.raykit import join as raykit_join
 from jobs.raykit.join import BROADCAST_ROWS, join_broadcast, join_datasets, join_labels
+from jobs.storage import TableIn, join, writing
 
 # the left side: persona-keyed rows in several blocks, one with a null key, people the right side lacks
 LEFT = [
@@ -86,17 +89,41 @@ def test_an_empty_right_side_broadcasts_its_columns(ray_cluster, join_type):
         )
 
 
-def test_join_labels_keeps_the_train_stage_call_shapes(ray_cluster, monkeypatch):
-    features = ray.data.from_arrow(LEFT)
-    labels = [pa.table({"persona_id": ["p2", "p9"], "label__a": [1, 1]})]
+def test_join_labels_runs_then_on_every_joined_block_of_a_partition(ray_cluster, tmp_path, monkeypatch):
+    store = StorageConfig()
+    table_path = join(str(tmp_path), "features")
+    with writing(table_path, store) as writer:
+        for i, block in enumerate(LEFT):  # a file each
+            writer.write_arrow(block, partition={"as_of": "2026-01-01"}, name=f"part-{i:05d}")
+    features = TableIn("features", table_path, store)
+    partition = {"as_of": "2026-01-01"}
+    labels = [pa.table({"persona_id": ["p2"], "label__a": [1]}), pa.table({"persona_id": ["p9"], "label__a": [1]})]
     blocks = [ray.put(t) for t in labels]
-    expected = pa.concat_tables(LEFT).join(labels[0], keys="persona_id", join_type="left outer")
-    assert _rows(_collected(join_labels(features, blocks, 2, 2))) == _rows(expected)
-    monkeypatch.setattr(raykit_join, "BROADCAST_ROWS", 1)  # more labels than a broadcast takes: the hash join
-    assert _rows(_collected(join_labels(features, blocks, 2, 2))) == _rows(expected)
-    assert _rows(join_broadcast(LEFT[0], blocks)) == _rows(
-        LEFT[0].join(labels[0], keys="persona_id", join_type="left outer")
+    joined = pa.concat_tables(LEFT).join(pa.concat_tables(labels), keys="persona_id", join_type="left outer")
+    expected = joined.drop_columns(["x"])  # `then` (a function the workers can import) drops a column
+
+    def collected(refs) -> pa.Table:
+        return pa.concat_tables([t for t in ray.get(refs) if t.num_rows], promote_options="permissive")
+
+    by_file = join_labels(
+        features, ["persona_id", "x"], partition, blocks, 2, 2, pa.Table.drop_columns, {"columns": ["x"]}
     )
+    assert len(by_file) == len(LEFT)  # a task per file
+    assert _rows(collected(by_file)) == _rows(expected)
+    nobody = join_labels(features, ["persona_id", "x"], partition, [], 0, 2, pa.Table.drop_columns, {"columns": ["x"]})
+    assert _rows(collected(nobody)) == _rows(pa.concat_tables(LEFT).drop_columns(["x"]))
+    monkeypatch.setattr(raykit_join, "BROADCAST_ROWS", 1)  # more labels than a broadcast takes: the hash join
+    hashed = join_labels(
+        features, ["persona_id", "x"], partition, blocks, 2, 2, pa.Table.drop_columns, {"columns": ["x"]}
+    )
+    assert _rows(collected(hashed)) == _rows(expected)
+    assert _rows(join_broadcast(LEFT[0], blocks)) == _rows(
+        LEFT[0].join(pa.concat_tables(labels), keys="persona_id", join_type="left outer")
+    )
+    with pytest.raises(UserError, match="partition as_of=2026-02-01 has no data files"):
+        join_labels(
+            features, ["persona_id"], {"as_of": "2026-02-01"}, blocks, 2, 2, pa.Table.drop_columns, {"columns": ["x"]}
+        )
 
 
 def test_a_join_type_neither_side_knows_is_refused(ray_cluster):
