@@ -14,7 +14,6 @@ from typing import Any
 
 import psutil
 import pyarrow as pa
-import ray.data
 
 from jobs.config import ResolveView
 from jobs.contract.reading import plan_input, plausible_ts_range, read_events
@@ -116,11 +115,13 @@ def _first_examples(ex: RayExecutor, quarantined: list) -> dict[str, str]:
 
 
 def _publish(table: TableOut, parts: list, rows: int, schema: pa.Schema) -> None:
-    """Publish partitions held by Ray; an empty table still gets a (schema-only) file readers can open."""
-    if rows == 0:
-        table.write_arrow(schema.empty_table())
-    else:
-        table.write_dataset(ray.data.from_arrow_refs(parts))
+    """Publish partitions held by Ray, a file each; an empty table still gets a (schema-only) file readers can
+    open."""
+    with table.writing() as writer:
+        if rows == 0:
+            writer.write_arrow(schema.empty_table())
+        else:
+            writer.write_blocks(parts)
 
 
 class _Clock:
