@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -64,12 +64,14 @@ from jobs.storage import check_bucket, exists, filesystem_for, fs_path, list_fil
 
 log = logging.getLogger(__name__)
 
-FILE_PATH = "path"  # the column Ray Data's include_paths adds: the file as its filesystem names it
+FILE_PATH = "path"  # the file a row came from, as its filesystem names it
 READ_CHUNK_BYTES = 16 << 20  # JSON Lines are read in blocks of about this many bytes of whole lines
-# Input bytes (as stored) per Ray read task: several files a task. Ray Data's default asks for at least 200
-# read blocks and splits each task's output to get them (24 Parquet files -> 216 blocks of ~1 MiB at 1M
-# events), and every later step then pays Ray's per-task cost per block.
+# Input bytes (as stored) per Ray read task: several files a task, so blocks are few (Ray Data's default of
+# at least 200 read blocks made 216 blocks of ~1 MiB of 24 Parquet files at 1M events), and every later step
+# pays Ray's per-task cost per block.
 READ_TASK_BYTES = 64 << 20
+PARQUET_BATCH_ROWS = 1 << 18  # rows of a Parquet file normalised at once (~100 MiB in memory at most)
+BLOCK_BYTES = 128 << 20  # a read block's size in memory, at most about (Ray Data's target_max_block_size)
 # pyarrow's JSON parser recurses: a line nested some 20,000 levels deep crashes the process. A block that may
 # hold a line nested deeper than this is parsed line by line (Python's json stops at its recursion limit).
 SAFE_DEPTH = 2000
@@ -97,13 +99,12 @@ class InputFile:
     kind: str  # "parquet" | "json"
     rows: int | None = None
     columns: tuple[str, ...] = ()
-    schema_key: str = ""
     size: int = 0  # bytes as stored (compressed where the file is)
 
 
 @dataclass
 class InputPlan:
-    """What the driver learned from the cheap checks: the files, grouped by format and schema.
+    """What the driver learned from the cheap checks: the files, their formats and columns.
 
     `extra_columns` are those of the Parquet footers; JSON keys are discovered while reading (`read_events`).
     """
@@ -111,12 +112,6 @@ class InputPlan:
     files: list[InputFile]
     extra_columns: list[str] = field(default_factory=list)
     empty_files: list[str] = field(default_factory=list)
-
-    def groups(self) -> dict[tuple[str, str], list[InputFile]]:
-        out: dict[tuple[str, str], list[InputFile]] = {}
-        for f in self.files:
-            out.setdefault((f.kind, f.schema_key), []).append(f)
-        return out
 
     @property
     def source_prefix(self) -> str:
@@ -176,7 +171,7 @@ def _check_file(path: str, fs: pafs.FileSystem) -> InputFile:
         raise UserError(
             f"input file {path} has no required field {', '.join(missing)} in any of its first {len(records)} records."
         )
-    return InputFile(path, "json", None, tuple(sorted(keys)), "json", size)
+    return InputFile(path, "json", None, tuple(sorted(keys)), size)
 
 
 def _check_parquet(path: str, fs: pafs.FileSystem) -> InputFile:
@@ -194,8 +189,7 @@ def _check_parquet(path: str, fs: pafs.FileSystem) -> InputFile:
         raise UserError(
             f"input file {path} has no required column {', '.join(missing)} (it has: {', '.join(columns[:30])})."
         )
-    key = "|".join(f"{f.name}:{f.type}" for f in schema)
-    return InputFile(path, "parquet", meta.num_rows, columns, key)
+    return InputFile(path, "parquet", meta.num_rows, columns)
 
 
 def _sample_json(path: str, fs: pafs.FileSystem, max_bytes: int = 256 * 1024, max_lines: int = 200):
@@ -406,33 +400,24 @@ def escape_raw(line: bytes, size: int | None = None) -> str:
 
 
 def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> tuple[list, list[str]]:
-    """(refs of canonical blocks, extra columns): every file read by Ray Data, all blocks on one schema.
+    """(refs of canonical blocks, extra columns): every file read by Ray tasks, all blocks on one schema.
 
-    Files are read by a few tasks of several whole files each (`read_tasks`), so the blocks are few and
-    large (at most `target_max_block_size`) and every later per-block step pays Ray's task cost few times.
-    The extra columns are every key any row carried; a block that lacks some gets them as nulls.
+    Files are read by a few tasks of several whole files each (`read_tasks`, `file_groups`), so the blocks are
+    few and large and every later per-block step pays Ray's task cost few times; each task streams its
+    blocks (up to `BLOCK_BYTES`) into the object store as it makes them.
+    Plain tasks, not a Ray Data read: that paid a streaming executor's start-up and its first second of one
+    task at a time, and its actors' worker processes (1-3 s on 2 cores at any size). The extra columns are
+    every key any row carried; a block that lacks some gets them as nulls.
     """
     import ray  # heavy; the serving path imports this module only for `normalise_batch`
-    import ray.data
 
-    fs, _ = filesystem_for(plan.files[0].path, storage)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    datasets = []
-    for (kind, _key), files in sorted(plan.groups().items()):
-        paths = [fs_path(f.path) for f in files]
-        tasks = read_tasks(files, cpus)
-        if kind == "parquet":
-            ds = ray.data.read_parquet(
-                paths, filesystem=fs, include_paths=True, file_extensions=None, override_num_blocks=tasks
-            )
-            kwargs = {"extra_columns": plan.extra_columns, "source_prefix": plan.source_prefix, "ts_range": ts_range}
-            ds = ds.map_batches(normalise_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs)
-        else:
-            source = _json_lines_datasource()(paths, filesystem=fs, prefix=plan.source_prefix, ts_range=ts_range)
-            ds = ray.data.read_datasource(source, override_num_blocks=tasks)
-        datasets.append(ds)
-    ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
-    blocks = ds.to_arrow_refs()
+    reader = ray.remote(num_returns="streaming")(_read_files)
+    streams = [
+        reader.remote([(f.path, f.kind) for f in group], storage, plan.extra_columns, plan.source_prefix, ts_range)
+        for group in file_groups(plan.files, read_tasks(plan.files, cpus))
+    ]
+    blocks = [block for stream in streams for block in stream]
     column_names = ray.remote(num_cpus=0.25)(_column_names)
     names = ray.get([column_names.remote(b) for b in blocks])
     extra = sorted({c for cols in names for c in extra_columns_of(cols)})
@@ -448,18 +433,72 @@ def read_tasks(files: list[InputFile], cpus: int, task_bytes: int = READ_TASK_BY
     return max(1, min(len(files), max(2 * cpus, by_size)))
 
 
+def file_groups(files: list[InputFile], tasks: int) -> list[list[InputFile]]:
+    """The files in `tasks` runs of consecutive files of about the same bytes (none empty)."""
+    total = sum(max(1, f.size) for f in files)
+    groups: list[list[InputFile]] = [[] for _ in range(tasks)]
+    seen = group = 0
+    for i, f in enumerate(files):
+        # the group whose share of the bytes this file starts in, never fewer files left than groups to fill,
+        # and no group skipped (a large file starts the next one)
+        wanted = max(min(seen * tasks // total, tasks - 1), tasks - (len(files) - i))
+        group = max(group, min(wanted, group + 1)) if i else 0
+        groups[group].append(f)
+        seen += max(1, f.size)
+    return [g for g in groups if g]
+
+
+def _read_files(
+    files: list[tuple[str, str]],
+    storage: StorageConfig,
+    extra_columns: list[str],
+    source_prefix: str,
+    ts_range: TsRange | None,
+) -> Iterator[pa.Table]:
+    """A read task's files as canonical blocks of up to about `BLOCK_BYTES` (small files share one)."""
+    fs, _ = filesystem_for(files[0][0], storage)
+    pending: list[pa.Table] = []
+    for path, kind in files:
+        for table in read_file(fs, fs_path(path), kind, extra_columns, source_prefix, ts_range):
+            pending.append(table)
+            if sum(t.nbytes for t in pending) >= BLOCK_BYTES:
+                yield pa.concat_tables(pending, promote_options="default")  # a column some lack: nulls
+                pending = []
+    if pending:
+        yield pa.concat_tables(pending, promote_options="default")
+
+
+def read_file(
+    fs: pafs.FileSystem,
+    path: str,
+    kind: str,
+    extra_columns: list[str],
+    source_prefix: str,
+    ts_range: TsRange | None,
+) -> Iterator[pa.Table]:
+    """One input file (`path` as `fs` names it) as canonical tables of a bounded size, whatever the file's:
+    Parquet in batches of `PARQUET_BATCH_ROWS` rows, JSON Lines in chunks of `READ_CHUNK_BYTES`."""
+    if kind != "parquet":
+        yield from read_json_file(fs, path, source_prefix, ts_range)
+        return
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        tables: Iterable[pa.Table] = [parquet.schema_arrow.empty_table()]  # no rows: still its (empty) block
+        if parquet.metadata.num_rows:
+            tables = (pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS))
+        for table in tables:
+            table = table.append_column(FILE_PATH, pa.array([path] * table.num_rows, pa.string()))
+            yield normalise_batch(table, extra_columns, source_prefix, ts_range)
+
+
 def read_events_local(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> pa.Table:
     """The same reading in one process (the benchmark's baseline, small tests): pyarrow, the same normaliser."""
     fs, _ = filesystem_for(plan.files[0].path, storage)
-    tables = []
-    for f in plan.files:
-        path = fs_path(f.path)
-        if f.kind == "parquet":
-            table = pq.read_table(path, filesystem=fs)
-            table = table.append_column(FILE_PATH, pa.array([path] * table.num_rows, pa.string()))
-            tables.append(normalise_batch(table, plan.extra_columns, plan.source_prefix, ts_range))
-        else:
-            tables.extend(read_json_file(fs, path, plan.source_prefix, ts_range))
+    tables = [
+        table
+        for f in plan.files
+        for table in read_file(fs, fs_path(f.path), f.kind, plan.extra_columns, plan.source_prefix, ts_range)
+    ]
     extra = sorted({c for t in tables for c in extra_columns_of(t.column_names)})
     return pa.concat_tables([conform(t, extra) for t in tables])
 
@@ -508,24 +547,6 @@ def conform(table: pa.Table, extra_columns: list[str]) -> pa.Table:
     n = table.num_rows
     names = set(table.column_names)
     return pa.table([table.column(f.name) if f.name in names else pa.nulls(n, f.type) for f in schema], schema=schema)
-
-
-def _json_lines_datasource():
-    """The Ray Data source of JSON Lines files (defined lazily: Ray is a heavy import)."""
-    from ray.data.datasource import FileBasedDatasource
-
-    class JsonLinesDatasource(FileBasedDatasource):
-        """Each file read as a stream of canonical blocks (`normalise_json_blocks`); `.gz` inflated."""
-
-        def __init__(self, paths, *, filesystem, prefix: str, ts_range: TsRange | None):
-            super().__init__(paths, filesystem=filesystem, file_extensions=None)
-            self._prefix = prefix
-            self._ts_range = ts_range
-
-        def _read_stream(self, f, path: str):
-            yield from normalise_json_blocks(f, self._prefix + path, self._ts_range)
-
-    return JsonLinesDatasource
 
 
 def _column_names(table: pa.Table) -> list[str]:

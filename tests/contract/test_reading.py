@@ -6,12 +6,23 @@ import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from contract_events import reasons, rows, write_parquet
 
 from jobs.config import StorageConfig
-from jobs.contract import SOURCE, TS_RAW, canonical_schema, normalise_batch, plan_input, read_events, read_events_local
-from jobs.contract.reading import InputFile, read_tasks
+from jobs.contract import (
+    SOURCE,
+    TS_RAW,
+    canonical_schema,
+    normalise_batch,
+    plan_input,
+    read_events,
+    read_events_local,
+    reading,
+)
+from jobs.contract.reading import InputFile, file_groups, read_tasks
 from jobs.errors import UserError
 
 LOCAL = StorageConfig()
@@ -155,6 +166,37 @@ def test_read_tasks_are_sized_by_bytes():
     assert read_tasks(files, cpus=2, task_bytes=20 << 20) == 12
     assert read_tasks(files, cpus=16) == 24  # never more than one per file
     assert read_tasks(files[:1], cpus=2) == 1
+
+
+def test_a_parquet_file_is_read_in_batches_of_bounded_rows(tmp_path, monkeypatch):
+    write_parquet(tmp_path / "big.parquet", rows(5))
+    pq.write_table(pa.Table.from_pylist(rows(1)).slice(0, 0), tmp_path / "none.parquet")
+    plan = plan_input(str(tmp_path), LOCAL)
+    whole = read_events_local(plan, LOCAL)
+    monkeypatch.setattr(reading, "PARQUET_BATCH_ROWS", 2)
+
+    def read(name: str) -> list[pa.Table]:
+        path = str(tmp_path / name)
+        return list(reading.read_file(pafs.LocalFileSystem(), path, "parquet", plan.extra_columns, "", None))
+
+    big = read("big.parquet")
+    assert [t.num_rows for t in big] == [2, 2, 1]
+    assert pa.concat_tables(big).to_pylist() == whole.to_pylist()  # the same rows as one whole read
+    none = read("none.parquet")
+    assert [t.num_rows for t in none] == [0] and none[0].schema == big[0].schema  # no rows: still a block
+
+
+@pytest.mark.parametrize("sizes", [[10] * 24, [1, 1, 1, 50, 1, 1, 30, 1], [5, 0, 0, 7], [3]])
+@pytest.mark.parametrize("tasks", [1, 2, 4, 8])
+def test_file_groups_are_runs_of_consecutive_files_of_about_the_same_bytes(sizes, tasks):
+    files = [InputFile(f"f{i}", "parquet", size=size) for i, size in enumerate(sizes)]
+    tasks = min(tasks, len(files))
+    groups = file_groups(files, tasks)
+    assert [f for g in groups for f in g] == files  # every file once, in order
+    assert len(groups) == tasks and all(groups)
+    share = sum(sizes) / tasks
+    # a group holds at most its share of the bytes and one file more
+    assert all(sum(f.size for f in g) <= share + max(sizes) for g in groups)
 
 
 def test_many_small_files_are_read_in_few_blocks(ray_cluster, tmp_path):
