@@ -60,6 +60,7 @@ from jobs.contract.schema import (
     coerce,
 )
 from jobs.errors import UserError
+from jobs.raykit.session import task_progress
 from jobs.storage import check_bucket, exists, filesystem_for, fs_path, list_files, with_scheme
 
 log = logging.getLogger(__name__)
@@ -417,7 +418,11 @@ def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | Non
         reader.remote([(f.path, f.kind) for f in group], storage, plan.extra_columns, plan.source_prefix, ts_range)
         for group in file_groups(plan.files, read_tasks(plan.files, cpus))
     ]
-    blocks = [block for stream in streams for block in stream]
+    blocks = []
+    with task_progress("read", len(streams)) as bar:
+        for stream in streams:
+            blocks.extend(stream)
+            bar.update()
     column_names = ray.remote(num_cpus=0.25)(_column_names)
     names = ray.get([column_names.remote(b) for b in blocks])
     extra = sorted({c for cols in names for c in extra_columns_of(cols)})

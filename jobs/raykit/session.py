@@ -3,8 +3,9 @@
 Ray, Ray Data, Train and Serve put their own console handlers on their loggers. `route_ray_logs` takes them
 off and lets the records reach the root logger: the command's handlers decide (the run's log file keeps
 them all, the console shows them only with `--verbose`). Ray Data draws its progress bars with tqdm on a
-terminal (one bar per dataset execution: rows and ETA); when stderr is not a terminal (cron, a pipe) there
-are no bars, so a scheduler's log stays a page. `SEGMENTS_PROGRESS=0` / `=1` turns them off / on anyway.
+terminal (one bar per dataset execution: rows and ETA), and so do our own long waves of tasks
+(`task_progress`: the input read); when stderr is not a terminal (cron, a pipe) there are no bars, so a
+scheduler's log stays a page. `SEGMENTS_PROGRESS=0` / `=1` turns them off / on anyway.
 """
 
 from __future__ import annotations
@@ -20,12 +21,25 @@ from jobs.config import RayConfig
 log = logging.getLogger(__name__)
 
 
+def progress_enabled() -> bool:
+    """Progress bars on the console: on a terminal, unless SEGMENTS_PROGRESS says otherwise."""
+    return os.environ.get("SEGMENTS_PROGRESS", "1" if sys.stderr.isatty() else "0") == "1"
+
+
+def task_progress(desc: str, total: int):
+    """A bar for a wave of our own Ray tasks, `total` of them (Ray Data draws its own): tasks done, and the
+    ETA. Update it once per task done."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="task", disable=not progress_enabled(), leave=False)
+
+
 def configure_data_context() -> None:
     """Explicit limits so Ray Data never starves Ray Train workers or floods a 2-core machine."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = os.environ.get("SEGMENTS_PROGRESS", "1" if sys.stderr.isatty() else "0") == "1"
+    ctx.enable_progress_bars = progress_enabled()
     ctx.verbose_progress = False
     ctx.print_on_execution_start = False
     ctx.enable_operator_progress_bars = False  # one bar per dataset execution, not one per operator

@@ -1,6 +1,6 @@
 """The resolve stage: event files -> quarantine, events_resolved, identity_map, identity_audit, personas.
 
-Input files are checked, read by Ray Data and hash-partitioned by (partner_id, event_id); the row rules
+Input files are checked, read by Ray tasks and hash-partitioned by (partner_id, event_id); the row rules
 quarantine what breaks the contract (the quarantine is published before the share limit is checked, so a
 failed run still shows its rows); identity resolution runs as Ray tasks (`jobs.identity.rounds` over
 `RayExecutor`). The driver holds only object references and small figures. Rows in = resolved + quarantined.
