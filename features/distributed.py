@@ -1,6 +1,6 @@
 """Every snapshot of the run plan on Ray: one read, one shuffle by persona, every cut-off per partition.
 
-    events (Ray Dataset) --select_events(latest cut-off)--> hash_partition(persona_id) --+--> price_offers
+    events (blocks) --select_events(latest cut-off) + hash split(persona_id)--------------+--> price_offers
                                                                                          |     --> median_prices
                                                                                          |         at every cut-off
     social_tokens --hash(partner_id, click_token)--> snapshot_links --hash(persona_id)---+      (one small task)
@@ -22,14 +22,13 @@ from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 import ray
-import ray.data
 
 from features.compute import compute_snapshots
-from features.inputs import INPUT_COLUMNS, INPUT_SCHEMA, select_events
+from features.inputs import INPUT_SCHEMA, select_events
 from features.prices import median_prices, price_offers
 from features.social import TOKEN_KEYS, snapshot_links, social_tokens
 from jobs.config import FeaturesConfig
-from jobs.raykit.shuffle import hash_partition, map_partitions
+from jobs.raykit.shuffle import hash_partition, map_exchange, map_partitions
 
 
 @functools.cache
@@ -47,29 +46,26 @@ def _snapshots_task(*args) -> pa.Table | tuple[pa.Table, ...]:
 
 
 def features_distributed(
-    events: ray.data.Dataset,
+    events: Sequence[ray.ObjectRef],
     snapshots: Sequence[dt.date],
     categories: Sequence[str],
     config: FeaturesConfig,
     num_partitions: int,
-) -> list[ray.data.Dataset]:
-    """The feature table as of each of `snapshots` (one Dataset per cut-off, in that order) of the
-    events_resolved rows in `events` (extra columns are dropped unread), with the plan's `categories`.
+) -> list[list[ray.ObjectRef]]:
+    """The feature table as of each of `snapshots` (its blocks in the object store, one list per cut-off, in
+    that order) of the events_resolved rows in the blocks `events` (extra columns are dropped), with the plan's
+    `categories`.
 
-    The events are selected and shuffled once, for the latest cut-off; every earlier one is computed from
-    the same partitions. The partitions' tasks start at once; the Datasets hold their results.
+    The events are selected (for the latest cut-off) and shuffled in one wave of tasks; every earlier cut-off
+    is computed from the same partitions. The partitions' tasks start at once; the lists hold their results.
     """
     snapshots = list(snapshots)
     if not snapshots:
         return []
     n = num_partitions
-    known = events.columns(fetch_if_missing=False)  # no execution just to learn the schema
-    if known is not None:  # project early (pushed into the read); select_events drops the rest anyway
-        events = events.select_columns([c for c in INPUT_COLUMNS if c in known])
     latest = max(snapshots)
-    selected = events.map_batches(select_events, batch_format="pyarrow", batch_size=None, fn_kwargs={"as_of": latest})
-    blocks = selected.to_arrow_refs() or [ray.put(INPUT_SCHEMA.empty_table())]
-    parts = hash_partition(blocks, ["persona_id"], n)
+    calls = [(block, latest) for block in events] or [(ray.put(INPUT_SCHEMA.empty_table()), latest)]
+    (parts,) = map_exchange(select_events, calls, [["persona_id"]], n)
 
     medians = _task(_medians_at).remote(snapshots, *map_partitions(price_offers, parts))
 
@@ -82,4 +78,4 @@ def features_distributed(
     for i in range(n):
         refs = compute.remote(parts[i], snapshots, config, list(categories), medians, social[i])
         per_partition.append(refs if isinstance(refs, list) else [refs])
-    return [ray.data.from_arrow_refs([refs[j] for refs in per_partition]) for j in range(len(snapshots))]
+    return [[refs[j] for refs in per_partition] for j in range(len(snapshots))]

@@ -2,7 +2,7 @@
 
     events_resolved ──map: rows in the union of all label windows, label columns only──▶
     hash partitions by persona_id (`jobs.raykit.shuffle`) ──one task per partition: `wide_labels` at each
-    cut-off──▶ one Ray Dataset per cut-off (persona_id, as_of, label__SEGMENT ...)
+    cut-off──▶ the blocks of each cut-off's table (persona_id, as_of, label__SEGMENT ...)
 
 Every row of a persona lands in one partition, so each task decides that persona's labels alone; the driver
 holds object references only, and the largest object on a worker is one partition.
@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 import ray
-import ray.data
 
 from jobs.config import SegmentConfig
-from jobs.raykit.shuffle import hash_partition
+from jobs.raykit.shuffle import map_exchange
 from jobs.segments.definitions import check_segment, labels_schema, scan_window, select_window, wide_labels
 
 
@@ -30,12 +29,14 @@ def _labels_at_cutoffs(
 
 
 def labels_distributed(
-    events_ds: ray.data.Dataset, cutoffs: Mapping[dt.date, Sequence[SegmentConfig]], num_partitions: int
-) -> dict[dt.date, ray.data.Dataset]:
-    """The labels table at each cut-off (`labels_schema` of the segments listed for it) as a Ray Dataset.
+    events: Sequence[ray.ObjectRef], cutoffs: Mapping[dt.date, Sequence[SegmentConfig]], num_partitions: int
+) -> dict[dt.date, list[ray.ObjectRef]]:
+    """The labels table at each cut-off (`labels_schema` of the segments listed for it), its blocks in the object
+    store, of the resolved events in the blocks `events`.
 
-    `cutoffs` maps a cut-off date to the segments whose labels are needed there. One pass over
-    `events_ds`: the map keeps the rows any of them can depend on, one shuffle groups them by persona.
+    `cutoffs` maps a cut-off date to the segments whose labels are needed there. One wave of tasks keeps the
+    rows any of them can depend on and splits them by persona (`map_exchange`); a task per partition labels
+    every cut-off.
     """
     plan = sorted((as_of, list(segments)) for as_of, segments in cutoffs.items() if segments)
     for _, segments in plan:
@@ -43,24 +44,16 @@ def labels_distributed(
             check_segment(segment)
     if not plan:
         return {}
+    if not events:
+        return {as_of: [ray.put(labels_schema([s.name for s in segments]).empty_table())] for as_of, segments in plan}
     start, end, types = scan_window(
         list({s.name: s for _, segments in plan for s in segments}.values()), [as_of for as_of, _ in plan]
     )
-    selected = events_ds.map_batches(
-        select_window,
-        batch_format="pyarrow",
-        zero_copy_batch=True,
-        fn_kwargs={"start": start, "end": end, "event_types": types},
+    (partitions,) = map_exchange(
+        select_window, [(block, start, end, types) for block in events], [["persona_id"]], num_partitions
     )
-    blocks = selected.to_arrow_refs()
-    if not blocks:
-        return {
-            as_of: ray.data.from_arrow(labels_schema([s.name for s in segments]).empty_table())
-            for as_of, segments in plan
-        }
-    partitions = hash_partition(blocks, ["persona_id"], num_partitions)
     task = ray.remote(num_returns=len(plan))(_labels_at_cutoffs)
     outputs = [task.remote(part, plan) for part in partitions]
     if len(plan) == 1:
         outputs = [[ref] for ref in outputs]
-    return {as_of: ray.data.from_arrow_refs([out[i] for out in outputs]) for i, (as_of, _) in enumerate(plan)}
+    return {as_of: [out[i] for out in outputs] for i, (as_of, _) in enumerate(plan)}

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def run(view: FeaturesView, plan: RunPlan, events_resolved: TableIn, features: TableOut) -> dict:
     config = view.features
     snapshots = plan.snapshots
-    events = events_resolved.dataset(columns=INPUT_COLUMNS)
+    events = events_resolved.blocks(columns=INPUT_COLUMNS)  # a task per file
     tables = features_distributed(events, snapshots, plan.categories, config, view.num_partitions)
     extra = {
         "categories": list(plan.categories),
@@ -37,16 +37,14 @@ def run(view: FeaturesView, plan: RunPlan, events_resolved: TableIn, features: T
     }
     personas: dict[str, int] = {}
     with features.writing(extra) as writer:
-        for as_of, table in zip(snapshots, tables):
-            rows = table.count()  # from block metadata: the rows stay on the workers
+        for as_of, blocks in zip(snapshots, tables):
+            rows = writer.write_blocks(blocks, partition={"as_of": as_of})  # the rows stay on the workers
             if rows == 0 and as_of == plan.as_of:
                 raise UserError(
                     f"no persona has events before the cut-off {as_of.isoformat()} in {events_resolved.path}: "
                     "set a later features.as_of."
                 )
-            if rows:
-                writer.write_dataset(table, partition={"as_of": as_of})
-            else:  # an empty snapshot is still a snapshot: readers find its partition, with no rows
+            if rows == 0:  # an empty snapshot is still a snapshot: readers find its partition, with no rows
                 log.warning("features: no persona has events before %s (a snapshot of the plan)", as_of)
                 writer.write_arrow(feature_schema(config).empty_table(), partition={"as_of": as_of})
             personas[as_of.isoformat()] = rows

@@ -43,16 +43,14 @@ def run(view: LabelsView, plan: RunPlan, events_resolved: TableIn, labels: Table
         except ValueError as exc:
             raise UserError(f"{exc} (config `segments`)") from None
     needed = cutoff_segments(view.segments, plan)
-    events = events_resolved.dataset(columns=list(EVENT_COLUMNS))
+    events = events_resolved.blocks(columns=list(EVENT_COLUMNS))  # a task per file
     tables = labels_distributed(events, needed, view.num_partitions)
     extra = {"cutoffs": {as_of.isoformat(): [s.name for s in segments] for as_of, segments in needed.items()}}
     positives: dict[str, int] = {}
     with labels.writing(extra) as writer:
-        for as_of, table in tables.items():
-            rows = table.count()  # from block metadata: the rows stay on the workers
-            if rows:
-                writer.write_dataset(table, partition={"as_of": as_of})
-            else:  # readers still find the cut-off's partition, with its columns and no rows
+        for as_of, blocks in tables.items():
+            rows = writer.write_blocks(blocks, partition={"as_of": as_of})  # the rows stay on the workers
+            if rows == 0:  # readers still find the cut-off's partition, with its columns and no rows
                 writer.write_arrow(
                     labels_schema([s.name for s in needed[as_of]]).empty_table(), partition={"as_of": as_of}
                 )

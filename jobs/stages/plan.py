@@ -1,7 +1,7 @@
 """The plan stage: the run plan (as_of, every cut-off, the feature categories) from the resolved events.
 
-It reads what the plan needs of events_resolved (`jobs.run.plan.FACTS_COLUMNS`): each block gives a small
-(day, category, events) table where it lives, a tree of Ray tasks merges them, and `build_plan` decides.
+It reads what the plan needs of events_resolved (`jobs.run.plan.FACTS_COLUMNS`): each file gives a small
+(day, category, events) table in the task that reads it, a tree of Ray tasks merges them, and `build_plan` decides.
 The runner writes the returned plan to `RUN/plan.json` and hands it to every later stage.
 """
 
@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(view: PlanView, identity: RunIdentity, events_resolved: TableIn) -> RunPlan:
-    events = events_resolved.dataset(columns=FACTS_COLUMNS)
-    partials = events.map_batches(block_facts, batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    partials = events_resolved.blocks(columns=FACTS_COLUMNS, then=block_facts)  # a task per file
     facts = EventFacts.from_table(tree_reduce(partials, merge_facts))
     plan = build_plan(identity.run_id, identity.run_date, view, facts)
     log.info(

@@ -78,17 +78,19 @@ class TableWriter:
         fs, p = filesystem_for(self.folder(partition), self.storage)
         ds.write_parquet(p, filesystem=fs)
 
-    def write_blocks(self, blocks: Sequence[Any], partition: Mapping[str, Any] | None = None) -> None:
+    def write_blocks(self, blocks: Sequence[Any], partition: Mapping[str, Any] | None = None) -> int:
         """Tables already in the object store (references), a file each written by a Ray task (nothing passes
         through the driver; an empty table writes none): a Ray Data write of them would pay a streaming
-        executor's start-up, ~0.3-2 s on 2 cores, for work that is one `write_table` per block."""
+        executor's start-up, ~0.3-2 s on 2 cores, for work that is one `write_table` per block. Returns the
+        rows written."""
         import ray  # not at import: the storage layer also serves processes without Ray
 
         folder = self.folder(partition)
         fs, p = filesystem_for(folder, self.storage)
         fs.create_dir(p, recursive=True)
         writer = _remote(_write_file)
-        ray.get([writer.remote(b, join(folder, f"part-{i:05d}.parquet"), self.storage) for i, b in enumerate(blocks)])
+        paths = [join(folder, f"part-{i:05d}.parquet") for i in range(len(blocks))]
+        return sum(ray.get([writer.remote(block, path, self.storage) for block, path in zip(blocks, paths)]))
 
     def write_arrow(
         self, table: pa.Table, partition: Mapping[str, Any] | None = None, name: str = "part-00000"
@@ -203,10 +205,11 @@ def _read_file(path: str, storage: StorageConfig, columns: list[str] | None, the
     return table if then is None else then(table, *args)
 
 
-def _write_file(table: pa.Table, path: str, storage: StorageConfig) -> None:
+def _write_file(table: pa.Table, path: str, storage: StorageConfig) -> int:
     if table.num_rows:
         fs, p = filesystem_for(path, storage)
         pq.write_table(table, p, filesystem=fs)
+    return table.num_rows
 
 
 @functools.cache

@@ -44,17 +44,17 @@ def categories(events) -> tuple[str, ...]:
     return build_plan("r1", AS_OF, view, EventFacts.from_table(block_facts(events))).categories
 
 
-def _dataset(table: pa.Table, blocks: int = 4):
-    import ray.data
-
-    step = -(-table.num_rows // blocks)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
-
-
-def _collect(ds) -> pa.Table:
+def _blocks(table: pa.Table, blocks: int = 4) -> list:
     import ray
 
-    return pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    step = -(-table.num_rows // blocks)
+    return [ray.put(table.slice(i, step)) for i in range(0, table.num_rows, step)]
+
+
+def _collect(refs: list) -> pa.Table:
+    import ray
+
+    return pa.concat_tables(ray.get(refs))
 
 
 def _bytes(table: pa.Table) -> bytes:
@@ -68,7 +68,7 @@ def _bytes(table: pa.Table) -> bytes:
 
 def test_every_snapshot_of_one_shuffle_is_the_single_process_table(ray_cluster, events, categories):
     snapshots = [MID, AS_OF]
-    tables = [_collect(ds) for ds in features_distributed(_dataset(events), snapshots, categories, CONFIG, 3)]
+    tables = [_collect(ds) for ds in features_distributed(_blocks(events), snapshots, categories, CONFIG, 3)]
     for as_of, table in zip(snapshots, tables):
         local = compute_local(events, as_of, CONFIG, categories)
         assert local.num_rows > 100 and local.column_names[2:] == feature_names(CONFIG)
@@ -77,7 +77,7 @@ def test_every_snapshot_of_one_shuffle_is_the_single_process_table(ray_cluster, 
     assert tables[0].num_rows < tables[1].num_rows  # personas appear over time: the snapshots differ
     # and with another partition count and block layout, one cut-off at a time
     for as_of, table in zip(snapshots, tables):
-        (again,) = features_distributed(_dataset(events, blocks=7), [as_of], categories, CONFIG, 5)
+        (again,) = features_distributed(_blocks(events, blocks=7), [as_of], categories, CONFIG, 5)
         assert _bytes(_collect(again)) == _bytes(table)
 
 
@@ -118,8 +118,8 @@ def _rewrite_the_future(events: pa.Table, as_of: dt.date) -> pa.Table:
 @pytest.mark.parametrize("as_of", [MID, dt.date(2026, 1, 20)])
 def test_events_at_or_after_the_cut_off_change_nothing(ray_cluster, events, categories, as_of):
     changed = _rewrite_the_future(events, as_of)
-    (original,) = features_distributed(_dataset(events), [as_of], categories, CONFIG, 3)
-    (rewritten,) = features_distributed(_dataset(changed), [as_of], categories, CONFIG, 3)
+    (original,) = features_distributed(_blocks(events), [as_of], categories, CONFIG, 3)
+    (rewritten,) = features_distributed(_blocks(changed), [as_of], categories, CONFIG, 3)
     original, rewritten = _collect(original), _collect(rewritten)
     assert _bytes(original) == _bytes(rewritten)
     assert _bytes(compute_local(changed, as_of, CONFIG, categories)) == _bytes(original)
@@ -136,8 +136,8 @@ def test_events_without_persona_or_before_the_history_are_ignored(ray_cluster):
     assert compute_local(table, AS_OF, CONFIG, CATEGORIES).num_rows == 3
     empty = compute_local(table, dt.date(2020, 1, 1), CONFIG, CATEGORIES)
     assert empty.num_rows == 0 and empty.column_names[2:] == feature_names(CONFIG)
-    early, late = features_distributed(_dataset(table), [dt.date(2020, 1, 1), AS_OF], CATEGORIES, CONFIG, 2)
-    assert early.count() == 0 and late.count() == 3
+    early, late = features_distributed(_blocks(table), [dt.date(2020, 1, 1), AS_OF], CATEGORIES, CONFIG, 2)
+    assert _collect(early).num_rows == 0 and _collect(late).num_rows == 3
 
 
 def test_true_person_id_is_never_read():
