@@ -2,7 +2,7 @@
 
 A Ray Train run has a fixed cost (worker group, rabit tracker, the split coordinator, the controller's
 polls: ~10-14 s on 2 cores) that one fit of a few thousand rows never earns back, so the driver
-(`start_fits`) hands all of a round's fits (e.g. every segment's evaluation fit) to one `XGBoostTrainer`
+(`fit_boosters`) hands all of a round's fits (e.g. every segment's evaluation fit) to one `XGBoostTrainer`
 as ONE set of blocks in the object store whose `_fit` column names each row's fit (made by tasks from the
 prepared cut-offs, each read once). With several workers the driver splits them into one equal share per
 worker (`Dataset.split(equal=True)`, what Ray Train's own data config does with a streaming split); each worker gets
@@ -15,8 +15,8 @@ flag) inside the one collective group the trainer sets up. The driver holds the 
 a restarted worker fetches them again.
 
 A round small enough that this fixed cost would be most of it (one worker, at most `training.one_task_rows`
-rows) runs in one Ray task instead (`_fit_in_task`): the same function on the one share (the task's
-arguments), the same models, no reports or checkpoints; Ray reruns the task if its worker dies.
+rows) runs in one Ray task instead (`_fit_in_task`): the same function on the one share, the same models,
+no reports or checkpoints; Ray reruns the task if its worker dies.
 
 Fault tolerance (Ray Train): every checkpoint holds the models of the fits completed so far (`fits/NNN.json` and their
 figures) plus, while a fit is in progress, its periodic model (at `report_every` rounds); after a worker
@@ -32,7 +32,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,13 +223,12 @@ def train_fn_per_worker(config: dict) -> None:
     if len(progress.models) == len(progress.fits):  # failed after the last fit's report: report it again
         progress.report({"final": 1})
         return
-    shard = _blocks(config["shards"][rank])
-    _fit_shard(config, progress, shard, context.get_local_world_size(), current, start_model)
+    _fit_shard(config, progress, context.get_local_world_size(), current, start_model)
 
 
 class _Unreported(_Progress):
     """The progress of a round fitted in one Ray task: nothing is reported or checkpointed (a failure reruns
-    the task, see `start_fits`)."""
+    the task, see `fit_boosters`)."""
 
     def __init__(self, fits: Sequence[str]) -> None:
         super().__init__(fits, rank=0, every_seconds=0.0)
@@ -242,25 +241,22 @@ class _Unreported(_Progress):
 
 
 @ray.remote
-def _fit_in_task(config: dict, blocks: int, *arguments: Any) -> dict[str, tuple[bytes, dict[str, Any]]]:
+def _fit_in_task(config: dict) -> dict[str, tuple[bytes, dict[str, Any]]]:
     """Every fit of `config` in this one task, as one Ray Train worker alone would fit them:
-    {fit: (model bytes, its figures)}. `arguments`: the round's `blocks` blocks of rows, then the results of the
-    tasks it waits for (`start_fits`' `after`): arguments, so that Ray starts the task once they all exist (a
-    task blocked in `ray.get` would give its CPU back)."""
+    {fit: (model bytes, its figures)}."""
     progress = _Unreported(config["fits"])
-    _fit_shard(config, progress, arguments[:blocks], local_world_size=1)
+    _fit_shard(config, progress, local_world_size=1)
     return {fit: (progress.models[fit], progress.figures[fit]) for fit in progress.fits}
 
 
 def _fit_shard(
     config: dict,
     progress: _Progress,
-    blocks: Iterable[pa.Table],
     local_world_size: int,
     current: str | None = None,
     start_model: xgboost.Booster | None = None,
 ) -> None:
-    """The fits of `config` not in `progress` yet, on this rank's shard (`blocks`), in the config's order (the one in
+    """The fits of `config` not in `progress` yet, on this rank's shard, in the config's order (the one in
     progress, `current`, resumed from `start_model`); reports after a fit when `progress` is due, and after the
     last one."""
     nthread = config.get("nthread") or max(1, (os.cpu_count() or 1) // max(1, local_world_size))
@@ -273,10 +269,9 @@ def _fit_shard(
         params["device"] = "cuda"
     todo = [fit for fit in progress.fits if fit not in progress.models]
     started = time.perf_counter()
-    data = _shard_batches(blocks, todo, config["feature_names"], config["batch_size"])
+    shard = _blocks(config["shards"][progress.rank])
+    data = _shard_batches(shard, todo, config["feature_names"], config["batch_size"])
     load_seconds = time.perf_counter() - started
-    if config.get("after"):  # see `start_fits`
-        ray.wait(config["after"], num_returns=len(config["after"]), fetch_local=False)
     with openmp_threads(nthread):
         for fit in todo:
             resume = start_model if fit == current else None
@@ -340,23 +335,7 @@ def _shards(blocks: Sequence[ray.ObjectRef], workers: int) -> list[list[ray.Obje
     return [share.to_arrow_refs() for share in ray.data.from_arrow_refs(list(blocks)).split(workers, equal=True)]
 
 
-class FitRound:
-    """A round of fits started by `start_fits`; `result()` waits for its models."""
-
-    def __init__(self, rows: int, started: float, task: ray.ObjectRef | None, train: Callable[[], dict] | None):
-        self.rows, self._started, self._task, self._train = rows, started, task, train
-
-    def result(self) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
-        """({fit: (model bytes, its figures)}, the run's figures: `runner` "ray_train" or "ray_task", `rows`,
-        `seconds` from the start); {}, {} for a round of no fits."""
-        if self._task is None and self._train is None:
-            return {}, {}
-        fitted = ray.get(self._task) if self._task is not None else self._train()
-        runner = "ray_task" if self._task is not None else "ray_train"
-        return fitted, {"runner": runner, "rows": self.rows, "seconds": round(time.perf_counter() - self._started, 3)}
-
-
-def start_fits(
+def fit_boosters(
     blocks: Sequence[ray.ObjectRef],
     rows: int,
     scale_pos_weights: Mapping[str, float],
@@ -367,9 +346,8 @@ def start_fits(
     storage_path: str,
     storage_filesystem: pafs.FileSystem | None,
     name: str,
-    after: Sequence[ray.ObjectRef] = (),
     train_loop: Callable[[dict], None] = train_fn_per_worker,
-) -> FitRound:
+) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
     """Fit one model per fit of `scale_pos_weights` ({fit id: scale_pos_weight}) in ONE Ray Train run, in
     that order; `blocks` (Arrow tables in the object store, `rows` rows in all) hold the rows of all of them, each
     with its fit id in `_fit` (`examples.tag_fits`).
@@ -377,22 +355,18 @@ def start_fits(
     With one worker and at most `training.one_task_rows` rows, the same fits run in one Ray task instead
     (`_fit_in_task`, retried `training.max_failures` times if its worker dies): the models are the same, and
     the run skips Ray Train's controller, worker group and collective set-up, seconds that a round of that
-    size never earns back with checkpoints. That task is submitted here; a Ray Train run starts in
-    `FitRound.result()`.
+    size never earns back with checkpoints.
 
-    `after`: tasks started before (e.g. the leakage checks) that the round lets finish before it boosts: XGBoost's
-    OpenMP threads spin at every barrier, so a task sharing their cores slowed a fit 2.7-3x on 2 cores, more
-    than running the two one after the other. The one task starts once they are done; a Ray Train worker loads
-    its rows meanwhile and waits for them before its first fit.
-
-    The blocks' columns: the features, the label, the `_valid` flag (validation rows), the `_u` sample key and
-    `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's checkpoints of the
-    run under `name`; the caller removes them. `train_loop`: the Ray Train workers' function (a test wraps
-    `train_fn_per_worker` to kill a worker mid-run).
+    Returns ({fit: (model bytes, its figures)}, the run's figures: `runner` "ray_train" or "ray_task", `rows`,
+    `seconds`). The blocks' columns: the features, the label, the `_valid` flag (validation rows), the `_u`
+    sample key and `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's
+    checkpoints of the run under `name`; the caller removes them. `train_loop`: the Ray Train workers'
+    function (a test wraps `train_fn_per_worker` to kill a worker mid-run).
     """
-    started = time.perf_counter()
     if not scale_pos_weights:
-        return FitRound(rows, started, None, None)
+        return {}, {}
+    started = time.perf_counter()
+    shards = _shards(blocks, training.num_workers)
     loop_config = {
         "fits": {fit: float(spw) for fit, spw in scale_pos_weights.items()},
         "feature_names": list(feature_names),
@@ -406,21 +380,21 @@ def start_fits(
         "nthread": training.nthread,
         "use_gpu": training.use_gpu,
         "batch_size": BATCH_ROWS,
+        "shards": shards,
     }
-    if training.num_workers == 1 and rows <= training.one_task_rows:
-        task = _fit_in_task.options(
-            num_cpus=training.cpus_per_worker,
-            num_gpus=1 if training.use_gpu else 0,
-            max_retries=training.max_failures,
-        ).remote(loop_config, len(blocks), *blocks, *after)
-        return FitRound(rows, started, task, None)
-
-    def train() -> dict[str, tuple[bytes, dict[str, Any]]]:
-        shards = _shards(blocks, training.num_workers)
-        config = loop_config | {"shards": shards, "after": list(after)}
-        return _ray_train_run(config, training, storage_path, storage_filesystem, name, train_loop)
-
-    return FitRound(rows, started, None, train)
+    in_one_task = training.num_workers == 1 and rows <= training.one_task_rows
+    if in_one_task:
+        fitted = ray.get(
+            _fit_in_task.options(
+                num_cpus=training.cpus_per_worker,
+                num_gpus=1 if training.use_gpu else 0,
+                max_retries=training.max_failures,
+            ).remote(loop_config)
+        )
+    else:
+        fitted = _ray_train_run(loop_config, training, storage_path, storage_filesystem, name, train_loop)
+    runner = "ray_task" if in_one_task else "ray_train"
+    return fitted, {"runner": runner, "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _ray_train_run(

@@ -63,7 +63,7 @@ from jobs.model.examples import (
     segment_stats,
     tag_fits,
 )
-from jobs.model.fit import FitRound, start_fits
+from jobs.model.fit import fit_boosters
 from jobs.run.plan import SegmentCutoffs
 from jobs.segments.definitions import category_slot, label_column
 
@@ -342,8 +342,8 @@ def _leakage_checks(
     active: list[_Segment], snapshots: LabelledSnapshots, prepared: _Prepared, names: list[str], t: TrainingConfig
 ) -> dict[str, ray.ObjectRef]:
     """{segment: its leakage check's task}, started: the checks need no model, so they run while the Ray Train
-    run starts up and its worker loads its rows (the round boosts once they are done). One pass per eval
-    cut-off samples every segment's rows there; a task per segment checks its sample (`_leakage_check`)."""
+    run starts up and fits. One pass per eval cut-off samples every segment's rows there; a task per segment
+    checks its sample (`_leakage_check`)."""
     sampled = _refs_by_segment(
         prepared.launch(
             {
@@ -421,7 +421,7 @@ def _calibrate_all(
     """{segment: (its look-alike calibrated on its validation split, how it was fitted)} for the boosters
     `fitted` ({(cut-off, segment): (model bytes, the fit's figures)}), from one pass per cut-off.
 
-    `run`: the figures of the run the fits shared (Ray Train or one task, `fit.start_fits`)."""
+    `run`: the figures of the run the fits shared (Ray Train or one task, `fit.fit_boosters`)."""
     valid = prepared.collect(
         {
             key: {
@@ -458,46 +458,34 @@ def _calibrate_all(
     return out
 
 
-def _round_blocks(prepared: _Prepared, fits: dict[tuple[dt.date, str], str], features: FeatureSet) -> list:
-    """The rows of every fit of `fits` ({(cut-off, segment): fit id}) with their fit id (`tag_fits`): one set of
-    blocks for one round, a task per prepared block, started."""
-    return prepared.blocks(fits, tag_fits, list(features.names) + [LABEL, SAMPLE, VALID]) if fits else []
-
-
-def _start_round(
+def _fit_round(
     prepared: _Prepared,
     fits: dict[tuple[dt.date, str], str],
-    blocks: list[ray.ObjectRef],
     features: FeatureSet,
     t: TrainingConfig,
     scratch: TrainScratch,
     name: str,
-    after: Sequence[ray.ObjectRef] = (),
-) -> FitRound:
-    """Every fit of `fits` in ONE Ray Train run (or one Ray task, when small: `fit.start_fits`) over `blocks`
-    (`_round_blocks`), named `name`. It boosts once the tasks `after` are done. `_finish_round` waits for it."""
-    return start_fits(
-        blocks,
+) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
+    """Every fit of `fits` ({(cut-off, segment): fit id}) in ONE Ray Train run (or one Ray task, when small:
+    `fit.fit_boosters`) over one set of blocks of their rows; ({fit id: (model bytes, figures)}, the run's
+    figures)."""
+    if not fits:
+        return {}, {}
+    names = list(features.names)
+    fitted, run = fit_boosters(
+        prepared.blocks(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
         sum(prepared.stats(*key)["rows"] for key in fits),
         {fit: _spw(prepared.stats(*key)) for key, fit in fits.items()},
         training=t,
-        feature_names=list(features.names),
+        feature_names=names,
         feature_types=list(features.types),
         storage_path=scratch.path,
         storage_filesystem=scratch.filesystem,
         name=f"{name}-{uuid.uuid4().hex[:8]}",
-        after=after,
     )
-
-
-def _finish_round(fit_round: FitRound, name: str) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
-    """({fit id: (model bytes, figures)}, the run's figures) of the round `name` from `_start_round`."""
-    fitted, run = fit_round.result()
-    if not run:
-        return {}, {}
     runner = "Ray task" if run["runner"] == "ray_task" else "Ray Train run"
-    log.info("train: %d fit(s) of %s rows in one %s (%s)", len(fitted), f"{run['rows']:,}", runner, name)
-    return fitted, {"name": name, "fits": len(fitted), **run}
+    log.info("train: %d fit(s) of %s rows in one %s (%s)", len(fits), f"{run['rows']:,}", runner, name)
+    return fitted, {"name": name, "fits": len(fits), **run}
 
 
 def _baseline_samples(
@@ -598,13 +586,12 @@ def train_segments(
 
     1. Data: every segment's rows at its train_as_of prepared in one pass per cut-off; the gates; then the
        same at eval_as_of and refit_as_of for the segments that passed.
-    2. ONE Ray Train run (one Ray task when the round is small, `fit.start_fits`) fits every segment's
+    2. ONE Ray Train run (one Ray task when the round is small, `fit.fit_boosters`) fits every segment's
        evaluation look-alike, and speculatively its production refit when the refits are small
        (`training.speculative_refit_rows`, see `_speculative`).
     3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
        then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion. The leakage
-       checks and the RFM samples need no model: their tasks start after the fit round's blocks, and the round
-       boosts once the checks are done (XGBoost's threads and a task sharing their cores slow each other down).
+       checks and the RFM samples need no model: their tasks start before the Ray Train run.
     4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
@@ -633,13 +620,9 @@ def train_segments(
     names = list(features.names)
     rfm_columns = list(t.rfm_features or default_rfm_features(names))
     evaluated = [(job.cut.train_as_of, job.name) for job in active]
-    first_blocks = _round_blocks(prepared, first, features)  # first in Ray's queue: the round waits for them
     rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
     leakages = _leakage_checks(active, snapshots, prepared, names, t)
-    first_round = _start_round(
-        prepared, first, first_blocks, features, t, scratch, "evaluation", list(leakages.values())
-    )
-    fitted, first_run = _finish_round(first_round, "evaluation")
+    fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
     lap("first fit run")
     lookalikes = _calibrate_all(
         prepared,
@@ -661,9 +644,7 @@ def train_segments(
         for job in refits
         if chosen[job.name] == champion.XGBOOST and f"{job.name}/production" not in fitted
     }
-    second_blocks = _round_blocks(prepared, second, features)
-    second_round = _start_round(prepared, second, second_blocks, features, t, scratch, "production")
-    refitted, second_run = _finish_round(second_round, "production")
+    refitted, second_run = _fit_round(prepared, second, features, t, scratch, "production")
     fitted |= refitted
     lap("second fit run")
     production = _calibrate_all(

@@ -1,4 +1,4 @@
-"""Several boosters in ONE Ray Train run or one Ray task (`jobs.model.fit.start_fits`) on the real shared
+"""Several boosters in ONE Ray Train run or one Ray task (`jobs.model.fit.fit_boosters`) on the real shared
 Ray: each fit gives the booster plain `xgboost.train` gives on the same rows, in a round small enough for one
 task and in a Ray Train run whose worker is killed after the first fit's checkpoint, which resumes without
 refitting the completed fit."""
@@ -35,7 +35,7 @@ TRAINING = TrainingConfig(
 
 
 def _with_fit(table: pa.Table, fit_id: str) -> pa.Table:
-    """The rows of one fit with its id in `_fit`, as the train stage hands them to `start_fits`."""
+    """The rows of one fit with its id in `_fit`, as the train stage hands them to `fit_boosters`."""
     return table.append_column(FIT, pa.array([fit_id] * table.num_rows, pa.string()))
 
 
@@ -71,13 +71,12 @@ def _scale_pos_weight(table: pa.Table) -> float:
 
 
 def _fit_round(tables: dict[str, pa.Table], training: TrainingConfig, storage: Path, name: str, **kwargs):
-    """`fit.start_fits` on the rows of `tables` ({fit id: its rows}, three blocks each), as the stage calls it:
-    the round started."""
+    """`fit.fit_boosters` on the rows of `tables` ({fit id: its rows}, three blocks each), as the stage calls it."""
     blocks = []
     for fit_id, table in tables.items():
         tagged, third = _with_fit(table, fit_id), -(-table.num_rows // 3)
         blocks += [ray.put(tagged.slice(i, third)) for i in range(0, table.num_rows, third)]
-    return fit.start_fits(
+    return fit.fit_boosters(
         blocks,
         sum(t.num_rows for t in tables.values()),
         {fit_id: _scale_pos_weight(table) for fit_id, table in tables.items()},
@@ -99,7 +98,7 @@ def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_throug
     plain = {fit_id: _plain(table) for fit_id, table in tables.items()}
 
     def run(name: str, train_loop=fit.train_fn_per_worker, training=TRAINING):
-        fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name, train_loop=train_loop).result()
+        fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name, train_loop=train_loop)
         assert list(fitted) == list(tables)
         return fitted, figures["runner"]
 
@@ -160,7 +159,7 @@ def test_a_round_in_one_task_is_rerun_when_its_worker_is_killed(ray_cluster, tmp
     training = TRAINING.model_copy(update={"one_task_rows": 20_000, "num_boost_round": 200})
 
     def run(name: str) -> dict:
-        fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name).result()
+        fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name)
         assert figures["runner"] == "ray_task"
         return {k: v[0] for k, v in fitted.items()}
 
@@ -188,25 +187,3 @@ def test_a_round_in_one_task_is_rerun_when_its_worker_is_killed(ray_cluster, tmp
     assert run("killed") == clean
     killer.join(timeout=1)
     assert len(killed) == 1
-
-
-@ray.remote(num_cpus=0)
-def _gate(path: str) -> None:
-    """Returns once `path` exists: a task the round must let finish first."""
-    while not Path(path).exists():
-        time.sleep(0.05)
-
-
-def test_a_round_boosts_only_after_the_tasks_it_waits_for(ray_cluster, tmp_path):
-    """`start_fits(after=...)`: the one-task round starts once the tasks it waits for (the stage's leakage checks)
-    are done, and fits the same models; XGBoost's spinning threads and a task on the same cores slow each other."""
-    tables = {"seg/evaluation": _rows(1500, seed=3)}
-    opened = tmp_path / "open"
-    training = TRAINING.model_copy(update={"one_task_rows": 10_000})
-    fit_round = _fit_round(tables, training, tmp_path / "scratch", "gated", after=[_gate.remote(str(opened))])
-    ready, _ = ray.wait([fit_round._task], timeout=3)
-    assert not ready  # a 1,500-row fit takes well under a second once it may start
-    opened.write_text("")
-    fitted, figures = fit_round.result()
-    assert figures["runner"] == "ray_task"
-    assert {k: v[0] for k, v in fitted.items()} == {k: _plain(v) for k, v in tables.items()}
