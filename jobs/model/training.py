@@ -63,7 +63,6 @@ from jobs.model.examples import (
     segment_stats,
     tag_fits,
 )
-from jobs.model.fit import fit_boosters
 from jobs.run.plan import SegmentCutoffs
 from jobs.segments.definitions import category_slot, label_column
 
@@ -471,6 +470,10 @@ def _fit_round(
     figures)."""
     if not fits:
         return {}, {}
+    # imported here, not at the top: this module's tasks (`_per_block`, the leakage checks, the judging) run in
+    # workers that never fit, and Ray Train, Ray Data and XGBoost's trainer are ~0.75 s of imports in each
+    from jobs.model.fit import fit_boosters
+
     names = list(features.names)
     fitted, run = fit_boosters(
         prepared.blocks(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
