@@ -57,6 +57,10 @@ BATCH_ROWS = 65_536
 # poll after its last one: 0.2 s instead of 0.5 s takes ~1 s off every run (a poll is one small remote call per
 # worker). The driver's value travels to the controller and workers when the trainer starts.
 HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Ray 2.60 starts a preemption watcher actor (one more worker process, ~2.5 s of imports on 2 cores, beside
+# the fit) in every Ray Train run, to wait for a draining node's deadline; without it a preempted worker is a
+# failure that the run's FailureConfig restarts from the last checkpoint. Set it to 1 to have the watcher.
+PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,6 +412,7 @@ def _ray_train_run(
     """The fits of `loop_config` in one `XGBoostTrainer` run: {fit: (model bytes, its figures)}, read from the
     run's last checkpoint."""
     os.environ.setdefault(*HEALTH_CHECK_INTERVAL)
+    os.environ.setdefault(*PREEMPTION_WATCHER)
     run_config = ray.train.RunConfig(
         name=name,
         storage_path=storage_path,

@@ -142,8 +142,27 @@ def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_throug
         fit._fit_one = logged_fit
         fit.train_fn_per_worker(config)
 
-    resumed, runner = run("crash", crash_after_first_fit)  # one_task_rows 0: a Ray Train run
+    watchers: list[str] = []  # Ray Train's preemption watcher actor: one more process, not started (fit.py)
+    done = threading.Event()
+
+    def look_for_a_watcher() -> None:
+        import psutil
+
+        while not done.wait(0.1):
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                if "ray::PreemptionWatcher" in cmdline:
+                    watchers.append(cmdline)
+
+    looking = threading.Thread(target=look_for_a_watcher, daemon=True)
+    looking.start()
+    try:
+        resumed, runner = run("crash", crash_after_first_fit)  # one_task_rows 0: a Ray Train run
+    finally:
+        done.set()
+        looking.join(timeout=5)
     assert runner == "ray_train" and crashed.exists()
+    assert not watchers
     # the first fit was trained once (before the crash), the others once each after the restore
     assert trained_log.read_text().split() == list(tables)
     assert {k: v[0] for k, v in resumed.items()} == plain
