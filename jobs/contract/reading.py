@@ -463,12 +463,14 @@ def _read_files(
     """A read task's files as canonical blocks of up to about `BLOCK_BYTES` (small files share one)."""
     fs, _ = filesystem_for(files[0][0], storage)
     pending: list[pa.Table] = []
+    pending_bytes = 0
     for path, kind in files:
         for table in read_file(fs, fs_path(path), kind, extra_columns, source_prefix, ts_range):
             pending.append(table)
-            if sum(t.nbytes for t in pending) >= BLOCK_BYTES:
+            pending_bytes += table.nbytes
+            if pending_bytes >= BLOCK_BYTES:
                 yield pa.concat_tables(pending, promote_options="default")  # a column some lack: nulls
-                pending = []
+                pending, pending_bytes = [], 0
     if pending:
         yield pa.concat_tables(pending, promote_options="default")
 
