@@ -1,7 +1,7 @@
 """Several boosters in ONE Ray Train run or one Ray task (`jobs.model.fit.fit_boosters`) on the real shared
 Ray: each fit gives the booster plain `xgboost.train` gives on the same rows, in a round small enough for one
-task and in a Ray Train run whose worker is killed after the first fit's checkpoint, which resumes without
-refitting the completed fit."""
+task and in a Ray Train run whose worker (fitting two at a time) is killed after the first fit's checkpoint,
+which resumes without refitting the completed fit."""
 
 from __future__ import annotations
 
@@ -108,10 +108,12 @@ def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_throug
     assert {k: v[0] for k, v in in_task.items()} == plain
     assert not (tmp_path / "scratch" / "small").exists()  # no Ray Train run, no checkpoints
 
-    trained_log = tmp_path / "trained.log"
+    completed_log = tmp_path / "completed.log"
     crashed = tmp_path / "crashed"
-
     snapshot = tmp_path / "scratch" / "crash" / "checkpoint_manager_snapshot.json"
+    # the worker fits two at a time (2 threads), the largest first: it completes, the others wait for its
+    # checkpoint and then kill the worker, so exactly one fit is complete before the restore
+    largest = max(tables, key=lambda fit_id: tables[fit_id].num_rows)
 
     def first_fit_recorded() -> bool:
         """Whether the controller has recorded a checkpoint holding the first completed fit: it writes its
@@ -124,20 +126,23 @@ def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_throug
         return (latest.get("metrics") or {}).get("completed_fits", 0) >= 1
 
     def crash_after_first_fit(config: dict) -> None:
-        """The stage's worker function, killed (os._exit) as the second fit starts, once the controller has
-        recorded the first fit's checkpoint (a report it has not taken yet would die with the worker)."""
+        """The stage's worker function, killed (os._exit) as a fit other than the largest starts, once the
+        controller has recorded the largest one's checkpoint (a report it has not taken yet would die with the
+        worker); every fit that completes is logged."""
         fit_one = fit._fit_one
 
         def logged_fit(*args):
-            if args[-1] == second and not Path(crashed).exists():
-                Path(crashed).write_text("1")
+            fit_id = args[-1].fit
+            if fit_id != largest and not crashed.exists():
                 deadline = time.monotonic() + 120
                 while not first_fit_recorded() and time.monotonic() < deadline:
                     time.sleep(0.1)
+                crashed.write_text("1")
                 os._exit(1)
-            with open(trained_log, "a") as log:
-                log.write(args[-1] + "\n")
-            fit_one(*args)
+            fitted = fit_one(*args)
+            with open(completed_log, "a") as log:
+                log.write(fit_id + "\n")
+            return fitted
 
         fit._fit_one = logged_fit
         fit.train_fn_per_worker(config)
@@ -163,8 +168,9 @@ def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_throug
         looking.join(timeout=5)
     assert runner == "ray_train" and crashed.exists()
     assert not watchers
-    # the first fit was trained once (before the crash), the others once each after the restore
-    assert trained_log.read_text().split() == list(tables)
+    # the largest fit was completed once (before the crash), the others once each after the restore
+    completed = completed_log.read_text().split()
+    assert completed[0] == largest and sorted(completed) == sorted(tables)
     assert {k: v[0] for k, v in resumed.items()} == plain
     assert resumed[second][1]["best_iteration"] == in_task[second][1]["best_iteration"]
 
