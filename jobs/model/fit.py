@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import ray.data
 import ray.train
@@ -79,35 +78,36 @@ def _blocks(refs: Sequence[ray.ObjectRef]):
         yield ray.get(ref)
 
 
-def _shard_batches(blocks, fits: Sequence[str], feature_names: Sequence[str], batch_size: int):
-    """{fit: (training batches, validation batches)} of the worker's blocks, read once.
+def _shard_batches(blocks, fits: Sequence[str], feature_names: Sequence[str]) -> dict[str, list]:
+    """{fit: its rows of the worker's blocks, read once, as parts for `_split`}.
 
-    Blocks come in whatever order the tasks made them; each fit's rows are put in the order of their
-    persona hash (the `_u` column) so that the same data gives the same model (subsampling draws by row
-    position). With several workers the split between them still varies from run to run.
-    """
+    Each block's feature matrix is made once, whatever the number of fits whose rows it holds (each fit takes
+    its rows out of it): one pass over the round's data before the first fit starts. A fit's `_split` (its
+    order and batches) runs when it starts, beside the fits in progress."""
     parts: dict[str, list] = {fit: [] for fit in fits}
     for batch in blocks:
         if not batch.num_rows:
             continue
-        fit_ids = batch.column(FIT).to_numpy(zero_copy_only=False)
-        present = np.unique(fit_ids)
-        for fit in present:
-            if fit not in parts:  # completed before a restore
-                continue
-            rows = batch.filter(pa.array(fit_ids == fit)) if len(present) > 1 else batch
-            parts[str(fit)].append(
-                (
-                    feature_matrix(rows, feature_names),
-                    rows.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32),
-                    rows.column(SAMPLE).to_numpy(zero_copy_only=False),
-                    rows.column(VALID).to_numpy(zero_copy_only=False).astype(bool),
-                )
-            )
-    return {fit: _split(parts.pop(fit), len(feature_names), batch_size) for fit in fits}
+        encoded = batch.column(FIT).combine_chunks().dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        present = [(code, str(fit)) for code, fit in enumerate(encoded.dictionary.to_pylist()) if fit in parts]
+        if not present:  # all completed before a restore
+            continue
+        X = feature_matrix(batch, feature_names)
+        label = batch.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
+        key = batch.column(SAMPLE).to_numpy(zero_copy_only=False)
+        valid = batch.column(VALID).to_numpy(zero_copy_only=False).astype(bool)
+        for code, fit in present:
+            rows = np.flatnonzero(codes == code) if len(encoded.dictionary) > 1 else slice(None)
+            parts[fit].append((X[rows], label[rows], key[rows], valid[rows]))
+    return parts
 
 
 def _split(parts: list, width: int, batch_size: int) -> tuple[Batches, Batches]:
+    """A fit's (training batches, validation batches) of its parts, each split in the order of the rows'
+    persona hash (the `_u` column): blocks come in whatever order the tasks made them, and the same data must
+    give the same model (subsampling draws by row position). With several workers the split between them
+    still varies from run to run."""
     empty = [(np.empty((0, width), np.float32), np.empty(0, np.float32))]
     if not parts:  # an empty shard still takes part in the collective steps
         return empty, empty
@@ -304,16 +304,19 @@ def _fit_shard(
         params["device"] = "cuda"
     started = time.perf_counter()
     shard = _blocks(config["shards"][progress.rank])
-    data = _shard_batches(shard, todo, config["feature_names"], config["batch_size"])
+    data = _shard_batches(shard, todo, config["feature_names"])
     load_seconds = time.perf_counter() - started
     resumed = resumed or {}
 
     def fit_one(fit: str) -> None:
         spw = float(config["fits"][fit])
         keep = _KeepEveryN(progress, fit, config["report_every"], report=at_once == 1)
+        split_started = time.perf_counter()
+        batches = _split(data.pop(fit), len(config["feature_names"]), config["batch_size"])
+        split_seconds = time.perf_counter() - split_started
         with openmp_threads(params["nthread"]):  # per thread: OpenMP keeps a thread's limit in that thread
-            model, figures = _fit_one(config, params | {"scale_pos_weight": spw}, data.pop(fit), resumed.get(fit), keep)
-        progress.completed(fit, model, figures | {"load_seconds": load_seconds / len(todo)})
+            model, figures = _fit_one(config, params | {"scale_pos_weight": spw}, batches, resumed.get(fit), keep)
+        progress.completed(fit, model, figures | {"load_seconds": load_seconds / len(todo) + split_seconds})
 
     if at_once == 1:
         for fit in todo:
@@ -323,7 +326,7 @@ def _fit_shard(
                 progress.report({"final": int(final)})
         return
     # the largest first, so that the last one to finish is a small one
-    order = sorted(todo, key=lambda fit: -sum(len(y) for _, y in data[fit][0]))
+    order = sorted(todo, key=lambda fit: -sum(len(part[1]) for part in data[fit]))
     with ThreadPoolExecutor(at_once, thread_name_prefix="fit") as pool:
         pending = {pool.submit(fit_one, fit) for fit in order}
         while pending:  # this thread reports: Ray Train's report is not for the fitting threads
