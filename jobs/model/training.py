@@ -457,30 +457,36 @@ def _calibrate_all(
     return out
 
 
+def _fit_blocks(prepared: _Prepared, fits: dict[tuple[dt.date, str], str], features: FeatureSet) -> list[ray.ObjectRef]:
+    """The tasks making the blocks of a round's rows (`_fit_round`), started: queued before the tasks that need
+    no model (the RFM samples, the leakage checks), so the round waits for its rows, not for those."""
+    return prepared.blocks(fits, tag_fits, list(features.names) + [LABEL, SAMPLE, VALID]) if fits else []
+
+
 def _fit_round(
     prepared: _Prepared,
     fits: dict[tuple[dt.date, str], str],
+    blocks: list[ray.ObjectRef],
     features: FeatureSet,
     t: TrainingConfig,
     scratch: TrainScratch,
     name: str,
 ) -> tuple[dict[str, tuple[bytes, dict[str, Any]]], dict[str, Any]]:
     """Every fit of `fits` ({(cut-off, segment): fit id}) in ONE Ray Train run (or one Ray task, when small:
-    `fit.fit_boosters`) over one set of blocks of their rows; ({fit id: (model bytes, figures)}, the run's
-    figures)."""
+    `fit.fit_boosters`) over `blocks`, their rows (`_fit_blocks`); ({fit id: (model bytes, figures)}, the
+    run's figures)."""
     if not fits:
         return {}, {}
     # imported here, not at the top: this module's tasks (`_per_block`, the leakage checks, the judging) run in
     # workers that never fit, and Ray Train, Ray Data and XGBoost's trainer are ~0.75 s of imports in each
     from jobs.model.fit import fit_boosters
 
-    names = list(features.names)
     fitted, run = fit_boosters(
-        prepared.blocks(fits, tag_fits, names + [LABEL, SAMPLE, VALID]),
+        blocks,
         sum(prepared.stats(*key)["rows"] for key in fits),
         {fit: _spw(prepared.stats(*key)) for key, fit in fits.items()},
         training=t,
-        feature_names=names,
+        feature_names=list(features.names),
         feature_types=list(features.types),
         storage_path=scratch.path,
         storage_filesystem=scratch.filesystem,
@@ -623,9 +629,10 @@ def train_segments(
     names = list(features.names)
     rfm_columns = list(t.rfm_features or default_rfm_features(names))
     evaluated = [(job.cut.train_as_of, job.name) for job in active]
+    first_blocks = _fit_blocks(prepared, first, features)
     rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
     leakages = _leakage_checks(active, snapshots, prepared, names, t)
-    fitted, first_run = _fit_round(prepared, first, features, t, scratch, "evaluation")
+    fitted, first_run = _fit_round(prepared, first, first_blocks, features, t, scratch, "evaluation")
     lap("first fit run")
     lookalikes = _calibrate_all(
         prepared,
@@ -647,7 +654,9 @@ def train_segments(
         for job in refits
         if chosen[job.name] == champion.XGBOOST and f"{job.name}/production" not in fitted
     }
-    refitted, second_run = _fit_round(prepared, second, features, t, scratch, "production")
+    refitted, second_run = _fit_round(
+        prepared, second, _fit_blocks(prepared, second, features), features, t, scratch, "production"
+    )
     fitted |= refitted
     lap("second fit run")
     production = _calibrate_all(
