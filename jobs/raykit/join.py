@@ -61,18 +61,20 @@ def join_labels(
     num_partitions: int,
     then: Callable[..., pa.Table],
     then_kwargs: dict[str, Any],
+    task_bytes: int = 0,
 ) -> list[ray.ObjectRef]:
     """`then(rows, **then_kwargs)` of a partition of the features table (its `columns`) left-joined on persona_id
     with the labels at the same cut-off, as blocks in the object store.
 
     `label_blocks`: the labels partition in the object store (`TableIn.blocks`); it holds the positives only,
     `label_rows` of them (the labels marker's count; no blocks: nobody is positive). Up to `BROADCAST_ROWS`, one
-    Ray task per features file reads it, joins it with every label block and applies `then`, started and not
+    Ray task per features file (or run of small files of about `task_bytes`, `TableIn.blocks`) reads it, joins
+    it with every label block and applies `then`, started and not
     waited for: no Ray Data pass, which costs 1-3 s on 2 cores however few the rows (a streaming executor's
     start-up, and a first second that runs one task at a time while it learns its share of the cluster). Above,
     Ray Data's hash join, `then` on each joined block, materialized."""
     if label_rows <= BROADCAST_ROWS:
-        return features.blocks(columns, partition, then=_join_then, args=(then, then_kwargs, *label_blocks))
+        return features.blocks(columns, partition, _join_then, (then, then_kwargs, *label_blocks), task_bytes)
     labels = ray.data.from_arrow_refs(list(label_blocks))
     joined = join_datasets(
         features.dataset(columns, partition), labels, ["persona_id"], "left_outer", num_partitions, label_rows

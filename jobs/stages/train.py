@@ -46,6 +46,11 @@ from jobs.storage import TableIn, TableOut, TableWriter, delete, filesystem_for,
 
 log = logging.getLogger(__name__)
 
+# a task reads a run of the features' and labels' files of about this many bytes: a demo-sized snapshot is
+# 8 files of ~200 KB, and every pass over its blocks (stats, samples, fits' rows, predictions, scores) pays a
+# Ray task per block; files of event-sized data are larger, and read one per task
+SNAPSHOT_TASK_BYTES = 16 << 20
+
 
 def _chosen(view: TrainView) -> list[SegmentConfig]:
     only = view.training.only_segments
@@ -100,7 +105,7 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
         if not label_rows.get(f"as_of={as_of.isoformat()}"):
             return None
         columns = ["persona_id", *(label_column(name) for name in label_segments[as_of.isoformat()])]
-        return labels.blocks(columns=columns, partition={"as_of": as_of})
+        return labels.blocks(columns=columns, partition={"as_of": as_of}, task_bytes=SNAPSHOT_TASK_BYTES)
 
     def labelled(as_of: dt.date, then, then_kwargs: dict):
         return join_labels(
@@ -112,6 +117,7 @@ def run(view: TrainView, plan: RunPlan, features: TableIn, labels: TableIn, mode
             view.num_partitions,
             then,
             then_kwargs,
+            SNAPSHOT_TASK_BYTES,
         )
 
     snapshots = LabelledSnapshots(labelled, positives)

@@ -27,7 +27,15 @@ import pyarrow.parquet as pq
 
 from jobs.config import StorageConfig
 from jobs.errors import UserError
-from jobs.storage.files import list_files, read_bytes, read_json_or_none, read_parquet, write_bytes, write_json
+from jobs.storage.files import (
+    file_sizes,
+    list_files,
+    read_bytes,
+    read_json_or_none,
+    read_parquet,
+    write_bytes,
+    write_json,
+)
 from jobs.storage.paths import filesystem_for, fs_path, join
 
 MARKER = "_SUCCESS"
@@ -189,19 +197,42 @@ def read_blocks(
     partition: Mapping[str, Any] | None = None,
     then: Callable[..., pa.Table] | None = None,
     args: Sequence[Any] = (),
+    task_bytes: int = 0,
 ) -> list:
     """A published table (or one partition of it) as blocks in the object store, one Ray task per file, started
     and not waited for: for tables that tasks take as arguments, e.g. to look people up in. A Ray Data read
     would pay a streaming executor's start-up (0.3-0.7 s on 2 cores) for a few small files.
 
-    `then`: each block is `then(the file's rows, *args)` instead, in the same task; object references in
+    `task_bytes`: a task reads a run of consecutive files of about that many bytes together (`_file_runs`), so
+    a small table is a few blocks, not one per file: every later pass over its blocks pays a task per block.
+    The blocks hold the same rows in the same order either way.
+
+    `then`: each block is `then(its files' rows, *args)` instead, in the same task; object references in
     `args` reach it as their values (Ray fetches them before the task starts, so it never blocks holding a CPU)."""
     files = _data_files(table_path, storage, partition)
-    return [_remote(_read_file).remote(f, storage, columns, then, *args) for f in files]
+    runs = _file_runs(files, storage, task_bytes) if task_bytes and len(files) > 1 else [[f] for f in files]
+    return [_remote(_read_files).remote(run, storage, columns, then, *args) for run in runs]
 
 
-def _read_file(path: str, storage: StorageConfig, columns: list[str] | None, then, *args) -> pa.Table:
-    table = read_parquet(path, storage, columns)
+def _file_runs(files: list[str], storage: StorageConfig, task_bytes: int) -> list[list[str]]:
+    """`files` (in order) in consecutive runs of about equal bytes, as many as their bytes / `task_bytes`, but
+    no fewer than the cluster's CPUs (its parallelism) nor more than the files."""
+    import ray  # not at import: the storage layer also serves processes without Ray
+
+    sizes = [size for _, size, _ in file_sizes(files, storage)]
+    total = max(1, sum(sizes))
+    count = min(len(files), max(int(ray.cluster_resources().get("CPU", 1)), -(-total // task_bytes)))
+    runs: dict[int, list[str]] = {}
+    before = 0
+    for path, size in zip(files, sizes):
+        runs.setdefault(min(count - 1, int((before + size / 2) * count / total)), []).append(path)
+        before += size
+    return list(runs.values())
+
+
+def _read_files(paths: list[str], storage: StorageConfig, columns: list[str] | None, then, *args) -> pa.Table:
+    tables = [read_parquet(path, storage, columns) for path in paths]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     return table if then is None else then(table, *args)
 
 
@@ -273,8 +304,9 @@ class TableIn:
         partition: Mapping[str, Any] | None = None,
         then: Callable[..., pa.Table] | None = None,
         args: Sequence[Any] = (),
+        task_bytes: int = 0,
     ) -> list:
-        return read_blocks(self.path, self.storage, columns=columns, partition=partition, then=then, args=args)
+        return read_blocks(self.path, self.storage, columns, partition, then, args, task_bytes)
 
     def arrow(self, columns: list[str] | None = None, partition: Mapping[str, Any] | None = None) -> pa.Table:
         return read_arrow(self.path, self.storage, columns=columns, partition=partition)

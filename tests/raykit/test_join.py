@@ -110,6 +110,16 @@ def test_join_labels_runs_then_on_every_joined_block_of_a_partition(ray_cluster,
     )
     assert len(by_file) == len(LEFT)  # a task per file
     assert _rows(collected(by_file)) == _rows(expected)
+    # small files read in runs: as many blocks as the cluster's CPUs (2), the same rows in the same order
+    in_runs = join_labels(
+        features, ["persona_id", "x"], partition, blocks, 2, 2, pa.Table.drop_columns, {"columns": ["x"]}, 1 << 30
+    )
+    assert len(in_runs) == 2
+    assert collected(in_runs).to_pylist() == collected(by_file).to_pylist()
+    one_each = join_labels(
+        features, ["persona_id", "x"], partition, blocks, 2, 2, pa.Table.drop_columns, {"columns": ["x"]}, 1
+    )
+    assert len(one_each) == len(LEFT)  # every file holds more than a run's bytes
     nobody = join_labels(features, ["persona_id", "x"], partition, [], 0, 2, pa.Table.drop_columns, {"columns": ["x"]})
     assert _rows(collected(nobody)) == _rows(pa.concat_tables(LEFT).drop_columns(["x"]))
     monkeypatch.setattr(raykit_join, "BROADCAST_ROWS", 1)  # more labels than a broadcast takes: the hash join
