@@ -226,7 +226,10 @@ class TrainingConfig(Section):
         "XGBoost champions)",
     )
     nthread: int | None = Field(
-        None, ge=1, description="XGBoost threads per worker; default: the node's CPUs / workers on that node"
+        None,
+        ge=1,
+        description="XGBoost threads per worker (a lone worker shares them among the fits it runs at once); "
+        "default: the node's CPUs / workers on that node",
     )
     seed: int = Field(7, description="seed of the validation split, subsampling and the permutation null")
     champion_margin: float = Field(
