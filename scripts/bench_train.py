@@ -111,7 +111,7 @@ def whole_run(persons: int, work: Path, nthread: int) -> dict:
     import ray
 
     from jobs.config import JobConfig
-    from jobs.raykit.session import configure_data_context
+    from jobs.raykit.session import LOCAL_SYSTEM_CONFIG, configure_data_context
     from jobs.run.demo import DAYS, PARTNERS, SEED
     from jobs.run.layout import RunLayout
     from jobs.run.pipeline import run_pipeline
@@ -126,7 +126,8 @@ def whole_run(persons: int, work: Path, nthread: int) -> dict:
     config = JobConfig(events=str(events), root=str(root), run_id="bench")
     if not ray.is_initialized():  # measured once, counted in every size's ratio with start-up
         started = time.perf_counter()
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # the local Ray `segments` starts (its worker pool's idle grace included), not Ray's defaults
+        ray.init(include_dashboard=False, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
         configure_data_context()
         RAY_START.append(time.perf_counter() - started)
     ray_start = RAY_START[0]
@@ -326,10 +327,10 @@ def main() -> None:
             if ray_started is None:
                 import ray
 
-                from jobs.raykit.session import configure_data_context
+                from jobs.raykit.session import LOCAL_SYSTEM_CONFIG, configure_data_context
 
                 t0 = time.perf_counter()
-                ray.init(include_dashboard=False, log_to_driver=False)
+                ray.init(include_dashboard=False, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
                 configure_data_context()
                 ray_started = time.perf_counter() - t0
             seconds, runner = ray_fit(X, y, valid, names, config, args.rounds, spw)
