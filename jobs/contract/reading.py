@@ -25,7 +25,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import math
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from jobs.contract.schema import (
 from jobs.errors import UserError
 from jobs.raykit.session import task_progress
 from jobs.storage import check_bucket, exists, filesystem_for, fs_path, list_files, with_scheme
+from jobs.storage.files import byte_runs, run_count
 
 log = logging.getLogger(__name__)
 
@@ -434,23 +434,12 @@ def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | Non
 def read_tasks(files: list[InputFile], cpus: int, task_bytes: int = READ_TASK_BYTES) -> int:
     """How many Ray read tasks for these files: one per `task_bytes` of input, at least two per CPU (so no
     core idles while the last task runs), at most one per file (a task reads whole files)."""
-    by_size = math.ceil(sum(f.size for f in files) / task_bytes)
-    return max(1, min(len(files), max(2 * cpus, by_size)))
+    return run_count([f.size for f in files], 2 * cpus, task_bytes)
 
 
 def file_groups(files: list[InputFile], tasks: int) -> list[list[InputFile]]:
     """The files in `tasks` runs of consecutive files of about the same bytes (none empty)."""
-    total = sum(max(1, f.size) for f in files)
-    groups: list[list[InputFile]] = [[] for _ in range(tasks)]
-    seen = group = 0
-    for i, f in enumerate(files):
-        # the group whose share of the bytes this file starts in, never fewer files left than groups to fill,
-        # and no group skipped (a large file starts the next one)
-        wanted = max(min(seen * tasks // total, tasks - 1), tasks - (len(files) - i))
-        group = max(group, min(wanted, group + 1)) if i else 0
-        groups[group].append(f)
-        seen += max(1, f.size)
-    return [g for g in groups if g]
+    return [[files[i] for i in run] for run in byte_runs([f.size for f in files], tasks)]
 
 
 def _read_files(

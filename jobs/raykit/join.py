@@ -70,10 +70,10 @@ def join_labels(
     `label_blocks`: the labels partition in the object store (`TableIn.blocks`); it holds the positives only,
     `label_rows` of them (the labels marker's count; no blocks: nobody is positive). Up to `BROADCAST_ROWS`, one
     Ray task per features file (or run of small files of about `task_bytes`, `TableIn.blocks`) reads it, joins
-    it with every label block and applies `then`, started and not
-    waited for: no Ray Data pass, which costs 1-3 s on 2 cores however few the rows (a streaming executor's
-    start-up, and a first second that runs one task at a time while it learns its share of the cluster). Above,
-    Ray Data's hash join, `then` on each joined block, materialized."""
+    it with every label block and applies `then`, started and not waited for: no Ray Data pass, which costs
+    1-3 s on 2 cores however few the rows (a streaming executor's start-up, and a first second that runs one
+    task at a time while it learns its share of the cluster). Above, Ray Data's hash join, `then` on each
+    joined block, materialized."""
     if label_rows <= BROADCAST_ROWS:
         return features.blocks(columns, partition, _join_then, (then, then_kwargs, *label_blocks), task_bytes)
     import ray.data

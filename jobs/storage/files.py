@@ -11,10 +11,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +70,28 @@ def list_files(path: str, storage: StorageConfig, suffixes: Iterable[str] | None
             continue
         files.append(with_scheme(path, info.path))
     return sorted(files)
+
+
+def run_count(sizes: Sequence[int], at_least: int, run_bytes: int) -> int:
+    """How many runs of consecutive files to read them in: one per `run_bytes` of them, at least `at_least` (the
+    cluster's parallelism), at most one per file (a run holds whole files)."""
+    return max(1, min(len(sizes), max(at_least, math.ceil(sum(sizes) / run_bytes))))
+
+
+def byte_runs(sizes: Sequence[int], runs: int) -> list[list[int]]:
+    """The positions of files of `sizes` (in order) in `runs` runs of consecutive files of about the same bytes
+    (none empty)."""
+    total = sum(max(1, size) for size in sizes)
+    groups: list[list[int]] = [[] for _ in range(runs)]
+    seen = group = 0
+    for i, size in enumerate(sizes):
+        # the run whose share of the bytes this file starts in, never fewer files left than runs to fill, and
+        # no run skipped (a large file starts the next one)
+        wanted = max(min(seen * runs // total, runs - 1), runs - (len(sizes) - i))
+        group = max(group, min(wanted, group + 1)) if i else 0
+        groups[group].append(i)
+        seen += max(1, size)
+    return [g for g in groups if g]
 
 
 def file_sizes(paths: list[str], storage: StorageConfig) -> list[tuple[str, int, int]]:

@@ -28,11 +28,13 @@ import pyarrow.parquet as pq
 from jobs.config import StorageConfig
 from jobs.errors import UserError
 from jobs.storage.files import (
+    byte_runs,
     file_sizes,
     list_files,
     read_bytes,
     read_json_or_none,
     read_parquet,
+    run_count,
     write_bytes,
     write_json,
 )
@@ -215,19 +217,13 @@ def read_blocks(
 
 
 def _file_runs(files: list[str], storage: StorageConfig, task_bytes: int) -> list[list[str]]:
-    """`files` (in order) in consecutive runs of about equal bytes, as many as their bytes / `task_bytes`, but
-    no fewer than the cluster's CPUs (its parallelism) nor more than the files."""
+    """`files` (in order) in runs of consecutive files of about equal bytes, as many as their bytes /
+    `task_bytes`, but no fewer than the cluster's CPUs (its parallelism) nor more than the files."""
     import ray  # not at import: the storage layer also serves processes without Ray
 
     sizes = [size for _, size, _ in file_sizes(files, storage)]
-    total = max(1, sum(sizes))
-    count = min(len(files), max(int(ray.cluster_resources().get("CPU", 1)), -(-total // task_bytes)))
-    runs: dict[int, list[str]] = {}
-    before = 0
-    for path, size in zip(files, sizes):
-        runs.setdefault(min(count - 1, int((before + size / 2) * count / total)), []).append(path)
-        before += size
-    return list(runs.values())
+    runs = run_count(sizes, int(ray.cluster_resources().get("CPU", 1)), task_bytes)
+    return [[files[i] for i in run] for run in byte_runs(sizes, runs)]
 
 
 def _read_files(paths: list[str], storage: StorageConfig, columns: list[str] | None, then, *args) -> pa.Table:
