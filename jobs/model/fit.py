@@ -42,10 +42,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
-import ray.data
-import ray.train
+import ray
 import xgboost
-from ray.train.xgboost import XGBoostTrainer
 
 from features.matrix import feature_matrix
 from jobs.config import TrainingConfig
@@ -200,6 +198,8 @@ class _Progress:
 
     def report(self, metrics: dict) -> None:
         """Reports `metrics` with a checkpoint of the completed fits (and the fits in progress) from rank 0."""
+        import ray.train  # see `_ray_train_run`: only Ray Train workers report
+
         with self._lock:
             models, figures, periodic = dict(self.models), dict(self.figures), dict(self._periodic)
             self.news = False
@@ -243,6 +243,8 @@ class _KeepEveryN(xgboost.callback.TrainingCallback):
 
 def train_fn_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: shard -> per fit QuantileDMatrix -> xgboost.train -> checkpoint."""
+    import ray.train  # see `_ray_train_run`
+
     context = ray.train.get_context()
     progress = _Progress(config["fits"], context.get_world_rank(), config["checkpoint_seconds"])
     checkpoint = ray.train.get_checkpoint()
@@ -389,7 +391,9 @@ def _shards(blocks: Sequence[ray.ObjectRef], workers: int) -> list[list[ray.Obje
         if blocks:
             ray.wait(list(blocks), num_returns=len(blocks), fetch_local=False)
         return [list(blocks)]
-    return [share.to_arrow_refs() for share in ray.data.from_arrow_refs(list(blocks)).split(workers, equal=True)]
+    from ray.data import from_arrow_refs  # see `_ray_train_run`
+
+    return [share.to_arrow_refs() for share in from_arrow_refs(list(blocks)).split(workers, equal=True)]
 
 
 def fit_boosters(
@@ -464,6 +468,11 @@ def _ray_train_run(
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
     """The fits of `loop_config` in one `XGBoostTrainer` run: {fit: (model bytes, its figures)}, read from the
     run's last checkpoint."""
+    # imported here, not at the top: a round fitted in one Ray task (`_fit_in_task`) needs neither Ray Train
+    # nor Ray Data, ~0.8 s of imports in the worker that runs it, and that worker starts the fit only after them
+    import ray.train
+    from ray.train.xgboost import XGBoostTrainer
+
     os.environ.setdefault(*HEALTH_CHECK_INTERVAL)
     os.environ.setdefault(*PREEMPTION_WATCHER)
     run_config = ray.train.RunConfig(

@@ -63,6 +63,7 @@ from jobs.model.examples import (
     segment_stats,
     tag_fits,
 )
+from jobs.model.fit import fit_boosters
 from jobs.run.plan import SegmentCutoffs
 from jobs.segments.definitions import category_slot, label_column
 
@@ -477,10 +478,6 @@ def _fit_round(
     run's figures)."""
     if not fits:
         return {}, {}
-    # imported here, not at the top: this module's tasks (`_per_block`, the leakage checks, the judging) run in
-    # workers that never fit, and Ray Train, Ray Data and XGBoost's trainer are ~0.75 s of imports in each
-    from jobs.model.fit import fit_boosters
-
     fitted, run = fit_boosters(
         blocks,
         sum(prepared.stats(*key)["rows"] for key in fits),
