@@ -71,6 +71,7 @@ LEAKAGE_AUC = 0.95
 LEAKAGE_FAMILY_ALPHA = 0.001
 FUTURE_OVER_PAST_BINS = 20
 MIN_REFERENCE_FEATURES = 3
+_POOLED_POSITIVES = np.array([0, 1, 1, 2])  # future + past positives of each (future, past) code, `_pair_gaps`
 IMPLAUSIBLE_AUC = 0.97
 CHANCE_RUNS = 100
 CHANCE_Z = 3.0
@@ -266,21 +267,29 @@ def _quantile_bins(values: np.ndarray, bins: int = FUTURE_OVER_PAST_BINS) -> tup
     """Each row's quantile bin of the feature (missing values a bin of their own, the last) and the number of
     bins. They depend on the feature alone, so `_future_over_past` computes them once for every label pair."""
     finite = np.isfinite(values)
-    edges = np.unique(np.quantile(values[finite], np.linspace(0.0, 1.0, bins + 1))) if finite.any() else np.zeros(1)
-    which = np.where(finite, np.searchsorted(edges[1:-1], np.where(finite, values, 0.0), "right"), len(edges))
+    # `values[finite]` is a copy already: the quantiles may partition it in place
+    quantiles = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.unique(np.quantile(values[finite], quantiles, overwrite_input=True)) if finite.any() else np.zeros(1)
+    # a row's bin is how many inner edges lie at or below it (`searchsorted(..., "right")`): for the ~20 edges,
+    # a comparison per edge over all rows is faster than a binary search per row (1.7 against 3.0 ms at 100k rows)
+    which = np.zeros(len(values), np.intp)
+    for edge in edges[1:-1]:
+        which += values >= edge
+    if not finite.all():
+        which[~finite] = len(edges)
     return which, len(edges) + 1
 
 
-def _pooled_rate_levels(which: np.ndarray, bin_count: int, pooled: np.ndarray) -> np.ndarray:
-    """The feature as the rank level (0, 1, ...) of the rate of (future + past) positives of its quantile bin
-    (`which`, from `_quantile_bins`): one order, taken from both labels alike, under which both AUCs are
-    compared. A monotone AUC of the raw values would misjudge an honest feature that is not monotone in the
-    label (days since the last purchase, missing for those who never bought: the missing rank next to the
-    most recent buyers)."""
-    rows = np.bincount(which, minlength=bin_count)
-    rate = np.bincount(which, weights=pooled, minlength=bin_count) / np.maximum(rows, 1)
+def _pooled_rate_levels(by_bin: np.ndarray) -> np.ndarray:
+    """Each quantile bin's level (0, 1, ...): the rank of its rate of (future + past) positives, from its rows
+    counted per (future, past) label (`by_bin`, bins x 4, `_pair_gaps`). Under this one order, taken from both
+    labels alike, both AUCs are compared. A monotone AUC of the raw values would misjudge an honest feature
+    that is not monotone in the label (days since the last purchase, missing for those who never bought: the
+    missing rank next to the most recent buyers)."""
+    rows = by_bin.sum(axis=1)
+    rate = (by_bin @ _POOLED_POSITIVES) / np.maximum(rows, 1)
     _, level_of_bin = np.unique(rate, return_inverse=True)
-    return level_of_bin[which]
+    return level_of_bin
 
 
 def _level_influence(counts: np.ndarray) -> tuple[float, np.ndarray]:
@@ -309,12 +318,16 @@ def _pair_gaps(
     with its DeLong standard error, and `signal`: how many standard errors the stronger of the two AUCs lies
     from 0.5."""
     n = len(y)
-    pooled = (y + past_y).astype(np.float64)
+    label_pair = y * 2 + past_y  # 0 .. 3: (future, past) as one code
     entries = []
     for name, which, bin_count in binned:
-        level = _pooled_rate_levels(which, bin_count, pooled)
-        # a row's influences depend on its (level, future, past) cell only: the figures come from cell counts
-        cells = np.bincount(level * 4 + y * 2 + past_y, minlength=4 * (int(level.max()) + 1)).reshape(-1, 2, 2)
+        # a row's influences depend on its (level, future, past) cell only: the figures come from cell counts,
+        # and a level is a function of the quantile bin, so one count per (bin, future, past) makes them all
+        by_bin = np.bincount(which * 4 + label_pair, minlength=4 * bin_count).reshape(-1, 4)
+        level_of_bin = _pooled_rate_levels(by_bin)
+        by_level = np.zeros((int(level_of_bin.max()) + 1, 4), by_bin.dtype)
+        np.add.at(by_level, level_of_bin, by_bin)
+        cells = by_level.reshape(-1, 2, 2)
         future_auc, future_inf = _level_influence(cells.sum(axis=2))
         past_auc, past_inf = _level_influence(cells.sum(axis=1))
         # the pooled-rate order already points the feature towards the positives of both labels alike, so
