@@ -34,6 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,10 +170,13 @@ class _Prepared:
         self._stats: dict[tuple[dt.date, str], dict[str, int]] = {}
 
     def prepare(self, wanted: list[tuple[dt.date, SegmentConfig]]) -> None:
+        """Prepares the rows of `wanted` (cut-off, segment) not prepared yet: every cut-off's pass is started
+        before the driver waits for the first one's counts."""
         pending: dict[dt.date, dict[str, SegmentConfig]] = {}
         for as_of, segment in wanted:
             if (as_of, segment.name) not in self._where:
                 pending.setdefault(as_of, {})[segment.name] = segment
+        started = []
         for as_of, segments in pending.items():
             prepared = self._snapshots.prepared(
                 as_of,
@@ -185,7 +189,9 @@ class _Prepared:
                     "seed": self._t.seed,
                 },
             )
-            counts = _gather(_launch(prepared, segment_stats))  # one row per (block, segment)
+            started.append((as_of, segments, prepared, _launch(prepared, segment_stats)))
+        for as_of, segments, prepared, counted in started:
+            counts = _gather(counted)  # one row per (block, segment)
             for name in segments:
                 self._where[(as_of, name)] = len(self._cuts)
                 own = counts.get(SEGMENT, np.empty(0, object)) == name
@@ -411,18 +417,15 @@ def _spw(stats: dict[str, int]) -> float:
     return (sizes["train_rows"] - sizes["train_positives"]) / max(1, sizes["train_positives"])
 
 
-def _calibrate_all(
+def _launch_calibration(
     prepared: _Prepared,
     fitted: dict[tuple[dt.date, str], tuple[bytes, dict[str, Any]]],
-    run: dict[str, Any],
     features: FeatureSet,
     t: TrainingConfig,
-) -> dict[str, tuple[bytes, dict[str, Any]]]:
-    """{segment: (its look-alike calibrated on its validation split, how it was fitted)} for the boosters
-    `fitted` ({(cut-off, segment): (model bytes, the fit's figures)}), from one pass per cut-off.
-
-    `run`: the figures of the run the fits shared (Ray Train or one task, `fit.fit_boosters`)."""
-    valid = prepared.collect(
+) -> list:
+    """The tasks scoring the validation rows of the boosters `fitted` ({(cut-off, segment): (model bytes, the
+    fit's figures)}) for `_calibrate_all`, one pass per cut-off, started."""
+    return prepared.launch(
         {
             key: {
                 "models": {"margin": raw},
@@ -436,6 +439,21 @@ def _calibrate_all(
         margin=True,
         valid_only=True,
     )
+
+
+def _calibrate_all(
+    prepared: _Prepared,
+    fitted: dict[tuple[dt.date, str], tuple[bytes, dict[str, Any]]],
+    run: dict[str, Any],
+    t: TrainingConfig,
+    launched: list,
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """{segment: (its look-alike calibrated on its validation split, how it was fitted)} for the boosters
+    `fitted` ({(cut-off, segment): (model bytes, the fit's figures)}), from the validation scores of
+    `launched` (`_launch_calibration`'s tasks; they may score more boosters than `fitted`).
+
+    `run`: the figures of the run the fits shared (Ray Train or one task, `fit.fit_boosters`)."""
+    valid = prepared.gather(launched)
     out = {}
     for (as_of, name), (raw, figures) in fitted.items():
         spw = _spw(prepared.stats(as_of, name))
@@ -590,22 +608,33 @@ def train_segments(
     `segments`: (segment, its cut-offs, the previous bundle's exported model of it if any: the incumbent).
     `inputs`: the versions of the tables trained on (features, labels), recorded in the cards.
 
-    1. Data: every segment's rows at its train_as_of prepared in one pass per cut-off; the gates; then the
-       same at eval_as_of and refit_as_of for the segments that passed.
+    1. Data: every segment's rows at its train_as_of, eval_as_of and refit_as_of prepared in one pass per
+       cut-off, the passes side by side; then the gates at train_as_of.
     2. ONE Ray Train run (one Ray task when the round is small, `fit.fit_boosters`) fits every segment's
        evaluation look-alike, and speculatively its production refit when the refits are small
        (`training.speculative_refit_rows`, see `_speculative`).
     3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
        then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion. The leakage
-       checks and the RFM samples need no model: their tasks start before the Ray Train run.
+       checks and the RFM boosters need no look-alike: their tasks start before the Ray Train run, and the
+       driver fits the RFM boosters while it waits for the run. The speculative refits are calibrated in the
+       evaluation fits' calibration passes.
     4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
     lap = _Laps()
     todo = [_start(segment, cut, previous, features, features_config, t, inputs) for segment, cut, previous in segments]
     prepared = _Prepared(snapshots, features, t)
-    prepared.prepare([(job.cut.train_as_of, job.segment) for job in todo if job.result is None])
-    lap("prepare train cut-offs")
+    # every cut-off at once, also for a segment that the gates at train_as_of then skip: its rows are a filter
+    # in passes that run anyway, and the passes run side by side instead of one after the other
+    prepared.prepare(
+        [
+            (as_of, job.segment)
+            for job in todo
+            if job.result is None
+            for as_of in (job.cut.train_as_of, job.cut.eval_as_of, job.cut.refit_as_of)
+        ]
+    )
+    lap("prepare cut-offs")
     active = []
     for job in todo:
         if job.result is not None:
@@ -616,10 +645,8 @@ def train_segments(
             job.result = _skipped(job.base, job.card, "; ".join(reasons), job.started, _split_sizes(stats))
         else:
             active.append(job)
-    prepared.prepare([(as_of, job.segment) for job in active for as_of in (job.cut.eval_as_of, job.cut.refit_as_of)])
     for job in active:
         job.no_refit = _no_refit(prepared.stats(job.cut.refit_as_of, job.name), job.cut.refit_as_of, t)
-    lap("prepare eval/refit cut-offs")
 
     first = {(job.cut.train_as_of, job.name): f"{job.name}/evaluation" for job in active}
     first |= {(job.cut.refit_as_of, job.name): f"{job.name}/production" for job in _speculative(active, prepared, t)}
@@ -629,17 +656,23 @@ def train_segments(
     first_blocks = _fit_blocks(prepared, first, features)
     rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
     leakages = _leakage_checks(active, snapshots, prepared, names, t)
-    fitted, first_run = _fit_round(prepared, first, first_blocks, features, t, scratch, "evaluation")
-    lap("first fit run")
-    lookalikes = _calibrate_all(
-        prepared,
-        {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active},
-        first_run,
-        features,
-        t,
-    )
-    lap("calibration")
-    baselines = _fit_baselines(prepared, evaluated, rfm_columns, t, rfm_samples)
+    with ThreadPoolExecutor(1) as driver:
+        # the RFM boosters need no look-alike: the driver fits them while it waits for the fit round
+        fitting_baselines = driver.submit(_fit_baselines, prepared, evaluated, rfm_columns, t, rfm_samples)
+        fitted, first_run = _fit_round(prepared, first, first_blocks, features, t, scratch, "evaluation")
+        lap("first fit run")
+        evaluation_fits = {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active}
+        calibrating = _launch_calibration(prepared, evaluation_fits, features, t)
+        # the refits fitted speculatively are calibrated in the same passes, before the champions are known
+        speculative = {
+            (job.cut.refit_as_of, job.name): fitted[f"{job.name}/production"]
+            for job in active
+            if f"{job.name}/production" in fitted
+        }
+        calibrating_refits = _launch_calibration(prepared, speculative, features, t)
+        lookalikes = _calibrate_all(prepared, evaluation_fits, first_run, t, calibrating)
+        lap("calibration")
+        baselines = fitting_baselines.result()
     lap("rfm baselines")
     decided = _evaluate_all(active, prepared, lookalikes, baselines, rfm_columns, leakages, features, t)
     lap("evaluation")
@@ -656,17 +689,14 @@ def train_segments(
     )
     fitted |= refitted
     lap("second fit run")
-    production = _calibrate_all(
-        prepared,
-        {
-            (job.cut.refit_as_of, job.name): fitted[f"{job.name}/production"]
-            for job in refits
-            if chosen[job.name] == champion.XGBOOST
-        },
-        second_run or first_run,
-        features,
-        t,
-    )
+    production_fits = {
+        (job.cut.refit_as_of, job.name): fitted[f"{job.name}/production"]
+        for job in refits
+        if chosen[job.name] == champion.XGBOOST
+    }
+    late = {key: fit for key, fit in production_fits.items() if key not in speculative}
+    calibrating_refits += _launch_calibration(prepared, late, features, t)
+    production = _calibrate_all(prepared, production_fits, second_run or first_run, t, calibrating_refits)
     rfm_refits = [(job.cut.refit_as_of, job.name) for job in refits if chosen[job.name] == champion.RFM]
     production |= _fit_baselines(prepared, rfm_refits, rfm_columns, t) if rfm_refits else {}
     lap("production calibration")
