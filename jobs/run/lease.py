@@ -7,8 +7,10 @@ background thread every HEARTBEAT_S; it removes the lease when the run ends, fai
 
 A lease is honoured while its heartbeat is younger than EXPIRES_S, unless it was taken on this host by a
 process that no longer exists (a run killed with SIGKILL is taken over at once by the next run here).
-Object stores have no compare-and-swap for us, so two runners starting within the same second could
-both write a lease; each reads it back after writing and the one that lost the last write stops.
+Where there is no lease, a runner creates it only if it is still absent (`create_json`: a hard link locally,
+a conditional PUT on S3), so of two runners starting at the same moment one gets it and the other stops.
+A stale lease is replaced instead: runners that take it over together each read it back SETTLE_S after
+writing, and the one that lost the last write stops.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import Any
 
 from jobs.config import StorageConfig
 from jobs.errors import UserError
-from jobs.storage import delete, read_json_or_none, write_json
+from jobs.storage import create_json, delete, exists, read_json_or_none, write_json
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
 EXPIRES_S = 600.0
-# how long a writer waits before reading its lease back, so that a racing writer's lease has landed
+# how long a runner that replaced a stale lease waits before reading it back, so that a racing writer's lease
+# has landed
 SETTLE_S = 0.5
 
 
@@ -66,7 +69,9 @@ def _describe(lease: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def run_lease(path: str, run_id: str, storage: StorageConfig) -> Iterator[dict[str, Any]]:
     """Hold the run's lease file `path` (`RunLayout.lease`) for the duration of the block."""
-    current = read_json_or_none(path, storage)  # a torn lease (an older, non-atomic writer) is no lease
+    # whether a file is there is looked at first: a lease created after that look makes `create_json` fail
+    present = exists(path, storage)
+    current = read_json_or_none(path, storage) if present else None  # a torn lease is no lease
     if current is not None:
         if holder_is_alive(current):
             raise UserError(
@@ -84,10 +89,14 @@ def run_lease(path: str, run_id: str, storage: StorageConfig) -> Iterator[dict[s
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "heartbeat": time.time(),
     }
-    write_json(path, lease, storage)
-    time.sleep(SETTLE_S)
-    holder = read_json_or_none(path, storage) or {}
-    if holder.get("owner") != lease["owner"]:
+    if present:  # a stale or torn lease: replaced, then read back once racing writes have landed
+        write_json(path, lease, storage)
+        time.sleep(SETTLE_S)
+        won = (read_json_or_none(path, storage) or {}).get("owner") == lease["owner"]
+    else:
+        won = create_json(path, lease, storage)
+    if not won:
+        holder = read_json_or_none(path, storage) or {}
         raise UserError(
             f"run {run_id} was started twice at the same moment; the other runner ({_describe(holder)}) keeps it."
         )

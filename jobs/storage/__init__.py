@@ -6,6 +6,7 @@ Nothing outside this package opens, renames or lists files, or slices an `s3://`
 from jobs.storage.files import (
     check_writable,
     copy_file,
+    create_json,
     delete,
     exists,
     file_sizes,
@@ -65,6 +66,7 @@ __all__ = [
     "check_bucket",
     "check_writable",
     "copy_file",
+    "create_json",
     "delete",
     "exists",
     "file_sizes",

@@ -15,7 +15,7 @@ import math
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import StorageConfig
 from jobs.errors import UserError
-from jobs.storage.paths import filesystem_for, fs_path, is_s3, join, with_scheme
+from jobs.storage.paths import filesystem_for, fs_path, is_s3, join, s3fs_for, with_scheme
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,30 @@ def write_bytes(path: str, data: bytes, storage: StorageConfig) -> None:
         with fs.open_output_stream(p) as out:  # one PUT: the object appears whole or not at all
             out.write(data)
         return
+    _place_local(path, data, os.replace)
+
+
+def create_bytes(path: str, data: bytes, storage: StorageConfig) -> bool:
+    """Write `path` with `data` atomically only if nothing is there: True when this call created it. Of
+    writers racing for one path exactly one gets True. A local file is a complete temporary file linked in
+    place (a link never replaces); an S3 object is one PUT with `If-None-Match: *` (a store that ignored the
+    condition would let the last writer win, as `write_bytes` does)."""
+    if is_s3(path):
+        try:
+            s3fs_for(storage).pipe_file(fs_path(path), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    try:
+        _place_local(path, data, os.link)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _place_local(path: str, data: bytes, place: Callable[[str, str], None]) -> None:
+    """`data` written and fsynced under a temporary name beside `path`, then `place(temporary, path)` (a rename
+    or a link), and the folder fsynced."""
     target = os.path.abspath(path)
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
@@ -125,7 +149,7 @@ def write_bytes(path: str, data: bytes, storage: StorageConfig) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, target)
+        place(temporary, target)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -163,7 +187,16 @@ def _fsync_folder(folder: str) -> None:
 
 
 def write_json(path: str, payload: Any, storage: StorageConfig) -> None:
-    write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), storage)
+    write_bytes(path, _json_bytes(payload), storage)
+
+
+def create_json(path: str, payload: Any, storage: StorageConfig) -> bool:
+    """`create_bytes` of `payload` in `write_json`'s format."""
+    return create_bytes(path, _json_bytes(payload), storage)
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
 
 
 def read_json(path: str, storage: StorageConfig) -> Any:

@@ -317,10 +317,38 @@ def test_a_live_lease_stops_a_second_run_and_a_dead_one_is_taken_over(toy, monke
     assert run_pipeline(config, stages, names=["toy_resolve"])["status"] == "succeeded"
 
 
+def test_runners_starting_at_the_same_moment_one_holds_the_lease(tmp_path):
+    import threading
+
+    from jobs.config import StorageConfig
+    from jobs.run.lease import run_lease
+
+    path = str(tmp_path / "_stages" / "lease.json")
+    start = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def runner() -> None:
+        start.wait()
+        try:
+            with run_lease(path, "r1", StorageConfig()):
+                outcomes.append("held")
+                time.sleep(0.5)  # longer than the others take to try
+        except UserError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=runner) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("held") == 1, outcomes
+    assert all("run r1 " in o for o in outcomes if o != "held")
+    assert not Path(path).exists(), "the holder gives the lease back"
+
+
 def test_the_lease_is_given_back_when_a_stage_fails_and_beats_while_held(toy, monkeypatch):
     from jobs.run import lease
 
-    monkeypatch.setattr(lease, "SETTLE_S", 0.0)
     monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
     config, _ = toy
     lease_file = Path(RunLayout.for_run(config.root, "r1").lease)

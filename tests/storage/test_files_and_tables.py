@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -16,6 +18,7 @@ from jobs.storage import (
     TableIn,
     TableOut,
     check_bucket,
+    create_json,
     join,
     list_files,
     read_arrow,
@@ -143,3 +146,19 @@ def test_a_torn_or_foreign_json_file_reads_as_absent_with_a_warning(tmp_path, ca
     assert "not a valid JSON file" in caplog.text
     write_bytes(str(path), b'{"ok": 1}', StorageConfig())
     assert read_json_or_none(str(path), StorageConfig()) == {"ok": 1}
+
+
+def test_create_json_writes_only_where_nothing_is_and_one_racing_writer_wins(root, store):
+    """The lease's first claim: a local hard link or an S3 PUT with If-None-Match."""
+    path = join(root, "_stages", "lease.json")
+    assert create_json(path, {"owner": "a"}, store)
+    assert not create_json(path, {"owner": "b"}, store)
+    assert read_json_or_none(path, store) == {"owner": "a"}, "the file that was there is kept"
+
+    racing = join(root, "_stages", "race.json")
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: create_json(racing, {"owner": i}, store), range(8)))
+    assert won.count(True) == 1
+    assert read_json_or_none(racing, store) == {"owner": won.index(True)}
+    if not root.startswith("s3://"):
+        assert sorted(p.name for p in Path(root, "_stages").iterdir()) == ["lease.json", "race.json"], "no temporaries"
