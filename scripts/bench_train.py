@@ -14,10 +14,14 @@ process and run:
           params and early stopping, as many fits at once as this machine has cores (threads of one
           process, one OpenMP thread each, the largest first: the stage's own rule, faster than one fit at
           a time on every core): every trained segment's evaluation fit and the production refit of each
-          XGBoost champion (the boosters a run needs; the stage's speculative refits and everything else it
-          does count against it);
-* ratio:  stage / plain, and (stage + `ray.init`) / plain. Each plain evaluation fit's best iteration is
-          checked against the stage's (the same booster on the same rows).
+          XGBoost champion, then each segment's RFM booster (the governance baseline, on the stage's sample
+          of the same rows) and the production refit of each RFM champion: the boosters a run needs; the
+          stage's speculative refits and everything else it does count against it;
+* ratio:  stage / plain, and (stage + start-up) / plain. Start-up is `ray.init` and the worker processes'
+          imports of the stage's modules (one task per CPU, before the stage: the plain side's imports are
+          done before its clock starts too, and in `segments run` the workers have run the earlier stages).
+          Each plain evaluation fit's best iteration is checked against the stage's (the same booster on the
+          same rows).
 
 **One booster** (`--rows`): synthetic data (N rows x 110 float32 features, ~20% positives), the same
 parameters and a fixed number of rounds, no early stopping: plain QuantileDMatrix + xgboost.train against
@@ -106,6 +110,21 @@ def ray_fit(X, y, valid, names, config, rounds, spw) -> tuple[float, str]:
 RAY_START: list[float] = []
 
 
+def _warm_workers(ray) -> None:
+    """Has each of the local Ray's worker processes import the stage's modules, as the plain side has before
+    its clock starts: one task per CPU at once, each holding its CPU while it imports. In `segments run` the
+    train stage's workers have run the earlier stages; this start-up is counted in the ratio with start-up."""
+
+    @ray.remote(num_cpus=1)
+    def import_stage_modules() -> int:
+        import jobs.model.training  # noqa: F401
+        import jobs.storage.tables  # noqa: F401
+
+        return os.getpid()
+
+    ray.get([import_stage_modules.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
+
+
 def whole_run(persons: int, work: Path, nthread: int) -> dict:
     """The train stage against plain xgboost.train on the same boosters, for a sample of `persons`."""
     import ray
@@ -129,6 +148,7 @@ def whole_run(persons: int, work: Path, nthread: int) -> dict:
         # the local Ray `segments` starts (its worker pool's idle grace included), not Ray's defaults
         ray.init(include_dashboard=False, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
         configure_data_context()
+        _warm_workers(ray)
         RAY_START.append(time.perf_counter() - started)
     ray_start = RAY_START[0]
     layout = RunLayout(str(root / "runs" / "bench"))
@@ -139,11 +159,12 @@ def whole_run(persons: int, work: Path, nthread: int) -> dict:
     summary = run_pipeline(config, pipeline(), names=["train"], layout=layout)
     stage = time.perf_counter() - started
     assert summary["status"] == "succeeded", summary
-    plain, fits = plain_boosters(config, layout, nthread)
+    plain, fits, rfm_boosters = plain_boosters(config, layout, nthread)
     return {
         "persons": persons,
         "nthread": nthread,
         "fits": fits,
+        "rfm_boosters": rfm_boosters,
         "stage_s": round(stage, 2),
         "stage_summary_s": summary["stages"]["train"]["seconds"],
         "plain_s": round(plain, 2),
@@ -153,14 +174,16 @@ def whole_run(persons: int, work: Path, nthread: int) -> dict:
     }
 
 
-def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
-    """The run's look-alike boosters in this process, from the same tables; (seconds, one line per fit)."""
+def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict], int]:
+    """The run's boosters in this process, from the same tables; (seconds, one line per look-alike fit, the
+    number of RFM boosters)."""
     import pyarrow.compute as pc
     import xgboost
 
     from features.catalog import feature_names, xgboost_feature_types
     from features.matrix import feature_matrix
-    from jobs.model.examples import LABEL, SAMPLE, VALID, prepare_batch
+    from jobs.model.baselines import default_rfm_features, fit_rfm
+    from jobs.model.examples import LABEL, SAMPLE, VALID, prepare_batch, sample_rows
     from jobs.model.fit import _best
     from jobs.run.layout import FEATURES, LABELS, MODELS, RunLayout
     from jobs.run.plan import RunPlan
@@ -174,6 +197,7 @@ def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
     names, types = feature_names(features_config), xgboost_feature_types(features_config)
     t = config.training
     wanted = []  # (segment, as_of, the stage's figures of that fit)
+    rfm = []  # (segment, as_of): the RFM boosters the stage fits, each segment's governance baseline
     for segment in config.segments:
         entry = models.marker["segments"].get(segment.name) or {}
         if entry.get("status") == "skipped":
@@ -181,9 +205,12 @@ def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
         metrics = json.loads(models.file(RunLayout.model_file(segment.name, "metrics.json")))
         cut = plan.for_segment(segment.name)
         wanted.append((segment, cut.train_as_of, metrics["training"]))
+        rfm.append((segment, cut.train_as_of))
         production = metrics["champion"]["fits"].get("production") or {}
         if production.get("procedure") == "xgboost" and production.get("refit"):
             wanted.append((segment, cut.refit_as_of, metrics["production_training"]))
+        if production.get("procedure") == "rfm" and production.get("refit"):
+            rfm.append((segment, cut.refit_as_of))
 
     started = time.perf_counter()
     features = TableIn(FEATURES, layout.table(FEATURES), config.storage)
@@ -196,14 +223,22 @@ def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
             labelled = labels.arrow(columns=["persona_id", *present], partition={"as_of": as_of})
             snapshot = snapshot.join(labelled, keys="persona_id", join_type="left outer")
         snapshots[as_of] = snapshot
-    prepared = []
-    for segment, as_of, _ in wanted:
+    batches = {}
+    for segment, as_of in dict.fromkeys([(segment, as_of) for segment, as_of, _ in wanted] + rfm):
         rows = prepare_batch(
             snapshots[as_of], segment, names, categories, t.validation_share, t.seed, label_column(segment.name)
         )
-        rows = rows.take(pc.sort_indices(rows, [(SAMPLE, "ascending")]))
+        batches[segment.name, as_of] = rows.take(pc.sort_indices(rows, [(SAMPLE, "ascending")]))
+    prepared = []
+    for segment, as_of, _ in wanted:
+        rows = batches[segment.name, as_of]
         valid = rows.column(VALID).to_numpy(zero_copy_only=False)
         prepared.append((feature_matrix(rows, names), rows.column(LABEL).to_numpy().astype(np.float32), valid))
+    rfm_columns = list(t.rfm_features or default_rfm_features(names))
+    rfm_rows = []  # the stage's sample: at most training.max_metric_rows rows by the sample key (`sample_rows`)
+    for segment, as_of in rfm:
+        rows = batches[segment.name, as_of]
+        rfm_rows.append(sample_rows(rows, min(1.0, t.max_metric_rows / max(1, rows.num_rows)), rows.column_names))
     # as fast as one process fits independent boosters: up to `nthread` at once, each on nthread // that many
     # OpenMP threads (the stage's rule, `fit._fit_shard`), the largest first
     at_once = max(1, min(len(wanted), nthread))
@@ -231,9 +266,18 @@ def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
         )
         return _best(booster, t.early_stopping_rounds)[1], time.perf_counter() - fit_started
 
+    def fit_baseline(rows) -> None:
+        columns = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in rfm_columns}
+        valid = rows.column(VALID).to_numpy(zero_copy_only=False)
+        fit_rfm(columns, rows.column(LABEL).to_numpy(), valid, seed=t.seed, nthread=threads)
+
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][1]))
     with ThreadPoolExecutor(at_once) as pool:
-        fitted = dict(zip(order, pool.map(fit, order)))
+        lookalikes = pool.map(fit, order)  # queued at once, the largest first
+        baselines = [pool.submit(fit_baseline, rows) for rows in rfm_rows]  # then the small RFM boosters
+        fitted = dict(zip(order, lookalikes))
+        for done in baselines:
+            done.result()
     lines = []
     for i, (segment, as_of, stage) in enumerate(wanted):
         best_iteration, fit_seconds = fitted[i]
@@ -249,7 +293,7 @@ def plain_boosters(config, layout, nthread: int) -> tuple[float, list[dict]]:
                 "stage_train_seconds": round(stage.get("train_seconds", 0.0), 2),
             }
         )
-    return time.perf_counter() - started, lines
+    return time.perf_counter() - started, lines, len(rfm_rows)
 
 
 def main() -> None:
@@ -270,7 +314,6 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as jobs.model.fit sets it
     os.environ.setdefault("SEGMENTS_PROGRESS", "0")
     logging.getLogger("jobs").setLevel(logging.INFO)  # the stage's step times go to the run's log, as in the CLI
     from jobs.config import JobConfig
