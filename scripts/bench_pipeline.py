@@ -16,9 +16,9 @@ bench_resolve under .bench/events-N):
                 tables written);
       features  `features.compute.compute_local` at every snapshot of the Ray run's plan (the categories
                 and cut-offs the stage used), on the single-process resolve's events, written as Parquet;
-      train     `bench_train.plain_boosters`: plain `xgboost.train` of every look-alike booster the run fitted
-                (each segment's evaluation fit and its production refit), on the same rows built from the Ray
-                run's features and labels tables, with the same parameters and early stopping;
+      train     `bench_train.plain_boosters`: plain `xgboost.train` of every booster the run fitted (each
+                segment's evaluation fit, its production refit and its RFM baseline), on the same rows built
+                from the Ray run's features and labels tables, with the same parameters and early stopping;
       score     every exported model loaded once (`load_booster`), `inplace_predict` on the Ray run's
                 features at the plan's as_of (`features.matrix.feature_matrix`, as bench_score's baseline),
                 plus the stage's reasons (`jobs.model.reasons.contributions`, top 3), written as Parquet.
@@ -99,7 +99,7 @@ def child_train(events: str, out: str, run_dir: str) -> dict:
     from jobs.run.layout import RunLayout
 
     started = time.perf_counter()
-    _, fits = plain_boosters(_config(events, out), RunLayout(run_dir), os.cpu_count())
+    _, fits, _ = plain_boosters(_config(events, out), RunLayout(run_dir), os.cpu_count())
     return {"work_seconds": time.perf_counter() - started, "rows": len(fits)}
 
 
