@@ -34,7 +34,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -478,7 +477,7 @@ def _calibrate_all(
 
 def _fit_blocks(prepared: _Prepared, fits: dict[tuple[dt.date, str], str], features: FeatureSet) -> list[ray.ObjectRef]:
     """The tasks making the blocks of a round's rows (`_fit_round`), started: queued before the tasks that need
-    no model (the RFM samples, the leakage checks), so the round waits for its rows, not for those."""
+    no model (the RFM boosters, the leakage checks), so the round waits for its rows, not for those."""
     return prepared.blocks(fits, tag_fits, list(features.names) + [LABEL, SAMPLE, VALID]) if fits else []
 
 
@@ -512,43 +511,44 @@ def _fit_round(
     return fitted, {"name": name, "fits": len(fits), **run}
 
 
-def _baseline_samples(
+@ray.remote
+def _fit_baseline(name: str, columns: list[str], seed: int, nthread: int, *blocks: pa.Table) -> tuple[bytes, dict]:
+    """Segment `name`'s RFM booster on its sample (`blocks`: `_fit_baselines`' sample blocks of its cut-off,
+    arguments so the task starts once they exist, see `_leakage_check`), in a worker: the driver never holds
+    the rows (up to `training.max_metric_rows` per segment); (model bytes, its figures)."""
+    started = time.perf_counter()
+    rows = _segment_rows(blocks, name)
+    raw = baseline_booster(rows, columns, seed, nthread)
+    figures = {"method": RFM_METHOD, "rows": rows.num_rows, "fit_seconds": round(time.perf_counter() - started, 3)}
+    return raw, figures
+
+
+def baseline_booster(rows: pa.Table, columns: list[str], seed: int, nthread: int) -> bytes:
+    """The RFM booster of `rows` (`columns`, the label, the validation flag, the sample key), fitted in the
+    order of the sample key (the persona hash), as the look-alikes (`fit._shard_batches`): the blocks of a pass
+    come in any order, and XGBoost's sketch and splits depend on the rows' order."""
+    order = np.argsort(_numpy(rows, SAMPLE), kind="stable")
+    values = {column: _numpy(rows, column)[order] for column in [*columns, LABEL, VALID]}
+    return fit_rfm({c: values[c] for c in columns}, values[LABEL], values[VALID], seed=seed, nthread=nthread)
+
+
+def _fit_baselines(
     prepared: _Prepared, wanted: list[tuple[dt.date, str]], columns: list[str], t: TrainingConfig
-) -> list:
-    """The tasks sampling the RFM boosters' rows (`_fit_baselines`), started: they need no look-alike, so they
-    run while the Ray Train run does."""
-    return prepared.launch(
+) -> dict[str, ray.ObjectRef]:
+    """{segment: its RFM booster's task (`_fit_baseline`)} for the (cut-off, segment)s of `wanted`, started with
+    the tasks sampling their rows (a hash sample of at most `training.max_metric_rows` prepared rows each): they
+    need no look-alike, so they run while the Ray Train run does."""
+    samples = prepared.launch(
         {key: {"share": min(1.0, t.max_metric_rows / max(1, prepared.stats(*key)["rows"]))} for key in wanted},
         sample_rows,
         columns=columns + [LABEL, VALID, SAMPLE],
     )
+    blocks = _refs_by_segment(samples)
+    return {name: _fit_baseline.remote(name, columns, t.seed, t.nthread or 1, *blocks[name]) for _, name in wanted}
 
 
-def _fit_baselines(
-    prepared: _Prepared, wanted: list[tuple[dt.date, str]], columns: list[str], t: TrainingConfig, launched=None
-) -> dict[str, tuple[bytes, dict[str, Any]]]:
-    """{segment: the RFM booster fitted in this process on a hash sample of its prepared rows, its figures};
-    `launched`: its samples' tasks when `_baseline_samples` started them earlier."""
-    started = time.perf_counter()
-    samples = prepared.gather(launched if launched is not None else _baseline_samples(prepared, wanted, columns, t))
-    sampled = time.perf_counter() - started
-    out = {}
-    for _, name in wanted:
-        started = time.perf_counter()
-        # in the order of the persona hash, as the look-alikes (`fit._shard_batches`): the blocks of a Ray Data
-        # pass come in any order, and XGBoost's sketch and splits depend on the rows' order
-        order = np.argsort(samples[name][SAMPLE], kind="stable")
-        rows = {column: values[order] for column, values in samples[name].items()}
-        raw = fit_rfm({c: rows[c] for c in columns}, rows[LABEL], rows[VALID], seed=t.seed, nthread=t.nthread or 1)
-        out[name] = (
-            raw,
-            {
-                "method": RFM_METHOD,
-                "rows": int(len(rows[LABEL])),
-                "fit_seconds": round(time.perf_counter() - started + sampled / len(wanted), 3),
-            },
-        )
-    return out
+def _fitted(tasks: dict[str, ray.ObjectRef]) -> dict[str, tuple[bytes, dict]]:
+    return dict(zip(tasks, ray.get(list(tasks.values()))))
 
 
 def _previous_candidate(
@@ -615,9 +615,8 @@ def train_segments(
        (`training.speculative_refit_rows`, see `_speculative`).
     3. Calibration, the RFM boosters, the out-of-time scores and leak samples: one pass per cut-off each;
        then per segment the evaluation (a Ray task each, `_judge_segment`) and the champion. The leakage
-       checks and the RFM boosters need no look-alike: their tasks start before the Ray Train run, and the
-       driver fits the RFM boosters while it waits for the run. The speculative refits are calibrated in the
-       evaluation fits' calibration passes.
+       checks and the RFM boosters need no look-alike: their tasks start before the Ray Train run. The
+       speculative refits are calibrated in the evaluation fits' calibration passes.
     4. One more Ray Train run for the production refits of the XGBoost champions not fitted yet.
     """
     t = training
@@ -654,25 +653,22 @@ def train_segments(
     rfm_columns = list(t.rfm_features or default_rfm_features(names))
     evaluated = [(job.cut.train_as_of, job.name) for job in active]
     first_blocks = _fit_blocks(prepared, first, features)
-    rfm_samples = _baseline_samples(prepared, evaluated, rfm_columns, t)
+    baseline_fits = _fit_baselines(prepared, evaluated, rfm_columns, t)
     leakages = _leakage_checks(active, snapshots, prepared, names, t)
-    with ThreadPoolExecutor(1) as driver:
-        # the RFM boosters need no look-alike: the driver fits them while it waits for the fit round
-        fitting_baselines = driver.submit(_fit_baselines, prepared, evaluated, rfm_columns, t, rfm_samples)
-        fitted, first_run = _fit_round(prepared, first, first_blocks, features, t, scratch, "evaluation")
-        lap("first fit run")
-        evaluation_fits = {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active}
-        calibrating = _launch_calibration(prepared, evaluation_fits, features, t)
-        # the refits fitted speculatively are calibrated in the same passes, before the champions are known
-        speculative = {
-            (job.cut.refit_as_of, job.name): fitted[f"{job.name}/production"]
-            for job in active
-            if f"{job.name}/production" in fitted
-        }
-        calibrating_refits = _launch_calibration(prepared, speculative, features, t)
-        lookalikes = _calibrate_all(prepared, evaluation_fits, first_run, t, calibrating)
-        lap("calibration")
-        baselines = fitting_baselines.result()
+    fitted, first_run = _fit_round(prepared, first, first_blocks, features, t, scratch, "evaluation")
+    lap("first fit run")
+    evaluation_fits = {(job.cut.train_as_of, job.name): fitted[f"{job.name}/evaluation"] for job in active}
+    calibrating = _launch_calibration(prepared, evaluation_fits, features, t)
+    # the refits fitted speculatively are calibrated in the same passes, before the champions are known
+    speculative = {
+        (job.cut.refit_as_of, job.name): fitted[f"{job.name}/production"]
+        for job in active
+        if f"{job.name}/production" in fitted
+    }
+    calibrating_refits = _launch_calibration(prepared, speculative, features, t)
+    lookalikes = _calibrate_all(prepared, evaluation_fits, first_run, t, calibrating)
+    lap("calibration")
+    baselines = _fitted(baseline_fits)
     lap("rfm baselines")
     decided = _evaluate_all(active, prepared, lookalikes, baselines, rfm_columns, leakages, features, t)
     lap("evaluation")
@@ -698,7 +694,7 @@ def train_segments(
     calibrating_refits += _launch_calibration(prepared, late, features, t)
     production = _calibrate_all(prepared, production_fits, second_run or first_run, t, calibrating_refits)
     rfm_refits = [(job.cut.refit_as_of, job.name) for job in refits if chosen[job.name] == champion.RFM]
-    production |= _fit_baselines(prepared, rfm_refits, rfm_columns, t) if rfm_refits else {}
+    production |= _fitted(_fit_baselines(prepared, rfm_refits, rfm_columns, t)) if rfm_refits else {}
     lap("production calibration")
     for job in active:
         job.result = _finish(job, decided[job.name], production.get(job.name), prepared, features, t)

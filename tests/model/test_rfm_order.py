@@ -3,25 +3,14 @@ blocks over in any order, and XGBoost's sketch and splits depend on the rows' or
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
+import pyarrow as pa
 
 from jobs.config import TrainingConfig
 from jobs.model.examples import LABEL, SAMPLE, VALID
-from jobs.model.training import _fit_baselines
+from jobs.model.training import baseline_booster
 
 COLUMNS = ["days_since_last_purchase", "orders_365d", "revenue_365d"]
-
-
-class _Gathered:
-    """What `_Prepared.gather` hands `_fit_baselines`: the sampled rows per segment, in a given order."""
-
-    def __init__(self, rows: dict[str, np.ndarray]) -> None:
-        self._rows = rows
-
-    def gather(self, launched) -> dict[str, dict[str, np.ndarray]]:
-        return {"buyers": self._rows}
 
 
 def _rows(n: int = 80_000, seed: int = 4) -> dict[str, np.ndarray]:
@@ -42,11 +31,10 @@ def _rows(n: int = 80_000, seed: int = 4) -> dict[str, np.ndarray]:
 
 def test_the_rfm_baseline_does_not_depend_on_the_order_of_its_rows():
     rows = _rows()
-    wanted = [(dt.date(2026, 5, 1), "buyers")]
     t = TrainingConfig()
     fitted = {}
     for seed in (0, 1, 2):
         order = np.random.default_rng(seed).permutation(len(rows[LABEL]))
-        shuffled = {column: values[order] for column, values in rows.items()}
-        fitted[seed] = _fit_baselines(_Gathered(shuffled), wanted, COLUMNS, t, launched=[])["buyers"][0]
+        shuffled = pa.table({column: values[order] for column, values in rows.items()})
+        fitted[seed] = baseline_booster(shuffled, COLUMNS, t.seed, 1)
     assert fitted[0] == fitted[1] == fitted[2]
