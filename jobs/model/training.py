@@ -209,20 +209,17 @@ class _Prepared:
             for block in _launch(self._cuts[cut], fn, fits=own, columns=columns)
         ]
 
-    def collect(self, wanted: dict[tuple[dt.date, str], dict], fn: Callable, **kwargs) -> dict[str, dict]:
-        """{segment: numpy columns} of `fn(rows, **kwargs, **wanted[(cut-off, segment)])` on each wanted
-        segment's rows at its cut-off: one pass per prepared cut-off, whatever the number of segments."""
-        return self.gather(self.launch(wanted, fn, **kwargs))
-
     def launch(self, wanted: dict[tuple[dt.date, str], dict], fn: Callable, **kwargs) -> list:
-        """`collect`'s tasks, started and not waited for (`gather` waits): they run while the driver does
-        something else, e.g. waits for a Ray Train run."""
+        """The tasks of `fn(rows, **kwargs, **wanted[(cut-off, segment)])` on each wanted segment's rows at its
+        cut-off, one pass per prepared cut-off whatever the number of segments, started and not waited for
+        (`gather` waits): they run while the driver does something else, e.g. waits for a Ray Train run."""
         return [
             (list(own), _launch(self._cuts[cut], per_segment, each=fn, by_segment=own, **kwargs))
             for cut, own in self._groups(wanted).items()
         ]
 
     def gather(self, launched: list) -> dict[str, dict]:
+        """{segment: numpy columns} of `launch`'s tasks."""
         out = {}
         for own, refs in launched:
             out.update(_by_segment(own, _gather(refs)))
@@ -694,7 +691,7 @@ def train_segments(
     calibrating_refits += _launch_calibration(prepared, late, features, t)
     production = _calibrate_all(prepared, production_fits, second_run or first_run, t, calibrating_refits)
     rfm_refits = [(job.cut.refit_as_of, job.name) for job in refits if chosen[job.name] == champion.RFM]
-    production |= _fitted(_fit_baselines(prepared, rfm_refits, rfm_columns, t)) if rfm_refits else {}
+    production |= _fitted(_fit_baselines(prepared, rfm_refits, rfm_columns, t))
     lap("production calibration")
     for job in active:
         job.result = _finish(job, decided[job.name], production.get(job.name), prepared, features, t)

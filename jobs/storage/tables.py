@@ -201,9 +201,10 @@ def read_blocks(
     args: Sequence[Any] = (),
     task_bytes: int = 0,
 ) -> list:
-    """A published table (or one partition of it) as blocks in the object store, one Ray task per file, started
-    and not waited for: for tables that tasks take as arguments, e.g. to look people up in. A Ray Data read
-    would pay a streaming executor's start-up (0.3-0.7 s on 2 cores) for a few small files.
+    """A published table (or one partition of it) as blocks in the object store, one Ray task per file (or run
+    of files, `task_bytes`), started and not waited for: for tables that tasks take as arguments, e.g. to look
+    people up in. A Ray Data read would pay a streaming executor's start-up (0.3-0.7 s on 2 cores) for a few
+    small files.
 
     `task_bytes`: a task reads a run of consecutive files of about that many bytes together (`_file_runs`), so
     a small table is a few blocks, not one per file: every later pass over its blocks pays a task per block.
