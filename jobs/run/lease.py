@@ -9,8 +9,9 @@ A lease is honoured while its heartbeat is younger than EXPIRES_S, unless it was
 process that no longer exists (a run killed with SIGKILL is taken over at once by the next run here).
 Where there is no lease, a runner creates it only if it is still absent (`create_json`: a hard link locally,
 a conditional PUT on S3), so of two runners starting at the same moment one gets it and the other stops.
-A stale lease is replaced instead: runners that take it over together each read it back SETTLE_S after
-writing, and the one that lost the last write stops.
+A stale lease is replaced instead (and on a store that refuses conditional writes every lease is written):
+runners that write it together each read it back SETTLE_S after writing, and the one that lost the last
+write stops.
 """
 
 from __future__ import annotations
@@ -89,12 +90,16 @@ def run_lease(path: str, run_id: str, storage: StorageConfig) -> Iterator[dict[s
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "heartbeat": time.time(),
     }
-    if present:  # a stale or torn lease: replaced, then read back once racing writes have landed
+    won = None
+    if not present:
+        try:
+            won = create_json(path, lease, storage)
+        except NotImplementedError:
+            log.info("run %s: the store takes no conditional writes; the lease is written and read back", run_id)
+    if won is None:  # a stale or torn lease, or such a store: written, then read back once racing writes landed
         write_json(path, lease, storage)
         time.sleep(SETTLE_S)
         won = (read_json_or_none(path, storage) or {}).get("owner") == lease["owner"]
-    else:
-        won = create_json(path, lease, storage)
     if not won:
         holder = read_json_or_none(path, storage) or {}
         raise UserError(

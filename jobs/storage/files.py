@@ -8,6 +8,7 @@ markers and leases that a crashed writer of an older version may have left behin
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import logging
@@ -123,12 +124,17 @@ def create_bytes(path: str, data: bytes, storage: StorageConfig) -> bool:
     """Write `path` with `data` atomically only if nothing is there: True when this call created it. Of
     writers racing for one path exactly one gets True. A local file is a complete temporary file linked in
     place (a link never replaces); an S3 object is one PUT with `If-None-Match: *` (a store that ignored the
-    condition would let the last writer win, as `write_bytes` does)."""
+    condition would let the last writer win, as `write_bytes` does). NotImplementedError: the store refuses
+    conditional PUTs (S3's `NotImplemented`)."""
     if is_s3(path):
         try:
             s3fs_for(storage).pipe_file(fs_path(path), data, mode="create")
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:  # s3fs's translation of S3's 501 NotImplemented
+                raise NotImplementedError(f"{path}: the store does not take conditional writes") from exc
+            raise
         return True
     try:
         _place_local(path, data, os.link)

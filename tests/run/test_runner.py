@@ -346,6 +346,21 @@ def test_runners_starting_at_the_same_moment_one_holds_the_lease(tmp_path):
     assert not Path(path).exists(), "the holder gives the lease back"
 
 
+def test_a_store_without_conditional_writes_still_gets_a_lease(tmp_path, monkeypatch):
+    from jobs.config import StorageConfig
+    from jobs.run import lease
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("the store does not take conditional writes")
+
+    monkeypatch.setattr(lease, "create_json", refuse)
+    monkeypatch.setattr(lease, "SETTLE_S", 0.0)
+    path = tmp_path / "_stages" / "lease.json"
+    with lease.run_lease(str(path), "r1", StorageConfig()) as held:
+        assert json.loads(path.read_text())["owner"] == held["owner"], "written and read back instead"
+    assert not path.exists()
+
+
 def test_the_lease_is_given_back_when_a_stage_fails_and_beats_while_held(toy, monkeypatch):
     from jobs.run import lease
 

@@ -162,3 +162,17 @@ def test_create_json_writes_only_where_nothing_is_and_one_racing_writer_wins(roo
     assert read_json_or_none(racing, store) == {"owner": won.index(True)}
     if not root.startswith("s3://"):
         assert sorted(p.name for p in Path(root, "_stages").iterdir()) == ["lease.json", "race.json"], "no temporaries"
+
+
+def test_create_json_says_so_when_the_store_refuses_conditional_writes(s3_bucket, storage, monkeypatch):
+    """A store that answers a conditional PUT with S3's 501 NotImplemented (s3fs: OSError ENOSYS)."""
+    import errno
+
+    from jobs.storage import s3fs_for
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSYS, "NotImplemented: If-None-Match")
+
+    monkeypatch.setattr(s3fs_for(storage), "pipe_file", refuse)
+    with pytest.raises(NotImplementedError, match="conditional writes"):
+        create_json(join(s3_bucket, "_stages", "lease.json"), {"owner": "a"}, storage)
