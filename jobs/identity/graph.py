@@ -16,6 +16,8 @@ and counts the distinct (type, identifier, partner) behind each one, and the run
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -286,78 +288,101 @@ def dictionary_codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa
     return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
 
 
+@dataclass
+class _Occurrences:
+    """The (anchor, identifier) groups of sessionised rows with ids, as numbers: every (row, identifier) of
+    the rows, type by type in `IDENTIFIER_TYPES` order and in row order within a type (`kind`: the type's
+    index, `row`, `node`, `anchor`, `flag`: the row's flag as a code of `flags`, -1 for none), and the
+    stable sort that groups them (`order`, `starts`: by anchor, then node, then `_truth` for the oracle)."""
+
+    kind: np.ndarray
+    row: np.ndarray
+    node: np.ndarray
+    anchor: np.ndarray
+    flag: np.ndarray
+    flags: pa.Array
+    order: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def group(cls, slim: pa.Table, anchors: np.ndarray, truth: pa.Array | None = None) -> _Occurrences:
+        rows = [
+            np.flatnonzero(slim.column(_SOURCE_COLUMN[t]).is_valid().to_numpy(zero_copy_only=False))
+            for t in IDENTIFIER_TYPES
+        ]
+        kind = np.concatenate([np.full(len(r), i, np.int8) for i, r in enumerate(rows)])
+        row = np.concatenate(rows)
+        node = np.concatenate([slim.column(f"_n_{t}").to_numpy()[r] for t, r in zip(IDENTIFIER_TYPES, rows)])
+        anchor = anchors[row]
+        flag, flags = _flag_codes(slim, kind, row)
+        keys = [node, anchor] if truth is None else [dictionary_codes(truth.take(pa.array(row)))[0], node, anchor]
+        order, starts = sorted_runs(*keys)
+        return cls(kind, row, node, anchor, flag, flags, order, starts)
+
+    def first(self) -> np.ndarray:
+        """The position (in the rows) of each group's first row."""
+        return self.order[self.starts]
+
+    def flag_max(self) -> np.ndarray:
+        """Per group, the highest flag code of its rows (-1: none flagged)."""
+        return np.maximum.reduceat(self.flag[self.order], self.starts) if len(self.starts) else np.zeros(0, np.int64)
+
+
+def _flag_codes(slim: pa.Table, kind: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+    """The flag of every (row, identifier) as a dictionary code (-1: none), the dictionary in the order the
+    flags first appear among them (emails before phones)."""
+    flagged = [IDENTIFIER_TYPES.index(t) for t in _FLAG_COLUMN]
+    at = np.flatnonzero(np.isin(kind, flagged))
+    values = pa.concat_arrays(
+        [
+            slim.column(_FLAG_COLUMN[t]).combine_chunks().take(pa.array(row[kind == i]))
+            for t, i in zip(_FLAG_COLUMN, flagged)
+        ]
+    )
+    codes, flags = dictionary_codes(values)
+    flag = np.full(len(kind), -1, np.int64)
+    flag[at] = codes
+    return flag, flags
+
+
 def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -> pa.Table:
     """One row per (anchor, identifier) of sessionised rows with ids (`with_ids`): first/last seen, events,
     flag (`OCC_SCHEMA`, + `_truth` for the oracle). Identifiers whose value is flagged (blocklist, invalid)
     are kept here so they can be audited."""
-    parts = []
-    anchor_arr = pa.array(anchors, pa.uint64())
-    for t in IDENTIFIER_TYPES:
-        col = slim.column(_SOURCE_COLUMN[t]).combine_chunks()
-        mask = pc.is_valid(col)
-        if not pc.any(mask).as_py():
-            continue
-        sub_ident = col.filter(mask)
-        partner = slim.column("partner_id").combine_chunks().filter(mask)
-        scope = partner if t in SCOPED else pa.nulls(len(sub_ident), pa.string())
-        flag = (
-            slim.column(_FLAG_COLUMN[t]).combine_chunks().filter(mask)
-            if t in _FLAG_COLUMN
-            else pa.nulls(len(sub_ident), pa.string())
-        )
-        cols = {
-            "anchor": anchor_arr.filter(mask),
-            "identifier_type": pa.array([t] * len(sub_ident), pa.string()),
-            "identifier": sub_ident,
-            "scope": scope,
-            "partner_id": partner,
-            "flag": flag,
-            "ts": slim.column("ts").combine_chunks().filter(mask),
-        }
-        if keep_truth:
-            cols[TRUTH] = slim.column(TRUTH).combine_chunks().filter(mask)
-        cols["_node"] = slim.column(f"_n_{t}").combine_chunks().filter(mask)
-        parts.append(pa.table(cols))
-    if not parts:
-        return OCC_SCHEMA.empty_table()
-    long = pa.concat_tables(parts)
-    node = long.column("_node").to_numpy()
-    anchor = long.column("anchor").to_numpy()
-    keys = [node, anchor]
-    if keep_truth:
-        keys.insert(0, dictionary_codes(long.column(TRUTH))[0])
-    order, starts = sorted_runs(*keys)
-    ts = long.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
-    flag_codes, flag_dict = dictionary_codes(long.column("flag"))
-    first = order[starts]
-    kept = ["identifier_type", "identifier", "scope", "partner_id"] + ([TRUTH] if keep_truth else [])
-    out = long.select(kept).take(pa.array(first))
-    flag_max = np.maximum.reduceat(flag_codes[order], starts) if len(starts) else np.zeros(0, np.int64)
+    truth = slim.column(TRUTH).combine_chunks() if keep_truth else None
+    grouped = _Occurrences.group(slim, anchors, truth)
+    first = grouped.first()
+    kind, row, starts = grouped.kind[first], grouped.row[first], grouped.starts
+    n = slim.num_rows
+    # large offsets: the six columns together may pass 2 GiB of text where one did not
+    identifiers = pa.concat_arrays(
+        [slim.column(_SOURCE_COLUMN[t]).cast(pa.large_string()).combine_chunks() for t in IDENTIFIER_TYPES]
+    )
+    partner = slim.column("partner_id").combine_chunks()
+    scoped = np.isin(kind, [IDENTIFIER_TYPES.index(t) for t in SCOPED])
+    flag_max = grouped.flag_max()
     flag = (
-        flag_dict.take(pa.array(np.where(flag_max >= 0, flag_max, 0)))
-        if len(flag_dict)
+        grouped.flags.take(pa.array(flag_max, mask=flag_max < 0))
+        if len(grouped.flags)
         else pa.nulls(len(starts), pa.string())
     )
-    flag = (
-        pc.if_else(pa.array(flag_max >= 0), flag, pa.scalar(None, pa.string()))
-        if len(starts)
-        else pa.nulls(0, pa.string())
-    )
+    ts = slim.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[grouped.row[grouped.order]]
     ts_type = pa.timestamp("us", tz="UTC")
+    empty = not len(starts)
     cols = {
-        "anchor": pa.array(anchor[first], pa.uint64()),
-        "node": pa.array(node[first], pa.uint64()),
-        "identifier_type": out.column("identifier_type"),
-        "identifier": out.column("identifier"),
-        "scope": out.column("scope"),
-        "partner_id": out.column("partner_id"),
+        "anchor": pa.array(grouped.anchor[first], pa.uint64()),
+        "node": pa.array(grouped.node[first], pa.uint64()),
+        "identifier_type": pa.array(IDENTIFIER_TYPES, pa.string()).take(pa.array(kind)),
+        "identifier": identifiers.take(pa.array(kind.astype(np.int64) * n + row)).cast(pa.string()),
+        "scope": partner.take(pa.array(row, mask=~scoped)),
+        "partner_id": partner.take(pa.array(row)),
         "flag": flag,
-        "first_seen": pa.array(np.minimum.reduceat(ts, starts) if len(starts) else ts[:0], pa.int64()).cast(ts_type),
-        "last_seen": pa.array(np.maximum.reduceat(ts, starts) if len(starts) else ts[:0], pa.int64()).cast(ts_type),
-        "n_events": pa.array(np.diff(np.r_[starts, len(order)]).astype(np.int64)),
+        "first_seen": pa.array(ts[:0] if empty else np.minimum.reduceat(ts, starts), pa.int64()).cast(ts_type),
+        "last_seen": pa.array(ts[:0] if empty else np.maximum.reduceat(ts, starts), pa.int64()).cast(ts_type),
+        "n_events": pa.array(np.diff(np.r_[starts, len(grouped.order)]).astype(np.int64)),
     }
-    if keep_truth:
-        cols[TRUTH] = out.column(TRUTH)
+    if truth is not None:
+        cols[TRUTH] = truth.take(pa.array(row))
     schema = pa.schema(list(OCC_SCHEMA) + ([pa.field(TRUTH, pa.string())] if keep_truth else []))
     return pa.table(cols, schema=schema)
 
@@ -432,13 +457,13 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
             "session_key": slim.column("session_key"),
         }
     )
-    occ = occurrences(slim, anchors)
-    ok = pc.is_null(occ.column("flag")).to_numpy(zero_copy_only=False)
-    nodes = occ.column("node").to_numpy()
+    grouped = _Occurrences.group(slim, anchors)
+    first = grouped.first()
+    nodes, src = grouped.node[first], grouped.anchor[first]
+    ok = grouped.flag_max() < 0
     if len(junk):
         ok &= ~np.isin(nodes, junk)
-    weak = occ.column("identifier_type").to_numpy(zero_copy_only=False) == CLICK
-    src = occ.column("anchor").to_numpy()
+    weak = grouped.kind[first] == IDENTIFIER_TYPES.index(CLICK)
     return _edges(src[ok & ~weak], nodes[ok & ~weak]), _edges(src[ok & weak], nodes[ok & weak]), event_map
 
 
