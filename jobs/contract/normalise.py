@@ -164,13 +164,31 @@ def normalise_phone_value(raw: str | None, country: str | None) -> tuple[str | N
     elif not country and len(digits) > 10:
         text = "+" + digits
     region = (country or "").upper() or None
+    if len(text) <= _LONGEST_PARSED and _PLAIN_PHONE.fullmatch(text) and len(_NON_DIGITS.sub("", text)) >= 3:
+        # the library reads only the digits of such a text: one parse serves every way of writing a number
+        # in one region ("0888 123 456" and "(0888) 123-456", "+359 88..." and "+35988...")
+        e164 = _e164(("+" if text.startswith("+") else "") + _NON_DIGITS.sub("", text), region)
+    else:
+        e164 = _e164(text, region)
+    return (e164, True) if e164 else (digits, False)
+
+
+# ASCII digits and the separators people type between them, after an optional +: no extension, letter,
+# second number or Unicode digit can hide in such a text (those go to the library as typed)
+_PLAIN_PHONE = re.compile(r"\+?[0-9 ().-]*")
+_LONGEST_PARSED = 250  # phonenumbers refuses longer input (its _MAX_INPUT_STRING_LENGTH)
+
+
+@lru_cache(maxsize=1_000_000)
+def _e164(text: str, region: str | None) -> str | None:
+    """The E.164 form of a possible number, or None."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        return digits, False
+        return None
     if not phonenumbers.is_possible_number(number):
-        return digits, False
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), True
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def normalise_phones(
