@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from features.catalog import PURCHASE, VIEW, VOCABULARIES, category_slots, country_code, feature_schema
 from features.inputs import DAY_US, as_of_micros, select_events
 from features.social import LINK_SCHEMA
+from jobs.arrays import member
 from jobs.config import FeaturesConfig
 from jobs.contract.normalise import normalise_emails, normalise_phones
 from jobs.contract.schema import EVENT_TYPES
@@ -316,7 +317,7 @@ class Partition:
             key = self.pidx * width + product
             purchase = np.flatnonzero(self.of_type(PURCHASE) & (product >= 0))
             view = np.flatnonzero(self.of_type(VIEW) & (product >= 0))
-            view = view[np.isin(key[view], key[purchase])]
+            view = view[member(key[view], key[purchase])]
             bought = pa.table({"k": key[purchase], "row": purchase, "pts": self.ts[purchase]})
             seen = pa.table(
                 {"k": key[view], "vts": self.ts[view], "partner": self.key("partner")[view], "vprice": self.price[view]}

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.arrays import distinct
 from jobs.contract.normalise import normalise_emails, normalise_phone_value
 
 KEY_TYPES = {
@@ -139,7 +140,7 @@ def partner_keys(batch: pa.Table) -> pa.Table:
         if len(pick) == 0:
             continue
         parents = parent[pick]
-        rows = np.unique(parents)
+        rows = distinct(parents)
         digest = np.full(n, None, dtype=object)
         digest[rows] = sha256_hex(batch.column("identifier").take(pa.array(rows))).to_numpy(zero_copy_only=False)
         out.append(

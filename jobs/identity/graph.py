@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.arrays import distinct, member
 from jobs.contract.normalise import normalise_emails, normalise_phones, phone_digits
 from jobs.raykit.shuffle import string_hashes
 
@@ -221,8 +222,8 @@ def _value_hashes(c: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def with_ids(sess: pa.Table) -> pa.Table:
-    """Adds the node id of every identifier column and both anchor ids (session, event) once, so the
-    later rounds never hash strings again."""
+    """Adds the node id of every identifier column and the session anchor id once, so the later rounds
+    never hash those strings again (event anchors, needed by few rows, are hashed where needed)."""
     n = sess.num_rows
     partner = sess.column("partner_id").combine_chunks()
     out = sess
@@ -231,12 +232,8 @@ def with_ids(sess: pa.Table) -> pa.Table:
         scope = partner if t in SCOPED else pa.nulls(n, pa.string())
         ids = node_ids(t, scope, col)
         out = out.append_column(f"_n_{t}", pa.array(ids, pa.uint64()))
-    skey = sess.column("session_key").combine_chunks()
-    session_anchor = hash_strings("s", partner, skey)
-    event_anchor = hash_strings("e", partner, sess.column("event_id"))
-    out = out.append_column("_a_session", pa.array(session_anchor, pa.uint64()))
-    out = out.append_column("_a_event", pa.array(event_anchor, pa.uint64()))
-    return out
+    session_anchor = hash_strings("s", partner, sess.column("session_key").combine_chunks())
+    return out.append_column("_a_session", pa.array(session_anchor, pa.uint64()))
 
 
 def anchor_ids(sess: pa.Table, per_event: np.ndarray | None = None) -> np.ndarray:
@@ -245,7 +242,12 @@ def anchor_ids(sess: pa.Table, per_event: np.ndarray | None = None) -> np.ndarra
     use_event = pc.is_null(sess.column("session_key")).to_numpy(zero_copy_only=False)
     if per_event is not None:
         use_event = use_event | per_event
-    return np.where(use_event, sess.column("_a_event").to_numpy(), sess.column("_a_session").to_numpy())
+    anchors = sess.column("_a_session").to_numpy().copy()
+    rows = np.flatnonzero(use_event)
+    if len(rows):
+        picked = pa.array(rows)
+        anchors[rows] = hash_strings("e", sess.column("partner_id").take(picked), sess.column("event_id").take(picked))
+    return anchors
 
 
 def node_ids(identifier_type: pa.Array | str, scope: pa.Array, identifier: pa.Array) -> np.ndarray:
@@ -441,13 +443,13 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
     edges come separately and join the graph only after `weak_link_decisions`. The event map is
     partner_id/event_id/anchor/session_key. Sessions on a junk device fall back to one anchor per event.
     """
-    junk = np.unique(junk_nodes.astype(np.uint64)) if len(junk_nodes) else np.zeros(0, np.uint64)
+    junk = distinct(junk_nodes.astype(np.uint64))
     dev = slim.column("device_id").combine_chunks()
     has_dev = pc.is_valid(dev).to_numpy(zero_copy_only=False)
     per_event = np.zeros(slim.num_rows, dtype=bool)
     if has_dev.any() and len(junk):
         idx = np.flatnonzero(has_dev)
-        per_event[idx] = np.isin(slim.column(f"_n_{DEVICE}").to_numpy()[idx], junk)
+        per_event[idx] = member(slim.column(f"_n_{DEVICE}").to_numpy()[idx], junk)
     anchors = anchor_ids(slim, per_event)
     event_map = pa.table(
         {
@@ -462,7 +464,7 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
     nodes, src = grouped.node[first], grouped.anchor[first]
     ok = grouped.flag_max() < 0
     if len(junk):
-        ok &= ~np.isin(nodes, junk)
+        ok &= ~member(nodes, junk)
     weak = grouped.kind[first] == IDENTIFIER_TYPES.index(CLICK)
     return _edges(src[ok & ~weak], nodes[ok & ~weak]), _edges(src[ok & weak], nodes[ok & weak]), event_map
 

@@ -18,9 +18,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.arrays import distinct
 from jobs.config import IdentityConfig
 from jobs.contract.normalise import normalised_email_blocklist, phone_blocklist_digits
 from jobs.identity.graph import (
@@ -86,13 +88,17 @@ def blocklists(config: IdentityConfig) -> tuple[list[str], list[str]]:
     return normalised_email_blocklist(config.blocklist_emails), phone_blocklist_digits(config.blocklist_phones)
 
 
-def _group_count_distinct(group: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(groups, number of distinct values per group)."""
-    if len(group) == 0:
-        return group, np.zeros(0, np.int64)
-    groups, _, _ = distinct_pairs(group.astype(np.uint64), value.astype(np.uint64))
-    g, counts = np.unique(groups, return_counts=True)
-    return g, counts.astype(np.int64)
+def _distinct_in_groups(group: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (group, code) pairs of rows, sorted by group then code; both non-negative integers (one
+    int64 key per row, a single sort)."""
+    width = int(code.max()) + 1 if len(code) else 1
+    key = distinct(group.astype(np.int64) * width + code)
+    return key // width, key % width
+
+
+def _count_distinct(group: np.ndarray, groups: int, code: np.ndarray) -> np.ndarray:
+    """Per group (0 .. groups - 1), how many distinct codes its rows hold."""
+    return np.bincount(_distinct_in_groups(group, code)[0], minlength=groups).astype(np.int64)
 
 
 def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.Table:
@@ -105,6 +111,8 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     order, starts = sorted_runs(node)
     first = order[starts]
     nodes = node[first]
+    group = np.empty(len(node), np.int64)  # each row's node as its rank among the nodes
+    group[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(node)]))
     fs = occ.column("first_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ls = occ.column("last_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ne = occ.column("n_events").to_numpy()[order]
@@ -119,14 +127,13 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     # seen_at_partners: sorted distinct partners per node, as a list column built from offsets
     p_codes, p_dict = dictionary_codes(occ.column("partner_id"))
     p_rank = np.argsort(np.argsort(p_dict.to_numpy(zero_copy_only=False).astype(str), kind="stable"), kind="stable")
-    pr = p_rank[np.maximum(p_codes, 0)]
-    up_node, up_rank, _ = distinct_pairs(node, pr.astype(np.uint64))
-    counts = np.bincount(np.searchsorted(nodes, up_node), minlength=len(nodes))
+    up_group, up_rank = _distinct_in_groups(group, p_rank[np.maximum(p_codes, 0)])
+    counts = np.bincount(up_group, minlength=len(nodes))
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
     inv_rank = np.argsort(p_rank, kind="stable")
     partners = pa.ListArray.from_arrays(pa.array(offsets), p_dict.take(pa.array(inv_rank[up_rank.astype(np.int64)])))
-    _, n_anchors = _group_count_distinct(node, occ.column("anchor").to_numpy())
-    _, n_variants = _group_count_distinct(node, dictionary_codes(occ.column("identifier"))[0])
+    n_anchors = _count_distinct(group, len(nodes), pd.factorize(occ.column("anchor").to_numpy())[0])
+    n_variants = _count_distinct(group, len(nodes), dictionary_codes(occ.column("identifier"))[0] + 1)
     ts_type = pa.timestamp("us", tz="UTC")
     firsts = occ.select(["identifier_type", "identifier", "scope"]).take(pa.array(first))
     cols = {
@@ -167,7 +174,7 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     cols["n_variants"] = pa.array(n_variants)
     schema = STATS_SCHEMA
     if with_truth:
-        _, n_truth = _group_count_distinct(node, dictionary_codes(occ.column(TRUTH))[0])
+        n_truth = _count_distinct(group, len(nodes), dictionary_codes(occ.column(TRUTH))[0] + 1)
         cols["n_truth"] = pa.array(n_truth)
         schema = schema.append(pa.field("n_truth", pa.int64()))
     return pa.table(cols, schema=schema)

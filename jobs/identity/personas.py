@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.arrays import member
 from jobs.identity.graph import (
     CLICK,
     CUSTOMER,
@@ -223,7 +224,7 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
     hubs = HUB_SCHEMA.empty_table()
     if len(big):
         n_anchors = idents.column("n_anchors").to_numpy()
-        rows = np.flatnonzero(np.isin(pos, big) & (types != CLICK))
+        rows = np.flatnonzero(member(pos, big) & (types != CLICK))
         chosen = []
         for g in big:
             r = rows[pos[rows] == g]

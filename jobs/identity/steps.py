@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.arrays import member
 from jobs.contract.rows import dedupe, reason_counts
 from jobs.contract.schema import INTERNAL_COLUMNS, canonical_schema
 from jobs.identity import graph, junk, personas
@@ -86,7 +87,7 @@ def edges_step(sess: pa.Table, *removed: np.ndarray) -> tuple[pa.Table, pa.Table
 
 def drop_removed_targets(edges: pa.Table, *removed: np.ndarray) -> pa.Table:
     """Edges whose identifier end (`dst`) was not removed."""
-    return edges.filter(pa.array(~np.isin(edges.column("dst").to_numpy(), _ids(removed))))
+    return edges.filter(pa.array(~member(edges.column("dst").to_numpy(), _ids(removed))))
 
 
 def labels_as_edges(labels: pa.Table) -> pa.Table:
@@ -111,7 +112,7 @@ def join_labels(stats: pa.Table, labels: pa.Table, *removed: np.ndarray) -> tupl
     idents = stats.filter(pa.array(hit))
     idents = idents.append_column("label", pa.array(lab_values[order][pos[hit]], pa.uint64()))
     idents = idents.select(personas.IDENT_COLUMNS)
-    anchors = labels.filter(pa.array(~np.isin(lab_nodes, nodes)))
+    anchors = labels.filter(pa.array(~member(lab_nodes, nodes)))
     return idents, anchors
 
 
