@@ -25,7 +25,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -400,35 +400,68 @@ def escape_raw(line: bytes, size: int | None = None) -> str:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def read_events(plan: InputPlan, storage: StorageConfig, ts_range: TsRange | None = None) -> tuple[list, list[str]]:
-    """(refs of canonical blocks, extra columns): every file read by Ray tasks, all blocks on one schema.
+@dataclass
+class ReadEvents:
+    """The input as Ray holds it after `read_events`."""
 
-    Files are read by a few tasks of several whole files each (`read_tasks`, `file_groups`), so the blocks are
-    few and large and every later per-block step pays Ray's task cost few times; each task streams its
-    blocks (up to `BLOCK_BYTES`) into the object store as it makes them.
+    partitions: list  # refs of canonical tables, hash-partitioned by the keys asked for
+    rows: int  # rows read (valid or not)
+    extra_columns: list[str]
+
+
+def read_events(
+    plan: InputPlan,
+    storage: StorageConfig,
+    ts_range: TsRange | None,
+    keys: Sequence[str],
+    num_partitions: int,
+) -> ReadEvents:
+    """Every file read by Ray tasks into canonical rows on one schema, hash-partitioned by `keys`.
+
+    Files are read by a few tasks of several whole files each (`read_tasks`, `file_groups`), so every later
+    step pays Ray's task cost few times. Each task hash-splits every block it makes (up to `BLOCK_BYTES`)
+    and streams the pieces into the object store as it goes, then the blocks' column names and rows; one
+    concat task per partition gathers the pieces. A block is thus stored once, as its pieces, and no later
+    task reads it again to split it or to learn its columns.
     Plain tasks, not a Ray Data read: that paid a streaming executor's start-up and its first second of one
     task at a time, and its actors' worker processes (1-3 s on 2 cores at any size). The extra columns are
-    every key any row carried; a block that lacks some gets them as nulls.
+    every key any row carried; a piece whose block lacks some gets them as nulls.
     """
     import ray  # heavy; the serving path imports this module only for `normalise_batch`
+
+    from jobs.raykit.shuffle import gather_partitions
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     reader = ray.remote(num_returns="streaming")(_read_files)
     streams = [
-        reader.remote([(f.path, f.kind) for f in group], storage, plan.extra_columns, plan.source_prefix, ts_range)
+        reader.remote(
+            [(f.path, f.kind) for f in group],
+            storage,
+            plan.extra_columns,
+            plan.source_prefix,
+            ts_range,
+            list(keys),
+            num_partitions,
+        )
         for group in file_groups(plan.files, read_tasks(plan.files, cpus))
     ]
-    blocks = []
+    pieces: list[list] = []  # per block, its pieces
+    shape_refs = []
     with task_progress("read", len(streams)) as bar:
         for stream in streams:
-            blocks.extend(stream)
+            *piece_refs, shape = list(stream)
+            pieces += [piece_refs[i : i + num_partitions] for i in range(0, len(piece_refs), num_partitions)]
+            shape_refs.append(shape)
             bar.update()
-    column_names = ray.remote(num_cpus=0.25)(_column_names)
-    names = ray.get([column_names.remote(b) for b in blocks])
-    extra = sorted({c for cols in names for c in extra_columns_of(cols)})
+    shapes = [block for stream_shapes in ray.get(shape_refs) for block in stream_shapes]
+    extra = sorted({c for names, _ in shapes for c in extra_columns_of(names)})
     target = canonical_schema(extra).names
     conform_remote = ray.remote(num_cpus=0.25)(conform)
-    return [b if cols == target else conform_remote.remote(b, extra) for b, cols in zip(blocks, names)], extra
+    pieces = [
+        block if names == target else [conform_remote.remote(p, extra) for p in block]
+        for block, (names, _) in zip(pieces, shapes)
+    ]
+    return ReadEvents(gather_partitions(pieces, num_partitions), sum(rows for _, rows in shapes), extra)
 
 
 def read_tasks(files: list[InputFile], cpus: int, task_bytes: int = READ_TASK_BYTES) -> int:
@@ -448,9 +481,21 @@ def _read_files(
     extra_columns: list[str],
     source_prefix: str,
     ts_range: TsRange | None,
-) -> Iterator[pa.Table]:
-    """A read task's files as canonical blocks of up to about `BLOCK_BYTES` (small files share one)."""
+    keys: list[str],
+    num_partitions: int,
+) -> Iterator:
+    """A read task: its files as canonical blocks of up to about `BLOCK_BYTES` (small files share one), each
+    yielded as its `num_partitions` hash pieces by `keys`; last, (column names, rows) of every block."""
+    from jobs.raykit.shuffle import split_by_hash
+
     fs, _ = filesystem_for(files[0][0], storage)
+    shapes: list[tuple[list[str], int]] = []
+
+    def pieces(tables: list[pa.Table]) -> list[pa.Table]:
+        block = pa.concat_tables(tables, promote_options="default")  # a column some lack: nulls
+        shapes.append((block.column_names, block.num_rows))
+        return split_by_hash(block, keys, num_partitions)
+
     pending: list[pa.Table] = []
     pending_bytes = 0
     for path, kind in files:
@@ -458,10 +503,12 @@ def _read_files(
             pending.append(table)
             pending_bytes += table.nbytes
             if pending_bytes >= BLOCK_BYTES:
-                yield pa.concat_tables(pending, promote_options="default")  # a column some lack: nulls
+                for piece in pieces(pending):  # not `yield from`: Ray's streaming generator send()s to it
+                    yield piece
                 pending, pending_bytes = [], 0
-    if pending:
-        yield pa.concat_tables(pending, promote_options="default")
+    for piece in pieces(pending) if pending else []:
+        yield piece
+    yield shapes
 
 
 def read_file(
@@ -543,10 +590,6 @@ def conform(table: pa.Table, extra_columns: list[str]) -> pa.Table:
     n = table.num_rows
     names = set(table.column_names)
     return pa.table([table.column(f.name) if f.name in names else pa.nulls(n, f.type) for f in schema], schema=schema)
-
-
-def _column_names(table: pa.Table) -> list[str]:
-    return table.column_names
 
 
 # ------------------------------------------------------------------------------------- batch normaliser

@@ -31,11 +31,6 @@ def _ids(parts: tuple) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.uint64) for p in parts]) if parts else np.zeros(0, np.uint64)
 
 
-def with_row_count(block: pa.Table) -> tuple[pa.Table, int]:
-    """A block as read, and its rows (counted on the way into the first exchange)."""
-    return block, block.num_rows
-
-
 def num_rows(table: pa.Table) -> int:
     return table.num_rows
 

@@ -130,9 +130,15 @@ def map_exchange(
         if keys is None:
             outputs.append([r[offset] for r in results])
         else:
-            outputs.append([_concat.remote(*[r[offset + i] for r in results]) for i in range(P)])
+            outputs.append(gather_partitions([r[offset : offset + P] for r in results], P))
         offset += size
     return outputs
+
+
+def gather_partitions(pieces: Sequence[Sequence[ray.ObjectRef]], num_partitions: int) -> list[ray.ObjectRef]:
+    """The `num_partitions` pieces of each of several tables -> one concat task per partition (its pieces in
+    the tables' order)."""
+    return [_concat.remote(*[p[i] for p in pieces]) for i in range(num_partitions)]
 
 
 def _unchanged(table: pa.Table) -> pa.Table:

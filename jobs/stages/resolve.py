@@ -54,12 +54,8 @@ def run(
         )
     ex = RayExecutor(view.num_partitions, view.components_one_task_edges)
     ts_range = plausible_ts_range(view.input.plausible_ts_from, run_identity.run_date)
-    blocks, extra_columns = read_events(plan, events.storage, ts_range)
-    parts, block_rows = ex.map(
-        steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1
-    )
-    del blocks
-    rows_in = sum(ex.get(block_rows))
+    read = read_events(plan, events.storage, ts_range, ["partner_id", "event_id"], view.num_partitions)
+    parts, rows_in, extra_columns = read.partitions, read.rows, read.extra_columns
     clock.mark("read")
     rows = check_rows(ex, parts, blocklists(view.identity))
     del parts

@@ -4,6 +4,7 @@ import datetime as dt
 import gzip
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -24,8 +25,10 @@ from jobs.contract import (
 )
 from jobs.contract.reading import InputFile, file_groups, read_tasks
 from jobs.errors import UserError
+from jobs.raykit.shuffle import hash_columns
 
 LOCAL = StorageConfig()
+KEYS = ["partner_id", "event_id"]  # the resolve stage's partitioning
 
 
 def test_normalise_batch_types_and_row_rules():
@@ -145,10 +148,13 @@ def test_read_mixed_files_to_one_schema(ray_cluster, tmp_path):
         f.write("\n".join(json.dumps(r) for r in _jsonable(rows(2, partner="pd", ts="not a time"))))
     plan = plan_input(str(tmp_path), LOCAL)
     assert plan.extra_columns == ["campaign", "true_person_id"]
-    blocks, extra_columns = read_events(plan, LOCAL)
-    table = pa.concat_tables(ray_cluster.get(blocks))
-    assert table.num_rows == 11 and extra_columns == ["campaign", "true_person_id"]
-    assert table.schema == canonical_schema(extra_columns)
+    read = read_events(plan, LOCAL, None, KEYS, 3)
+    parts = ray_cluster.get(read.partitions)
+    table = pa.concat_tables(parts)
+    assert read.rows == table.num_rows == 11 and read.extra_columns == ["campaign", "true_person_id"]
+    assert all(p.schema == canonical_schema(read.extra_columns) for p in parts)  # JSON blocks lack `campaign`
+    for i, part in enumerate(parts):  # every row in its key's partition
+        assert (hash_columns(part, KEYS) % np.uint64(3) == i).all()
     by_partner = {p: table.filter(pc.equal(table.column("partner_id"), p)) for p in ("pa", "pb", "pc", "pd")}
     assert by_partner["pb"].column("campaign").to_pylist() == ["spring"] * 3
     assert by_partner["pa"].column("campaign").null_count == 4
@@ -199,16 +205,17 @@ def test_file_groups_are_runs_of_consecutive_files_of_about_the_same_bytes(sizes
     assert all(sum(f.size for f in g) <= share + max(sizes) for g in groups)
 
 
-def test_many_small_files_are_read_in_few_blocks(ray_cluster, tmp_path):
+def test_many_small_files_are_read_by_few_tasks(ray_cluster, tmp_path):
     # Ray Data would split 30 files into 200+ blocks; the reader asks for a few tasks of several files
     for i in range(30):
         write_parquet(tmp_path / f"e{i:02d}.parquet", rows(5, partner=f"p{i}"))
     plan = plan_input(str(tmp_path), LOCAL)
-    blocks, _ = read_events(plan, LOCAL)
     cpus = int(ray_cluster.cluster_resources()["CPU"])
-    assert len(blocks) <= 2 * cpus
-    table = pa.concat_tables(ray_cluster.get(blocks))
-    assert table.num_rows == 150 and len(set(table.column(SOURCE).to_pylist())) == 30
+    assert read_tasks(plan.files, cpus) <= 2 * cpus
+    read = read_events(plan, LOCAL, None, KEYS, 4)
+    table = pa.concat_tables(ray_cluster.get(read.partitions))
+    assert len(read.partitions) == 4 and read.rows == table.num_rows == 150
+    assert len(set(table.column(SOURCE).to_pylist())) == 30
 
 
 def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_bucket):
@@ -221,7 +228,7 @@ def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_buc
     )
     plan = plan_input(f"{s3_bucket}/in/", storage)
     assert [f.path for f in plan.files] == [f"{s3_bucket}/in/a.parquet"] and plan.source_prefix == "s3://"
-    table = pa.concat_tables(ray_cluster.get(read_events(plan, storage)[0]))
+    table = pa.concat_tables(ray_cluster.get(read_events(plan, storage, None, KEYS, 2).partitions))
     local = read_events_local(plan, storage)
     assert table.column(SOURCE).to_pylist() == local.column(SOURCE).to_pylist() == [f"{s3_bucket}/in/a.parquet"] * 3
 

@@ -7,9 +7,10 @@ from identity_events import background, canonical, event
 
 from jobs.config import IdentityConfig
 from jobs.contract import CONTRACT_COLUMNS, normalise_batch
-from jobs.identity import junk, steps
+from jobs.identity import junk
 from jobs.identity.distributed import RayExecutor
 from jobs.identity.rounds import LocalExecutor, attach_personas, check_rows, resolve_identity, resolve_local
+from jobs.raykit.shuffle import hash_partition
 from jobs.synthetic import generate_events
 
 SORT_KEYS = {
@@ -27,7 +28,7 @@ def resolve_on_ray(
     """`resolve_local`'s work with the Ray executor, from blocks of `events` (what the resolve stage does)."""
     ex = RayExecutor(partitions, one_task_edges)
     blocks = [ray_cluster.put(events.slice(i, 97)) for i in range(0, events.num_rows, 97)]
-    parts, _ = ex.map(steps.with_row_count, [(b,) for b in blocks], [["partner_id", "event_id"]], scalar_outputs=1)
+    parts = hash_partition(blocks, ["partner_id", "event_id"], partitions)
     rows = check_rows(ex, parts, junk.blocklists(config))
     identity = resolve_identity(ex, rows.slim, config)
     resolved = attach_personas(ex, rows.kept, identity.event_personas)
