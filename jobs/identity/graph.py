@@ -79,9 +79,11 @@ PAIR_SCHEMA = pa.schema(
 
 
 def _clean(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Trimmed, blank as null (the column is copied once more only where it holds a blank)."""
     col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     col = pc.utf8_trim_whitespace(pc.cast(col, pa.string()))
-    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    blank = pc.equal(col, "")
+    return pc.if_else(blank, pa.scalar(None, pa.string()), col) if pc.any(blank).as_py() else col
 
 
 def slim_events(
@@ -166,7 +168,7 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
     idx = np.flatnonzero(cut)
     cut_keys = pa.array([], pa.string())
     if len(idx):
-        sub = slim.take(pa.array(idx))
+        sub = slim.select(["partner_id", "device_id", "ts"]).take(pa.array(idx))
         group = pc.binary_join_element_wise(sub.column("partner_id"), sub.column("device_id"), "\x1f")
         gid = pc.dictionary_encode(group.combine_chunks()).indices.to_numpy(zero_copy_only=False)
         ts = sub.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
