@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import ray
 
+from jobs.raykit.session import configure_data_context
+
 if TYPE_CHECKING:  # ray.data (with pandas, ~1 s on 2 cores) only where a Dataset is joined: not in join tasks
     import ray.data
 
@@ -78,6 +80,7 @@ def join_labels(
         return features.blocks(columns, partition, _join_then, (then, then_kwargs, *label_blocks), task_bytes)
     import ray.data
 
+    configure_data_context()
     labels = ray.data.from_arrow_refs(list(label_blocks))
     joined = join_datasets(
         features.dataset(columns, partition), labels, ["persona_id"], "left_outer", num_partitions, label_rows

@@ -35,7 +35,10 @@ def task_progress(desc: str, total: int):
 
 
 def configure_data_context() -> None:
-    """Explicit limits so Ray Data never starves Ray Train workers or floods a 2-core machine."""
+    """Explicit limits so Ray Data never starves Ray Train workers or floods a 2-core machine. Called where a
+    Dataset is made, not when Ray starts: importing Ray Data takes ~1 s on 2 cores, which a command that
+    makes none (resolve) does not pay; the import puts Ray Data's console handler back, so its logs are
+    routed again."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -50,6 +53,7 @@ def configure_data_context() -> None:
     # bytes (at most target_max_block_size) and at least two per CPU; Ray Data's default floor of 200
     # blocks split 8 Parquet files of 1M events into 200 blocks of ~1 MiB, each a task in every later step.
     ctx.read_op_min_num_blocks = 1
+    route_ray_logs()
 
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
@@ -100,7 +104,6 @@ def ray_session(config: RayConfig, worker_output: bool = True) -> Iterator[None]
                 **kwargs,
             )
         started_here = True
-    configure_data_context()
     route_ray_logs()
     log.info("Ray session logs (workers' output): %s", _session_logs(), extra={"console": False})
     try:

@@ -185,6 +185,10 @@ def read_dataset(
     """A published table (or one partition of it) as a Ray Dataset, read lazily by the workers."""
     import ray.data
 
+    from jobs.raykit.session import configure_data_context
+
+    configure_data_context()
+
     files = _data_files(table_path, storage, partition)
     fs, _ = filesystem_for(table_path, storage)
     return ray.data.read_parquet(
