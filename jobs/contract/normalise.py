@@ -11,7 +11,8 @@ Phones: `phonenumbers` E.164 with the event's country as the default region (`00
 international).
 
 Only the distinct values of a batch go through Python (dictionary encoding), and results are cached per
-process, so the cost grows with distinct emails and phones, not with events.
+process, so the cost grows with distinct emails and phones, not with events; the ways of writing one number
+with ASCII digits and separators share one parse (the library reads only their digits).
 
 A value that cannot be an identifier (no `@`, too few digits, not a possible number) is kept as a
 *flagged* value: it never links anyone, and the audit table lists it with the rule `invalid_email` /

@@ -5,7 +5,7 @@ pyarrow reads every input file (`read_events_local`: the stage's own normaliser,
 quarantined for the same reasons), the row rules and identity rules run as the vectorised partition steps
 of `jobs.identity.steps` on whole tables (`LocalExecutor`: one partition, scipy's connected components in one
 pass; identifiers dictionary-encoded and hashed once, plain emails normalised by Arrow kernels, other emails
-and phones once per distinct string),
+once per distinct string, phones parsed once per number as the library reads it: digits and region),
 and pyarrow writes the five tables the resolve stage publishes, with the stage's schemas.
 """
 
