@@ -2,7 +2,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from jobs.raykit.shuffle import _HASH_KEY, hash_columns, hash_partition, map_exchange, map_partitions, split_by_hash
+from jobs.raykit.shuffle import (
+    _HASH_KEY,
+    Pieces,
+    hash_columns,
+    hash_partition,
+    map_exchange,
+    map_partitions,
+    split_by_hash,
+)
 
 
 def test_split_keeps_every_row_and_each_key_in_one_part():
@@ -62,3 +70,24 @@ def test_map_exchange_splits_keyed_outputs_and_passes_the_rest_through(ray_clust
     assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1 :])
     assert [t.column("v")[0].as_py() for t in ray_cluster.get(unkeyed)] == [0, 50, 100]
     assert ray_cluster.get(counts) == [50, 50, 50]
+
+
+def test_pieces_reach_the_next_task_as_the_gathered_partition(ray_cluster):
+    """gather=False leaves each partition as its map tasks' pieces; a task of the next exchange gets them as
+    the table the concat wave would have stored (the same rows in the same order, one chunk)."""
+
+    def step(offset: int):
+        return pa.table({"k": [(offset + i) % 7 for i in range(50)], "v": list(range(offset, offset + 50))})
+
+    calls = [(b * 50,) for b in range(3)]
+    (gathered,) = map_exchange(step, calls, [["k"]], 4)
+    (scattered,) = map_exchange(step, calls, [["k"]], 4, gather=False)
+    assert all(isinstance(p, Pieces) and len(p.refs) == 3 for p in scattered)
+
+    def seen(part: pa.Table, tag: str):
+        return part.num_rows, part.column("v").num_chunks, part.column("v").to_pylist(), tag
+
+    (as_gathered,) = map_exchange(seen, [(p, "g") for p in gathered], [None], 4)
+    (as_pieces,) = map_exchange(seen, [(p, "s") for p in scattered], [None], 4)
+    got = [(a[:3], b[:3]) for a, b in zip(ray_cluster.get(as_gathered), ray_cluster.get(as_pieces))]
+    assert all(a == b and a[1] == 1 for a, b in got) and sum(a[0] for a, _ in got) == 150

@@ -404,7 +404,7 @@ def escape_raw(line: bytes, size: int | None = None) -> str:
 class ReadEvents:
     """The input as Ray holds it after `read_events`."""
 
-    partitions: list  # refs of canonical tables, hash-partitioned by the keys asked for
+    partitions: list  # canonical rows, hash-partitioned by the keys asked for (`Pieces`, for `map_exchange`)
     rows: int  # rows read (valid or not)
     extra_columns: list[str]
 
@@ -420,16 +420,16 @@ def read_events(
 
     Files are read by a few tasks of several whole files each (`read_tasks`, `file_groups`), so every later
     step pays Ray's task cost few times. Each task hash-splits every block it makes (up to `BLOCK_BYTES`)
-    and streams the pieces into the object store as it goes, then the blocks' column names and rows; one
-    concat task per partition gathers the pieces. A block is thus stored once, as its pieces, and no later
-    task reads it again to split it or to learn its columns.
+    and streams the pieces into the object store as it goes, then the blocks' column names and rows; the
+    next step's tasks concatenate each partition's pieces (`jobs.raykit.shuffle.Pieces`). A block is thus
+    stored once, as its pieces, and no task reads it again to split it, gather it or learn its columns.
     Plain tasks, not a Ray Data read: that paid a streaming executor's start-up and its first second of one
     task at a time, and its actors' worker processes (1-3 s on 2 cores at any size). The extra columns are
     every key any row carried; a piece whose block lacks some gets them as nulls.
     """
     import ray  # heavy; the serving path imports this module only for `normalise_batch`
 
-    from jobs.raykit.shuffle import gather_partitions
+    from jobs.raykit.shuffle import scattered_partitions
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     reader = ray.remote(num_returns="streaming")(_read_files)
@@ -461,7 +461,7 @@ def read_events(
         block if names == target else [conform_remote.remote(p, extra) for p in block]
         for block, (names, _) in zip(pieces, shapes)
     ]
-    return ReadEvents(gather_partitions(pieces, num_partitions), sum(rows for _, rows in shapes), extra)
+    return ReadEvents(scattered_partitions(pieces, num_partitions), sum(rows for _, rows in shapes), extra)
 
 
 def read_tasks(files: list[InputFile], cpus: int, task_bytes: int = READ_TASK_BYTES) -> int:

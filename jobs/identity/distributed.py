@@ -1,9 +1,10 @@
 """Identity resolution on Ray: the executor that runs the partition steps as Ray tasks, and connected
 components over hash partitions (or in one task, for a graph small enough to fit one comfortably).
 
-Every `map` is one wave of tasks that hash-split their own outputs plus one concat wave
-(`jobs.raykit.shuffle.map_exchange`); the driver holds only object references and small figures, and the
-largest object on a worker is one partition, whose size is set by `num_partitions`, not by the data.
+Every `map` is one wave of tasks that hash-split their own outputs (`jobs.raykit.shuffle.map_exchange`); a
+partition stays the pieces those tasks made (`Pieces`), which the next step's task concatenates. The driver
+holds only object references and small figures, and the largest object on a worker is one partition, whose
+size is set by `num_partitions`, not by the data.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class RayExecutor:
     one_task_edges: int = 0
 
     def map(self, fn: Callable, calls: Sequence[tuple], keys: Sequence[Keys], scalar_outputs: int = 0) -> list[list]:
-        return map_exchange(fn, calls, keys, self.num_partitions, scalar_outputs=scalar_outputs)
+        return map_exchange(fn, calls, keys, self.num_partitions, scalar_outputs=scalar_outputs, gather=False)
 
     def get(self, values: list) -> list:
         return ray.get(list(values))
@@ -54,16 +55,20 @@ def connected_components_distributed(
     an edge at its peak), whatever the data.
     """
     P = num_partitions
-    parts, sizes = map_exchange(_both_directions_counted, [(b,) for b in edge_blocks], [["u"]], P, scalar_outputs=1)
+    parts, sizes = map_exchange(
+        _both_directions_counted, [(b,) for b in edge_blocks], [["u"]], P, scalar_outputs=1, gather=False
+    )
     if one_task_edges and sum(ray.get(sizes)) <= one_task_edges:
         (labels,) = map_exchange(labels_of_directed, [tuple(parts)], [["node"]], P)
         return labels, {"rounds": 0}
-    (parts,) = map_exchange(local_contract, [(p,) for p in parts], [["u"]], P)
+    (parts,) = map_exchange(local_contract, [(p,) for p in parts], [["u"]], P, gather=False)
     for rounds in range(1, max_rounds + 1):
-        edges, labels, unstable = map_exchange(large_star, [(p,) for p in parts], [["u"], None], P, scalar_outputs=1)
+        edges, labels, unstable = map_exchange(
+            large_star, [(p,) for p in parts], [["u"], None], P, scalar_outputs=1, gather=False
+        )
         if sum(ray.get(unstable)) == 0:
             return labels, {"rounds": rounds}
-        (parts,) = map_exchange(small_star, [(e,) for e in edges], [["u"]], P)
+        (parts,) = map_exchange(small_star, [(e,) for e in edges], [["u"]], P, gather=False)
     raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
 
 

@@ -25,7 +25,7 @@ from jobs.contract import (
 )
 from jobs.contract.reading import InputFile, file_groups, read_tasks
 from jobs.errors import UserError
-from jobs.raykit.shuffle import hash_columns
+from jobs.raykit.shuffle import concat_pieces, hash_columns
 
 LOCAL = StorageConfig()
 KEYS = ["partner_id", "event_id"]  # the resolve stage's partitioning
@@ -135,6 +135,11 @@ def test_missing_bucket(storage):
         plan_input("s3://no-such-bucket-here/events/", storage)
 
 
+def partitions(ray_cluster, pieces) -> list[pa.Table]:
+    """The read's partitions as tables (what the next task's `map_exchange` makes of their pieces)."""
+    return [concat_pieces(ray_cluster.get(list(p.refs))) for p in pieces]
+
+
 def _jsonable(records):
     return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()} for r in records]
 
@@ -149,7 +154,7 @@ def test_read_mixed_files_to_one_schema(ray_cluster, tmp_path):
     plan = plan_input(str(tmp_path), LOCAL)
     assert plan.extra_columns == ["campaign", "true_person_id"]
     read = read_events(plan, LOCAL, None, KEYS, 3)
-    parts = ray_cluster.get(read.partitions)
+    parts = partitions(ray_cluster, read.partitions)
     table = pa.concat_tables(parts)
     assert read.rows == table.num_rows == 11 and read.extra_columns == ["campaign", "true_person_id"]
     assert all(p.schema == canonical_schema(read.extra_columns) for p in parts)  # JSON blocks lack `campaign`
@@ -213,7 +218,7 @@ def test_many_small_files_are_read_by_few_tasks(ray_cluster, tmp_path):
     cpus = int(ray_cluster.cluster_resources()["CPU"])
     assert read_tasks(plan.files, cpus) <= 2 * cpus
     read = read_events(plan, LOCAL, None, KEYS, 4)
-    table = pa.concat_tables(ray_cluster.get(read.partitions))
+    table = pa.concat_tables(partitions(ray_cluster, read.partitions))
     assert len(read.partitions) == 4 and read.rows == table.num_rows == 150
     assert len(set(table.column(SOURCE).to_pylist())) == 30
 
@@ -228,7 +233,7 @@ def test_read_from_s3_names_files_with_their_scheme(ray_cluster, storage, s3_buc
     )
     plan = plan_input(f"{s3_bucket}/in/", storage)
     assert [f.path for f in plan.files] == [f"{s3_bucket}/in/a.parquet"] and plan.source_prefix == "s3://"
-    table = pa.concat_tables(ray_cluster.get(read_events(plan, storage, None, KEYS, 2).partitions))
+    table = pa.concat_tables(partitions(ray_cluster, read_events(plan, storage, None, KEYS, 2).partitions))
     local = read_events_local(plan, storage)
     assert table.column(SOURCE).to_pylist() == local.column(SOURCE).to_pylist() == [f"{s3_bucket}/in/a.parquet"] * 3
 
