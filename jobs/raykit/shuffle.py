@@ -3,9 +3,10 @@
 Ray Data's groupby calls Python once per group, which is far too slow for millions of personas; what
 the stages need instead is "all rows with the same key in one partition, then one vectorised function
 per partition". `map_exchange` runs a function as Ray tasks that hash-split their own outputs, then one
-concat task per partition gathers them; `hash_partition` is the exchange of blocks as they are. The
-driver only holds object references; the largest object on a worker is one partition, whose size is set
-by `num_partitions`, not by the data.
+concat task per partition gathers them, or the next exchange's tasks take each partition as its pieces
+(`Pieces`, no concat task); `hash_partition` is the exchange of blocks as they are. The driver only holds
+object references; the largest object on a worker is one partition, whose size is set by `num_partitions`,
+not by the data.
 """
 
 from __future__ import annotations
@@ -158,15 +159,12 @@ def map_exchange(
             outputs.append([r[offset] for r in results])
         else:
             pieces = [r[offset : offset + P] for r in results]
-            outputs.append(gather_partitions(pieces, P) if gather else scattered_partitions(pieces, P))
+            if gather:
+                outputs.append([_concat.remote(*[p[i] for p in pieces]) for i in range(P)])
+            else:
+                outputs.append(scattered_partitions(pieces, P))
         offset += size
     return outputs
-
-
-def gather_partitions(pieces: Sequence[Sequence[ray.ObjectRef]], num_partitions: int) -> list[ray.ObjectRef]:
-    """The `num_partitions` pieces of each of several tables -> one concat task per partition (its pieces in
-    the tables' order)."""
-    return [_concat.remote(*[p[i] for p in pieces]) for i in range(num_partitions)]
 
 
 def scattered_partitions(pieces: Sequence[Sequence[ray.ObjectRef]], num_partitions: int) -> list[Pieces]:
