@@ -8,8 +8,10 @@ do not hold CPUs while the rest of the suite runs.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from online_app import Deployed, call
@@ -28,12 +30,35 @@ for _name, _value in serve_environment(ServingConfig()).items():
 # A replica behind HAProxy holds on for 30 s when stopped so load balancers can deregister it; on loopback with
 # one HAProxy that only makes each application's teardown 30 s longer.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+
+
+def _listener_ports(count: int) -> list[int]:
+    """Free ports below the kernel's ephemeral range and above Ray's worker ports (10002-19999). A port the
+    kernel hands out (bind to 0) is in the ephemeral range, and before HAProxy binds it minutes later any
+    loopback connection of the session may take it as its source port: it happened once in CI ("cannot bind
+    socket (Address already in use)" for the metrics listener). Ports below that range are never given out."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    ports: list[int] = []
+    for port in random.Random().sample(range(20000, ephemeral_low), 500):  # sessions side by side differ
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # HAProxy listens on every interface
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError("no free port for HAProxy's listeners between 20000 and the ephemeral range")
+
+
 # HAProxy's stats and metrics listeners default to fixed ports (8404, 9101): free ones, so a busy port on the
 # machine running the tests cannot stop it
-for _name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
-    with socket.socket() as _probe:
-        _probe.bind(("127.0.0.1", 0))
-        os.environ.setdefault(_name, str(_probe.getsockname()[1]))
+_NAMES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+for _name, _port in zip(_NAMES, _listener_ports(len(_NAMES))):
+    os.environ.setdefault(_name, str(_port))
 
 
 def _published(store: str, root: str, serve_url: str, redis_url: str) -> Deployed:
