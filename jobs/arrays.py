@@ -1,4 +1,4 @@
-"""Set operations on numpy arrays by sorting, for the stages' id arrays.
+"""Set operations on numpy arrays by sorting, for the stages' id arrays; one Arrow array of a column.
 
 numpy 2.4's `np.unique` without `return_*` and `np.isin` of two large arrays take another path (hashing,
 a merge of both arrays) that is 10-50x slower than a sort at a million int64 ids (0.7 s against 0.013 s for
@@ -8,6 +8,7 @@ a merge of both arrays) that is 10-50x slower than a sort at a million int64 ids
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 
 def distinct(values: np.ndarray) -> np.ndarray:
@@ -26,3 +27,12 @@ def member(values: np.ndarray, of: np.ndarray | list) -> np.ndarray:
     if len(keys) == 0:
         return np.zeros(len(values), bool)
     return keys[np.minimum(np.searchsorted(keys, values), len(keys) - 1)] == values
+
+
+def whole(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one Arrow array: an array or a column of one chunk as it is, else its chunks concatenated.
+    `ChunkedArray.combine_chunks` copies even a single chunk, and on this VM fresh memory is what costs: a
+    page fault after the kernel handed freed pages back to the host takes up to ~100 us."""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()

@@ -1,7 +1,8 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from jobs.arrays import distinct, member
+from jobs.arrays import distinct, member, whole
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int8])
@@ -27,3 +28,15 @@ def test_empty_and_lists():
     assert member(np.array([1, 2], np.uint64), empty).tolist() == [False, False]
     assert member(empty, np.array([1], np.uint64)).tolist() == []
     assert member(np.array([0, 3, 5], np.int8), [3, 4]).tolist() == [False, True, False]
+
+
+def test_whole_keeps_one_chunk_as_it_is_and_joins_several():
+    values = pa.array(["a", None, "ccc"])
+    assert whole(values) is values
+    one = whole(pa.chunked_array([values]))
+    assert one.equals(values) and one.buffers()[2].address == values.buffers()[2].address  # not copied
+    sliced = pa.chunked_array([values.slice(1)])
+    assert whole(sliced).to_pylist() == [None, "ccc"]
+    joined = whole(pa.chunked_array([values, pa.array(["d"])]))
+    assert isinstance(joined, pa.Array) and joined.to_pylist() == ["a", None, "ccc", "d"]
+    assert whole(pa.chunked_array([], pa.string())).to_pylist() == []

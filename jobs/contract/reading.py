@@ -38,6 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from jobs.arrays import whole
 from jobs.config import StorageConfig
 from jobs.contract.schema import (
     CONTRACT_COLUMNS,
@@ -530,7 +531,7 @@ def read_file(
         if parquet.metadata.num_rows:
             tables = (pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS))
         for table in tables:
-            table = table.append_column(FILE_PATH, pa.array([path] * table.num_rows, pa.string()))
+            table = table.append_column(FILE_PATH, pa.repeat(pa.scalar(path), table.num_rows))
             yield normalise_batch(table, extra_columns, source_prefix, ts_range)
 
 
@@ -597,8 +598,7 @@ def conform(table: pa.Table, extra_columns: list[str]) -> pa.Table:
 
 def parse_ts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
     """(ts as timestamp[us, UTC] with null where unparseable, raw text). Naive times are read as UTC."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = whole(column)
     if pa.types.is_timestamp(column.type):
         raw = _timestamp_text(column)
         if column.type.tz is None:

@@ -5,9 +5,10 @@ See /shared/contract/events.md. Columns not listed here are carried through unto
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from jobs.arrays import whole
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
@@ -106,8 +107,7 @@ _INT64_LIMIT = 2.0**63
 
 def coerce(column: pa.ChunkedArray | pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array]:
     """(values of the contract type, bad) by `COERCION`: `bad` is True where a value is present but unreadable."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = whole(column)
     n = len(column)
     if column.type == type_ and not pa.types.is_floating(type_):
         return column, _none_bad(n)
@@ -137,8 +137,8 @@ def coerce(column: pa.ChunkedArray | pa.Array, type_: pa.DataType) -> tuple[pa.A
     if pa.types.is_floating(numbers.type):  # inf and nan (1e400, NaN) are no prices
         numbers = pc.if_else(pc.is_finite(numbers), numbers, pa.scalar(None, numbers.type))
     if pa.types.is_integer(type_) and not pa.types.is_integer(numbers.type):
-        whole = pc.and_(pc.equal(pc.round(numbers), numbers), pc.less(pc.abs(numbers), _INT64_LIMIT))
-        numbers = pc.if_else(whole, numbers, pa.scalar(None, pa.float64()))
+        integral = pc.and_(pc.equal(pc.round(numbers), numbers), pc.less(pc.abs(numbers), _INT64_LIMIT))
+        numbers = pc.if_else(integral, numbers, pa.scalar(None, pa.float64()))
     values = pc.cast(numbers, type_)
     present = pc.and_(pc.is_valid(column), pc.invert(_blank(column)))
     return values, pc.and_(present, pc.is_null(values))
@@ -160,4 +160,4 @@ def _blank(column: pa.Array) -> pa.Array:
 
 
 def _none_bad(n: int) -> pa.Array:
-    return pa.array(np.zeros(n, dtype=bool))
+    return pa.repeat(pa.scalar(False), n)

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.arrays import distinct, member
+from jobs.arrays import distinct, member, whole
 from jobs.contract.normalise import normalise_emails, normalise_phones, phone_digits
 from jobs.raykit.shuffle import string_hashes
 
@@ -80,7 +80,7 @@ PAIR_SCHEMA = pa.schema(
 
 def _clean(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Trimmed, blank as null (the column is copied once more only where it holds a blank)."""
-    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    col = whole(column)
     col = pc.utf8_trim_whitespace(pc.cast(col, pa.string()))
     blank = pc.equal(col, "")
     return pc.if_else(blank, pa.scalar(None, pa.string()), col) if pc.any(blank).as_py() else col
@@ -111,9 +111,9 @@ def slim_events(
     )
     phone_flag = pc.if_else(pc.is_null(phone_n), pa.scalar(None, pa.string()), phone_flag)
     arrays = [
-        events.column("partner_id").combine_chunks(),
-        events.column("event_id").combine_chunks(),
-        events.column("ts").combine_chunks(),
+        whole(events.column("partner_id")),
+        whole(events.column("event_id")),
+        whole(events.column("ts")),
         _clean(events.column("session_id")),
         _clean(events.column("device_id")),
         _clean(events.column("customer_id")),
@@ -161,17 +161,17 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
     Needs every row of a partner + device (without session_id) in this table (the `_skey` partitioning).
     """
     n = slim.num_rows
-    sid = slim.column("session_id").combine_chunks()
+    sid = whole(slim.column("session_id"))
     has_sid = pc.is_valid(sid).to_numpy(zero_copy_only=False)
-    dev = slim.column("device_id").combine_chunks()
+    dev = whole(slim.column("device_id"))
     cut = ~has_sid & pc.is_valid(dev).to_numpy(zero_copy_only=False)
     idx = np.flatnonzero(cut)
     cut_keys = pa.array([], pa.string())
     if len(idx):
         sub = slim.select(["partner_id", "device_id", "ts"]).take(pa.array(idx))
         group = pc.binary_join_element_wise(sub.column("partner_id"), sub.column("device_id"), "\x1f")
-        gid = pc.dictionary_encode(group.combine_chunks()).indices.to_numpy(zero_copy_only=False)
-        ts = sub.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        gid = pc.dictionary_encode(whole(group)).indices.to_numpy(zero_copy_only=False)
+        ts = whole(sub.column("ts")).cast(pa.int64()).to_numpy(zero_copy_only=False)
         order = np.lexsort((ts, gid))
         g, t = gid[order], ts[order]
         gap = np.int64(gap_minutes) * 60_000_000
@@ -179,9 +179,7 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
         new[1:] = (g[1:] != g[:-1]) | ((t[1:] - t[:-1]) > gap)
         start = np.empty(len(order), np.int64)
         start[order] = t[np.flatnonzero(new)][np.cumsum(new) - 1]  # back in the rows' order
-        cut_keys = pc.binary_join_element_wise(
-            sub.column("device_id").combine_chunks(), pa.array(start).cast(pa.string()), "@"
-        )
+        cut_keys = pc.binary_join_element_wise(whole(sub.column("device_id")), pa.array(start).cast(pa.string()), "@")
     position = np.full(n, -1, np.int64)
     position[idx] = np.arange(len(idx))
     device_keys = cut_keys.take(pa.array(position, mask=position < 0))
@@ -214,7 +212,7 @@ _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
 
 def _value_hashes(c: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The hash of every value of one string column (null: `_NULL_HASH`)."""
-    c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+    c = whole(c)
     if c.null_count == len(c):
         return np.full(len(c), _NULL_HASH, dtype=np.uint64)
     hashed = string_hashes(pc.cast(c, pa.string()), _HASH_KEY)
@@ -227,14 +225,14 @@ def with_ids(sess: pa.Table) -> pa.Table:
     """Adds the node id of every identifier column and the session anchor id once, so the later rounds
     never hash those strings again (event anchors, needed by few rows, are hashed where needed)."""
     n = sess.num_rows
-    partner = sess.column("partner_id").combine_chunks()
+    partner = whole(sess.column("partner_id"))
     out = sess
     for t in IDENTIFIER_TYPES:
-        col = sess.column(_SOURCE_COLUMN[t]).combine_chunks()
+        col = whole(sess.column(_SOURCE_COLUMN[t]))
         scope = partner if t in SCOPED else pa.nulls(n, pa.string())
         ids = node_ids(t, scope, col)
         out = out.append_column(f"_n_{t}", pa.array(ids, pa.uint64()))
-    session_anchor = hash_strings("s", partner, sess.column("session_key").combine_chunks())
+    session_anchor = hash_strings("s", partner, whole(sess.column("session_key")))
     return out.append_column("_a_session", pa.array(session_anchor, pa.uint64()))
 
 
@@ -287,7 +285,7 @@ def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def dictionary_codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Dictionary codes (null -> -1) and the dictionary of a string column."""
-    c = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    c = whole(column)
     enc = pc.dictionary_encode(c)
     return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
 
@@ -338,10 +336,7 @@ def _flag_codes(slim: pa.Table, kind: np.ndarray, row: np.ndarray) -> tuple[np.n
     flagged = [IDENTIFIER_TYPES.index(t) for t in _FLAG_COLUMN]
     at = np.flatnonzero(np.isin(kind, flagged))
     values = pa.concat_arrays(
-        [
-            slim.column(_FLAG_COLUMN[t]).combine_chunks().take(pa.array(row[kind == i]))
-            for t, i in zip(_FLAG_COLUMN, flagged)
-        ]
+        [whole(slim.column(_FLAG_COLUMN[t])).take(pa.array(row[kind == i])) for t, i in zip(_FLAG_COLUMN, flagged)]
     )
     codes, flags = dictionary_codes(values)
     flag = np.full(len(kind), -1, np.int64)
@@ -353,16 +348,11 @@ def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -
     """One row per (anchor, identifier) of sessionised rows with ids (`with_ids`): first/last seen, events,
     flag (`OCC_SCHEMA`, + `_truth` for the oracle). Identifiers whose value is flagged (blocklist, invalid)
     are kept here so they can be audited."""
-    truth = slim.column(TRUTH).combine_chunks() if keep_truth else None
+    truth = whole(slim.column(TRUTH)) if keep_truth else None
     grouped = _Occurrences.group(slim, anchors, truth)
     first = grouped.first()
     kind, row, starts = grouped.kind[first], grouped.row[first], grouped.starts
-    n = slim.num_rows
-    # large offsets: the six columns together may pass 2 GiB of text where one did not
-    identifiers = pa.concat_arrays(
-        [slim.column(_SOURCE_COLUMN[t]).cast(pa.large_string()).combine_chunks() for t in IDENTIFIER_TYPES]
-    )
-    partner = slim.column("partner_id").combine_chunks()
+    partner = whole(slim.column("partner_id"))
     scoped = np.isin(kind, [IDENTIFIER_TYPES.index(t) for t in SCOPED])
     flag_max = grouped.flag_max()
     flag = (
@@ -370,14 +360,14 @@ def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -
         if len(grouped.flags)
         else pa.nulls(len(starts), pa.string())
     )
-    ts = slim.column("ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[grouped.row[grouped.order]]
+    ts = whole(slim.column("ts")).cast(pa.int64()).to_numpy(zero_copy_only=False)[grouped.row[grouped.order]]
     ts_type = pa.timestamp("us", tz="UTC")
     empty = not len(starts)
     cols = {
         "anchor": pa.array(grouped.anchor[first], pa.uint64()),
         "node": pa.array(grouped.node[first], pa.uint64()),
         "identifier_type": pa.array(IDENTIFIER_TYPES, pa.string()).take(pa.array(kind)),
-        "identifier": identifiers.take(pa.array(kind.astype(np.int64) * n + row)).cast(pa.string()),
+        "identifier": _identifiers(slim, kind, row),
         "scope": partner.take(pa.array(row, mask=~scoped)),
         "partner_id": partner.take(pa.array(row)),
         "flag": flag,
@@ -391,11 +381,23 @@ def occurrences(slim: pa.Table, anchors: np.ndarray, keep_truth: bool = False) -
     return pa.table(cols, schema=schema)
 
 
+def _identifiers(slim: pa.Table, kind: np.ndarray, row: np.ndarray) -> pa.Array:
+    """The identifier text of each (kind, row): taken type by type from its own column, then put in order.
+    Only the text taken is copied, never the six columns concatenated."""
+    at = [np.flatnonzero(kind == i) for i in range(len(IDENTIFIER_TYPES))]
+    taken = pa.concat_arrays(
+        [whole(slim.column(_SOURCE_COLUMN[t])).take(pa.array(row[a])) for t, a in zip(IDENTIFIER_TYPES, at)]
+    )
+    back = np.empty(len(kind), np.int64)
+    back[np.concatenate(at)] = np.arange(len(kind))
+    return taken.take(pa.array(back))
+
+
 def cooccurrence_pairs(occ: pa.Table) -> pa.Table:
     """Distinct (identifier, other identifier) pairs that share an anchor, for the fan-out figures:
     email/phone/customer/subscriber/click token -> devices, and device -> emails/phones/customers."""
     clean = occ.filter(pc.is_null(occ.column("flag")))
-    types = clean.column("identifier_type").combine_chunks() if clean.num_rows else pa.array([], pa.string())
+    types = whole(clean.column("identifier_type")) if clean.num_rows else pa.array([], pa.string())
     is_dev = pc.equal(types, DEVICE)
     dev = clean.filter(is_dev)
     if dev.num_rows == 0:
@@ -419,7 +421,7 @@ def cooccurrence_pairs(occ: pa.Table) -> pa.Table:
         {
             "node": pa.array(o_node, pa.uint64()),
             "other": pa.array(d_node, pa.uint64()),
-            "other_type": pa.array([DEVICE] * len(o_idx), pa.string()),
+            "other_type": pa.repeat(pa.scalar(DEVICE), len(o_idx)),
             "other_scope": pa.nulls(len(o_idx), pa.string()),
         }
     )
@@ -446,7 +448,7 @@ def linking_edges(slim: pa.Table, junk_nodes: np.ndarray) -> tuple[pa.Table, pa.
     partner_id/event_id/anchor/session_key. Sessions on a junk device fall back to one anchor per event.
     """
     junk = distinct(junk_nodes.astype(np.uint64))
-    dev = slim.column("device_id").combine_chunks()
+    dev = whole(slim.column("device_id"))
     has_dev = pc.is_valid(dev).to_numpy(zero_copy_only=False)
     per_event = np.zeros(slim.num_rows, dtype=bool)
     if has_dev.any() and len(junk):

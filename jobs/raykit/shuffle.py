@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from jobs.arrays import whole
+
 # A fixed key keeps partition assignment (and so every output) deterministic across runs and machines.
 _HASH_KEY = "smartsegments-v1"
 
@@ -46,7 +48,7 @@ def string_hashes(column: pa.ChunkedArray | pa.Array, hash_key: str) -> np.ndarr
     of few distinct values (partner ids, sessions) hashes only its dictionary: the same hash per value, without
     a Python string per row; a sample of its head decides which way is cheaper (`_worth_encoding`), never the
     result."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    column = whole(column)
     if not _worth_encoding(column):
         values = column.to_numpy(zero_copy_only=False).astype(object)
         return pd.util.hash_array(values, hash_key=hash_key, categorize=False)
