@@ -54,7 +54,7 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from bench_resolve import generate, run_measured, wait_for_ray_to_exit  # noqa: E402  (sibling benchmark scripts)
+from bench_resolve import cpu_text, generate, run_measured, wait_for_ray_to_exit  # noqa: E402  (sibling benchmark scripts)
 
 COMPARED = ("resolve", "features", "train", "score")
 ORDER = ("resolve", "plan", "features", "labels", "train", "score", "report", "export")  # as `segments run`
@@ -154,7 +154,7 @@ def _model_cards(run_dir: str) -> list[dict]:
 
 def measure_ray(events: str, out: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # a finished run would be skipped, not measured
-    seconds, peak, *_ = run_measured(
+    run = run_measured(
         [str(Path(sys.executable).parent / "segments"), "run", "--config", out + ".yaml", "--run-id", "bench"]
     )
     summary = json.loads(Path(out, "runs", "bench", "summary.json").read_text())
@@ -169,21 +169,29 @@ def measure_ray(events: str, out: str) -> dict:
         }
         for name, s in summary["stages"].items()
     }
-    return {"seconds": seconds, "peak_rss_mb": round(peak, 1), "stages": stages, "run_date": summary["run_date"]}
+    return {
+        "seconds": run.seconds,
+        "peak_rss_mb": round(run.peak_mb, 1),
+        "machine_cpu": run.cpu,
+        "stages": stages,
+        "run_date": summary["run_date"],
+    }
 
 
 def measure_child(stage: str, events: str, out: str, arg: str, runs: int) -> dict:
     """The fastest of `runs` runs of one stage's one-process child (the work seconds of every run kept)."""
     tries = []
     for _ in range(runs):
-        seconds, peak, stdout, *_ = run_measured([sys.executable, __file__, "--child", stage, events, out, arg])
-        figures = json.loads(stdout.strip().splitlines()[-1])
-        tries.append({"seconds": seconds, "work_seconds": figures["work_seconds"], "peak_rss_mb": peak})
+        run = run_measured([sys.executable, __file__, "--child", stage, events, out, arg])
+        figures = json.loads(run.stdout.strip().splitlines()[-1])
+        work_seconds = figures["work_seconds"]
+        tries.append({"seconds": run.seconds, "work_seconds": work_seconds, "peak_rss_mb": run.peak_mb, "cpu": run.cpu})
     best = min(tries, key=lambda t: t["work_seconds"])
     return {
         "seconds": round(best["seconds"], 2),
         "work_seconds": round(best["work_seconds"], 2),
         "peak_rss_mb": round(best["peak_rss_mb"], 1),
+        "machine_cpu": best["cpu"],
         "work_seconds_per_run": [round(t["work_seconds"], 2) for t in tries],
     }
 
@@ -237,6 +245,10 @@ def report(entry: dict) -> None:
     runs = ", ".join(f"{n} {'/'.join(map(str, single[n].get('work_seconds_per_run', [])))}" for n in COMPARED)
     print(f"one-process work seconds of each run (the fastest counts): {runs}")
     print(f"Ray start-up and imports (wall less stages): {start:.1f} s")
+    if ray.get("machine_cpu") and all(single[s].get("machine_cpu") for s in COMPARED):
+        one_cpu = {kind: sum(single[s]["machine_cpu"][kind] for s in COMPARED) for kind in ray["machine_cpu"]}
+        print(f"machine CPU during `segments run`: {cpu_text(ray['machine_cpu'])}")
+        print(f"machine CPU during the counted one-process runs: {cpu_text(one_cpu)}")
     print(
         f"compared stages ({', '.join(COMPARED)}): Ray {ray_work:.1f} s vs one process {one_work:.1f} s "
         f"-> {ray_work / one_work:.2f}x without start-up; with start-up {ray_work + start:.1f} s vs "

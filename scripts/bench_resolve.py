@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -87,24 +88,64 @@ def child_compare(local_out: str, run_out: str) -> dict:
     return checked
 
 
-def run_measured(command: list[str]) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS MB as GNU time reports it, stdout, stderr) of one command run to its end:
-    os.wait4 on the child gives the rusage of that child alone (RUSAGE_CHILDREN would mix in the other
-    commands)."""
+class Measured(NamedTuple):
+    """One command run to its end: wall seconds, peak RSS in MB as GNU time reports it, its output, and the
+    machine's CPU seconds by kind meanwhile (`machine_cpu`)."""
+
+    seconds: float
+    peak_mb: float
+    stdout: str
+    stderr: str
+    cpu: dict[str, float]
+
+
+_CPU_KINDS = ("user", "nice", "kernel", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu() -> dict[str, float]:
+    """The machine's CPU seconds so far by kind (/proc/stat, all cores; empty where there is none). Kernel time
+    is mostly page faults here: on a VM that returns freed memory to its host, memory touched again is faulted
+    in anew, and the same command's kernel time varies several-fold between runs."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {kind: int(value) / ticks for kind, value in zip(_CPU_KINDS, fields)}
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {kind: round(after[kind] - before[kind], 2) for kind in after if kind in before}
+
+
+def run_measured(command: list[str]) -> Measured:
+    """One command run to its end: os.wait4 on the child gives the rusage of that child alone
+    (RUSAGE_CHILDREN would mix in the other commands); /proc/stat the machine's CPU split meanwhile (Ray's
+    processes included)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SEGMENTS_PROGRESS": "0"}
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), machine_cpu()
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_resolve-{os.getpid()}.out"
     with open(out_path, "w") as out, open(str(out_path) + ".err", "w") as err:
         pid = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err).pid
         _, status, usage = os.wait4(pid, 0)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_between(cpu_before, machine_cpu())
     stdout, stderr = out_path.read_text(), Path(str(out_path) + ".err").read_text()
     out_path.unlink()
     Path(str(out_path) + ".err").unlink()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.stderr.write(stderr[-4000:])
         raise SystemExit(f"benchmark command failed: {' '.join(command)}")
-    return seconds, usage.ru_maxrss / 1024, stdout, stderr
+    return Measured(seconds, usage.ru_maxrss / 1024, stdout, stderr, cpu)
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    """'user U s, kernel K s (P% of busy), steal S s' of a machine CPU split."""
+    if not cpu:
+        return "no /proc/stat"
+    busy = cpu["user"] + cpu["nice"] + cpu["kernel"] + cpu["irq"] + cpu["softirq"]
+    share = cpu["kernel"] / busy * 100 if busy else 0.0
+    user, kernel, steal = cpu["user"] + cpu["nice"], cpu["kernel"], cpu["steal"]
+    return f"user {user:.1f} s, kernel {kernel:.1f} s ({share:.0f}% of busy), steal {steal:.1f} s"
 
 
 def _ray_processes() -> list[psutil.Process]:
@@ -137,8 +178,15 @@ def measure_local(events: str, out: str, runs: int) -> dict:
     tries = []
     for _ in range(runs):
         wait_for_ray_to_exit()
-        seconds, peak, stdout, _ = run_measured([sys.executable, __file__, "--child", "local", events, out])
-        tries.append({**json.loads(stdout.strip().splitlines()[-1]), "seconds": seconds, "peak_rss_mb": round(peak, 1)})
+        run = run_measured([sys.executable, __file__, "--child", "local", events, out])
+        tries.append(
+            {
+                **json.loads(run.stdout.strip().splitlines()[-1]),
+                "seconds": run.seconds,
+                "peak_rss_mb": round(run.peak_mb, 1),
+                "machine_cpu": run.cpu,
+            }
+        )
     best = min(tries, key=lambda t: t["work_seconds"])
     return {**best, "work_seconds_per_run": [round(t["work_seconds"], 2) for t in tries]}
 
@@ -150,18 +198,19 @@ def measure_cli(events: str, out: str, partitions: int) -> dict:
     command = [str(Path(sys.executable).parent / "segments"), "resolve", "--events", events, "--out", out]
     # under GNU time itself where it is installed, so its own figure stands beside os.wait4's
     gnu_time = ["/usr/bin/time", "-f", "GNU time: %e s %M KB"] if os.path.exists("/usr/bin/time") else []
-    seconds, peak, _, stderr = run_measured([*gnu_time, *command, "--config", str(config)])
-    gnu = [line.split() for line in stderr.splitlines() if line.startswith("GNU time: ")]
+    run = run_measured([*gnu_time, *command, "--config", str(config)])
+    gnu = [line.split() for line in run.stderr.splitlines() if line.startswith("GNU time: ")]
     summary = json.loads((Path(out) / "summary.json").read_text())["stages"]["resolve"]
     result = summary["result"]
     return {
-        "seconds": seconds,
+        "seconds": run.seconds,
         "stage_seconds": summary["seconds"],
         "rows": result["rows_in"],
         "personas": result["personas"],
         "steps": result["stage_seconds"],
         "cc_rounds": result["cc_rounds"],
-        "peak_rss_mb": round(peak, 1),
+        "peak_rss_mb": round(run.peak_mb, 1),
+        "machine_cpu": run.cpu,
         "gnu_time_peak_mb": round(int(gnu[-1][4]) / 1024, 1) if gnu else None,
         "driver_sampled_peak_mb": summary.get("peak_driver_rss_mb"),
     }
@@ -201,9 +250,9 @@ def main() -> None:
         local = measure_local(events, str(work / f"local-{size}"), args.baseline_runs)
         cli = measure_cli(events, str(work / f"run-{size}"), args.partitions)
         assert local["rows"] == cli["rows"] and local["personas"] == cli["personas"], (local, cli)
-        _, _, compared, _ = run_measured(
+        compared = run_measured(
             [sys.executable, __file__, "--child", "compare", str(work / f"local-{size}"), str(work / f"run-{size}")]
-        )
+        ).stdout
         print(f"{size}: the same five tables from both: {compared.strip().splitlines()[-1]}")
         rows.append(
             {
@@ -220,6 +269,8 @@ def main() -> None:
                 "cli_gnu_time_mb": cli["gnu_time_peak_mb"],
                 "cli_driver_sampled_mb": cli["driver_sampled_peak_mb"],
                 "single_peak_rss_mb": local["peak_rss_mb"],
+                "single_machine_cpu": local["machine_cpu"],
+                "cli_machine_cpu": cli["machine_cpu"],
                 "cli_steps_s": cli["steps"],
                 "single_steps_s": local["steps"],
                 "cc_rounds": cli["cc_rounds"],
@@ -245,6 +296,8 @@ def main() -> None:
         print(f"{r['events']} events: CLI steps {r['cli_steps_s']}, components rounds {r['cc_rounds']}")
         print(f"{r['events']} events: single-process steps {r['single_steps_s']}")
         print(f"{r['events']} events: single-process work seconds of each run {r['single_work_s_per_run']}")
+        print(f"{r['events']} events: machine CPU in the counted one-process run: {cpu_text(r['single_machine_cpu'])}")
+        print(f"{r['events']} events: machine CPU during the CLI run: {cpu_text(r['cli_machine_cpu'])}")
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         growth = (b["cli_stage_s"] / a["cli_stage_s"]) / (b["events"] / a["events"])
