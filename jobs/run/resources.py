@@ -16,12 +16,15 @@ through).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any
 
 import psutil
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 CLEAR_REFS = "/proc/self/clear_refs"
 PROC_STATUS = "/proc/self/status"
@@ -60,10 +63,11 @@ class PeakSampler:
     """Peak driver RSS (the kernel's high-water mark, and psutil samples) and peak cluster object-store use
     (one raylet RPC) while a stage runs."""
 
-    def __init__(self, interval_s: float = 0.5, store_every: int = 4):
+    def __init__(self, interval_s: float = 0.5, store_every: int = 4, object_store: bool = True):
         self._process = psutil.Process()
         self._interval = interval_s
         self._store_every = store_every
+        self._object_store = object_store  # False: the driver's figures only (no Ray asked)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-sampler", daemon=True)
         self._state = None
@@ -74,6 +78,7 @@ class PeakSampler:
         self.peak_store: int | None = None
         self._spilled_before: int | None = None
         self.spilled: int | None = None
+        self.store_samples_missed = 0
 
     @property
     def driver_peak_rss(self) -> int:
@@ -82,7 +87,7 @@ class PeakSampler:
 
     def __enter__(self) -> PeakSampler:
         self._high_water_reset = reset_peak_rss()
-        self._sample(store=True)
+        self._sample(store=True, store_timeout_s=30.0)  # the baseline of the stage's spilling: worth a wait
         self.start_rss = self.peak_rss or None
         self._thread.start()
         return self
@@ -90,7 +95,9 @@ class PeakSampler:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._sample(store=True)
+        self._sample(store=True, store_timeout_s=30.0)  # the stage's last word on spilling: worth a wait
+        if self.store_samples_missed:
+            log.info("object store: %d samples got no answer in time", self.store_samples_missed)
         if self._high_water_reset:
             self.high_water_rss = peak_rss()
 
@@ -100,13 +107,13 @@ class PeakSampler:
             tick += 1
             self._sample(store=tick % self._store_every == 0)
 
-    def _sample(self, store: bool) -> None:
+    def _sample(self, store: bool, store_timeout_s: float = 5.0) -> None:
         try:
             self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
         except Exception:  # noqa: BLE001 - sampling must never fail a stage
             pass
-        if store:
-            stats = self._object_store_stats()
+        if store and self._object_store:
+            stats = self._object_store_stats(store_timeout_s)
             if stats is not None:
                 used, spilled = stats
                 self.peak_store = max(self.peak_store or 0, used)
@@ -114,18 +121,22 @@ class PeakSampler:
                     self._spilled_before = spilled
                 self.spilled = spilled - self._spilled_before
 
-    def _object_store_stats(self) -> tuple[int, int] | None:
-        """(bytes in the object store now, bytes spilled since the cluster started)."""
-        if self._state is False:
-            return None
+    def _object_store_stats(self, timeout_s: float) -> tuple[int, int] | None:
+        """(bytes in the object store now, bytes spilled since the cluster started); None where this sample got
+        no answer. A raylet busy spilling may not answer in time: the next sample asks again. (One missed answer
+        used to end the sampling: a 20M-event resolve spilled ~25 GB and reported 0 MB.)"""
         try:
             import ray  # the stage's own Ray session is up by now
             from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
+        except ImportError:  # an internal API: where it moved, the figures are just left out
+            return None
+        if not ray.is_initialized():
+            return None
+        try:
             if self._state is None:
                 self._state = get_state_from_address(ray.get_runtime_context().gcs_address)
-            reply = get_memory_info_reply(self._state, timeout_seconds=5.0)
+            reply = get_memory_info_reply(self._state, timeout_seconds=timeout_s)
             return int(reply.store_stats.object_store_bytes_used), int(reply.store_stats.spilled_bytes_total)
-        except Exception:  # noqa: BLE001 - an internal API; without it the figure is just left out
-            self._state = False
+        except Exception:  # noqa: BLE001 - a sample without an answer; sampling must never fail a stage
+            self.store_samples_missed += 1
             return None

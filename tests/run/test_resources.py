@@ -30,9 +30,8 @@ def burst() -> None:
 
 
 def slow_sampler() -> PeakSampler:
-    sampler = PeakSampler(interval_s=60)  # only the samples at the start and the end
-    sampler._state = False  # no Ray here: no object-store figure (spares importing Ray)
-    return sampler
+    # only the samples at the start and the end; no Ray asked: no object-store figure
+    return PeakSampler(interval_s=60, object_store=False)
 
 
 @needs_proc
@@ -106,6 +105,31 @@ def test_objects_beyond_the_store_are_spilled_and_the_stage_counts_them(ray_clus
     with PeakSampler(interval_s=60) as quiet:  # the next stage counts only its own spilling
         pass
     assert quiet.spilled == 0
+
+
+def test_a_sample_the_raylet_does_not_answer_in_time_leaves_the_next_ones_to_count(ray_cluster, monkeypatch):
+    from ray._private import internal_api
+
+    answer = internal_api.get_memory_info_reply
+    calls = []
+
+    def busy_once(state, timeout_seconds):  # a raylet busy spilling: the first question times out
+        calls.append(timeout_seconds)
+        if len(calls) == 1:
+            raise TimeoutError("no answer in time")
+        return answer(state, timeout_seconds=timeout_seconds)
+
+    monkeypatch.setattr(internal_api, "get_memory_info_reply", busy_once)
+    with PeakSampler(interval_s=60) as sampler:  # the first question is the stage's baseline: unanswered
+        block = np.ones(int(ray_cluster.available_resources()["object_store_memory"]) // 4 // 8)
+        ref = ray_cluster.put(block)
+        sampler._sample(store=True)
+        assert ray_cluster.get(ref, timeout=60).size == block.size
+        del ref
+    assert sampler.store_samples_missed == 1 and len(calls) == 3
+    assert calls[0] == calls[-1] == 30.0  # the stage's first and last questions wait longer
+    assert sampler.peak_store is not None and sampler.peak_store >= block.nbytes
+    assert sampler.spilled is not None
 
 
 def test_memory_arrow_kept_after_a_stage_goes_back_to_the_system():
