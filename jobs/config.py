@@ -68,7 +68,7 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray started for the run")
     object_store_memory_mb: int | None = Field(None, ge=100, description="object store of a local Ray")
     num_partitions: int = Field(
-        8, ge=1, le=4096, description="hash partitions for shuffles (identity, features); scale with data"
+        8, ge=1, le=4096, description="hash partitions for shuffles (identity, features); about 2-4 per worker CPU"
     )
     components_one_task_edges: int = Field(
         16_000_000,

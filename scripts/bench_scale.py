@@ -259,7 +259,7 @@ def main() -> None:
         "--floor-gb", type=float, default=1.5, help="the one process is out of memory below this MemAvailable"
     )
     parser.add_argument(
-        "--partitions", type=int, default=8, help="ray.num_partitions of the run (the setting scales with data)"
+        "--partitions", type=int, default=8, help="ray.num_partitions of the run (2-4 per CPU: README, Sizing)"
     )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()

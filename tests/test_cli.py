@@ -43,8 +43,8 @@ def test_config_show_describes_every_field(tmp_path):
     config.write_text("ray:\n  num_partitions: 32\n")
     shown = CliRunner().invoke(app, ["config", "show", "--config", str(config)])
     assert (
-        "num_partitions: 32  # hash partitions for shuffles (identity, features); scale with data; default: 8"
-        in shown.stdout
+        "num_partitions: 32  # hash partitions for shuffles (identity, features); about 2-4 per worker CPU; "
+        "default: 8" in shown.stdout
     )
 
 
