@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from email_validator import EmailNotValidError, validate_email
 
+from jobs.arrays import whole
+
 _NON_DIGITS = re.compile(r"\D+")
 
 # email-validator checks the domain of every address it is given (IDNA, special-use names): about half its
@@ -72,9 +74,7 @@ def normalise_emails(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.A
     Only the distinct values are normalised (dictionary encoding), whatever their repeats: plain ASCII
     addresses by Arrow kernels (`_normalise_plain`), the rest through `email_value` one by one.
     """
-    col = pc.cast(column, pa.string())
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = whole(pc.cast(column, pa.string()))
     encoded = pc.dictionary_encode(col)
     distinct = encoded.dictionary
     cleaned = pc.replace_substring_regex(pc.ascii_lower(distinct), _ASCII_WHITESPACE, "")
@@ -196,12 +196,8 @@ def normalise_phones(
     column: pa.Array | pa.ChunkedArray, country: pa.Array | pa.ChunkedArray
 ) -> tuple[pa.Array, pa.Array]:
     """(normalised, valid): E.164 where possible, else the digits typed (flagged invalid); nulls stay null."""
-    phones = pc.cast(column, pa.string())
-    countries = pc.cast(country, pa.string())
-    if isinstance(phones, pa.ChunkedArray):
-        phones = phones.combine_chunks()
-    if isinstance(countries, pa.ChunkedArray):
-        countries = countries.combine_chunks()
+    phones = whole(pc.cast(column, pa.string()))
+    countries = whole(pc.cast(country, pa.string()))
     n = len(phones)
     present = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(phones)), 0), False)
     idx = np.flatnonzero(present.to_numpy(zero_copy_only=False))

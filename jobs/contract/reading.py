@@ -702,14 +702,14 @@ def normalise_batch(
         low, high = (pa.scalar(t, TS_TYPE) for t in ts_range)
         reasons.append(("implausible_ts", pc.or_(pc.less(ts, low), pc.greater(ts, high))))
     reasons.append(("unknown_event_type", pc.invert(pc.is_in(arrays["event_type"], pa.array(EVENT_TYPES)))))
-    reason = batch.column(REASON).combine_chunks() if REASON in names else pa.nulls(n, pa.string())
+    reason = whole(batch.column(REASON)) if REASON in names else pa.nulls(n, pa.string())
     for name, mask in reasons:
         mask = pc.fill_null(mask, True)
         reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(name), reason)
     arrays[SOURCE] = source
     arrays[REASON] = reason
     arrays[TS_RAW] = ts_raw
-    arrays[LINE] = batch.column(LINE).combine_chunks() if LINE in names else pa.nulls(n, pa.int64())
+    arrays[LINE] = whole(batch.column(LINE)) if LINE in names else pa.nulls(n, pa.int64())
     arrays[RAW] = _raw_text(batch, reason)
     schema = canonical_schema(extra_columns)
     return pa.table([arrays[f.name] for f in schema], schema=schema)
@@ -727,7 +727,7 @@ def _may_hold_control_characters(column: pa.Array) -> bool:
 
 def _raw_text(batch: pa.Table, reason: pa.Array) -> pa.Array:
     """The raw text of the rows with a reason: the line as read if the reader kept it, else the row as JSON."""
-    raw = batch.column(RAW).combine_chunks() if RAW in batch.column_names else pa.nulls(batch.num_rows, pa.string())
+    raw = whole(batch.column(RAW)) if RAW in batch.column_names else pa.nulls(batch.num_rows, pa.string())
     raw = pc.if_else(pc.is_valid(reason), raw, pa.scalar(None, pa.string()))
     missing = np.flatnonzero(pc.and_(pc.is_valid(reason), pc.is_null(raw)).to_numpy(zero_copy_only=False))
     if len(missing) == 0:

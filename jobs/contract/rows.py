@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.arrays import whole
 from jobs.contract.schema import LINE, RAW, REASON, SOURCE, TS_RAW, canonical_schema
 from jobs.errors import UserError
 from jobs.raykit.shuffle import hash_columns
@@ -85,7 +86,7 @@ def reason_counts(rows: pa.Table, column: str = REASON) -> dict[str, int]:
     """Rows per reason (or per value of another reason column, such as identity_audit's `rule`)."""
     if rows.num_rows == 0:
         return {}
-    counts = pc.value_counts(rows.column(column).combine_chunks())
+    counts = pc.value_counts(whole(rows.column(column)))
     return {v["values"].as_py(): v["counts"].as_py() for v in counts}
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.arrays import distinct
+from jobs.arrays import distinct, whole
 from jobs.config import IdentityConfig
 from jobs.contract.normalise import normalised_email_blocklist, phone_blocklist_digits
 from jobs.identity.graph import (
@@ -113,8 +113,8 @@ def node_stats(occ: pa.Table, pairs: pa.Table, with_truth: bool = False) -> pa.T
     nodes = node[first]
     group = np.empty(len(node), np.int64)  # each row's node as its rank among the nodes
     group[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(node)]))
-    fs = occ.column("first_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
-    ls = occ.column("last_seen").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
+    fs = whole(occ.column("first_seen")).cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
+    ls = whole(occ.column("last_seen")).cast(pa.int64()).to_numpy(zero_copy_only=False)[order]
     ne = occ.column("n_events").to_numpy()[order]
     flag_codes, flag_dict = dictionary_codes(occ.column("flag"))
     flag_max = np.maximum.reduceat(flag_codes[order], starts)

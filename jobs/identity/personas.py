@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.arrays import member
+from jobs.arrays import member, whole
 from jobs.identity.graph import (
     CLICK,
     CUSTOMER,
@@ -190,7 +190,7 @@ def build_personas(idents: pa.Table, anchors: pa.Table, max_identifiers: int) ->
             )
             values[pos[rows][best]] = ident_col.take(pa.array(rows[best])).to_numpy(zero_copy_only=False)
         current[name] = pa.array(values, pa.string())
-    partners = _partners_union(idents.column("seen_at_partners").combine_chunks(), pos, n_labels)
+    partners = _partners_union(whole(idents.column("seen_at_partners")), pos, n_labels)
     personas = (
         pa.table(
             {

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.arrays import member
+from jobs.arrays import member, whole
 from jobs.contract.rows import dedupe, reason_counts
 from jobs.contract.schema import INTERNAL_COLUMNS, canonical_schema
 from jobs.identity import graph, junk, personas
@@ -160,7 +160,7 @@ def event_personas(event_map: pa.Table, anchor_persona: pa.Table) -> pa.Table:
     anchors = event_map.column("anchor").to_numpy()
     pos = np.minimum(np.searchsorted(sorted_keys, anchors), max(len(keys) - 1, 0))
     hit = sorted_keys[pos] == anchors if len(keys) else np.zeros(len(anchors), bool)
-    persona = anchor_persona.column("persona_id").combine_chunks()
+    persona = whole(anchor_persona.column("persona_id"))
     persona = persona.take(pa.array(order[pos], mask=~hit)) if len(keys) else pa.nulls(len(anchors), pa.string())
     columns = [event_map.column("partner_id"), event_map.column("event_id"), persona, event_map.column("session_key")]
     return pa.table(columns, names=EVENT_PERSONA_SCHEMA.names).cast(EVENT_PERSONA_SCHEMA)
