@@ -596,11 +596,17 @@ def conform(table: pa.Table, extra_columns: list[str]) -> pa.Table:
 # ------------------------------------------------------------------------------------- batch normaliser
 
 
-def parse_ts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(ts as timestamp[us, UTC] with null where unparseable, raw text). Naive times are read as UTC."""
+def parse_ts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """(ts as timestamp[us, UTC] with null where unparseable, raw text). Naive times are read as UTC.
+
+    The raw text is None for a column already in the contract's type: its text is `ts_text` of the ts, made
+    only for the rows that need it (those quarantined), not for every row the job reads.
+    """
     column = whole(column)
+    if column.type == TS_TYPE:
+        return column, None
     if pa.types.is_timestamp(column.type):
-        raw = _timestamp_text(column)
+        raw = ts_text(column)
         if column.type.tz is None:
             column = pc.assume_timezone(column, "UTC")
         return pc.cast(column, TS_TYPE), raw
@@ -616,7 +622,7 @@ def parse_ts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
     return pa.array(parsed.astype("datetime64[us, UTC]"), TS_TYPE, from_pandas=True), raw
 
 
-def _timestamp_text(column: pa.Array) -> pa.Array:
+def ts_text(column: pa.Array) -> pa.Array:
     """A timestamp column as Arrow's text of it. For UTC that is the wall time and "Z", which Arrow writes
     12x faster from the zone-less values than through its time zone database."""
     if column.type.tz == "UTC":
@@ -668,6 +674,11 @@ def normalise_batch(
         ts, ts_raw = parse_ts(batch.column("ts"))
     else:
         ts, ts_raw = pa.nulls(n, TS_TYPE), pa.nulls(n, pa.string())
+    ts_missing = (
+        pc.is_null(ts)
+        if ts_raw is None
+        else pc.or_(pc.is_null(ts_raw), pc.equal(pc.fill_null(pc.utf8_trim_whitespace(ts_raw), ""), ""))
+    )
     arrays["ts"] = ts
     for c in extra_columns:
         arrays[c] = _as_text(batch.column(c)) if c in names else pa.nulls(n, pa.string())
@@ -691,7 +702,7 @@ def normalise_batch(
         control = found if control is None else pc.or_(control, found)
     reasons += [
         ("missing_event_id", pc.is_null(arrays["event_id"])),
-        ("missing_ts", pc.or_(pc.is_null(ts_raw), pc.equal(pc.fill_null(pc.utf8_trim_whitespace(ts_raw), ""), ""))),
+        ("missing_ts", ts_missing),
         ("missing_partner_id", pc.is_null(arrays["partner_id"])),
         ("missing_event_type", pc.is_null(arrays["event_type"])),
     ]
@@ -708,11 +719,34 @@ def normalise_batch(
         reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(name), reason)
     arrays[SOURCE] = source
     arrays[REASON] = reason
-    arrays[TS_RAW] = ts_raw
+    arrays[TS_RAW] = _text_where(ts, pc.is_valid(reason)) if ts_raw is None else ts_raw
     arrays[LINE] = whole(batch.column(LINE)) if LINE in names else pa.nulls(n, pa.int64())
     arrays[RAW] = _raw_text(batch, reason)
     schema = canonical_schema(extra_columns)
     return pa.table([arrays[f.name] for f in schema], schema=schema)
+
+
+def _text_where(ts: pa.Array, wanted: pa.Array) -> pa.Array:
+    """`ts_text` of the rows where `wanted` is true, null elsewhere (Arrow's text of a timestamp costs ~1 us a
+    row: the usual batch has no row to write it for)."""
+    rows = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
+    if len(rows) == 0:
+        return pa.nulls(len(ts), pa.string())
+    position = np.full(len(ts), -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    return ts_text(ts.take(pa.array(rows))).take(pa.array(position, mask=position < 0))
+
+
+def fill_ts_text(table: pa.Table) -> pa.Table:
+    """A canonical table whose `_ts_raw` is the raw text on every row (rows the reader left without it are
+    those whose raw text is their ts's: `parse_ts`), for rows quarantined after reading (duplicates)."""
+    raw = whole(table.column(TS_RAW))
+    ts = whole(table.column("ts"))
+    lacking = pc.and_(pc.is_null(raw), pc.is_valid(ts))
+    if not pc.any(lacking).as_py():
+        return table
+    filled = pc.if_else(lacking, _text_where(ts, lacking), raw)
+    return table.set_column(table.schema.get_field_index(TS_RAW), TS_RAW, filled)
 
 
 def _may_hold_control_characters(column: pa.Array) -> bool:

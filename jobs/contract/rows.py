@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.arrays import whole
+from jobs.contract.reading import fill_ts_text
 from jobs.contract.schema import LINE, RAW, REASON, SOURCE, TS_RAW, canonical_schema
 from jobs.errors import UserError
 from jobs.raykit.shuffle import hash_columns
@@ -37,30 +38,34 @@ def dedupe(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
     The row kept is the first by (ts, source file, content hash): deterministic whatever the block order.
     Rows already carrying a reason are passed to the quarantine side untouched; the other copies of a
-    duplicate get `duplicate_event_id`.
+    duplicate get `duplicate_event_id` (and their raw ts text, `fill_ts_text`).
     """
     valid, invalid = split_invalid(table)
     if valid.num_rows == 0:
         return valid, invalid
     key = hash_columns(valid, ["partner_id", "event_id"])
-    _, counts = np.unique(key, return_counts=True)
-    if (counts > 1).sum() == 0:
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    if len(repeated) == 0:
         return valid, invalid
-    content = hash_columns(valid, [c for c in valid.column_names if c not in (REASON, LINE, RAW)])
-    ts = valid.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
-    src = valid.column(SOURCE).fill_null("").to_numpy(zero_copy_only=False).astype(str)
+    # Only the rows of a repeated key are ordered: the content hash of every row would cost most of the step.
+    copies = fill_ts_text(valid.take(pa.array(repeated)))
+    content = hash_columns(copies, [c for c in copies.column_names if c not in (REASON, LINE, RAW)])
+    ts = copies.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    src = copies.column(SOURCE).fill_null("").to_numpy(zero_copy_only=False).astype(str)
     src_rank = np.unique(src, return_inverse=True)[1]
-    order = np.lexsort((content, src_rank, ts, key))
-    sorted_key = key[order]
+    order = np.lexsort((content, src_rank, ts, key[repeated]))
+    sorted_key = key[repeated][order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = sorted_key[1:] != sorted_key[:-1]
-    keep_idx = np.sort(order[first])
-    dup_idx = np.sort(order[~first])
-    dups = valid.take(pa.array(dup_idx))
+    later = np.sort(order[~first])
+    drop = np.zeros(valid.num_rows, dtype=bool)
+    drop[repeated[later]] = True
+    dups = copies.take(pa.array(later))
     dups = dups.set_column(
         dups.schema.get_field_index(REASON), REASON, pa.array(["duplicate_event_id"] * dups.num_rows, pa.string())
     )
-    return valid.take(pa.array(keep_idx)), pa.concat_tables([invalid, dups])
+    return valid.filter(pa.array(~drop)), pa.concat_tables([invalid, dups])
 
 
 def quarantine_schema(extra_columns: list[str]) -> pa.Schema:

@@ -14,6 +14,7 @@ from contract_events import reasons, rows, write_parquet
 
 from jobs.config import StorageConfig
 from jobs.contract import (
+    REASON,
     SOURCE,
     TS_RAW,
     canonical_schema,
@@ -23,7 +24,7 @@ from jobs.contract import (
     read_events_local,
     reading,
 )
-from jobs.contract.reading import InputFile, file_groups, read_tasks
+from jobs.contract.reading import InputFile, file_groups, fill_ts_text, read_tasks
 from jobs.errors import UserError
 from jobs.raykit.shuffle import concat_pieces, hash_columns
 
@@ -248,3 +249,17 @@ def test_timestamp_raw_text_is_arrows_text(unit, tz):
     column = pa.array(values, pa.timestamp(unit, tz=tz))
     batch = normalise_batch(pa.table({"event_id": ["a", "b", "c", "d"], "ts": column}), [])
     assert batch.column(TS_RAW).equals(pa.chunked_array([pc.cast(column, pa.string())]))
+
+
+def test_raw_text_of_a_contract_timestamp_is_written_only_for_rows_that_need_it():
+    """A ts column already in the contract's type keeps its text off the valid rows (the usual batch writes
+    none); a quarantined row, and a duplicate found after reading (`fill_ts_text`), gets Arrow's text."""
+    column = pa.array([0, 1_700_000_000_123_456, None], pa.timestamp("us", tz="UTC"))
+    ids = {"event_id": ["a", "b", "c"], "partner_id": ["p1"] * 3}
+    batch = normalise_batch(pa.table({**ids, "ts": column, "event_type": ["page_view"] * 3}), [])
+    assert batch.column(REASON).to_pylist() == [None, None, "missing_ts"]
+    assert batch.column(TS_RAW).to_pylist() == [None, None, None]
+    texts = ["1970-01-01 00:00:00.000000Z", "2023-11-14 22:13:20.123456Z", None]
+    assert fill_ts_text(batch).column(TS_RAW).to_pylist() == texts
+    every_row_quarantined = normalise_batch(pa.table({**ids, "ts": column}), [])  # no event_type
+    assert every_row_quarantined.column(TS_RAW).to_pylist() == texts

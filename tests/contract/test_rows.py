@@ -7,6 +7,7 @@ import pytest
 from contract_events import T0, reasons, rows
 
 from jobs.contract import (
+    TS_RAW,
     canonical_schema,
     check_quarantine_share,
     dedupe,
@@ -31,6 +32,7 @@ def test_dedupe_keeps_the_first_deterministically():
     assert reasons(bad) == ["duplicate_event_id"] and bad.column("device_id").to_pylist() == ["late"]
     assert sorted(kept.column("device_id").to_pylist()) == sorted(kept2.column("device_id").to_pylist())
     assert bad2.column("device_id").to_pylist() == ["late"]
+    assert bad.column(TS_RAW).to_pylist() == ["2026-01-01 05:00:00.000000Z"]  # its raw ts text, as read
 
 
 def test_rows_with_a_reason_go_to_the_quarantine_in_its_shape():
