@@ -57,9 +57,10 @@ PAYMENT_METHODS = ("card", "cash_on_delivery", "bank_transfer", "installments", 
 TRAFFIC_SOURCES = ("direct", "search", "social", "ads", "email", "sms", "viber", "referral")
 
 # Columns the reader adds to every canonical batch (`jobs.contract.reading.normalise_batch`): the file a row
-# came from, why it breaks the contract (null for a valid row), its timestamp as written, its line in a JSON
-# Lines file (null for Parquet) and, for a row with a reason, its raw text (the line with bytes that are not
-# UTF-8 escaped as \xNN, or the row rendered as JSON). They travel with the rows to the quarantine and are
+# came from, why it breaks the contract (null for a valid row), its timestamp as written (for a Parquet
+# timestamp already in the contract's type, only on rows with a reason: `reading.parse_ts`), its line in a
+# JSON Lines file (null for Parquet) and, for a row with a reason, its raw text (the line with bytes that are
+# not UTF-8 escaped as \xNN, or the row rendered as JSON). They travel with the rows to the quarantine and are
 # dropped before events_resolved is written.
 SOURCE = "_source_file"
 REASON = "_reason"
