@@ -57,7 +57,8 @@ def prepare_batch(
     if missing:
         raise ValueError(f"the feature table lacks {len(missing)} catalogue columns, e.g. {missing[:5]}")
     mask = eligible_mask(segment, batch, categories)
-    batch = batch.filter(pa.array(mask, pa.bool_()))
+    if not mask.all():  # most segments take everyone: a filter would copy every column for nothing
+        batch = batch.filter(pa.array(mask, pa.bool_()))
     if label in present:
         y = pc.fill_null(batch.column(label).cast(pa.int64()), 0)
     else:

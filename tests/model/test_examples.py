@@ -35,3 +35,14 @@ def test_prepare_batch_keeps_eligible_rows_and_fills_absent_labels_with_zero():
     assert np.array_equal(out.column(SAMPLE).to_numpy(), hash_uniform(ids, 8))
     unlabelled = prepare_batch(batch.drop_columns(["label__v"]), virgins, ["orders_365d"], ["home"], 0.5, 7, "label__v")
     assert unlabelled.column(LABEL).to_pylist() == [0, 0]
+
+
+def test_a_segment_that_takes_everyone_shares_the_snapshot_columns():
+    """Most segments take every persona: their rows are the snapshot's own columns, not a filtered copy (a
+    copy per segment of ~110 columns was most of the train stage's preparation)."""
+    batch = pa.table({"persona_id": ["a", "b", "c"], "orders_365d": pa.array([1, 0, 2], pa.int64())})
+    buyers = SegmentConfig(name="b", kind="ecommerce_buyers")
+    out = prepare_batch(batch, buyers, ["orders_365d"], [], validation_share=0.5, seed=7, label="label__b")
+    assert out.column("orders_365d").to_pylist() == [1, 0, 2] and out.column(LABEL).to_pylist() == [0, 0, 0]
+    shared = out.column("orders_365d").chunk(0).buffers()[1].address
+    assert shared == batch.column("orders_365d").chunk(0).buffers()[1].address
