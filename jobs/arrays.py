@@ -1,4 +1,5 @@
-"""Set operations on numpy arrays by sorting, for the stages' id arrays; one Arrow array of a column.
+"""Set operations on numpy arrays by sorting, for the stages' id arrays; one Arrow array of a column; values of
+some rows spread back over all rows.
 
 numpy 2.4's `np.unique` without `return_*` and `np.isin` of two large arrays take another path (hashing,
 a merge of both arrays) that is 10-50x slower than a sort at a million int64 ids (0.7 s against 0.013 s for
@@ -36,3 +37,11 @@ def whole(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.Array):
         return column
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def spread(values: pa.Array, rows: np.ndarray, n: int) -> pa.Array:
+    """An `n`-row array holding `values[i]` at row `rows[i]` and null elsewhere: what a kernel computed for a
+    few rows only, put back in the rows' order."""
+    position = np.full(n, -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    return values.take(pa.array(position, mask=position < 0))

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.arrays import distinct, member, whole
+from jobs.arrays import distinct, member, spread, whole
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int8])
@@ -40,3 +40,8 @@ def test_whole_keeps_one_chunk_as_it_is_and_joins_several():
     joined = whole(pa.chunked_array([values, pa.array(["d"])]))
     assert isinstance(joined, pa.Array) and joined.to_pylist() == ["a", None, "ccc", "d"]
     assert whole(pa.chunked_array([], pa.string())).to_pylist() == []
+
+
+def test_spread_puts_values_back_at_their_rows_and_null_elsewhere():
+    assert spread(pa.array(["a", "b"]), np.array([3, 1]), 5).to_pylist() == [None, "b", None, "a", None]
+    assert spread(pa.array([], pa.string()), np.array([], np.int64), 2).to_pylist() == [None, None]

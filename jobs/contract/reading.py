@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from jobs.arrays import whole
+from jobs.arrays import spread, whole
 from jobs.config import StorageConfig
 from jobs.contract.schema import (
     CONTRACT_COLUMNS,
@@ -732,9 +732,7 @@ def _text_where(ts: pa.Array, wanted: pa.Array) -> pa.Array:
     rows = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
     if len(rows) == 0:
         return pa.nulls(len(ts), pa.string())
-    position = np.full(len(ts), -1, np.int64)
-    position[rows] = np.arange(len(rows))
-    return ts_text(ts.take(pa.array(rows))).take(pa.array(position, mask=position < 0))
+    return spread(ts_text(ts.take(pa.array(rows))), rows, len(ts))
 
 
 def fill_ts_text(table: pa.Table) -> pa.Table:

@@ -54,8 +54,9 @@ def dedupe(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     ts = copies.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
     src = copies.column(SOURCE).fill_null("").to_numpy(zero_copy_only=False).astype(str)
     src_rank = np.unique(src, return_inverse=True)[1]
-    order = np.lexsort((content, src_rank, ts, key[repeated]))
-    sorted_key = key[repeated][order]
+    repeated_key = key[repeated]
+    order = np.lexsort((content, src_rank, ts, repeated_key))
+    sorted_key = repeated_key[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = sorted_key[1:] != sorted_key[:-1]
     later = np.sort(order[~first])

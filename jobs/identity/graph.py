@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.arrays import distinct, member, whole
+from jobs.arrays import distinct, member, spread, whole
 from jobs.contract.normalise import normalise_emails, normalise_phones, phone_digits
 from jobs.raykit.shuffle import string_hashes
 
@@ -180,9 +180,7 @@ def sessionise(slim: pa.Table, gap_minutes: int) -> pa.Table:
         start = np.empty(len(order), np.int64)
         start[order] = t[np.flatnonzero(new)][np.cumsum(new) - 1]  # back in the rows' order
         cut_keys = pc.binary_join_element_wise(whole(sub.column("device_id")), pa.array(start).cast(pa.string()), "@")
-    position = np.full(n, -1, np.int64)
-    position[idx] = np.arange(len(idx))
-    device_keys = cut_keys.take(pa.array(position, mask=position < 0))
+    device_keys = spread(cut_keys, idx, n)
     key = pc.if_else(pa.array(has_sid), sid, device_keys)
     return slim.append_column("session_key", key)
 
