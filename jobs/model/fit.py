@@ -61,6 +61,9 @@ HEALTH_CHECK_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # the fit) in every Ray Train run, to wait for a draining node's deadline; without it a preempted worker is a
 # failure that the run's FailureConfig restarts from the last checkpoint. Set it to 1 to have the watcher.
 PREEMPTION_WATCHER = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# a fit's figures carry the wall-clock time its worker began reading its shard, for the run's start-up figure
+# (`fit_boosters`), which takes it out again
+WORKER_BEGAN = "worker_began_at"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +307,7 @@ def _fit_shard(
     params["eval_metric"] = [m for m in metrics if m != "auc"] + ["auc"]  # early stopping watches the last
     if config.get("use_gpu"):
         params["device"] = "cuda"
-    started = time.perf_counter()
+    began_at, started = time.time(), time.perf_counter()
     shard = _blocks(config["shards"][progress.rank])
     data = _shard_batches(shard, todo, config["feature_names"])
     load_seconds = time.perf_counter() - started
@@ -318,7 +321,8 @@ def _fit_shard(
         split_seconds = time.perf_counter() - split_started
         with openmp_threads(params["nthread"]):  # per thread: OpenMP keeps a thread's limit in that thread
             model, figures = _fit_one(config, params | {"scale_pos_weight": spw}, batches, resumed.get(fit), keep)
-        progress.completed(fit, model, figures | {"load_seconds": load_seconds / len(todo) + split_seconds})
+        figures |= {"load_seconds": load_seconds / len(todo) + split_seconds, WORKER_BEGAN: began_at}
+        progress.completed(fit, model, figures)
 
     if at_once == 1:
         for fit in todo:
@@ -419,14 +423,16 @@ def fit_boosters(
     size never earns back with checkpoints.
 
     Returns ({fit: (model bytes, its figures)}, the run's figures: `runner` "ray_train" or "ray_task", `rows`,
-    `seconds`). The blocks' columns: the features, the label, the `_valid` flag (validation rows), the `_u`
-    sample key and `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's
+    `seconds`, `startup_seconds`: from the call until the first worker began to read its shard, the wait for
+    the round's blocks and the run's fixed cost, such as a Ray Train run's controller and worker processes).
+    The blocks' columns: the features, the label, the `_valid` flag (validation rows), the
+    `_u` sample key and `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's
     checkpoints of the run under `name`; the caller removes them. `train_loop`: the Ray Train workers'
     function (a test wraps `train_fn_per_worker` to kill a worker mid-run).
     """
     if not scale_pos_weights:
         return {}, {}
-    started = time.perf_counter()
+    called_at, started = time.time(), time.perf_counter()
     shards = _shards(blocks, training.num_workers)
     loop_config = {
         "fits": {fit: float(spw) for fit, spw in scale_pos_weights.items()},
@@ -454,8 +460,15 @@ def fit_boosters(
         )
     else:
         fitted = _ray_train_run(loop_config, training, storage_path, storage_filesystem, name, train_loop)
-    runner = "ray_task" if in_one_task else "ray_train"
-    return fitted, {"runner": runner, "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+    seconds = time.perf_counter() - started
+    # after a restore the fits completed before it keep their first worker's time: the earliest is the start
+    began_at = min(figures.pop(WORKER_BEGAN) for _, figures in fitted.values())
+    return fitted, {
+        "runner": "ray_task" if in_one_task else "ray_train",
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "startup_seconds": round(min(max(0.0, began_at - called_at), seconds), 3),
+    }
 
 
 def _ray_train_run(

@@ -504,7 +504,15 @@ def _fit_round(
         name=f"{name}-{uuid.uuid4().hex[:8]}",
     )
     runner = "Ray task" if run["runner"] == "ray_task" else "Ray Train run"
-    log.info("train: %d fit(s) of %s rows in one %s (%s)", len(fits), f"{run['rows']:,}", runner, name)
+    log.info(
+        "train: %d fit(s) of %s rows in one %s (%s): %.1fs to start, %.1fs reading and fitting",
+        len(fits),
+        f"{run['rows']:,}",
+        runner,
+        name,
+        run["startup_seconds"],
+        run["seconds"] - run["startup_seconds"],
+    )
     return fitted, {"name": name, "fits": len(fits), **run}
 
 

@@ -100,6 +100,9 @@ def test_fits_of_one_run_match_plain_xgboost_in_one_task_and_in_ray_train_throug
     def run(name: str, train_loop=fit.train_fn_per_worker, training=TRAINING):
         fitted, figures = _fit_round(tables, training, tmp_path / "scratch", name, train_loop=train_loop)
         assert list(fitted) == list(tables)
+        # the run's fixed cost is part of its seconds, and the fits' figures no longer carry the worker's time
+        assert 0 < figures["startup_seconds"] < figures["seconds"]
+        assert all(fit.WORKER_BEGAN not in info for _, info in fitted.values())
         return fitted, figures["runner"]
 
     rows = sum(t.num_rows for t in tables.values())
