@@ -24,11 +24,11 @@ bench_resolve under .bench/events-N):
                 plus the stage's reasons (`jobs.model.reasons.contributions`, top 3), written as Parquet.
     Stages without a single-process counterpart here (plan, labels, report, export) are shown with
     Ray's time and left out of the ratios. Both sides run more than once and the fastest counts, per stage:
-    this machine's speed varies by 10-25 % from one run to the next (the same train stage at 5M took 86-100 s
-    in five runs within an hour), a slow baseline flatters Ray, and a slow Ray run flatters the baseline.
-    `segments run` runs `--ray-runs` times (default 2): each stage's seconds are its fastest run's, its driver
-    peak the highest of the runs, Ray's start-up that of the fastest whole run. Each child runs
-    `--baseline-runs` times (default 2). The children start once the Ray run's processes (raylet, GCS,
+    this machine's speed varies by 10-25 % from one run to the next (four runs of the same train stage at 5M,
+    on the same tables within 35 minutes, took 86-100 s), a slow baseline flatters Ray, and a slow Ray run
+    flatters the baseline. `segments run` runs `--ray-runs` times (default 2): each stage's seconds are its
+    fastest run's, its driver peak the highest of the runs, Ray's start-up that of the fastest whole run. Each
+    child runs `--baseline-runs` times (default 2). The children start once the Ray run's processes (raylet, GCS,
     workers), which can outlive `segments run` by seconds, have gone.
 
     .venv/bin/python scripts/bench_pipeline.py --sizes 1000000
