@@ -199,22 +199,28 @@ def measure_child(stage: str, events: str, out: str, arg: str, runs: int) -> dic
     }
 
 
+def ray_startup(run: dict) -> float:
+    """Ray's start-up and imports in one `measure_ray` run: its wall time less its stages' seconds."""
+    return run["seconds"] - sum(figures["seconds"] for figures in run["stages"].values())
+
+
 def fastest_stages(runs: list[dict]) -> dict:
     """The Ray side of `runs` (`measure_ray`'s, of the same command): the fastest whole run, with each stage's
     figures from the run where that stage was fastest and its driver peak the highest of all runs, and every
     run's seconds kept (`seconds_per_run`, `stage_seconds_per_run`)."""
     whole = min(runs, key=lambda run: run["seconds"])
-    stages = {}
+    stages, per_run = {}, {}
     for name in whole["stages"]:
         mine = [run["stages"][name] for run in runs if name in run["stages"]]
         peaks = [figures["driver_peak_mb"] for figures in mine if figures["driver_peak_mb"] is not None]
         stages[name] = {**min(mine, key=lambda figures: figures["seconds"]), "driver_peak_mb": max(peaks, default=None)}
+        per_run[name] = [figures["seconds"] for figures in mine]
     return {
         **whole,
-        "startup_seconds": whole["seconds"] - sum(figures["seconds"] for figures in whole["stages"].values()),
+        "startup_seconds": ray_startup(whole),
         "stages": stages,
         "seconds_per_run": [round(run["seconds"], 2) for run in runs],
-        "stage_seconds_per_run": {name: [run["stages"][name]["seconds"] for run in runs] for name in stages},
+        "stage_seconds_per_run": per_run,
     }
 
 
@@ -253,7 +259,8 @@ def bench(size: int, work: Path, reuse_ray: bool, ray_only: bool, ray_runs: int,
 def report(entry: dict) -> None:
     ray, single, events = entry["ray"], entry["single"], entry["events"]
     stages = ray["stages"]
-    start = ray.get("startup_seconds", ray["seconds"] - sum(s["seconds"] for s in stages.values()))
+    # a Ray side measured before runs were repeated has one run: its own stages give its start-up
+    start = ray["startup_seconds"] if "startup_seconds" in ray else ray_startup(ray)
     print(f"\n{events:,} events: `segments run` {ray['seconds']:.1f} s wall, peak RSS {ray['peak_rss_mb']:.0f} MB")
     header = ("stage", "ray s", "one proc s", "work s", "ratio", "driver MB", "one MB")
     print(" | ".join(f"{h:>10}" for h in header))
