@@ -425,9 +425,9 @@ def fit_boosters(
     Returns ({fit: (model bytes, its figures)}, the run's figures: `runner` "ray_train" or "ray_task", `rows`,
     `seconds`, `startup_seconds`: from the call until the first worker began to read its shard, the wait for
     the round's blocks and the run's fixed cost, such as a Ray Train run's controller and worker processes).
-    The blocks' columns: the features, the label, the `_valid` flag (validation rows), the
-    `_u` sample key and `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's
-    checkpoints of the run under `name`; the caller removes them. `train_loop`: the Ray Train workers'
+    The blocks' columns: the features, the label, the `_valid` flag (validation rows), the `_u` sample key and
+    `_fit`. `storage_path` (as `storage_filesystem` names it; None = local) holds Ray Train's checkpoints of
+    the run under `name`; the caller removes them. `train_loop`: the Ray Train workers'
     function (a test wraps `train_fn_per_worker` to kill a worker mid-run).
     """
     if not scale_pos_weights:
